@@ -1,0 +1,90 @@
+"""The app factory: ``create_app(settings)`` builds the aiohttp application.
+
+Connections (database engine, S3 client) are opened in a cleanup context on
+startup and closed on shutdown; nothing connects at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from api.context import CONTEXT, ApiContext
+from api.endpoints import add_routes
+from api.metrics import ApiMetrics
+from api.openapi import OPENAPI, openapi_document
+from api.problems import Problem
+from api.routes import ENDPOINT_TABLES
+from core.artifact_store import ArtifactStore
+from core.db import async_session_factory, make_async_engine
+from core.settings import Settings
+
+log = logging.getLogger("maas.api")
+
+
+def _route_label(request: web.Request) -> str:
+    route = request.match_info.route
+    resource = route.resource if route is not None else None
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def _as_problem(exc: web.HTTPException) -> Problem:
+    if exc.status == 405:
+        allowed = ", ".join(sorted(getattr(exc, "allowed_methods", ()) or ()))
+        return Problem(405, f"{exc.reason}; allowed: {allowed}", headers={"Allow": allowed})
+    if exc.status == 404:
+        return Problem(404, "no such route")
+    if exc.status == 413:
+        return Problem(413, f"the request body is larger than the limit: {exc.text}")
+    return Problem(exc.status, exc.text or exc.reason)
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler) -> web.StreamResponse:
+    """Render every error as problem+json and count every answer in the metrics."""
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except Problem as problem:
+        status = problem.status
+        return problem.response(request.path)
+    except web.HTTPException as exc:
+        status = exc.status
+        if exc.status < 400:
+            raise  # redirects
+        return _as_problem(exc).response(request.path)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return Problem(500, "internal error; it was logged").response(request.path)
+    finally:
+        request.app[CONTEXT].metrics.observe(
+            request.method, _route_label(request), status, time.perf_counter() - started
+        )
+
+
+def create_app(settings: Settings) -> web.Application:
+    settings.require("database_url", "broker_url", "s3_endpoint_url")
+    app = web.Application(middlewares=[problem_middleware], client_max_size=settings.max_request_body_bytes)
+    app[OPENAPI] = openapi_document(ENDPOINT_TABLES)
+
+    async def services(app: web.Application) -> AsyncIterator[None]:
+        engine = make_async_engine(settings)
+        app[CONTEXT] = ApiContext(
+            settings=settings,
+            engine=engine,
+            db=async_session_factory(engine),
+            store=ArtifactStore(settings),
+            metrics=ApiMetrics(),
+        )
+        yield
+        await engine.dispose()
+
+    app.cleanup_ctx.append(services)
+    add_routes(app, ENDPOINT_TABLES)
+    return app

@@ -1,0 +1,162 @@
+"""Declared endpoints: one definition drives routing, request validation and the OpenAPI document.
+
+A resource module builds an ``Endpoints`` table and decorates its handlers:
+
+    files = Endpoints("files")
+
+    @files.get("/v1/files/{id}", summary="Get a file", response=FileObject)
+    async def get_file(request: web.Request, call: Call) -> FileObject: ...
+
+The wrapper authenticates (unless ``auth=False``), parses the JSON body into the
+``body`` model and the query string into the ``query`` model (pydantic, unknown
+fields forbidden), and turns every validation error into a problem+json whose
+``errors`` carry a JSON pointer to the field. ``api.openapi`` reads the same tables.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from api.auth import authenticate
+from api.problems import Problem, validation_problem
+
+
+@dataclass
+class Call:
+    """What the wrapper extracted from a request for its handler."""
+
+    tenant_id: str | None
+    params: dict[str, str]
+    body: Any = None
+    query: Any = None
+    raw_body: bytes | None = None
+
+
+Handler = Callable[[web.Request, Call], Awaitable[web.StreamResponse | BaseModel]]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    tag: str
+    status: int = 200
+    auth: bool = True
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    response: type[BaseModel] | None = None
+    # documented by hand when the body is not JSON (uploads) or the answer is not a model
+    request_doc: dict[str, Any] | None = None
+    response_doc: dict[str, Any] | None = None
+    errors: tuple[int, ...] = ()
+    extra_headers: tuple[str, ...] = field(default=())
+
+    @property
+    def operation_id(self) -> str:
+        return self.handler.__name__
+
+
+class Endpoints:
+    """The endpoints of one resource (one OpenAPI tag)."""
+
+    def __init__(self, tag: str):
+        self.tag = tag
+        self.items: list[Endpoint] = []
+
+    def route(self, method: str, path: str, **options: Any) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            self.items.append(Endpoint(method=method, path=path, handler=handler, tag=self.tag, **options))
+            return handler
+
+        return register
+
+    def get(self, path: str, **options: Any) -> Callable[[Handler], Handler]:
+        return self.route("GET", path, **options)
+
+    def post(self, path: str, **options: Any) -> Callable[[Handler], Handler]:
+        return self.route("POST", path, **options)
+
+    def put(self, path: str, **options: Any) -> Callable[[Handler], Handler]:
+        return self.route("PUT", path, **options)
+
+    def delete(self, path: str, **options: Any) -> Callable[[Handler], Handler]:
+        return self.route("DELETE", path, **options)
+
+
+def pointer(loc: tuple[Any, ...]) -> str:
+    """A JSON pointer (RFC 6901) for a pydantic error location."""
+    return "".join("/" + str(part).replace("~", "~0").replace("/", "~1") for part in loc)
+
+
+def body_errors(exc: ValidationError) -> list[dict[str, str]]:
+    return [{"pointer": pointer(e["loc"]), "detail": e["msg"]} for e in exc.errors(include_url=False)]
+
+
+def _parse_query(endpoint: Endpoint, request: web.Request) -> Any:
+    if endpoint.query is None:
+        return None
+    raw = {k: v for k, v in request.query.items()}
+    try:
+        return endpoint.query.model_validate(raw)
+    except ValidationError as exc:
+        errors = [
+            {"parameter": ".".join(str(p) for p in e["loc"]), "detail": e["msg"]}
+            for e in exc.errors(include_url=False)
+        ]
+        raise Problem(
+            400,
+            "; ".join(f"query parameter {e['parameter']}: {e['detail']}" for e in errors),
+            errors=errors,
+        ) from None
+
+
+async def _parse_body(endpoint: Endpoint, request: web.Request) -> tuple[Any, bytes | None]:
+    if endpoint.body is None:
+        return None, None
+    raw = await request.read()
+    if not raw:
+        raise validation_problem([{"pointer": "", "detail": "a JSON object is required"}])
+    ctype = request.content_type
+    if ctype not in ("application/json", "application/octet-stream") and not ctype.endswith("+json"):
+        raise Problem(415, f"send the body as application/json, not {ctype}")
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise Problem(400, f"the body is not valid JSON: {exc}") from None
+    try:
+        return endpoint.body.model_validate(data), raw
+    except ValidationError as exc:
+        raise validation_problem(body_errors(exc)) from None
+
+
+def render(model: BaseModel, status: int = 200) -> web.Response:
+    return web.Response(
+        status=status, text=model.model_dump_json(by_alias=True), content_type="application/json"
+    )
+
+
+def wrap(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        tenant_id = await authenticate(request) if endpoint.auth else None
+        query = _parse_query(endpoint, request)
+        body, raw = await _parse_body(endpoint, request)
+        call = Call(tenant_id=tenant_id, params=dict(request.match_info), body=body, query=query, raw_body=raw)
+        result = await endpoint.handler(request, call)
+        return render(result, endpoint.status) if isinstance(result, BaseModel) else result
+
+    handle.__name__ = endpoint.operation_id
+    return handle
+
+
+def add_routes(app: web.Application, tables: list[Endpoints]) -> None:
+    for table in tables:
+        for endpoint in table.items:
+            app.router.add_route(endpoint.method, endpoint.path, wrap(endpoint), name=endpoint.operation_id)

@@ -1,0 +1,7 @@
+"""One module per resource, each exporting an ``Endpoints`` table."""
+
+from api.routes.api_keys import api_keys
+from api.routes.files import files
+from api.routes.health import health
+
+ENDPOINT_TABLES = [health, api_keys, files]

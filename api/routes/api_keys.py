@@ -1,0 +1,88 @@
+"""Self-service API keys: a tenant creates, lists and revokes its own keys (rotation without an admin).
+
+The whole key is in the response to its creation and nowhere else, ever.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from api.context import context
+from api.endpoints import Call, Endpoints
+from api.pagination import Page, PageQuery, make_page, page_statement
+from api.problems import not_found
+from core.api_keys import mark_revoked, new_key_row
+from core.models import ApiKey
+
+api_keys = Endpoints("api keys")
+
+
+class ApiKeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200, description="a label to tell keys apart")
+
+
+class ApiKeyObject(BaseModel):
+    id: str
+    object: str = "api_key"
+    name: str
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class CreatedApiKey(ApiKeyObject):
+    key: str = Field(description="the whole key; shown only in this response")
+
+
+def render_key(row: ApiKey) -> ApiKeyObject:
+    return ApiKeyObject(
+        id=row.id,
+        name=row.name,
+        prefix=row.prefix,
+        created_at=row.created_at,
+        last_used_at=row.last_used_at,
+        revoked_at=row.revoked_at,
+    )
+
+
+@api_keys.post(
+    "/v1/api-keys", summary="Create an API key for this tenant", body=ApiKeyCreate,
+    response=CreatedApiKey, status=201,
+)
+async def create_api_key(request: web.Request, call: Call) -> CreatedApiKey:
+    row, key = new_key_row(call.tenant_id, call.body.name)
+    async with context(request).db() as session:
+        session.add(row)
+        await session.commit()
+        await session.refresh(row)
+    return CreatedApiKey(**render_key(row).model_dump(exclude={"object"}), key=key)
+
+
+@api_keys.get("/v1/api-keys", summary="List this tenant's API keys", query=PageQuery, response=Page[ApiKeyObject])
+async def list_api_keys(request: web.Request, call: Call) -> Page[ApiKeyObject]:
+    statement = page_statement(select(ApiKey).where(ApiKey.tenant_id == call.tenant_id), ApiKey.id, call.query)
+    async with context(request).db() as session:
+        rows = list(await session.scalars(statement))
+    return make_page(rows, call.query, render_key)
+
+
+@api_keys.delete(
+    "/v1/api-keys/{id}", summary="Revoke an API key (it answers 401 from now on)",
+    response=ApiKeyObject, errors=(404,),
+)
+async def revoke_api_key(request: web.Request, call: Call) -> ApiKeyObject:
+    async with context(request).db() as session:
+        row = await session.scalar(
+            select(ApiKey).where(ApiKey.id == call.params["id"], ApiKey.tenant_id == call.tenant_id)
+        )
+        if row is None:
+            raise not_found("API key", call.params["id"])
+        mark_revoked(row)
+        await session.commit()
+    return render_key(row)

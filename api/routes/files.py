@@ -1,0 +1,265 @@
+"""The files resource: datasets and models coming in.
+
+``POST /v1/files`` takes a raw body (``?purpose=&filename=``) or multipart form
+(``purpose`` field, ``file`` part). The bytes are streamed twice at once: to S3 as
+a multipart upload that is not completed yet, and to a temporary file on disk that
+the validator reads. Only a file that validates is completed in S3 and recorded
+in Postgres; anything else aborts the upload, so a rejected file leaves nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import tempfile
+from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from aiohttp import BodyPartReader, MultipartReader, web
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from api.context import ApiContext, context
+from api.endpoints import Call, Endpoints
+from api.pagination import Page, PageQuery, make_page, page_statement
+from api.problems import Problem, not_found, validation_problem
+from core.artifact_store import MultipartWriter
+from core.file_validation import FORMATS_BY_PURPOSE, InvalidFile, detect_format, validate_file
+from core.ids import new_id
+from core.models import File
+
+files = Endpoints("files")
+
+SINK_CHUNK = 1 << 20
+
+
+class FileObject(BaseModel):
+    id: str
+    object: str = "file"
+    filename: str
+    purpose: str
+    format: str
+    bytes: int
+    sha256: str
+    created_at: datetime
+    details: dict[str, Any]
+
+
+class UploadQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    purpose: str | None = Field(default=None, description="dataset or model (or a multipart field)")
+    filename: str | None = Field(default=None, max_length=255, description="for a raw body")
+
+
+class FileListQuery(PageQuery):
+    purpose: str | None = None
+
+
+UPLOAD_DOC = {
+    "required": True,
+    "description": (
+        "The file, as a raw body (Content-Type application/octet-stream, with ?purpose=&filename=) "
+        "or as multipart/form-data with a `purpose` field and a `file` part. Accepted: "
+        + "; ".join(f"{p}: {', '.join('.' + f for f in fmts)}" for p, fmts in FORMATS_BY_PURPOSE.items())
+    ),
+    "content": {
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "purpose": {"type": "string", "enum": list(FORMATS_BY_PURPOSE)},
+                    "file": {"type": "string", "format": "binary"},
+                },
+                "required": ["purpose", "file"],
+            }
+        },
+    },
+}
+
+
+def render_file(row: File) -> FileObject:
+    return FileObject(
+        id=row.id,
+        filename=row.filename,
+        purpose=row.purpose,
+        format=row.format,
+        bytes=row.bytes,
+        sha256=row.sha256,
+        created_at=row.created_at,
+        details=row.details,
+    )
+
+
+def clean_filename(raw: str | None) -> str:
+    """The last path component, without control characters or quotes; 422 when nothing is left."""
+    name = re.sub(r'[\x00-\x1f\x7f"\\]', "", os.path.basename((raw or "").replace("\\", "/"))).strip()
+    if not name or name in (".", ".."):
+        raise validation_problem([{"pointer": "/filename", "detail": "a file name is required"}])
+    return name[:255]
+
+
+class _Upload:
+    """One upload in flight: the S3 writer, the temp file and the byte limit."""
+
+    def __init__(self, ctx: ApiContext, key: str, tmp_dir: str):
+        self.ctx = ctx
+        self.limit = ctx.settings.max_upload_bytes
+        self.writer: MultipartWriter = ctx.store.writer(key)
+        self.path = Path(tmp_dir) / "upload"
+        self._fh = open(self.path, "wb")  # noqa: SIM115 - closed in finish()/abort()
+        self._pending = bytearray()
+
+    def _sink(self, data: bytes) -> None:
+        self._fh.write(data)
+        self.writer.write(data)
+
+    async def feed(self, chunks: AsyncIterator[bytes]) -> None:
+        async for chunk in chunks:
+            if self.writer.bytes_written + len(self._pending) + len(chunk) > self.limit:
+                raise Problem(413, f"the file is larger than the limit of {self.limit} bytes")
+            self._pending += chunk
+            if len(self._pending) >= SINK_CHUNK:
+                data, self._pending = bytes(self._pending), bytearray()
+                await asyncio.to_thread(self._sink, data)
+        if self._pending:
+            await asyncio.to_thread(self._sink, bytes(self._pending))
+            self._pending.clear()
+        self._fh.close()
+
+    async def abort(self) -> None:
+        self._fh.close()
+        await asyncio.to_thread(self.writer.abort)
+
+
+async def _body_chunks(request: web.Request) -> AsyncIterator[bytes]:
+    async for chunk in request.content.iter_chunked(SINK_CHUNK):
+        yield chunk
+
+
+async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
+    while chunk := await part.read_chunk(SINK_CHUNK):
+        yield chunk
+
+
+async def _receive(request: web.Request, query: UploadQuery, upload: _Upload) -> tuple[str | None, str | None]:
+    """Stream the body into ``upload``; the (purpose, filename) the request carried."""
+    purpose, filename = query.purpose, query.filename
+    if not request.content_type.startswith("multipart/"):
+        if filename is not None:
+            clean_filename(filename)
+        await upload.feed(_body_chunks(request))
+        return purpose, filename
+    reader: MultipartReader = await request.multipart()
+    got_file = False
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader):
+            raise Problem(400, "nested multipart bodies are not accepted")
+        if part.name == "purpose":
+            purpose = (await part.text()).strip()
+        elif part.name == "file" and not got_file:
+            filename = part.filename or filename
+            clean_filename(filename)
+            await upload.feed(_part_chunks(part))
+            got_file = True
+        else:
+            raise validation_problem(
+                [{"pointer": f"/{part.name}", "detail": "unknown form field; send `purpose` and `file`"}]
+            )
+    if not got_file:
+        raise validation_problem([{"pointer": "/file", "detail": "the form has no `file` part"}])
+    return purpose, filename
+
+
+@files.post(
+    "/v1/files",
+    summary="Upload a dataset or a model (streamed to the artifact store, validated before it is kept)",
+    query=UploadQuery,
+    request_doc=UPLOAD_DOC,
+    response=FileObject,
+    status=201,
+    errors=(400, 413, 422),
+)
+async def create_file(request: web.Request, call: Call) -> FileObject:
+    ctx = context(request)
+    if request.content_length is not None and request.content_length > ctx.settings.max_upload_bytes:
+        raise Problem(413, f"the file is larger than the limit of {ctx.settings.max_upload_bytes} bytes")
+    file_id = new_id("file")
+    key = f"files/{call.tenant_id}/{file_id}"
+    with tempfile.TemporaryDirectory(prefix="maas-upload-") as tmp_dir:
+        upload = _Upload(ctx, key, tmp_dir)
+        try:
+            purpose, raw_name = await _receive(request, call.query, upload)
+            if purpose is None:
+                raise validation_problem([{"pointer": "/purpose", "detail": "purpose is required"}])
+            filename = clean_filename(raw_name)
+            try:
+                fmt = detect_format(filename, purpose)
+                details = await asyncio.to_thread(validate_file, upload.path, fmt)
+            except InvalidFile as exc:
+                raise validation_problem([{"pointer": exc.pointer, "detail": exc.detail}]) from None
+            stored = await asyncio.to_thread(upload.writer.complete)
+        except BaseException:
+            await upload.abort()
+            raise
+    row = File(
+        id=file_id,
+        tenant_id=call.tenant_id,
+        filename=filename,
+        purpose=purpose,
+        format=fmt,
+        bytes=stored.bytes,
+        sha256=stored.sha256,
+        storage_key=key,
+        details=details,
+    )
+    try:
+        async with ctx.db() as session:
+            session.add(row)
+            await session.commit()
+            await session.refresh(row)
+    except BaseException:
+        await asyncio.to_thread(ctx.store.delete, key)
+        raise
+    ctx.metrics.upload_bytes.inc(stored.bytes)
+    return render_file(row)
+
+
+async def _get_file(ctx: ApiContext, tenant_id: str, file_id: str) -> File:
+    async with ctx.db() as session:
+        row = await session.scalar(select(File).where(File.id == file_id, File.tenant_id == tenant_id))
+    if row is None:
+        raise not_found("file", file_id)
+    return row
+
+
+@files.get("/v1/files", summary="List files, newest first", query=FileListQuery, response=Page[FileObject])
+async def list_files(request: web.Request, call: Call) -> Page[FileObject]:
+    statement = select(File).where(File.tenant_id == call.tenant_id)
+    if call.query.purpose:
+        statement = statement.where(File.purpose == call.query.purpose)
+    async with context(request).db() as session:
+        rows = list(await session.scalars(page_statement(statement, File.id, call.query)))
+    return make_page(rows, call.query, render_file)
+
+
+@files.get("/v1/files/{id}", summary="Get a file's metadata", response=FileObject, errors=(404,))
+async def get_file(request: web.Request, call: Call) -> FileObject:
+    return render_file(await _get_file(context(request), call.tenant_id, call.params["id"]))
+
+
+@files.get(
+    "/v1/files/{id}/content",
+    summary="Download a file: a redirect to a short-lived presigned URL",
+    status=302,
+    response_doc={"headers": {"Location": {"schema": {"type": "string"}}}},
+    errors=(404,),
+)
+async def get_file_content(request: web.Request, call: Call) -> web.Response:
+    ctx = context(request)
+    row = await _get_file(ctx, call.tenant_id, call.params["id"])
+    url, expires_at = await asyncio.to_thread(ctx.store.presigned_url, row.storage_key, filename=row.filename)
+    raise web.HTTPFound(url, headers={"Expires": expires_at.strftime("%a, %d %b %Y %H:%M:%S GMT")})

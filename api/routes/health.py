@@ -1,0 +1,118 @@
+"""Operations endpoints: ``/healthz`` (process up), ``/readyz`` (dependencies reachable),
+``/metrics`` (Prometheus) and ``/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiohttp import web
+from kombu import Connection
+from pydantic import BaseModel
+from sqlalchemy import text
+
+from api.context import ApiContext, context
+from api.endpoints import Call, Endpoints
+from api.openapi import OPENAPI
+from api.problems import Problem
+
+health = Endpoints("operations")
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Check(BaseModel):
+    ok: bool
+    latency_ms: float
+    error: str | None = None
+
+
+class Readiness(BaseModel):
+    status: str
+    checks: dict[str, Check]
+
+
+async def _check_database(ctx: ApiContext) -> None:
+    async with ctx.engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+
+
+def _check_broker_sync(ctx: ApiContext) -> None:
+    timeout = ctx.settings.readiness_timeout_s
+    with Connection(ctx.settings.broker_url, connect_timeout=timeout) as conn:
+        conn.ensure_connection(max_retries=1, timeout=timeout)
+
+
+async def _check_broker(ctx: ApiContext) -> None:
+    await asyncio.to_thread(_check_broker_sync, ctx)
+
+
+async def _check_store(ctx: ApiContext) -> None:
+    await asyncio.to_thread(ctx.store.ping)
+
+
+CHECKS = {"database": _check_database, "broker": _check_broker, "store": _check_store}
+
+
+async def _run_check(name: str, ctx: ApiContext) -> Check:
+    started = time.perf_counter()
+    try:
+        await asyncio.wait_for(CHECKS[name](ctx), timeout=ctx.settings.readiness_timeout_s + 1)
+        error = None
+    except TimeoutError:
+        error = "timed out"
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+    return Check(ok=error is None, latency_ms=round((time.perf_counter() - started) * 1000, 2), error=error)
+
+
+@health.get("/healthz", summary="The API process is up", auth=False, response=Health)
+async def healthz(request: web.Request, call: Call) -> Health:
+    return Health(status="ok")
+
+
+@health.get(
+    "/readyz",
+    summary="The database, the broker and the artifact store are reachable",
+    auth=False,
+    response=Readiness,
+    errors=(503,),
+)
+async def readyz(request: web.Request, call: Call) -> Readiness:
+    ctx = context(request)
+    results = await asyncio.gather(*(_run_check(name, ctx) for name in CHECKS))
+    checks = dict(zip(CHECKS, results, strict=True))
+    down = [name for name, check in checks.items() if not check.ok]
+    if down:
+        raise Problem(
+            503,
+            f"unreachable: {', '.join(down)}",
+            checks={name: check.model_dump() for name, check in checks.items()},
+        )
+    return Readiness(status="ready", checks=checks)
+
+
+@health.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    auth=False,
+    response_doc={"content": {"text/plain": {"schema": {"type": "string"}}}},
+)
+async def metrics(request: web.Request, call: Call) -> web.Response:
+    metrics = context(request).metrics
+    response = web.Response(body=metrics.render())
+    response.headers["Content-Type"] = metrics.content_type
+    return response
+
+
+@health.get(
+    "/openapi.json",
+    summary="This API's OpenAPI 3.1 document",
+    auth=False,
+    response_doc={"content": {"application/json": {"schema": {"type": "object"}}}},
+)
+async def openapi(request: web.Request, call: Call) -> web.Response:
+    return web.json_response(request.app[OPENAPI])

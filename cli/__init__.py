@@ -1,0 +1,1 @@
+"""The ``maas`` command line: run the platform, migrate the database, manage tenants and keys."""

@@ -1,0 +1,52 @@
+"""Engines and sessions for PostgreSQL: synchronous for workers and the CLI, asyncio for the API.
+
+Both use psycopg 3, so one URL (``postgresql+psycopg://…``) serves both. Plain
+``postgresql://`` URLs are accepted and pointed at psycopg.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.orm import sessionmaker
+
+from core.settings import Settings
+
+
+def sqlalchemy_url(url: str) -> str:
+    """Normalise a PostgreSQL URL to the psycopg 3 driver."""
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            return "postgresql+psycopg://" + url[len(plain):]
+    return url
+
+
+def _connect_args(settings: Settings) -> dict:
+    # a stopped database must fail a readiness probe quickly, not hang it
+    return {"connect_timeout": max(1, int(settings.readiness_timeout_s))}
+
+
+def make_engine(settings: Settings) -> Engine:
+    settings.require("database_url")
+    return create_engine(
+        sqlalchemy_url(settings.database_url), pool_pre_ping=True, connect_args=_connect_args(settings)
+    )
+
+
+def make_async_engine(settings: Settings) -> AsyncEngine:
+    settings.require("database_url")
+    return create_async_engine(
+        sqlalchemy_url(settings.database_url),
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=10,
+        connect_args=_connect_args(settings),
+    )
+
+
+def session_factory(engine: Engine) -> sessionmaker:
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def async_session_factory(engine: AsyncEngine) -> async_sessionmaker:
+    return async_sessionmaker(engine, expire_on_commit=False)

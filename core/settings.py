@@ -1,0 +1,79 @@
+"""Every setting of the platform, read from environment variables prefixed ``MAAS_``.
+
+This is the only module that reads the environment. Everything else receives a
+``Settings`` object (the API app factory, the Celery app, the CLI, the local stack).
+
+    MAAS_DATABASE_URL      postgresql+psycopg://user@host:5432/maas
+    MAAS_BROKER_URL        redis://127.0.0.1:6379/0  or  amqp://guest:guest@127.0.0.1:5672//
+    MAAS_S3_ENDPOINT_URL   http://127.0.0.1:8333  (empty: AWS)
+    MAAS_S3_ACCESS_KEY / MAAS_S3_SECRET_KEY / MAAS_S3_BUCKET / MAAS_S3_REGION
+
+The service URLs may be left unset: ``maas up`` then starts embedded servers for
+them; every other entry point fails with a message naming the missing variable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "MAAS_"
+
+
+class MissingSetting(RuntimeError):
+    """A service URL that this entry point needs was not configured."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    # services (None: not configured; `maas up` fills them with embedded servers)
+    database_url: str | None = None
+    broker_url: str | None = None
+    s3_endpoint_url: str | None = None
+    # the endpoint clients use for presigned URLs, when it differs (e.g. inside docker)
+    s3_public_endpoint_url: str | None = None
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+    s3_bucket: str = "maas"
+    s3_region: str = "us-east-1"
+
+    # API server
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080
+    log_format: str = Field(default="json", pattern="^(json|text)$")
+
+    # limits
+    max_request_body_bytes: int = Field(default=1 << 20, gt=0)
+    max_upload_bytes: int = Field(default=1 << 30, gt=0)
+    max_tensor_elements: int = Field(default=10_000_000, gt=0)
+    presigned_url_ttl_s: int = Field(default=900, gt=0, le=7 * 24 * 3600)
+    s3_multipart_part_bytes: int = Field(default=8 << 20, ge=5 << 20)
+    readiness_timeout_s: float = Field(default=2.0, gt=0)
+    api_key_touch_interval_s: int = Field(default=60, ge=0)
+    idempotency_key_ttl_s: int = Field(default=24 * 3600, ge=24 * 3600)
+
+    # workers
+    worker_concurrency: int = Field(default=2, gt=0)
+    job_max_duration_s: int = Field(default=24 * 3600, gt=0)
+
+    # the embedded local stack
+    data_dir: Path = Path.home() / ".maas"
+
+    def require(self, *names: str) -> None:
+        """Raise MissingSetting naming every unset variable among ``names``."""
+        missing = [ENV_PREFIX + n.upper() for n in names if getattr(self, n) in (None, "")]
+        if missing:
+            raise MissingSetting(
+                f"{', '.join(missing)} not set: point it at a running service, or run `maas up`"
+            )
+
+    def with_services(self, **urls: str | None) -> Settings:
+        """A copy with some service settings replaced (used by the local stack and the tests)."""
+        return self.model_copy(update=urls)
+
+
+def load_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,93 @@
+"""Fixtures: real PostgreSQL, broker and S3 (see tests/support/services.py), a migrated
+database and a bucket per test session, and a fresh tenant with its own API key per test,
+so tests never see each other's objects.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from api.app import create_app
+from core.api_keys import create_key, create_tenant
+from core.artifact_store import ArtifactStore
+from core.db import make_engine, session_factory
+from core.settings import Settings
+from migrations import runner
+from tests.support.services import ServiceUrls, running_services, scratch_database
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceUrls]:
+    with running_services(tmp_path_factory.mktemp("services")) as urls:
+        yield urls
+
+
+@pytest.fixture(scope="session")
+def database_url(services: ServiceUrls) -> Iterator[str]:
+    with scratch_database(services.database_admin_url) as url:
+        runner.upgrade(url)
+        yield url
+
+
+@pytest.fixture(scope="session")
+def settings(services: ServiceUrls, database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    settings = Settings(
+        database_url=database_url,
+        broker_url=services.broker_url,
+        s3_endpoint_url=services.s3_endpoint_url,
+        s3_access_key=services.s3_access_key,
+        s3_secret_key=services.s3_secret_key,
+        s3_bucket=f"maas-test-{secrets.token_hex(4)}",
+        data_dir=tmp_path_factory.mktemp("data"),
+        api_key_touch_interval_s=0,
+        log_format="text",
+    )
+    ArtifactStore(settings).ensure_bucket()
+    return settings
+
+
+@pytest.fixture(scope="session")
+def db(settings: Settings):
+    engine = make_engine(settings)
+    yield session_factory(engine)
+    engine.dispose()
+
+
+@dataclass
+class Tenant:
+    id: str
+    key: str
+    key_id: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+
+def new_tenant(db) -> Tenant:
+    with db() as session:
+        tenant = create_tenant(session, f"tenant-{secrets.token_hex(6)}")
+        created = create_key(session, tenant, "test")
+        session.commit()
+    return Tenant(id=tenant.id, key=created.key, key_id=created.id)
+
+
+@pytest.fixture
+def tenant(db) -> Tenant:
+    return new_tenant(db)
+
+
+@pytest.fixture
+def other_tenant(db) -> Tenant:
+    return new_tenant(db)
+
+
+@pytest.fixture
+async def api(aiohttp_client, settings: Settings) -> AsyncIterator[TestClient]:
+    """The API app, served on a real loopback port."""
+    yield await aiohttp_client(create_app(settings))
