@@ -148,7 +148,9 @@ def wrap(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResp
         tenant_id = await authenticate(request) if endpoint.auth else None
         query = _parse_query(endpoint, request)
         body, raw = await _parse_body(endpoint, request)
-        call = Call(tenant_id=tenant_id, params=dict(request.match_info), body=body, query=query, raw_body=raw)
+        call = Call(
+            tenant_id=tenant_id, params=dict(request.match_info), body=body, query=query, raw_body=raw
+        )
         result = await endpoint.handler(request, call)
         return render(result, endpoint.status) if isinstance(result, BaseModel) else result
 

@@ -1,11 +1,11 @@
 """The ``maas`` command.
 
-    maas up                                  run the whole platform locally (embedded servers when
-                                             MAAS_DATABASE_URL / MAAS_BROKER_URL / MAAS_S3_ENDPOINT_URL are unset)
-    maas api | maas worker                   run one API server or one Celery worker
-    maas db upgrade [REV] | downgrade [REV] | current
-    maas admin tenants create NAME | list
-    maas admin keys create --tenant T [--name N] | revoke KEY_ID_OR_PREFIX | list [--tenant T]
+maas up                                  run the whole platform locally (embedded servers when
+                                         MAAS_DATABASE_URL / MAAS_BROKER_URL / MAAS_S3_ENDPOINT_URL are unset)
+maas api | maas worker                   run one API server or one Celery worker
+maas db upgrade [REV] | downgrade [REV] | current
+maas admin tenants create NAME | list
+maas admin keys create --tenant T [--name N] | revoke KEY_ID_OR_PREFIX | list [--tenant T]
 """
 
 from __future__ import annotations
@@ -90,14 +90,17 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
             for row in list_keys(session, tenant):
                 used = f"{row.last_used_at:%Y-%m-%d %H:%M:%S}" if row.last_used_at else "never"
                 state = f"revoked {row.revoked_at:%Y-%m-%d}" if row.revoked_at else "active"
-                print(f"{row.id}  {row.prefix}  tenant={row.tenant_id}  name={row.name}  "
-                      f"last used {used}  {state}")
+                print(
+                    f"{row.id}  {row.prefix}  tenant={row.tenant_id}  name={row.name}  "
+                    f"last used {used}  {state}"
+                )
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="maas", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="maas", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("up", help="run the platform locally").set_defaults(func=cmd_up)

@@ -159,7 +159,9 @@ class ArtifactStore:
             writer.abort()
             raise
 
-    def upload_file(self, key: str, path: Path, content_type: str = "application/octet-stream") -> StoredObject:
+    def upload_file(
+        self, key: str, path: Path, content_type: str = "application/octet-stream"
+    ) -> StoredObject:
         with open(path, "rb") as fh:
             return self.upload_chunks(key, iter(lambda: fh.read(READ_CHUNK), b""), content_type)
 

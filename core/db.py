@@ -17,7 +17,7 @@ def sqlalchemy_url(url: str) -> str:
     """Normalise a PostgreSQL URL to the psycopg 3 driver."""
     for plain in ("postgresql://", "postgres://"):
         if url.startswith(plain):
-            return "postgresql+psycopg://" + url[len(plain):]
+            return "postgresql+psycopg://" + url[len(plain) :]
     return url
 
 

@@ -77,3 +77,12 @@ class Settings(BaseSettings):
 
 def load_settings() -> Settings:
     return Settings()
+
+
+def to_env(settings: Settings) -> dict[str, str]:
+    """The MAAS_* variables that reproduce ``settings`` in a child process."""
+    return {
+        ENV_PREFIX + name.upper(): str(value)
+        for name, value in settings.model_dump().items()
+        if value is not None
+    }

@@ -24,9 +24,12 @@ def main(argv: list[str] | None = None) -> None:
     app = create_celery(settings)
     worker_args = [
         "worker",
-        "--queues", args.queues,
-        "--concurrency", str(args.concurrency or settings.worker_concurrency),
-        "--loglevel", "INFO",
+        "--queues",
+        args.queues,
+        "--concurrency",
+        str(args.concurrency or settings.worker_concurrency),
+        "--loglevel",
+        "INFO",
         "--without-gossip",
         "--without-mingle",
     ]

@@ -52,8 +52,11 @@ def render_key(row: ApiKey) -> ApiKeyObject:
 
 
 @api_keys.post(
-    "/v1/api-keys", summary="Create an API key for this tenant", body=ApiKeyCreate,
-    response=CreatedApiKey, status=201,
+    "/v1/api-keys",
+    summary="Create an API key for this tenant",
+    body=ApiKeyCreate,
+    response=CreatedApiKey,
+    status=201,
 )
 async def create_api_key(request: web.Request, call: Call) -> CreatedApiKey:
     row, key = new_key_row(call.tenant_id, call.body.name)
@@ -64,17 +67,23 @@ async def create_api_key(request: web.Request, call: Call) -> CreatedApiKey:
     return CreatedApiKey(**render_key(row).model_dump(exclude={"object"}), key=key)
 
 
-@api_keys.get("/v1/api-keys", summary="List this tenant's API keys", query=PageQuery, response=Page[ApiKeyObject])
+@api_keys.get(
+    "/v1/api-keys", summary="List this tenant's API keys", query=PageQuery, response=Page[ApiKeyObject]
+)
 async def list_api_keys(request: web.Request, call: Call) -> Page[ApiKeyObject]:
-    statement = page_statement(select(ApiKey).where(ApiKey.tenant_id == call.tenant_id), ApiKey.id, call.query)
+    statement = page_statement(
+        select(ApiKey).where(ApiKey.tenant_id == call.tenant_id), ApiKey.id, call.query
+    )
     async with context(request).db() as session:
         rows = list(await session.scalars(statement))
     return make_page(rows, call.query, render_key)
 
 
 @api_keys.delete(
-    "/v1/api-keys/{id}", summary="Revoke an API key (it answers 401 from now on)",
-    response=ApiKeyObject, errors=(404,),
+    "/v1/api-keys/{id}",
+    summary="Revoke an API key (it answers 401 from now on)",
+    response=ApiKeyObject,
+    errors=(404,),
 )
 async def revoke_api_key(request: web.Request, call: Call) -> ApiKeyObject:
     async with context(request).db() as session:

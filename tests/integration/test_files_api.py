@@ -129,7 +129,9 @@ async def test_invalid_files_are_422_and_leave_nothing(
 
 async def test_upload_without_purpose_names_the_field(api, tenant):
     response = await api.post(
-        "/v1/files", params={"filename": "x.csv"}, data=b"a\n1\n",
+        "/v1/files",
+        params={"filename": "x.csv"},
+        data=b"a\n1\n",
         headers={**tenant.headers, "Content-Type": "application/octet-stream"},
     )
     assert response.status == 422
@@ -147,7 +149,9 @@ async def test_upload_over_the_limit_is_413_and_leaves_nothing(aiohttp_client, s
             yield b"1,2\n"
 
     streamed = await small.post(
-        "/v1/files", params={"purpose": "dataset", "filename": "big.csv"}, data=chunks(),
+        "/v1/files",
+        params={"purpose": "dataset", "filename": "big.csv"},
+        data=chunks(),
         headers={**tenant.headers, "Content-Type": "application/octet-stream"},
     )
     assert streamed.status == 413
