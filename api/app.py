@@ -15,12 +15,13 @@ from aiohttp import web
 from api.context import CONTEXT, ApiContext
 from api.endpoints import add_routes
 from api.metrics import ApiMetrics
-from api.openapi import OPENAPI, openapi_document
+from api.openapi import ENDPOINT_TABLES as TABLES_KEY
 from api.problems import Problem
 from api.routes import ENDPOINT_TABLES
 from core.artifact_store import ArtifactStore
 from core.db import async_session_factory, make_async_engine
 from core.settings import Settings
+from workers.celery_app import create_celery
 
 log = logging.getLogger("maas.api")
 
@@ -71,7 +72,7 @@ async def problem_middleware(request: web.Request, handler) -> web.StreamRespons
 def create_app(settings: Settings) -> web.Application:
     settings.require("database_url", "broker_url", "s3_endpoint_url")
     app = web.Application(middlewares=[problem_middleware], client_max_size=settings.max_request_body_bytes)
-    app[OPENAPI] = openapi_document(ENDPOINT_TABLES)
+    app[TABLES_KEY] = ENDPOINT_TABLES
 
     async def services(app: web.Application) -> AsyncIterator[None]:
         engine = make_async_engine(settings)
@@ -80,9 +81,11 @@ def create_app(settings: Settings) -> web.Application:
             engine=engine,
             db=async_session_factory(engine),
             store=ArtifactStore(settings),
+            celery=create_celery(settings),
             metrics=ApiMetrics(),
         )
         yield
+        app[CONTEXT].celery.close()
         await engine.dispose()
 
     app.cleanup_ctx.append(services)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from aiohttp import web
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from celery import Celery
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from api.metrics import ApiMetrics
+from core import dispatch
 from core.artifact_store import ArtifactStore
 from core.settings import Settings
 
@@ -18,6 +21,7 @@ class ApiContext:
     engine: AsyncEngine
     db: async_sessionmaker
     store: ArtifactStore
+    celery: Celery
     metrics: ApiMetrics
 
 
@@ -26,3 +30,11 @@ CONTEXT = web.AppKey("context", ApiContext)
 
 def context(request: web.Request) -> ApiContext:
     return request.app[CONTEXT]
+
+
+async def commit_and_send(ctx: ApiContext, session: AsyncSession) -> None:
+    """Commit, then publish the broker messages the transaction implied (see ``core.dispatch``)."""
+    await session.commit()
+    messages = dispatch.take(session.sync_session)
+    if messages:
+        await asyncio.to_thread(dispatch.send, ctx.celery, messages)

@@ -23,7 +23,10 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
+from api import idempotency
 from api.auth import authenticate
+from api.context import context
+from api.idempotency import Claim
 from api.problems import Problem, validation_problem
 
 
@@ -36,6 +39,8 @@ class Call:
     body: Any = None
     query: Any = None
     raw_body: bytes | None = None
+    idempotency: Claim | None = None
+    response_headers: dict[str, str] = field(default_factory=dict)
 
 
 Handler = Callable[[web.Request, Call], Awaitable[web.StreamResponse | BaseModel]]
@@ -57,7 +62,10 @@ class Endpoint:
     request_doc: dict[str, Any] | None = None
     response_doc: dict[str, Any] | None = None
     errors: tuple[int, ...] = ()
-    extra_headers: tuple[str, ...] = field(default=())
+    # creates: honour Idempotency-Key (replay, 422 on another body, 409 while in flight)
+    idempotent: bool = False
+    # a body field whose schema depends on another field (the job spec on the job type)
+    body_variants: Callable[[], dict[str, type[BaseModel]]] | None = None
 
     @property
     def operation_id(self) -> str:
@@ -108,8 +116,7 @@ def _parse_query(endpoint: Endpoint, request: web.Request) -> Any:
         return endpoint.query.model_validate(raw)
     except ValidationError as exc:
         errors = [
-            {"parameter": ".".join(str(p) for p in e["loc"]), "detail": e["msg"]}
-            for e in exc.errors(include_url=False)
+            {"parameter": ".".join(str(p) for p in e["loc"]), "detail": e["msg"]} for e in exc.errors(include_url=False)
         ]
         raise Problem(
             400,
@@ -138,9 +145,7 @@ async def _parse_body(endpoint: Endpoint, request: web.Request) -> tuple[Any, by
 
 
 def render(model: BaseModel, status: int = 200) -> web.Response:
-    return web.Response(
-        status=status, text=model.model_dump_json(by_alias=True), content_type="application/json"
-    )
+    return web.Response(status=status, text=model.model_dump_json(by_alias=True), content_type="application/json")
 
 
 def wrap(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
@@ -148,11 +153,24 @@ def wrap(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResp
         tenant_id = await authenticate(request) if endpoint.auth else None
         query = _parse_query(endpoint, request)
         body, raw = await _parse_body(endpoint, request)
-        call = Call(
-            tenant_id=tenant_id, params=dict(request.match_info), body=body, query=query, raw_body=raw
-        )
-        result = await endpoint.handler(request, call)
-        return render(result, endpoint.status) if isinstance(result, BaseModel) else result
+        call = Call(tenant_id=tenant_id, params=dict(request.match_info), body=body, query=query, raw_body=raw)
+        if endpoint.idempotent:
+            outcome = await idempotency.claim(context(request), request, tenant_id, raw)
+            if isinstance(outcome, web.StreamResponse):
+                return outcome
+            call.idempotency = outcome
+        try:
+            result = await endpoint.handler(request, call)
+        except BaseException:
+            if call.idempotency:
+                await idempotency.finish(context(request), call.idempotency, None, None)
+            raise
+        response = render(result, endpoint.status) if isinstance(result, BaseModel) else result
+        response.headers.update(call.response_headers)
+        if call.idempotency:
+            body_json = result.model_dump(mode="json", by_alias=True) if isinstance(result, BaseModel) else None
+            await idempotency.finish(context(request), call.idempotency, response, body_json)
+        return response
 
     handle.__name__ = endpoint.operation_id
     return handle

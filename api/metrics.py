@@ -6,7 +6,7 @@ labelled by their template (``/v1/files/{id}``), never by the raw path.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -33,6 +33,20 @@ class ApiMetrics:
         self.upload_bytes = Counter(
             "maas_upload_bytes_total", "Bytes accepted through POST /v1/files", registry=self.registry
         )
+
+        self.jobs = Gauge("maas_jobs", "Jobs by type and status", ["type", "status"], registry=self.registry)
+        self.queue_depth = Gauge(
+            "maas_queue_depth", "Messages waiting in each broker queue", ["queue"], registry=self.registry
+        )
+
+    def set_job_counts(self, rows: list[tuple[str, str, int]]) -> None:
+        self.jobs.clear()
+        for type_, status, count in rows:
+            self.jobs.labels(type_, status).set(count)
+
+    def set_queue_depths(self, depths: dict[str, int]) -> None:
+        for queue, depth in depths.items():
+            self.queue_depth.labels(queue).set(depth)
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()

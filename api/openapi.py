@@ -14,7 +14,8 @@ from pydantic import BaseModel
 from api.endpoints import Endpoint, Endpoints
 from api.problems import TITLES
 
-OPENAPI = web.AppKey("openapi", dict)
+# the endpoint tables of the app, read when the document is asked for (job types register late)
+ENDPOINT_TABLES = web.AppKey("endpoint_tables", list)
 REF = "#/components/schemas/{model}"
 
 PROBLEM_SCHEMA = {
@@ -67,6 +68,23 @@ def _parameters(endpoint: Endpoint) -> list[dict[str, Any]]:
     return params
 
 
+def _body_schema(endpoint: Endpoint, components: _Components) -> dict[str, Any]:
+    """The body model; with variants, one schema per ``type`` whose ``spec`` is that type's model."""
+    base = components.ref(endpoint.body)
+    if endpoint.body_variants is None:
+        return base
+    variants = [
+        {
+            "allOf": [
+                base,
+                {"properties": {"type": {"const": name}, "spec": components.ref(model)}},
+            ]
+        }
+        for name, model in endpoint.body_variants().items()
+    ]
+    return {"oneOf": variants} if variants else base
+
+
 def _problem(status: int) -> dict[str, Any]:
     return {
         "description": TITLES.get(status, "Error"),
@@ -84,7 +102,7 @@ def _operation(endpoint: Endpoint, components: _Components) -> dict[str, Any]:
     if endpoint.body is not None:
         op["requestBody"] = {
             "required": True,
-            "content": {"application/json": {"schema": components.ref(endpoint.body)}},
+            "content": {"application/json": {"schema": _body_schema(endpoint, components)}},
         }
     elif endpoint.request_doc is not None:
         op["requestBody"] = endpoint.request_doc

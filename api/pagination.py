@@ -37,6 +37,4 @@ def page_statement(statement: Select, id_column: Any, query: PageQuery) -> Selec
 def make_page(rows: Sequence[Any], query: PageQuery, render: Callable[[Any], T]) -> Page[T]:
     has_more = len(rows) > query.limit
     rows = rows[: query.limit]
-    return Page[T](
-        data=[render(r) for r in rows], has_more=has_more, next_cursor=rows[-1].id if has_more else None
-    )
+    return Page[T](data=[render(r) for r in rows], has_more=has_more, next_cursor=rows[-1].id if has_more else None)

@@ -143,9 +143,7 @@ class ArtifactStore:
         self._client.head_bucket(Bucket=self.bucket)
 
     def writer(self, key: str, content_type: str = "application/octet-stream") -> MultipartWriter:
-        return MultipartWriter(
-            self._client, self.bucket, key, self.settings.s3_multipart_part_bytes, content_type
-        )
+        return MultipartWriter(self._client, self.bucket, key, self.settings.s3_multipart_part_bytes, content_type)
 
     def upload_chunks(
         self, key: str, chunks: Iterable[bytes], content_type: str = "application/octet-stream"
@@ -159,9 +157,7 @@ class ArtifactStore:
             writer.abort()
             raise
 
-    def upload_file(
-        self, key: str, path: Path, content_type: str = "application/octet-stream"
-    ) -> StoredObject:
+    def upload_file(self, key: str, path: Path, content_type: str = "application/octet-stream") -> StoredObject:
         with open(path, "rb") as fh:
             return self.upload_chunks(key, iter(lambda: fh.read(READ_CHUNK), b""), content_type)
 

@@ -80,9 +80,7 @@ def detect_format(filename: str, purpose: str) -> str:
             "/purpose",
         )
     found = f"extension .{suffix}" if suffix else "no extension"
-    raise InvalidFile(
-        f"filename '{filename}' has {found}; purpose '{purpose}' accepts {extensions}", "/filename"
-    )
+    raise InvalidFile(f"filename '{filename}' has {found}; purpose '{purpose}' accepts {extensions}", "/filename")
 
 
 def validate_file(path: Path, fmt: str) -> dict[str, Any]:
@@ -156,9 +154,7 @@ def _read_npy_header(member: IO[bytes], name: str) -> tuple[np.dtype[Any], tuple
 
 def _check_dtype(name: str, dtype: np.dtype[Any]) -> None:
     if dtype.hasobject:
-        raise InvalidFile(
-            f"array '{name}' holds Python objects (pickled); only numeric and string arrays are accepted"
-        )
+        raise InvalidFile(f"array '{name}' holds Python objects (pickled); only numeric and string arrays are accepted")
     if dtype.kind not in _NUMERIC_OR_STRING_KINDS:
         raise InvalidFile(f"array '{name}' has dtype {dtype}; only numeric and string arrays are accepted")
 
@@ -340,9 +336,7 @@ def _validate_safetensors(path: Path) -> dict[str, Any]:
 
 def _safetensors_header_length(prefix: bytes, size: int) -> int:
     if len(prefix) < 8:
-        raise InvalidFile(
-            f"not a .safetensors file: it is {size} bytes, too short for the 8-byte header length"
-        )
+        raise InvalidFile(f"not a .safetensors file: it is {size} bytes, too short for the 8-byte header length")
     (header_len,) = struct.unpack("<Q", prefix)
     if header_len > _MAX_SAFETENSORS_HEADER:
         raise InvalidFile(
@@ -351,8 +345,7 @@ def _safetensors_header_length(prefix: bytes, size: int) -> int:
         )
     if 8 + header_len > size:
         raise InvalidFile(
-            f"not a .safetensors file: the header length {header_len} bytes runs past the end "
-            f"of the {size}-byte file"
+            f"not a .safetensors file: the header length {header_len} bytes runs past the end of the {size}-byte file"
         )
     return header_len
 
@@ -400,8 +393,7 @@ def _check_tensor(name: str, info: Any, data_len: int) -> dict[str, Any]:
     total_bits = math.prod(shape) * bits
     if total_bits % 8 or total_bits // 8 != end - begin:
         raise InvalidFile(
-            f"tensor '{name}' spans {end - begin} bytes, but {dtype} with shape {shape} "
-            f"needs {total_bits / 8:g} bytes"
+            f"tensor '{name}' spans {end - begin} bytes, but {dtype} with shape {shape} needs {total_bits / 8:g} bytes"
         )
     return {"dtype": dtype, "shape": shape}
 
@@ -421,14 +413,10 @@ def _check_layout(header: dict[str, Any], data_len: int) -> None:
                 f"which ends at {position}"
             )
         if begin > position:
-            raise InvalidFile(
-                f"tensor '{name}' starts at data offset {begin}, leaving a gap after offset {position}"
-            )
+            raise InvalidFile(f"tensor '{name}' starts at data offset {begin}, leaving a gap after offset {position}")
         position, previous = end, name
     if position != data_len:
-        raise InvalidFile(
-            f"the .safetensors data section is {data_len} bytes but its tensors cover only {position}"
-        )
+        raise InvalidFile(f"the .safetensors data section is {data_len} bytes but its tensors cover only {position}")
 
 
 _VALIDATORS: dict[str, Callable[[Path], dict[str, Any]]] = {

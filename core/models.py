@@ -15,6 +15,7 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     ForeignKey,
+    Identity,
     Index,
     Integer,
     MetaData,
@@ -26,6 +27,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from core.job_states import STATUSES
+
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -34,8 +37,6 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "canceled")
-JOB_TYPES = ("training", "compression", "batch_inference")
 FILE_PURPOSES = ("dataset", "model")
 
 
@@ -94,8 +95,7 @@ class File(Base):
 class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
-        CheckConstraint(_in("status", JOB_STATUSES), name="status"),
-        CheckConstraint(_in("type", JOB_TYPES), name="type"),
+        CheckConstraint(_in("status", STATUSES), name="status"),
         Index(None, "tenant_id", "id"),
         Index(None, "status"),
     )
@@ -111,6 +111,7 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     worker_id: Mapped[str | None] = mapped_column(String(200))
+    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     webhook: Mapped[str | None] = mapped_column(Text)
@@ -122,9 +123,12 @@ class Job(Base):
 
 
 class JobEvent(Base):
+    """One thing that happened to a job; ``seq`` orders a job's events (ids may tie in one millisecond)."""
+
     __tablename__ = "job_events"
-    __table_args__ = (Index(None, "job_id", "id"),)
+    __table_args__ = (Index(None, "job_id", "seq"),)
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, Identity(always=True), unique=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
     created_at: Mapped[datetime] = _now()
     level: Mapped[str] = mapped_column(String(10), default="info")
@@ -190,7 +194,7 @@ class Deployment(Base):
 class Prediction(Base):
     __tablename__ = "predictions"
     __table_args__ = (
-        CheckConstraint(_in("status", JOB_STATUSES), name="status"),
+        CheckConstraint(_in("status", STATUSES), name="status"),
         Index(None, "tenant_id", "id"),
     )
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -213,7 +217,7 @@ class WebhookDelivery(Base):
     """One event sent to one URL; ``id`` is the stable ``webhook-id`` header across retries."""
 
     __tablename__ = "webhook_deliveries"
-    __table_args__ = (Index(None, "subject_id"),)
+    __table_args__ = (Index(None, "subject_id"), Index(None, "status", "next_attempt_at"))
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     subject_id: Mapped[str] = mapped_column(String(40))
@@ -231,6 +235,9 @@ class WebhookSecret(Base):
     __tablename__ = "webhook_secrets"
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
     secret: Mapped[str] = mapped_column(String(100))
+    # still signed with, next to the new one, for a while after a rotation
+    previous_secret: Mapped[str | None] = mapped_column(String(100))
+    rotated_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = _now()
 
 

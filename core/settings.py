@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     # API server
     api_host: str = "127.0.0.1"
     api_port: int = 8080
+    # the base of the URLs in job objects and webhooks (default: http://api_host:api_port)
+    public_url: str | None = None
     log_format: str = Field(default="json", pattern="^(json|text)$")
 
     # limits
@@ -55,20 +57,37 @@ class Settings(BaseSettings):
     api_key_touch_interval_s: int = Field(default=60, ge=0)
     idempotency_key_ttl_s: int = Field(default=24 * 3600, ge=24 * 3600)
 
-    # workers
+    max_wait_s: float = Field(default=60.0, ge=0, description="cap of `Prefer: wait=N`")
+
+    # workers and the job runner
     worker_concurrency: int = Field(default=2, gt=0)
     job_max_duration_s: int = Field(default=24 * 3600, gt=0)
+    heartbeat_interval_s: float = Field(default=1.0, gt=0)
+    heartbeat_timeout_s: float = Field(default=30.0, gt=0)
+    reconcile_interval_s: float = Field(default=5.0, gt=0)
+    redispatch_after_s: float = Field(default=300.0, gt=0)
+    cancel_grace_s: float = Field(default=10.0, ge=0)
+
+    # webhooks
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_max_attempts: int = Field(default=8, gt=0)
+    webhook_backoff_base_s: float = Field(default=2.0, gt=0)
+    webhook_backoff_max_s: float = Field(default=3600.0, gt=0)
+    webhook_progress_interval_s: float = Field(default=5.0, ge=0)
+    webhook_allow_private_targets: bool = False
 
     # the embedded local stack
     data_dir: Path = Path.home() / ".maas"
+
+    @property
+    def public_base_url(self) -> str:
+        return (self.public_url or f"http://{self.api_host}:{self.api_port}").rstrip("/")
 
     def require(self, *names: str) -> None:
         """Raise MissingSetting naming every unset variable among ``names``."""
         missing = [ENV_PREFIX + n.upper() for n in names if getattr(self, n) in (None, "")]
         if missing:
-            raise MissingSetting(
-                f"{', '.join(missing)} not set: point it at a running service, or run `maas up`"
-            )
+            raise MissingSetting(f"{', '.join(missing)} not set: point it at a running service, or run `maas up`")
 
     def with_services(self, **urls: str | None) -> Settings:
         """A copy with some service settings replaced (used by the local stack and the tests)."""
@@ -81,8 +100,4 @@ def load_settings() -> Settings:
 
 def to_env(settings: Settings) -> dict[str, str]:
     """The MAAS_* variables that reproduce ``settings`` in a child process."""
-    return {
-        ENV_PREFIX + name.upper(): str(value)
-        for name, value in settings.model_dump().items()
-        if value is not None
-    }
+    return {ENV_PREFIX + name.upper(): str(value) for name, value in settings.model_dump().items() if value is not None}

@@ -18,6 +18,8 @@ from core.artifact_store import ArtifactStore
 from core.db import make_engine, session_factory
 from core.settings import Settings
 from migrations import runner
+from tests.support import job_types  # noqa: F401 - registers the test-only job types
+from tests.support.processes import Worker
 from tests.support.services import ServiceUrls, running_services, scratch_database
 
 
@@ -46,6 +48,17 @@ def settings(services: ServiceUrls, database_url: str, tmp_path_factory: pytest.
         data_dir=tmp_path_factory.mktemp("data"),
         api_key_touch_interval_s=0,
         log_format="text",
+        # fast clocks, so recovery paths run in seconds
+        heartbeat_interval_s=0.2,
+        heartbeat_timeout_s=3,
+        reconcile_interval_s=0.5,
+        redispatch_after_s=3,
+        cancel_grace_s=1.5,
+        webhook_timeout_s=2,
+        webhook_backoff_base_s=0.2,
+        webhook_backoff_max_s=2,
+        webhook_progress_interval_s=0,
+        webhook_allow_private_targets=True,  # the receivers are on loopback
     )
     ArtifactStore(settings).ensure_bucket()
     return settings
@@ -91,3 +104,14 @@ def other_tenant(db) -> Tenant:
 async def api(aiohttp_client, settings: Settings) -> AsyncIterator[TestClient]:
     """The API app, served on a real loopback port."""
     yield await aiohttp_client(create_app(settings))
+
+
+@pytest.fixture(scope="session")
+def job_worker(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+    """The shared worker: runs the training and webhooks queues."""
+    from workers.celery_app import create_celery
+
+    create_celery(settings).control.purge()  # messages of earlier runs must not reach this database
+    worker = Worker(settings, "training,webhooks", tmp_path_factory.mktemp("worker") / "worker.log")
+    yield worker
+    worker.stop()

@@ -16,11 +16,13 @@ from kombu import Queue
 from core.settings import Settings
 
 QUEUES = ("training", "compression", "inference", "webhooks")
+# modules whose tasks and signal handlers a worker loads (the API only sends by name)
+TASK_MODULES = ["workers.jobs", "workers.webhooks", "workers.reconciler"]
 
 
 def create_celery(settings: Settings) -> Celery:
     settings.require("broker_url")
-    app = Celery("maas", broker=settings.broker_url, set_as_current=False)
+    app = Celery("maas", broker=settings.broker_url, include=TASK_MODULES, set_as_current=False)
     app.conf.update(
         task_queues=[Queue(name) for name in QUEUES],
         task_default_queue=QUEUES[0],

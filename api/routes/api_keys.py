@@ -67,13 +67,9 @@ async def create_api_key(request: web.Request, call: Call) -> CreatedApiKey:
     return CreatedApiKey(**render_key(row).model_dump(exclude={"object"}), key=key)
 
 
-@api_keys.get(
-    "/v1/api-keys", summary="List this tenant's API keys", query=PageQuery, response=Page[ApiKeyObject]
-)
+@api_keys.get("/v1/api-keys", summary="List this tenant's API keys", query=PageQuery, response=Page[ApiKeyObject])
 async def list_api_keys(request: web.Request, call: Call) -> Page[ApiKeyObject]:
-    statement = page_statement(
-        select(ApiKey).where(ApiKey.tenant_id == call.tenant_id), ApiKey.id, call.query
-    )
+    statement = page_statement(select(ApiKey).where(ApiKey.tenant_id == call.tenant_id), ApiKey.id, call.query)
     async with context(request).db() as session:
         rows = list(await session.scalars(statement))
     return make_page(rows, call.query, render_key)

@@ -145,9 +145,7 @@ async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
         yield chunk
 
 
-async def _receive(
-    request: web.Request, query: UploadQuery, upload: _Upload
-) -> tuple[str | None, str | None]:
+async def _receive(request: web.Request, query: UploadQuery, upload: _Upload) -> tuple[str | None, str | None]:
     """Stream the body into ``upload``; the (purpose, filename) the request carried."""
     purpose, filename = query.purpose, query.filename
     if not request.content_type.startswith("multipart/"):

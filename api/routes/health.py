@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from aiohttp import web
@@ -14,8 +15,12 @@ from sqlalchemy import text
 
 from api.context import ApiContext, context
 from api.endpoints import Call, Endpoints
-from api.openapi import OPENAPI
+from api.openapi import ENDPOINT_TABLES, openapi_document
 from api.problems import Problem
+from core.jobs import counts_by_status as job_counts_by_status
+from workers.celery_app import QUEUES
+
+log = logging.getLogger("maas.api")
 
 health = Endpoints("operations")
 
@@ -52,6 +57,13 @@ async def _check_broker(ctx: ApiContext) -> None:
 
 async def _check_store(ctx: ApiContext) -> None:
     await asyncio.to_thread(ctx.store.ping)
+
+
+def _queue_depths(ctx: ApiContext) -> dict[str, int]:
+    timeout = ctx.settings.readiness_timeout_s
+    with Connection(ctx.settings.broker_url, connect_timeout=timeout) as conn:
+        channel = conn.default_channel
+        return {queue: channel.queue_declare(queue=queue, passive=True).message_count for queue in QUEUES}
 
 
 CHECKS = {"database": _check_database, "broker": _check_broker, "store": _check_store}
@@ -102,7 +114,15 @@ async def readyz(request: web.Request, call: Call) -> Readiness:
     response_doc={"content": {"text/plain": {"schema": {"type": "string"}}}},
 )
 async def metrics(request: web.Request, call: Call) -> web.Response:
-    metrics = context(request).metrics
+    ctx = context(request)
+    metrics = ctx.metrics
+    async with ctx.db() as session:
+        metrics.set_job_counts(await session.run_sync(job_counts_by_status))
+    try:
+        depths = await asyncio.wait_for(asyncio.to_thread(_queue_depths, ctx), ctx.settings.readiness_timeout_s + 1)
+        metrics.set_queue_depths(depths)
+    except Exception as exc:  # a broker outage shows on /readyz; metrics still answer
+        log.warning("queue depths unavailable: %s", exc)
     response = web.Response(body=metrics.render())
     response.headers["Content-Type"] = metrics.content_type
     return response
@@ -115,4 +135,4 @@ async def metrics(request: web.Request, call: Call) -> web.Response:
     response_doc={"content": {"application/json": {"schema": {"type": "object"}}}},
 )
 async def openapi(request: web.Request, call: Call) -> web.Response:
-    return web.json_response(request.app[OPENAPI])
+    return web.json_response(openapi_document(request.app[ENDPOINT_TABLES]))

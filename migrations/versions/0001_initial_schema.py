@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: (none)
-Create Date: 2026-11-28 23:00:47.204468
+Create Date: 2026-11-28 23:05:40.710064
 """
 
 from alembic import op
@@ -13,6 +13,21 @@ revision = '0001'
 down_revision = None
 branch_labels = None
 depends_on = None
+
+
+# core.job_states.NEXT as SQL (a test checks that the two agree): terminal states never change.
+GUARD_STATUS = """
+CREATE OR REPLACE FUNCTION maas_guard_status() RETURNS trigger AS $$
+BEGIN
+    IF NEW.status IS DISTINCT FROM OLD.status AND NOT ((OLD.status = 'queued' AND NEW.status IN ('canceled', 'failed', 'running')) OR (OLD.status = 'running' AND NEW.status IN ('canceled', 'failed', 'queued', 'succeeded'))) THEN
+        RAISE EXCEPTION 'status % may not change to %', OLD.status, NEW.status
+            USING ERRCODE = 'check_violation';
+    END IF;
+    RETURN NEW;
+END;
+$$ LANGUAGE plpgsql;
+"""
+GUARDED_TABLES = ("jobs", "predictions")
 
 
 def upgrade() -> None:
@@ -81,6 +96,7 @@ def upgrade() -> None:
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('max_attempts', sa.Integer(), nullable=False),
     sa.Column('worker_id', sa.String(length=200), nullable=True),
+    sa.Column('dispatched_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('heartbeat_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('cancel_requested_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('webhook', sa.Text(), nullable=True),
@@ -90,7 +106,6 @@ def upgrade() -> None:
     sa.Column('started_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True),
     sa.CheckConstraint("status IN ('queued', 'running', 'succeeded', 'failed', 'canceled')", name=op.f('ck_jobs_status')),
-    sa.CheckConstraint("type IN ('training', 'compression', 'batch_inference')", name=op.f('ck_jobs_type')),
     sa.ForeignKeyConstraint(['tenant_id'], ['tenants.id'], name=op.f('fk_jobs_tenant_id_tenants'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_jobs'))
     )
@@ -120,10 +135,13 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['tenant_id'], ['tenants.id'], name=op.f('fk_webhook_deliveries_tenant_id_tenants'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_webhook_deliveries'))
     )
+    op.create_index(op.f('ix_webhook_deliveries_status_next_attempt_at'), 'webhook_deliveries', ['status', 'next_attempt_at'], unique=False)
     op.create_index(op.f('ix_webhook_deliveries_subject_id'), 'webhook_deliveries', ['subject_id'], unique=False)
     op.create_table('webhook_secrets',
     sa.Column('tenant_id', sa.String(length=40), nullable=False),
     sa.Column('secret', sa.String(length=100), nullable=False),
+    sa.Column('previous_secret', sa.String(length=100), nullable=True),
+    sa.Column('rotated_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
     sa.ForeignKeyConstraint(['tenant_id'], ['tenants.id'], name=op.f('fk_webhook_secrets_tenant_id_tenants'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('tenant_id', name=op.f('pk_webhook_secrets'))
@@ -147,6 +165,7 @@ def upgrade() -> None:
     op.create_index(op.f('ix_artifacts_tenant_id_id'), 'artifacts', ['tenant_id', 'id'], unique=False)
     op.create_table('job_events',
     sa.Column('id', sa.String(length=40), nullable=False),
+    sa.Column('seq', sa.BigInteger(), sa.Identity(always=True), nullable=False),
     sa.Column('job_id', sa.String(length=40), nullable=False),
     sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
     sa.Column('level', sa.String(length=10), nullable=False),
@@ -154,9 +173,10 @@ def upgrade() -> None:
     sa.Column('message', sa.Text(), nullable=False),
     sa.Column('data', postgresql.JSONB(astext_type=sa.Text()), nullable=False),
     sa.ForeignKeyConstraint(['job_id'], ['jobs.id'], name=op.f('fk_job_events_job_id_jobs'), ondelete='CASCADE'),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_job_events'))
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_job_events')),
+    sa.UniqueConstraint('seq', name=op.f('uq_job_events_seq'))
     )
-    op.create_index(op.f('ix_job_events_job_id_id'), 'job_events', ['job_id', 'id'], unique=False)
+    op.create_index(op.f('ix_job_events_job_id_seq'), 'job_events', ['job_id', 'seq'], unique=False)
     op.create_table('model_versions',
     sa.Column('id', sa.String(length=40), nullable=False),
     sa.Column('model_id', sa.String(length=40), nullable=False),
@@ -211,19 +231,30 @@ def upgrade() -> None:
     )
     op.create_index(op.f('ix_predictions_tenant_id_id'), 'predictions', ['tenant_id', 'id'], unique=False)
 
+    op.execute(GUARD_STATUS)
+    for table in GUARDED_TABLES:
+        op.execute(
+            f"CREATE TRIGGER {table}_guard_status BEFORE UPDATE OF status ON {table} "
+            "FOR EACH ROW EXECUTE FUNCTION maas_guard_status()"
+        )
+
 
 def downgrade() -> None:
+    for table in GUARDED_TABLES:
+        op.execute(f"DROP TRIGGER IF EXISTS {table}_guard_status ON {table}")
+    op.execute("DROP FUNCTION IF EXISTS maas_guard_status()")
     op.drop_index(op.f('ix_predictions_tenant_id_id'), table_name='predictions')
     op.drop_table('predictions')
     op.drop_table('deployments')
     op.drop_table('model_versions')
-    op.drop_index(op.f('ix_job_events_job_id_id'), table_name='job_events')
+    op.drop_index(op.f('ix_job_events_job_id_seq'), table_name='job_events')
     op.drop_table('job_events')
     op.drop_index(op.f('ix_artifacts_tenant_id_id'), table_name='artifacts')
     op.drop_index(op.f('ix_artifacts_job_id'), table_name='artifacts')
     op.drop_table('artifacts')
     op.drop_table('webhook_secrets')
     op.drop_index(op.f('ix_webhook_deliveries_subject_id'), table_name='webhook_deliveries')
+    op.drop_index(op.f('ix_webhook_deliveries_status_next_attempt_at'), table_name='webhook_deliveries')
     op.drop_table('webhook_deliveries')
     op.drop_table('models')
     op.drop_index(op.f('ix_jobs_tenant_id_id'), table_name='jobs')

@@ -58,3 +58,12 @@ def test_migrations_match_the_models(database_url):
     finally:
         engine.dispose()
     assert diff == []
+
+
+def test_the_status_guard_in_the_migration_is_the_state_machine():
+    from importlib import import_module
+
+    from core.job_states import trigger_sql
+
+    initial = import_module("migrations.versions.0001_initial_schema")
+    assert initial.GUARD_STATUS.strip() == trigger_sql().strip()

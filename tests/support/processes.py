@@ -51,3 +51,50 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, what: str, interva
             return
         time.sleep(interval_s)
     raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+class Worker:
+    """A real Celery worker process (``python -m workers``) with the test job types loaded."""
+
+    def __init__(self, settings, queues: str, log_path: Path, concurrency: int = 2):
+        import secrets
+
+        from core.settings import to_env
+        from workers.celery_app import create_celery
+
+        self.hostname = f"test-{secrets.token_hex(4)}@localhost"
+        self.log_path = log_path
+        self.app = create_celery(settings)
+        self.process = start(
+            [
+                "-m",
+                "workers",
+                "--queues",
+                queues,
+                "--concurrency",
+                str(concurrency),
+                "--include",
+                "tests.support.worker_tasks,tests.support.job_types",
+                "--hostname",
+                self.hostname,
+            ],
+            to_env(settings),
+            log_path,
+        )
+        wait_for(
+            lambda: self.process.poll() is not None or bool(self.app.control.ping([self.hostname], timeout=0.5)),
+            60,
+            f"worker {self.hostname} to answer ping",
+        )
+        if self.process.poll() is not None:
+            raise RuntimeError(f"worker exited:\n{log_path.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool processes at once, as a machine crash would."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        stop(self.process)
+        self.app.close()

@@ -71,10 +71,7 @@ def test_detect_format_no_extension() -> None:
     with pytest.raises(InvalidFile) as caught:
         detect_format("weights", "model")
     assert caught.value.pointer == "/filename"
-    assert (
-        caught.value.detail
-        == "filename 'weights' has no extension; purpose 'model' accepts .onnx, .safetensors"
-    )
+    assert caught.value.detail == "filename 'weights' has no extension; purpose 'model' accepts .onnx, .safetensors"
 
 
 def test_detect_format_extension_of_the_other_purpose_blames_the_purpose() -> None:
@@ -345,8 +342,7 @@ def test_parquet_without_rows(tmp_path: Path) -> None:
 def _onnx_model(nodes: list[onnx.NodeProto] | None = None) -> onnx.ModelProto:
     """Y = X @ W + B with a symbolic batch dimension, unless other nodes are given."""
     graph = helper.make_graph(
-        nodes
-        or [helper.make_node("MatMul", ["X", "W"], ["XW"]), helper.make_node("Add", ["XW", "B"], ["Y"])],
+        nodes or [helper.make_node("MatMul", ["X", "W"], ["XW"]), helper.make_node("Add", ["XW", "B"], ["Y"])],
         "linear",
         [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["batch", 4])],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["batch", 3])],

@@ -114,7 +114,5 @@ def test_every_oip_datatype_but_bf16_has_a_numpy_dtype() -> None:
     assert OIP_TO_NUMPY["BYTES"] == "object"
     for datatype, dtype in OIP_TO_NUMPY.items():
         if datatype != "BYTES":
-            expected = helper.tensor_dtype_to_np_dtype(
-                next(t for t, d in ONNX_TO_OIP.items() if d == datatype)
-            )
+            expected = helper.tensor_dtype_to_np_dtype(next(t for t, d in ONNX_TO_OIP.items() if d == datatype))
             assert np.dtype(dtype) == expected

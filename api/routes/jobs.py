@@ -1,0 +1,458 @@
+"""The jobs resource: create (typed spec per job type), get, list, cancel, events (JSON pages or
+Server-Sent Events), artifacts and webhook deliveries. ``Prefer: wait=N`` holds create and get
+until the job ends or N seconds pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from datetime import datetime
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from sqlalchemy import select
+
+from api.context import ApiContext, commit_and_send, context
+from api.endpoints import Call, Endpoints, body_errors
+from api.pagination import Page, PageQuery, make_page, page_statement
+from api.problems import Problem, not_found, validation_problem
+from core import jobs as job_service
+from core.job_states import TERMINAL
+from core.job_types import JOB_TYPES
+from core.models import Artifact, Job, JobEvent, WebhookDelivery
+from core.webhooks import EVENTS, UnsafeWebhookUrl, check_url
+
+jobs = Endpoints("jobs")
+
+POLL_S = 0.2
+SSE_KEEPALIVE_S = 15.0
+MAX_METADATA_KEYS = 16
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: str = Field(description="a registered job type; its `spec` schema is listed in the document")
+    spec: dict[str, Any]
+    webhook: str | None = Field(default=None, max_length=2048)
+    webhook_events_filter: list[Literal["start", "progress", "completed"]] | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_limits(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > MAX_METADATA_KEYS:
+            raise ValueError(f"at most {MAX_METADATA_KEYS} keys")
+        for key, item in value.items():
+            if not 0 < len(key) <= 64 or len(item) > 512:
+                raise ValueError("keys are 1-64 characters, values at most 512")
+        return value
+
+
+class Progress(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    step: int
+    total_steps: int | None
+    fraction: float | None
+
+
+class JobUrls(BaseModel):
+    get: str
+    cancel: str
+    events: str
+
+
+class JobObject(BaseModel):
+    id: str
+    object: str
+    type: str
+    status: Literal["queued", "running", "succeeded", "failed", "canceled"]
+    spec: dict[str, Any]
+    progress: Progress
+    metrics: dict[str, Any]
+    result: dict[str, Any] | None
+    error: dict[str, Any] | None
+    attempts: int
+    max_attempts: int
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    webhook: str | None
+    webhook_events_filter: list[str]
+    metadata: dict[str, str]
+    urls: JobUrls
+
+
+class JobListQuery(PageQuery):
+    type: str | None = None
+    status: Literal["queued", "running", "succeeded", "failed", "canceled"] | None = None
+
+
+class EventQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    after: str | None = Field(default=None, max_length=40, description="an event id: only later events")
+    limit: int = Field(default=100, ge=1, le=1000)
+
+
+class JobEventObject(BaseModel):
+    id: str
+    object: str = "job.event"
+    created_at: datetime
+    level: str
+    type: str
+    message: str
+    data: dict[str, Any]
+
+
+class EventPage(BaseModel):
+    object: str = "list"
+    data: list[JobEventObject]
+    has_more: bool
+    next_cursor: str | None
+
+
+class ArtifactObject(BaseModel):
+    id: str
+    object: str = "artifact"
+    job_id: str | None
+    kind: str
+    name: str
+    bytes: int
+    sha256: str
+    created_at: datetime
+
+
+class ArtifactList(BaseModel):
+    object: str = "list"
+    data: list[ArtifactObject]
+
+
+class ArtifactDownload(ArtifactObject):
+    download_url: str
+    expires_at: datetime
+
+
+class DeliveryAttempt(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    at: str
+    status_code: int | None
+    error: str | None
+    duration_ms: float
+
+
+class WebhookDeliveryObject(BaseModel):
+    id: str
+    object: str = "webhook_delivery"
+    event: str
+    url: str
+    status: str
+    attempts: list[DeliveryAttempt]
+    created_at: datetime
+    next_attempt_at: datetime | None
+    delivered_at: datetime | None
+
+
+class DeliveryList(BaseModel):
+    object: str = "list"
+    data: list[WebhookDeliveryObject]
+
+
+def render_job(ctx: ApiContext, job: Job) -> JobObject:
+    return JobObject.model_validate(job_service.job_view(job, ctx.settings.public_base_url))
+
+
+def render_event(event: JobEvent) -> JobEventObject:
+    return JobEventObject(
+        id=event.id,
+        created_at=event.created_at,
+        level=event.level,
+        type=event.type,
+        message=event.message,
+        data=event.data,
+    )
+
+
+def render_artifact(row: Artifact) -> ArtifactObject:
+    return ArtifactObject(
+        id=row.id,
+        job_id=row.job_id,
+        kind=row.kind,
+        name=row.name,
+        bytes=row.bytes,
+        sha256=row.sha256,
+        created_at=row.created_at,
+    )
+
+
+def prefer_wait(request: web.Request, cap_s: float) -> float | None:
+    """Seconds asked for with ``Prefer: wait=N`` (RFC 7240), capped; None when not asked."""
+    match = re.search(r"(?:^|[,;\s])wait\s*=\s*(\d+(?:\.\d+)?)", request.headers.get("Prefer", ""))
+    return min(float(match.group(1)), cap_s) if match else None
+
+
+async def _load_job(ctx: ApiContext, tenant_id: str, job_id: str) -> Job:
+    async with ctx.db() as session:
+        job = await session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
+    if job is None:
+        raise not_found("job", job_id)
+    return job
+
+
+async def _wait_until_done(ctx: ApiContext, job: Job, wait_s: float | None, call: Call) -> Job:
+    if wait_s is None:
+        return job
+    call.response_headers["Preference-Applied"] = f"wait={wait_s:g}"
+    deadline = time.monotonic() + wait_s
+    while job.status not in TERMINAL and time.monotonic() < deadline:
+        await asyncio.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
+        job = await _load_job(ctx, job.tenant_id, job.id)
+    return job
+
+
+def _validate_create(ctx: ApiContext, body: JobCreate) -> dict[str, Any]:
+    job_type = JOB_TYPES.get(body.type)
+    if job_type is None:
+        known = ", ".join(sorted(JOB_TYPES)) or "none are installed"
+        raise validation_problem([{"pointer": "/type", "detail": f"unknown job type; known: {known}"}])
+    try:
+        spec = job_type.spec.model_validate(body.spec)
+    except ValidationError as exc:
+        raise validation_problem([{**e, "pointer": "/spec" + e["pointer"]} for e in body_errors(exc)]) from None
+    if body.webhook:
+        try:
+            check_url(body.webhook, allow_private=ctx.settings.webhook_allow_private_targets)
+        except UnsafeWebhookUrl as exc:
+            raise validation_problem([{"pointer": "/webhook", "detail": str(exc)}]) from None
+    return spec.model_dump(mode="json")
+
+
+def _spec_variants() -> dict[str, type[BaseModel]]:
+    return {name: job_type.spec for name, job_type in sorted(JOB_TYPES.items())}
+
+
+@jobs.post(
+    "/v1/jobs",
+    summary="Create a job (training, compression, batch inference); `Prefer: wait=N` holds the answer",
+    body=JobCreate,
+    body_variants=_spec_variants,
+    response=JobObject,
+    status=201,
+    idempotent=True,
+    errors=(409,),
+)
+async def create_job(request: web.Request, call: Call) -> JobObject:
+    ctx = context(request)
+    body: JobCreate = call.body
+    spec = _validate_create(ctx, body)
+
+    def create(session) -> JobObject:
+        job = job_service.create_job(
+            session,
+            tenant_id=call.tenant_id,
+            type_=body.type,
+            spec=spec,
+            webhook=body.webhook,
+            webhook_events_filter=list(body.webhook_events_filter or EVENTS),
+            metadata=body.metadata,
+        )
+        rendered = render_job(ctx, job)
+        if call.idempotency:
+            call.idempotency.record(session, 201, rendered.model_dump(mode="json"))
+        return rendered
+
+    async with ctx.db() as session:
+        rendered = await session.run_sync(create)
+        await commit_and_send(ctx, session)
+    wait_s = prefer_wait(request, ctx.settings.max_wait_s)
+    if wait_s is None:
+        return rendered
+    job = await _wait_until_done(ctx, await _load_job(ctx, call.tenant_id, rendered.id), wait_s, call)
+    return render_job(ctx, job)
+
+
+@jobs.get("/v1/jobs", summary="List jobs, newest first", query=JobListQuery, response=Page[JobObject])
+async def list_jobs(request: web.Request, call: Call) -> Page[JobObject]:
+    ctx = context(request)
+    statement = select(Job).where(Job.tenant_id == call.tenant_id)
+    if call.query.type:
+        statement = statement.where(Job.type == call.query.type)
+    if call.query.status:
+        statement = statement.where(Job.status == call.query.status)
+    async with ctx.db() as session:
+        rows = list(await session.scalars(page_statement(statement, Job.id, call.query)))
+    return make_page(rows, call.query, lambda job: render_job(ctx, job))
+
+
+@jobs.get(
+    "/v1/jobs/{id}",
+    summary="Get a job; `Prefer: wait=N` holds until it ends",
+    response=JobObject,
+    errors=(404,),
+)
+async def get_job(request: web.Request, call: Call) -> JobObject:
+    ctx = context(request)
+    job = await _load_job(ctx, call.tenant_id, call.params["id"])
+    job = await _wait_until_done(ctx, job, prefer_wait(request, ctx.settings.max_wait_s), call)
+    return render_job(ctx, job)
+
+
+@jobs.post(
+    "/v1/jobs/{id}/cancel",
+    summary="Cancel a job; a running one is stopped in its worker",
+    response=JobObject,
+    errors=(404, 409),
+)
+async def cancel_job(request: web.Request, call: Call) -> JobObject:
+    ctx = context(request)
+    async with ctx.db() as session:
+        job = await session.run_sync(
+            lambda s: job_service.request_cancel(s, call.params["id"], call.tenant_id, ctx.settings)
+        )
+        await commit_and_send(ctx, session)
+    if job is None:
+        job = await _load_job(ctx, call.tenant_id, call.params["id"])  # 404, or lost a race to a terminal state
+    if job.status in ("succeeded", "failed"):
+        raise Problem(409, f"the job already ended: {job.status}", job=render_job(ctx, job).model_dump())
+    return render_job(ctx, job)
+
+
+async def _event_seq(ctx: ApiContext, job_id: str, event_id: str | None) -> int:
+    if not event_id:
+        return 0
+    async with ctx.db() as session:
+        seq = await session.scalar(select(JobEvent.seq).where(JobEvent.job_id == job_id, JobEvent.id == event_id))
+    if seq is None:
+        raise Problem(
+            400,
+            f"no event {event_id!r} in this job",
+            errors=[{"parameter": "after", "detail": "unknown event id"}],
+        )
+    return seq
+
+
+async def _events_after(ctx: ApiContext, job_id: str, seq: int, limit: int) -> list[JobEvent]:
+    async with ctx.db() as session:
+        statement = (
+            select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.seq > seq).order_by(JobEvent.seq).limit(limit)
+        )
+        return list(await session.scalars(statement))
+
+
+def _is_terminal_event(event: JobEvent) -> bool:
+    return event.type == "status" and event.data.get("status") in TERMINAL
+
+
+@jobs.get(
+    "/v1/jobs/{id}/events",
+    summary="A job's events, oldest first; with `Accept: text/event-stream`, a live Server-Sent Events stream",
+    query=EventQuery,
+    response=EventPage,
+    errors=(404,),
+)
+async def list_events(request: web.Request, call: Call) -> EventPage | web.StreamResponse:
+    ctx = context(request)
+    job = await _load_job(ctx, call.tenant_id, call.params["id"])
+    after = call.query.after or request.headers.get("Last-Event-ID")
+    seq = await _event_seq(ctx, job.id, after)
+    if "text/event-stream" in request.headers.get("Accept", ""):
+        return await _stream_events(request, ctx, job, seq)
+    rows = await _events_after(ctx, job.id, seq, call.query.limit + 1)
+    has_more = len(rows) > call.query.limit
+    rows = rows[: call.query.limit]
+    return EventPage(
+        data=[render_event(e) for e in rows],
+        has_more=has_more,
+        next_cursor=rows[-1].id if rows else call.query.after,
+    )
+
+
+async def _stream_events(request: web.Request, ctx: ApiContext, job: Job, seq: int) -> web.StreamResponse:
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
+    await response.prepare(request)
+    last_write = time.monotonic()
+    while True:
+        events = await _events_after(ctx, job.id, seq, 500)
+        for event in events:
+            payload = render_event(event).model_dump_json()
+            await response.write(f"id: {event.id}\nevent: {event.type}\ndata: {payload}\n\n".encode())
+            seq, last_write = event.seq, time.monotonic()
+        if any(_is_terminal_event(e) for e in events):
+            break
+        if not events:
+            job = await _load_job(ctx, job.tenant_id, job.id)
+            if job.status in TERMINAL and not await _events_after(ctx, job.id, seq, 1):
+                break
+            if time.monotonic() - last_write > SSE_KEEPALIVE_S:
+                await response.write(b": keep-alive\n\n")
+                last_write = time.monotonic()
+            await asyncio.sleep(POLL_S)
+    await response.write_eof()
+    return response
+
+
+@jobs.get(
+    "/v1/jobs/{id}/artifacts",
+    summary="A job's artifacts (checkpoints, models, reports, plots)",
+    response=ArtifactList,
+    errors=(404,),
+)
+async def list_artifacts(request: web.Request, call: Call) -> ArtifactList:
+    ctx = context(request)
+    job = await _load_job(ctx, call.tenant_id, call.params["id"])
+    async with ctx.db() as session:
+        rows = await session.scalars(select(Artifact).where(Artifact.job_id == job.id).order_by(Artifact.id))
+        return ArtifactList(data=[render_artifact(r) for r in rows])
+
+
+@jobs.get(
+    "/v1/artifacts/{id}",
+    summary="An artifact with a short-lived presigned download URL",
+    response=ArtifactDownload,
+    errors=(404,),
+)
+async def get_artifact(request: web.Request, call: Call) -> ArtifactDownload:
+    ctx = context(request)
+    async with ctx.db() as session:
+        row = await session.scalar(
+            select(Artifact).where(Artifact.id == call.params["id"], Artifact.tenant_id == call.tenant_id)
+        )
+    if row is None:
+        raise not_found("artifact", call.params["id"])
+    url, expires_at = await asyncio.to_thread(ctx.store.presigned_url, row.storage_key, filename=row.name)
+    return ArtifactDownload(
+        **render_artifact(row).model_dump(exclude={"object"}), download_url=url, expires_at=expires_at
+    )
+
+
+@jobs.get(
+    "/v1/jobs/{id}/webhook-deliveries",
+    summary="Every webhook delivery of a job and its attempts",
+    response=DeliveryList,
+    errors=(404,),
+)
+async def list_deliveries(request: web.Request, call: Call) -> DeliveryList:
+    ctx = context(request)
+    job = await _load_job(ctx, call.tenant_id, call.params["id"])
+    async with ctx.db() as session:
+        rows = await session.scalars(
+            select(WebhookDelivery).where(WebhookDelivery.subject_id == job.id).order_by(WebhookDelivery.id)
+        )
+        return DeliveryList(
+            data=[
+                WebhookDeliveryObject(
+                    id=r.id,
+                    event=r.event,
+                    url=r.url,
+                    status=r.status,
+                    attempts=r.attempts,
+                    created_at=r.created_at,
+                    next_attempt_at=r.next_attempt_at,
+                    delivered_at=r.delivered_at,
+                )
+                for r in rows
+            ]
+        )

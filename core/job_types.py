@@ -1,0 +1,34 @@
+"""The registry of job types: each names its typed spec (validated by the API, handed to the
+worker as is), its queue and how many attempts it gets.
+
+Product types register themselves here when their package is imported
+(``training``, ``compression``, batch inference); the worker side registers the
+matching handler in ``workers.job_runner``. The test suite registers its own types.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+
+
+@dataclass(frozen=True)
+class JobType:
+    name: str
+    spec: type[BaseModel]
+    queue: str
+    max_attempts: int = 3
+
+
+JOB_TYPES: dict[str, JobType] = {}
+
+
+def register_job_type(job_type: JobType) -> JobType:
+    JOB_TYPES[job_type.name] = job_type
+    return job_type
+
+
+def get_job_type(name: str) -> JobType:
+    """The registered type; KeyError when there is none."""
+    return JOB_TYPES[name]

@@ -1,0 +1,185 @@
+"""Jobs in Postgres: creation, the one state-transition function, events, and the job object.
+
+Everything here runs on a synchronous SQLAlchemy session: workers call it
+directly, the API through ``AsyncSession.run_sync``, so there is one copy of the
+rules. Every status change is a guarded UPDATE (``WHERE status IN sources``) plus
+a ``status`` event and, when the job has a webhook that wants it, an outbox row.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from core import webhooks
+from core.dispatch import later
+from core.ids import new_id
+from core.job_states import QUEUED, RUNNING, TERMINAL, sources
+from core.job_types import get_job_type
+from core.models import Job, JobEvent
+from core.settings import Settings
+
+RUN_TASK = "workers.jobs.run"
+WEBHOOK_EVENT_FOR_STATUS = {RUNNING: "start", **dict.fromkeys(TERMINAL, "completed")}
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def job_view(job: Job, base_url: str) -> dict[str, Any]:
+    """The job object of the API contract (also the body of its webhooks)."""
+    url = f"{base_url}/v1/jobs/{job.id}"
+    progress = dict(job.progress or {})
+    progress.setdefault("step", 0)
+    progress.setdefault("total_steps", None)
+    total = progress.get("total_steps")
+    progress["fraction"] = round(progress["step"] / total, 4) if total else None
+    return {
+        "id": job.id,
+        "object": "job",
+        "type": job.type,
+        "status": job.status,
+        "spec": job.spec,
+        "progress": progress,
+        "metrics": job.metrics or {},
+        "result": job.result,
+        "error": job.error,
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+        "webhook": job.webhook,
+        "webhook_events_filter": job.webhook_events_filter,
+        "metadata": job.metadata_,
+        "urls": {"get": url, "cancel": f"{url}/cancel", "events": f"{url}/events"},
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
+
+
+def add_event(
+    session: Session,
+    job_id: str,
+    type_: str,
+    message: str = "",
+    data: dict[str, Any] | None = None,
+    level: str = "info",
+) -> JobEvent:
+    event = JobEvent(id=new_id("job_event"), job_id=job_id, type=type_, message=message, data=data or {}, level=level)
+    session.add(event)
+    return event
+
+
+def notify(session: Session, job: Job, event: str, base_url: str) -> None:
+    """Queue the job's webhook for ``event`` when it wants it."""
+    if webhooks.wants(event, job.webhook, job.webhook_events_filter):
+        webhooks.enqueue(
+            session, job.tenant_id, job.id, event, job.webhook, {**job_view(job, base_url), "event": event}
+        )
+
+
+def dispatch(session: Session, job: Job) -> None:
+    """Ask a worker to run the job, after commit."""
+    job.dispatched_at = now()
+    later(session, RUN_TASK, job.id, queue=get_job_type(job.type).queue)
+
+
+def create_job(
+    session: Session,
+    *,
+    tenant_id: str,
+    type_: str,
+    spec: dict[str, Any],
+    webhook: str | None,
+    webhook_events_filter: list[str],
+    metadata: dict[str, str],
+) -> Job:
+    job = Job(
+        id=new_id("job"),
+        tenant_id=tenant_id,
+        type=type_,
+        status=QUEUED,
+        spec=spec,
+        progress={},
+        metrics={},
+        attempts=0,
+        max_attempts=get_job_type(type_).max_attempts,
+        webhook=webhook,
+        webhook_events_filter=webhook_events_filter,
+        metadata_=metadata,
+    )
+    session.add(job)
+    session.flush()
+    add_event(session, job.id, "status", "queued", {"status": QUEUED})
+    dispatch(session, job)
+    session.flush()
+    session.refresh(job)
+    return job
+
+
+def transition(
+    session: Session,
+    job_id: str,
+    target: str,
+    settings: Settings,
+    *,
+    message: str = "",
+    worker_id: str | None = None,
+    values: dict[str, Any] | None = None,
+    event_data: dict[str, Any] | None = None,
+) -> Job | None:
+    """Move a job to ``target`` if the state machine allows it from its current status.
+
+    With ``worker_id``, only while that worker still holds the job. Returns the
+    updated job, or None when the change was refused (already terminal, or claimed
+    by someone else): the caller lost a race and must not act as if it won.
+    """
+    values = dict(values or {})
+    if target in TERMINAL:
+        values.setdefault("finished_at", now())
+    statement = update(Job).where(Job.id == job_id, Job.status.in_(sources(target)))
+    if worker_id is not None:
+        statement = statement.where(Job.worker_id == worker_id)
+    job = session.scalar(
+        statement.values(status=target, **values).returning(Job).execution_options(synchronize_session=False)
+    )
+    if job is None:
+        return None
+    session.refresh(job)
+    add_event(
+        session,
+        job_id,
+        "status",
+        message or target,
+        {"status": target, **(event_data or {})},
+        level="error" if target == "failed" else "info",
+    )
+    webhook_event = WEBHOOK_EVENT_FOR_STATUS.get(target)
+    if webhook_event:
+        notify(session, job, webhook_event, settings.public_base_url)
+    return job
+
+
+def request_cancel(session: Session, job_id: str, tenant_id: str, settings: Settings) -> Job | None:
+    """Cancel a queued job at once; mark a running one for its worker to stop. None: not found."""
+    job = session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id).with_for_update())
+    if job is None:
+        return None
+    if job.status == QUEUED:
+        return transition(session, job_id, "canceled", settings, message="canceled before it started")
+    if job.status == RUNNING and job.cancel_requested_at is None:
+        job.cancel_requested_at = now()
+        add_event(session, job_id, "cancel_requested", "cancel requested; stopping the running work")
+        session.flush()
+    return job
+
+
+def counts_by_status(session: Session) -> list[tuple[str, str, int]]:
+    return list(session.execute(select(Job.type, Job.status, func.count()).group_by(Job.type, Job.status)))

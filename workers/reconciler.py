@@ -1,0 +1,117 @@
+"""The reconciler: makes Postgres and the broker agree again after crashes and lost messages.
+
+Every ``reconcile_interval_s``, in each worker's main process (rows are taken with
+SKIP LOCKED, so several workers never act on the same one):
+
+- a running job whose heartbeat is older than ``heartbeat_timeout_s`` lost its
+  worker: it is re-queued (and dispatched), or failed when it has no attempts left;
+- a queued job dispatched more than ``redispatch_after_s`` ago may have lost its
+  message (a broker restarted without persistence): it is dispatched again (a
+  duplicate is harmless, the runner's claim lets only one run it);
+- a webhook delivery overdue by more than a grace period is sent again;
+- expired idempotency keys are deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import UTC, datetime, timedelta
+
+from celery import Celery
+from celery.signals import worker_ready, worker_shutdown
+from sqlalchemy import delete, select
+
+from core import jobs as job_service
+from core.dispatch import commit_and_send, later
+from core.job_states import QUEUED, RUNNING
+from core.models import IdempotencyKey, Job, WebhookDelivery
+from core.webhooks import DELIVER_TASK
+from workers.job_runner import requeue_or_fail
+from workers.runtime import WorkerRuntime, runtime
+
+log = logging.getLogger("maas.reconciler")
+BATCH = 100
+
+
+def reconcile_once(rt: WorkerRuntime, sender) -> dict[str, int]:
+    """One pass; how many rows of each kind it acted on."""
+    settings = rt.settings
+    now = datetime.now(UTC)
+    counts = {"requeued_or_failed": 0, "redispatched": 0, "webhooks_resent": 0, "idempotency_keys_expired": 0}
+    with rt.db() as session:
+        stale = session.scalars(
+            select(Job)
+            .where(
+                Job.status == RUNNING,
+                Job.heartbeat_at < now - timedelta(seconds=settings.heartbeat_timeout_s),
+            )
+            .limit(BATCH)
+            .with_for_update(skip_locked=True)
+        ).all()
+        for job in stale:
+            requeue_or_fail(session, job, settings, f"worker {job.worker_id} stopped sending heartbeats")
+        counts["requeued_or_failed"] = len(stale)
+
+        lost = session.scalars(
+            select(Job)
+            .where(Job.status == QUEUED, Job.dispatched_at < now - timedelta(seconds=settings.redispatch_after_s))
+            .limit(BATCH)
+            .with_for_update(skip_locked=True)
+        ).all()
+        for job in lost:
+            job_service.dispatch(session, job)
+        counts["redispatched"] = len(lost)
+
+        overdue = session.scalars(
+            select(WebhookDelivery)
+            .where(
+                WebhookDelivery.status == "pending",
+                WebhookDelivery.next_attempt_at < now - timedelta(seconds=2 * settings.webhook_timeout_s + 5),
+            )
+            .limit(BATCH)
+            .with_for_update(skip_locked=True)
+        ).all()
+        for delivery in overdue:
+            delivery.next_attempt_at = now
+            later(session, DELIVER_TASK, delivery.id, queue="webhooks")
+        counts["webhooks_resent"] = len(overdue)
+
+        counts["idempotency_keys_expired"] = session.execute(
+            delete(IdempotencyKey).where(IdempotencyKey.expires_at < now)
+        ).rowcount
+        commit_and_send(session, sender)
+    if any(counts.values()):
+        log.info("reconciled: %s", counts)
+    return counts
+
+
+class Reconciler(threading.Thread):
+    def __init__(self, app: Celery):
+        super().__init__(name="reconciler", daemon=True)
+        self.app = app
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        rt = runtime()
+        while not self.stopped.wait(rt.settings.reconcile_interval_s):
+            try:
+                reconcile_once(rt, self.app)
+            except Exception:
+                log.exception("reconcile pass failed; retrying in %ss", rt.settings.reconcile_interval_s)
+
+
+_thread: Reconciler | None = None
+
+
+@worker_ready.connect
+def _start(sender, **_: object) -> None:
+    global _thread
+    _thread = Reconciler(sender.app)
+    _thread.start()
+
+
+@worker_shutdown.connect
+def _stop(**_: object) -> None:
+    if _thread is not None:
+        _thread.stopped.set()
