@@ -1,0 +1,46 @@
+import sys
+import time
+
+import psutil
+
+from workers.process_tree import ChildProcess
+
+SCRIPT = """
+import signal, subprocess, sys, time
+g = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN);"
+                      "print('up', flush=True); time.sleep(60)"])
+print(g.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_stop_reaches_a_grandchild_that_ignores_sigterm():
+    child = ChildProcess([sys.executable, "-c", SCRIPT])
+    lines = child.lines()
+    grandchild = int(next(lines))
+    assert next(lines) == "up"
+    started = time.monotonic()
+    killed = child.stop(grace_s=0.5)
+    assert time.monotonic() - started >= 0.5
+    assert killed == [grandchild]
+    assert not psutil.pid_exists(grandchild) or psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE
+
+
+def test_leftovers_of_a_finished_leader_are_reaped():
+    leader = ChildProcess(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', "
+            "'import time; time.sleep(60)']); print(p.pid, flush=True)",
+        ]
+    )
+    orphan = int(next(leader.lines()))
+    assert leader.wait() == 0
+    assert psutil.pid_exists(orphan)
+    leader.reap_leftovers()
+    for _ in range(50):
+        if not psutil.pid_exists(orphan):
+            break
+        time.sleep(0.1)
+    assert not psutil.pid_exists(orphan) or psutil.Process(orphan).status() == psutil.STATUS_ZOMBIE
