@@ -5,11 +5,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
 from aiohttp import web
 from kombu import Connection
+from kombu.exceptions import ChannelError
 from pydantic import BaseModel
 from sqlalchemy import text
 
@@ -61,9 +63,18 @@ async def _check_store(ctx: ApiContext) -> None:
 
 def _queue_depths(ctx: ApiContext) -> dict[str, int]:
     timeout = ctx.settings.readiness_timeout_s
+    depths = {}
     with Connection(ctx.settings.broker_url, connect_timeout=timeout) as conn:
-        channel = conn.default_channel
-        return {queue: channel.queue_declare(queue=queue, passive=True).message_count for queue in QUEUES}
+        for queue in QUEUES:
+            channel = conn.channel()  # a failed passive declare closes the channel on AMQP
+            try:
+                depths[queue] = channel.queue_declare(queue=queue, passive=True).message_count
+            except (ChannelError, *conn.channel_errors):  # never declared, or (Redis) empty
+                depths[queue] = 0
+            finally:
+                with contextlib.suppress(Exception):
+                    channel.close()
+    return depths
 
 
 CHECKS = {"database": _check_database, "broker": _check_broker, "store": _check_store}

@@ -4,7 +4,9 @@ where it finds what was written before."""
 
 from __future__ import annotations
 
+import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,9 +47,16 @@ def stop_and_check_gone(server: EmbeddedServer) -> None:
     server.stop()
     assert not server.is_running()
     assert [p.pid for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
+    ours = {p.pid for p in tree}
     for port in server.ports.values():
-        assert ports.is_free(port), f"port {port} still taken"
+        # another stack (a concurrent test run) may legitimately take the port at once
+        assert ports.is_free(port) or not listeners(port) & ours, f"port {port} still ours"
     assert processes_mentioning(server.data_dir) == []
+
+
+def listeners(port: int) -> set[int]:
+    connections = psutil.net_connections("tcp")
+    return {c.pid for c in connections if c.status == psutil.CONN_LISTEN and c.laddr.port == port and c.pid}
 
 
 def processes_mentioning(path: Path) -> list[int]:
@@ -61,8 +70,17 @@ def processes_mentioning(path: Path) -> list[int]:
 # --- PostgreSQL ---------------------------------------------------------------------------
 
 
-def test_postgres_serves_sql_and_keeps_its_data(tmp_path: Path, stopper: list[EmbeddedServer]) -> None:
-    server = started(stopper, EmbeddedPostgres(tmp_path / "postgres"))
+@pytest.fixture
+def postgres_dir() -> Iterator[Path]:
+    """A folder outside pytest's base temp: each pytest session resets that one to mode 0700,
+    which would lock out the unprivileged user PostgreSQL runs as when the tests run as root."""
+    path = Path(tempfile.mkdtemp(prefix="maas-test-postgres-"))
+    yield path / "postgres"
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def test_postgres_serves_sql_and_keeps_its_data(postgres_dir: Path, stopper: list[EmbeddedServer]) -> None:
+    server = started(stopper, EmbeddedPostgres(postgres_dir))
     assert server.url == f"postgresql+psycopg://postgres@127.0.0.1:{server.port}/postgres"
     maas_url = server.create_database("maas")
     assert server.create_database("maas") == maas_url  # a second time is a no-op
@@ -75,7 +93,7 @@ def test_postgres_serves_sql_and_keeps_its_data(tmp_path: Path, stopper: list[Em
     port = server.port
     stop_and_check_gone(server)
 
-    again = started(stopper, EmbeddedPostgres(tmp_path / "postgres"))
+    again = started(stopper, EmbeddedPostgres(postgres_dir))
     assert again.port == port or not ports.is_free(port)  # remembered, unless someone took it since
     engine = create_engine(again.url_for("maas"))
     with engine.connect() as conn:

@@ -388,3 +388,4 @@ async def test_job_counts_are_on_metrics(api, tenant):
     await create(api, tenant, {"type": "test.unclaimed", "spec": {}})
     metrics = await (await api.get("/metrics")).text()
     assert 'maas_jobs{status="queued",type="test.unclaimed"}' in metrics
+    assert 'maas_queue_depth{queue="inference"}' in metrics
