@@ -34,7 +34,11 @@ def page_statement(statement: Select, id_column: Any, query: PageQuery) -> Selec
     return statement.order_by(id_column.desc()).limit(query.limit + 1)
 
 
-def make_page(rows: Sequence[Any], query: PageQuery, render: Callable[[Any], T]) -> Page[T]:
+def make_page(
+    rows: Sequence[Any], query: PageQuery, render: Callable[[Any], T], cursor: Callable[[Any], str] = lambda r: r.id
+) -> Page[T]:
     has_more = len(rows) > query.limit
     rows = rows[: query.limit]
-    return Page[T](data=[render(r) for r in rows], has_more=has_more, next_cursor=rows[-1].id if has_more else None)
+    return Page[T](
+        data=[render(r) for r in rows], has_more=has_more, next_cursor=cursor(rows[-1]) if has_more else None
+    )

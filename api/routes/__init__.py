@@ -4,6 +4,7 @@ from api.routes.api_keys import api_keys
 from api.routes.files import files
 from api.routes.health import health
 from api.routes.jobs import jobs
+from api.routes.models import models
 from api.routes.webhooks import webhooks
 
-ENDPOINT_TABLES = [health, api_keys, files, jobs, webhooks]
+ENDPOINT_TABLES = [health, api_keys, files, jobs, models, webhooks]

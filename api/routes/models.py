@@ -1,0 +1,189 @@
+"""The model registry over HTTP: models, their versions (signature, metrics, lineage, artifact), and
+registering an uploaded ONNX file as a new version."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import func, select
+
+from api.context import context
+from api.endpoints import Call, Endpoints
+from api.pagination import Page, PageQuery, make_page, page_statement
+from api.problems import not_found, validation_problem
+from core.ids import new_id
+from core.models import Artifact, File, Model, ModelVersion
+from core.registry import NAME_PATTERN, register_version, valid_name
+
+models = Endpoints("models")
+
+
+class ModelObject(BaseModel):
+    id: str
+    object: str = "model"
+    name: str
+    latest_version: int | None
+    created_at: datetime
+
+
+class ArtifactRef(BaseModel):
+    id: str
+    bytes: int
+    sha256: str
+
+
+class ModelVersionObject(BaseModel):
+    id: str
+    object: str = "model_version"
+    model: str
+    version: int
+    sha256: str
+    signature: dict[str, Any]
+    metrics: dict[str, Any]
+    lineage: dict[str, Any]
+    artifact: ArtifactRef
+    source_job_id: str | None
+    created_at: datetime
+
+
+class VersionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    file_id: str = Field(description="an uploaded file with purpose `model` and format .onnx")
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+
+class VersionList(BaseModel):
+    object: str = "list"
+    data: list[ModelVersionObject]
+
+
+def render_version(name: str, version: ModelVersion, artifact: Artifact) -> ModelVersionObject:
+    return ModelVersionObject(
+        id=version.id,
+        model=name,
+        version=version.version,
+        sha256=version.sha256,
+        signature=version.signature,
+        metrics=version.metrics,
+        lineage=version.lineage,
+        artifact=ArtifactRef(id=artifact.id, bytes=artifact.bytes, sha256=artifact.sha256),
+        source_job_id=version.source_job_id,
+        created_at=version.created_at,
+    )
+
+
+def _name(call: Call) -> str:
+    name = call.params["name"]
+    if not valid_name(name):
+        raise not_found("model", name)
+    return name
+
+
+@models.get("/v1/models", summary="List models, newest first", query=PageQuery, response=Page[ModelObject])
+async def list_models(request: web.Request, call: Call) -> Page[ModelObject]:
+    latest = select(func.max(ModelVersion.version)).where(ModelVersion.model_id == Model.id).scalar_subquery()
+    statement = page_statement(
+        select(Model, latest.label("latest")).where(Model.tenant_id == call.tenant_id), Model.id, call.query
+    )
+    async with context(request).db() as session:
+        rows = list((await session.execute(statement)).all())
+    return make_page(
+        rows,
+        call.query,
+        lambda row: ModelObject(id=row[0].id, name=row[0].name, latest_version=row[1], created_at=row[0].created_at),
+        cursor=lambda row: row[0].id,
+    )
+
+
+async def _versions(request: web.Request, tenant_id: str, name: str, version: int | None = None):
+    statement = (
+        select(ModelVersion, Artifact)
+        .join(Model, Model.id == ModelVersion.model_id)
+        .join(Artifact, Artifact.id == ModelVersion.artifact_id)
+        .where(Model.tenant_id == tenant_id, Model.name == name)
+        .order_by(ModelVersion.version)
+    )
+    if version is not None:
+        statement = statement.where(ModelVersion.version == version)
+    async with context(request).db() as session:
+        return list((await session.execute(statement)).all())
+
+
+@models.get(
+    "/v1/models/{name}/versions", summary="A model's versions, oldest first", response=VersionList, errors=(404,)
+)
+async def list_versions(request: web.Request, call: Call) -> VersionList:
+    name = _name(call)
+    rows = await _versions(request, call.tenant_id, name)
+    if not rows:
+        raise not_found("model", name)
+    return VersionList(data=[render_version(name, v, a) for v, a in rows])
+
+
+@models.get(
+    "/v1/models/{name}/versions/{version}", summary="One model version", response=ModelVersionObject, errors=(404,)
+)
+async def get_version(request: web.Request, call: Call) -> ModelVersionObject:
+    name, raw = _name(call), call.params["version"]
+    rows = await _versions(request, call.tenant_id, name, int(raw)) if raw.isdigit() else []
+    if not rows:
+        raise not_found(f"version of model {name!r}", raw)
+    return render_version(name, *rows[0])
+
+
+@models.post(
+    "/v1/models/{name}/versions",
+    summary=f"Register an uploaded ONNX file as the model's next version (names match {NAME_PATTERN})",
+    body=VersionCreate,
+    response=ModelVersionObject,
+    status=201,
+    idempotent=True,
+    errors=(404,),
+)
+async def create_version(request: web.Request, call: Call) -> ModelVersionObject:
+    name = call.params["name"]
+    if not valid_name(name):
+        raise validation_problem([{"pointer": "", "detail": f"model names match {NAME_PATTERN}"}])
+    body: VersionCreate = call.body
+
+    def register(session) -> ModelVersionObject:
+        file = session.scalar(select(File).where(File.id == body.file_id, File.tenant_id == call.tenant_id))
+        if file is None:
+            raise validation_problem([{"pointer": "/file_id", "detail": "no such file"}])
+        if file.format != "onnx":
+            raise validation_problem(
+                [{"pointer": "/file_id", "detail": f"a .onnx model file is needed, not .{file.format}"}]
+            )
+        artifact = Artifact(
+            id=new_id("artifact"),
+            tenant_id=call.tenant_id,
+            job_id=None,
+            kind="model",
+            name=file.filename,
+            bytes=file.bytes,
+            sha256=file.sha256,
+            storage_key=file.storage_key,
+        )
+        session.add(artifact)
+        session.flush()
+        version = register_version(
+            session,
+            tenant_id=call.tenant_id,
+            name=name,
+            artifact=artifact,
+            signature=file.details["signature"],
+            metrics=body.metrics,
+            lineage={"source": {"file_id": file.id, "filename": file.filename}},
+        )
+        rendered = render_version(name, version, artifact)
+        if call.idempotency:
+            call.idempotency.record(session, 201, rendered.model_dump(mode="json"))
+        return rendered
+
+    async with context(request).db() as session:
+        rendered = await session.run_sync(register)
+        await session.commit()
+    return rendered
