@@ -1,0 +1,393 @@
+"""DynamicBatcher against a fake model that records every batch it is handed.
+
+Outputs are computed from the inputs, so a request that got another request's rows back
+would fail. Timing is only ever asserted as ordering (what ran, in which batch), never as
+wall-clock numbers; waits have generous ceilings so a broken batcher fails instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import numpy as np
+import pytest
+
+from core.dynamic_batcher import (
+    BatcherClosed,
+    BatcherCounters,
+    BatcherObserver,
+    BatchOutputError,
+    DynamicBatcher,
+    InvalidItem,
+    QueueFull,
+    QueueTimeout,
+)
+
+T = TypeVar("T")
+CEILING_S = 10.0
+
+
+async def within(awaitable: Awaitable[T]) -> T:
+    return await asyncio.wait_for(awaitable, CEILING_S)
+
+
+class ModelBroke(RuntimeError):
+    pass
+
+
+class FakeModel:
+    """y = 2x + 1 and the row sums; optionally holds each call until released, or fails chosen calls."""
+
+    def __init__(self, *, hold: bool = False, fail_calls: frozenset[int] = frozenset()) -> None:
+        self.batches: list[np.ndarray] = []
+        self.fail_calls = fail_calls
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+        if not hold:
+            self.release.set()
+        self.active = 0
+        self.max_active = 0
+
+    async def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        call = len(self.batches)
+        self.batches.append(inputs["x"].copy())
+        self.active += 1
+        self.max_active = max(self.max_active, self.active)
+        self.started.set()
+        try:
+            await self.release.wait()
+        finally:
+            self.active -= 1
+        if call in self.fail_calls:
+            raise ModelBroke(f"call {call} broke")
+        return {"y": inputs["x"] * 2 + 1, "sum": inputs["x"].sum(axis=1)}
+
+    @property
+    def sizes(self) -> list[int]:
+        return [len(batch) for batch in self.batches]
+
+    def saw(self, value: float) -> bool:
+        return any((batch == value).any() for batch in self.batches)
+
+
+def row(value: float, rows: int = 1) -> dict[str, np.ndarray]:
+    """A request whose every element identifies it."""
+    return {"x": np.full((rows, 2), value, dtype=np.float32)}
+
+
+def assert_outputs_for(outputs: dict[str, np.ndarray], value: float, rows: int = 1) -> None:
+    np.testing.assert_array_equal(outputs["y"], np.full((rows, 2), value * 2 + 1, np.float32))
+    np.testing.assert_array_equal(outputs["sum"], np.full(rows, value * 2, np.float32))
+
+
+def batcher_for(model: Any, **settings: Any) -> DynamicBatcher:
+    defaults = {"max_batch_size": 16, "max_queue_delay_us": 1_000, "max_queue_size": 0}
+    return DynamicBatcher(model, **(defaults | settings))
+
+
+async def until_queued(batcher: DynamicBatcher, depth: int) -> None:
+    while batcher.queue_depth < depth:
+        await asyncio.sleep(0)
+
+
+async def start_batch(batcher: DynamicBatcher, model: FakeModel, *values: float) -> list[asyncio.Future[Any]]:
+    """Submit requests and wait until the (held) model is running them."""
+    tasks = [asyncio.ensure_future(batcher.submit(row(value))) for value in values]
+    await within(model.started.wait())
+    return tasks
+
+
+async def queue_up(batcher: DynamicBatcher, *values: float) -> list[asyncio.Future[Any]]:
+    """Submit requests and wait until they are all queued."""
+    depth = batcher.queue_depth + len(values)
+    tasks = [asyncio.ensure_future(batcher.submit(row(value))) for value in values]
+    await until_queued(batcher, depth)
+    return tasks
+
+
+async def test_concurrent_single_row_requests_are_merged_and_split_back() -> None:
+    model = FakeModel()
+    batcher = batcher_for(model, max_batch_size=16, max_queue_delay_us=50_000)
+    results = await within(asyncio.gather(*(batcher.submit(row(i)) for i in range(64))))
+    for i, outputs in enumerate(results):
+        assert_outputs_for(outputs, i)
+    assert len(model.batches) <= 8
+    assert max(model.sizes) <= 16
+    assert sorted(float(v) for batch in model.batches for v in batch[:, 0]) == list(range(64))
+
+
+async def test_requests_with_several_rows_are_split_back_by_their_own_sizes() -> None:
+    model = FakeModel()
+    batcher = batcher_for(model, max_batch_size=8)
+    sizes = [1, 3, 2, 2, 4, 1]
+    results = await within(asyncio.gather(*(batcher.submit(row(i, n)) for i, n in enumerate(sizes))))
+    for i, (outputs, n) in enumerate(zip(results, sizes, strict=True)):
+        assert_outputs_for(outputs, i, n)
+    assert all(size <= 8 for size in model.sizes)
+    assert sum(model.sizes) == sum(sizes)
+
+
+async def test_a_request_larger_than_max_batch_size_is_refused_and_never_run() -> None:
+    model = FakeModel()
+    counters = BatcherCounters()
+    batcher = batcher_for(model, max_batch_size=4, observer=counters)
+    with pytest.raises(InvalidItem, match="5 rows, more than max_batch_size 4"):
+        await batcher.submit(row(1, 5))
+    assert model.batches == [] and counters.rejected["invalid"] == 1
+
+
+@pytest.mark.parametrize(
+    ("inputs", "words"),
+    [
+        ({}, "at least one input"),
+        ({"x": np.float32(1)}, "is not a numpy array"),
+        ({"x": np.array(1.0)}, "scalar"),
+        ({"x": np.ones((2, 2)), "z": np.ones((3, 2))}, "input 'z' has 3 rows but input 'x' has 2"),
+        ({"x": np.ones((0, 2))}, "empty batch"),
+    ],
+)
+async def test_requests_that_cannot_be_batched_are_refused(inputs: dict[str, Any], words: str) -> None:
+    with pytest.raises(InvalidItem, match=words):
+        await batcher_for(FakeModel()).submit(inputs)
+
+
+async def test_a_lone_request_runs_once_the_delay_has_passed() -> None:
+    model = FakeModel()
+    batcher = batcher_for(model, max_queue_delay_us=20_000)
+    assert_outputs_for(await within(batcher.submit(row(7))), 7)
+    assert model.sizes == [1]
+
+
+async def test_requests_within_the_delay_share_one_batch() -> None:
+    model = FakeModel()
+    batcher = batcher_for(model, max_queue_delay_us=300_000)
+    first = asyncio.ensure_future(batcher.submit(row(1)))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert model.batches == [], "dispatched before the delay or a full batch"
+    second = asyncio.ensure_future(batcher.submit(row(2)))
+    results = await within(asyncio.gather(first, second))
+    assert model.sizes == [2]
+    assert_outputs_for(results[0], 1)
+    assert_outputs_for(results[1], 2)
+
+
+async def test_a_full_batch_leaves_without_waiting_for_the_delay() -> None:
+    model = FakeModel()
+    batcher = batcher_for(model, max_batch_size=4, max_queue_delay_us=600_000_000)
+    results = await within(asyncio.gather(*(batcher.submit(row(i)) for i in range(4))))
+    assert model.sizes == [4]
+    for i, outputs in enumerate(results):
+        assert_outputs_for(outputs, i)
+
+
+async def test_zero_delay_runs_what_is_queued_right_away() -> None:
+    model = FakeModel()
+    batcher = batcher_for(model, max_queue_delay_us=0)
+    assert_outputs_for(await within(batcher.submit(row(3))), 3)
+    assert model.sizes == [1]
+
+
+async def test_one_batch_runs_at_a_time_and_the_next_forms_meanwhile() -> None:
+    model = FakeModel(hold=True)
+    batcher = batcher_for(model, max_batch_size=16, max_queue_delay_us=0)
+    first = await start_batch(batcher, model, 0)
+    rest = await queue_up(batcher, 1, 2, 3, 4, 5)
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert model.sizes == [1], "a second batch started while the first was running"
+    model.release.set()
+    results = await within(asyncio.gather(*first, *rest))
+    assert model.sizes == [1, 5]
+    assert model.max_active == 1
+    for i, outputs in enumerate(results):
+        assert_outputs_for(outputs, i)
+
+
+async def test_max_concurrent_batches_lets_batches_overlap() -> None:
+    model = FakeModel(hold=True)
+    batcher = batcher_for(model, max_batch_size=1, max_queue_delay_us=0, max_concurrent_batches=2)
+    tasks = [asyncio.ensure_future(batcher.submit(row(i))) for i in range(3)]
+    while model.active < 2:
+        await asyncio.sleep(0)
+    assert batcher.queue_depth == 1
+    model.release.set()
+    await within(asyncio.gather(*tasks))
+    assert model.max_active == 2
+
+
+async def test_a_full_queue_refuses_at_once_and_never_runs_the_request() -> None:
+    model = FakeModel(hold=True)
+    counters = BatcherCounters()
+    batcher = batcher_for(model, max_batch_size=1, max_queue_size=2, max_queue_delay_us=0, observer=counters)
+    running = await start_batch(batcher, model, 0)
+    queued = await queue_up(batcher, 1, 2)
+    with pytest.raises(QueueFull):
+        await batcher.submit(row(99))
+    model.release.set()
+    await within(asyncio.gather(*running, *queued))
+    assert not model.saw(99)
+    assert counters.rejected["queue_full"] == 1
+
+
+async def test_a_request_that_times_out_in_the_queue_is_never_run() -> None:
+    model = FakeModel(hold=True)
+    counters = BatcherCounters()
+    batcher = batcher_for(model, max_batch_size=1, max_queue_delay_us=0, observer=counters)
+    running = await start_batch(batcher, model, 0)
+    with pytest.raises(QueueTimeout):
+        await within(batcher.submit(row(99), timeout_ms=20))
+    assert batcher.queue_depth == 0
+    model.release.set()
+    await within(asyncio.gather(*running))
+    assert_outputs_for(await within(batcher.submit(row(5), timeout_ms=60_000)), 5)
+    assert not model.saw(99)
+    assert counters.rejected["timeout"] == 1
+
+
+async def test_the_default_timeout_applies_unless_the_request_says_0_for_none() -> None:
+    model = FakeModel(hold=True)
+    batcher = batcher_for(model, max_batch_size=1, max_queue_delay_us=0, default_timeout_ms=20)
+    running = await start_batch(batcher, model, 0)
+    patient = asyncio.ensure_future(batcher.submit(row(7), timeout_ms=0))
+    with pytest.raises(QueueTimeout):
+        await within(batcher.submit(row(99)))
+    model.release.set()
+    await within(asyncio.gather(*running))
+    assert_outputs_for(await within(patient), 7)
+    assert not model.saw(99)
+
+
+async def test_an_exception_reaches_every_request_of_its_batch_and_only_those() -> None:
+    model = FakeModel(hold=True, fail_calls=frozenset({0}))
+    batcher = batcher_for(model, max_queue_delay_us=0)
+    doomed = await start_batch(batcher, model, 1, 2, 3)
+    fine = await queue_up(batcher, 4, 5)
+    model.release.set()
+    outcomes = await within(asyncio.gather(*doomed, *fine, return_exceptions=True))
+    assert model.sizes == [3, 2]
+    assert all(isinstance(outcome, ModelBroke) for outcome in outcomes[:3])
+    assert_outputs_for(outcomes[3], 4)
+    assert_outputs_for(outcomes[4], 5)
+
+
+async def test_outputs_that_cannot_be_split_fail_their_batch() -> None:
+    async def wrong_rows(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"y": np.zeros((1, 2))}
+
+    batcher = batcher_for(wrong_rows, max_queue_delay_us=0)
+    outcomes = await within(asyncio.gather(*(batcher.submit(row(i)) for i in range(3)), return_exceptions=True))
+    assert all(isinstance(outcome, BatchOutputError) for outcome in outcomes)
+    assert "output 'y'" in str(outcomes[0])
+
+
+async def test_a_plain_function_runs_off_the_event_loop_thread() -> None:
+    threads: list[int] = []
+
+    def run(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        threads.append(threading.get_ident())
+        return {"y": inputs["x"] * 2 + 1, "sum": inputs["x"].sum(axis=1)}
+
+    batcher = batcher_for(run)
+    results = await within(asyncio.gather(*(batcher.submit(row(i)) for i in range(5))))
+    for i, outputs in enumerate(results):
+        assert_outputs_for(outputs, i)
+    assert threads and threading.get_ident() not in threads
+
+
+async def test_requests_that_differ_beyond_the_batch_dim_are_not_merged() -> None:
+    model = FakeModel()
+    batcher = batcher_for(model, max_queue_delay_us=0)
+    narrow, wide = {"x": np.ones((1, 2), np.float32)}, {"x": np.ones((1, 3), np.float32)}
+    results = await within(asyncio.gather(batcher.submit(narrow), batcher.submit(wide), batcher.submit(narrow)))
+    assert sorted(batch.shape for batch in model.batches) == [(1, 3), (2, 2)]
+    assert [r["y"].shape for r in results] == [(1, 2), (1, 3), (1, 2)]
+
+
+async def test_drain_finishes_the_queued_requests_and_takes_no_new_ones() -> None:
+    model = FakeModel(hold=True)
+    batcher = batcher_for(model, max_batch_size=2, max_queue_delay_us=600_000_000)
+    first = await start_batch(batcher, model, 0, 1)
+    queued = await queue_up(batcher, 2, 3, 4)
+    drained = asyncio.ensure_future(batcher.drain())
+    await asyncio.sleep(0)
+    assert not batcher.accepting
+    with pytest.raises(BatcherClosed):
+        await batcher.submit(row(99))
+    model.release.set()
+    await within(drained)
+    results = [task.result() for task in first + queued]
+    for i, outputs in enumerate(results):
+        assert_outputs_for(outputs, i)
+    assert model.sizes == [2, 2, 1], "the last request waited for its delay instead of being flushed"
+    assert not model.saw(99)
+
+
+async def test_close_fails_queued_requests_but_lets_the_running_batch_finish() -> None:
+    model = FakeModel(hold=True)
+    batcher = batcher_for(model, max_batch_size=1, max_queue_delay_us=0)
+    [running] = await start_batch(batcher, model, 0)
+    [queued] = await queue_up(batcher, 99)
+    closing = asyncio.ensure_future(batcher.close())
+    with pytest.raises(BatcherClosed):
+        await within(queued)
+    model.release.set()
+    await within(closing)
+    assert_outputs_for(running.result(), 0)
+    assert not model.saw(99)
+
+
+async def test_a_cancelled_request_leaves_the_queue_and_is_never_run() -> None:
+    model = FakeModel(hold=True)
+    batcher = batcher_for(model, max_batch_size=1, max_queue_delay_us=0)
+    [running] = await start_batch(batcher, model, 0)
+    [abandoned] = await queue_up(batcher, 99)
+    abandoned.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await abandoned
+    assert batcher.queue_depth == 0
+    model.release.set()
+    await within(running)
+    await within(batcher.drain())
+    assert not model.saw(99)
+
+
+async def test_counters_see_queue_time_batches_and_rows() -> None:
+    counters = BatcherCounters()
+    batcher = batcher_for(FakeModel(), max_batch_size=4, max_queue_delay_us=0, observer=counters)
+    await within(asyncio.gather(*(batcher.submit(row(i)) for i in range(6))))
+    assert counters.queued == 6
+    assert counters.rows == 6
+    assert counters.batches == 2
+    assert counters.failed_batches == 0
+    assert counters.queue_s_total >= 0 and counters.run_s_total >= 0
+
+
+async def test_a_failing_observer_does_not_break_batching() -> None:
+    class Broken(BatcherObserver):
+        def item_queued(self, queue_depth: int) -> None:
+            raise RuntimeError("metrics backend down")
+
+        def batch_finished(self, rows: int, items: int, run_s: float, failed: bool) -> None:
+            raise RuntimeError("metrics backend down")
+
+    batcher = batcher_for(FakeModel(), observer=Broken())
+    assert_outputs_for(await within(batcher.submit(row(4))), 4)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"max_batch_size": 0},
+        {"max_queue_delay_us": -1},
+        {"max_queue_size": -1},
+        {"max_concurrent_batches": 0},
+        {"default_timeout_ms": -5},
+    ],
+)
+def test_settings_are_checked(settings: dict[str, int]) -> None:
+    with pytest.raises(ValueError):
+        batcher_for(FakeModel, **settings)
