@@ -90,10 +90,7 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
             for row in list_keys(session, tenant):
                 used = f"{row.last_used_at:%Y-%m-%d %H:%M:%S}" if row.last_used_at else "never"
                 state = f"revoked {row.revoked_at:%Y-%m-%d}" if row.revoked_at else "active"
-                print(
-                    f"{row.id}  {row.prefix}  tenant={row.tenant_id}  name={row.name}  "
-                    f"last used {used}  {state}"
-                )
+                print(f"{row.id}  {row.prefix}  tenant={row.tenant_id}  name={row.name}  last used {used}  {state}")
     return 0
 
 

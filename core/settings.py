@@ -14,12 +14,16 @@ them; every other entry point fails with a message naming the missing variable.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "MAAS_"
+# written by `maas up` under data_dir while it runs: where its embedded services listen
+STACK_FILE = "stack.json"
+SERVICE_FIELDS = ("database_url", "broker_url", "s3_endpoint_url", "s3_access_key", "s3_secret_key")
 
 
 class MissingSetting(RuntimeError):
@@ -95,7 +99,14 @@ class Settings(BaseSettings):
 
 
 def load_settings() -> Settings:
-    return Settings()
+    """Settings from the environment; services left unset are taken from a running ``maas up``."""
+    settings = Settings()
+    stack_file = settings.data_dir.expanduser() / STACK_FILE
+    if stack_file.exists():
+        running = json.loads(stack_file.read_text())
+        unset = {k: v for k, v in running.items() if k in SERVICE_FIELDS and getattr(settings, k) in (None, "")}
+        settings = settings.with_services(**unset)
+    return settings
 
 
 def to_env(settings: Settings) -> dict[str, str]:

@@ -24,8 +24,8 @@ from tests.support.services import ServiceUrls, running_services, scratch_databa
 
 
 @pytest.fixture(scope="session")
-def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceUrls]:
-    with running_services(tmp_path_factory.mktemp("services")) as urls:
+def services() -> Iterator[ServiceUrls]:
+    with running_services() as urls:
         yield urls
 
 

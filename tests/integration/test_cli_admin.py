@@ -44,7 +44,7 @@ async def test_tenant_and_key_lifecycle_from_the_cli(settings, api):
     assert "revoked" in maas(settings, "admin", "keys", "list", "--tenant", name).stdout
 
 
-def test_cli_errors_are_one_line_and_exit_2(settings):
+def test_cli_errors_are_one_line_and_exit_2(settings, tmp_path):
     missing = maas(settings, "admin", "keys", "create", "--tenant", "no-such-tenant")
     assert missing.returncode == 2
     assert missing.stderr.strip() == "maas: no tenant with id or name 'no-such-tenant'"
@@ -52,7 +52,7 @@ def test_cli_errors_are_one_line_and_exit_2(settings):
     unset = subprocess.run(
         [sys.executable, "-m", "cli.main", "db", "current"],
         cwd=REPO,
-        env=inherited_env(),
+        env={**inherited_env(), "MAAS_DATA_DIR": str(tmp_path)},
         capture_output=True,
         text=True,
         timeout=60,

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import shutil
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,10 +46,16 @@ class ServiceUrls:
 
 
 @contextlib.contextmanager
-def running_services(work_dir: Path) -> Iterator[ServiceUrls]:
-    """Yield service URLs, starting embedded servers for those not given in the environment."""
+def running_services() -> Iterator[ServiceUrls]:
+    """Yield service URLs, starting embedded servers for those not given in the environment.
+
+    Their data lives outside pytest's temp tree: as root, a second pytest session resets that
+    tree to mode 0700, which would lock the unprivileged postgres user out of a running server.
+    """
     env = TestServiceSettings()
     with contextlib.ExitStack() as stack:
+        work_dir = Path(tempfile.mkdtemp(prefix="maas-test-services-"))
+        stack.callback(shutil.rmtree, work_dir, ignore_errors=True)
         database_url = env.database_url
         if not database_url:
             from infra.embedded.postgres import EmbeddedPostgres
