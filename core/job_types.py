@@ -8,9 +8,18 @@ matching handler in ``workers.job_runner``. The test suite registers its own typ
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel
+from sqlalchemy.orm import Session
+
+from core.settings import Settings
+
+# checks of a valid spec against the world (files of the tenant, configured limits), before the
+# job is created: problems as [{"pointer": "/dataset/file_id", "detail": ...}], pointers in the spec
+Validator = Callable[[Session, str, Any, Settings], list[dict[str, str]]]
 
 
 @dataclass(frozen=True)
@@ -19,6 +28,7 @@ class JobType:
     spec: type[BaseModel]
     queue: str
     max_attempts: int = 3
+    validate: Validator | None = None
 
 
 JOB_TYPES: dict[str, JobType] = {}

@@ -21,7 +21,7 @@ from api.pagination import Page, PageQuery, make_page, page_statement
 from api.problems import Problem, not_found, validation_problem
 from core import jobs as job_service
 from core.job_states import TERMINAL
-from core.job_types import JOB_TYPES
+from core.job_types import JOB_TYPES, JobType
 from core.models import Artifact, Job, JobEvent, WebhookDelivery
 from core.webhooks import EVENTS, UnsafeWebhookUrl, check_url
 
@@ -211,7 +211,7 @@ async def _wait_until_done(ctx: ApiContext, job: Job, wait_s: float | None, call
     return job
 
 
-def _validate_create(ctx: ApiContext, body: JobCreate) -> dict[str, Any]:
+def _validate_create(ctx: ApiContext, body: JobCreate) -> tuple[JobType, BaseModel]:
     job_type = JOB_TYPES.get(body.type)
     if job_type is None:
         known = ", ".join(sorted(JOB_TYPES)) or "none are installed"
@@ -225,7 +225,15 @@ def _validate_create(ctx: ApiContext, body: JobCreate) -> dict[str, Any]:
             check_url(body.webhook, allow_private=ctx.settings.webhook_allow_private_targets)
         except UnsafeWebhookUrl as exc:
             raise validation_problem([{"pointer": "/webhook", "detail": str(exc)}]) from None
-    return spec.model_dump(mode="json")
+    return job_type, spec
+
+
+def _check_world(session, job_type: JobType, tenant_id: str, spec: BaseModel, settings) -> None:
+    """The job type's checks against files and limits; a 422 before anything is created."""
+    if job_type.validate is not None:
+        errors = job_type.validate(session, tenant_id, spec, settings)
+        if errors:
+            raise validation_problem([{**e, "pointer": "/spec" + e["pointer"]} for e in errors])
 
 
 def _spec_variants() -> dict[str, type[BaseModel]]:
@@ -245,14 +253,15 @@ def _spec_variants() -> dict[str, type[BaseModel]]:
 async def create_job(request: web.Request, call: Call) -> JobObject:
     ctx = context(request)
     body: JobCreate = call.body
-    spec = _validate_create(ctx, body)
+    job_type, spec = _validate_create(ctx, body)
 
     def create(session) -> JobObject:
+        _check_world(session, job_type, call.tenant_id, spec, ctx.settings)
         job = job_service.create_job(
             session,
             tenant_id=call.tenant_id,
             type_=body.type,
-            spec=spec,
+            spec=spec.model_dump(mode="json"),
             webhook=body.webhook,
             webhook_events_filter=list(body.webhook_events_filter or EVENTS),
             metadata=body.metadata,

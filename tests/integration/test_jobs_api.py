@@ -109,6 +109,18 @@ async def test_bad_job_requests_are_422_with_a_pointer_and_create_nothing(api, t
         assert session.scalars(select(Job).where(Job.tenant_id == tenant.id)).all() == []
 
 
+async def test_a_job_type_checks_the_world_before_anything_is_created(api, tenant, other_tenant, db):
+    upload = await api.post("/v1/files", params={"purpose": "dataset", "filename": "d.csv"}, data=b"a\n1\n",
+                            headers={**tenant.headers, "Content-Type": "application/octet-stream"})
+    file_id = (await upload.json())["id"]
+    assert (await create(api, tenant, {"type": "test.needs_file", "spec": {"file_id": file_id}})).status == 201
+    foreign = await create(api, other_tenant, {"type": "test.needs_file", "spec": {"file_id": file_id}})
+    assert foreign.status == 422
+    assert (await foreign.json())["errors"] == [{"pointer": "/spec/file_id", "detail": "no such file"}]
+    with db() as session:
+        assert session.scalars(select(Job).where(Job.tenant_id == other_tenant.id)).all() == []
+
+
 async def test_private_webhook_targets_are_refused_unless_allowed(aiohttp_client, settings, tenant):
     strict = await aiohttp_client(create_app(settings.model_copy(update={"webhook_allow_private_targets": False})))
     for url in ("http://127.0.0.1:9/hook", "http://169.254.169.254/latest", "http://10.0.0.8/x", "http://[::1]/x"):

@@ -17,8 +17,10 @@ import time
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
 
 from core.job_types import JobType, register_job_type
+from core.models import File
 from workers.job_runner import JobContext, JobFailed, handler
 
 
@@ -38,6 +40,16 @@ class Empty(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class FileSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    file_id: str
+
+
+def _file_of_tenant(session, tenant_id: str, spec: FileSpec, settings) -> list[dict[str, str]]:
+    found = session.scalar(select(File.id).where(File.id == spec.file_id, File.tenant_id == tenant_id))
+    return [] if found else [{"pointer": "/file_id", "detail": "no such file"}]
+
+
 for name, spec, queue, attempts in [
     ("test.sleep", SleepSpec, "training", 3),
     ("test.process_tree", TreeSpec, "training", 3),
@@ -46,6 +58,7 @@ for name, spec, queue, attempts in [
     ("test.unclaimed", Empty, "inference", 3),
 ]:
     register_job_type(JobType(name=name, spec=spec, queue=queue, max_attempts=attempts))
+register_job_type(JobType(name="test.needs_file", spec=FileSpec, queue="inference", validate=_file_of_tenant))
 
 
 @handler("test.sleep")

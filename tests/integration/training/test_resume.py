@@ -1,0 +1,73 @@
+"""A run killed after a checkpoint and resumed with --resume ends where an uninterrupted
+run ends: same parameters, bit for bit (dropout included, so the RNG state counts)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import torch
+
+from tests.integration.training.conftest import (
+    REPO,
+    RUN_TIMEOUT_S,
+    command,
+    parse_events,
+    run_training,
+    subprocess_env,
+    training_spec,
+)
+
+SPEC = training_spec(
+    "ddp",
+    2,
+    model={"arch": "mlp", "hidden": [32, 32], "dropout": 0.2},
+    hyperparameters={"epochs": 3, "max_steps": None, "optimizer": "adam", "lr": 0.003, "momentum": 0.0},
+    checkpoint_every_steps=20,
+)
+
+
+def kill_after_first_checkpoint(directory: Path) -> dict[str, object]:
+    """Start the run, and SIGKILL its whole process tree once it reports a checkpoint."""
+    spec_path = directory / "killed.json"
+    spec_path.write_text(json.dumps(SPEC))
+    process = subprocess.Popen(
+        command(spec_path, directory / "killed", 2),
+        cwd=REPO,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            (event,) = parse_events(line)
+            if event["type"] == "checkpoint":
+                os.killpg(process.pid, signal.SIGKILL)
+                return event
+        raise AssertionError("the run ended without a checkpoint")
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=RUN_TIMEOUT_S)
+
+
+def test_a_killed_run_resumes_to_the_same_parameters(tmp_path: Path) -> None:
+    checkpoint = kill_after_first_checkpoint(tmp_path)
+    assert checkpoint["step"] == 20
+    assert not (tmp_path / "killed" / "model.safetensors").exists()  # it really did not finish
+
+    resumed = run_training(tmp_path, SPEC, 2, "--resume", str(checkpoint["path"]), name="resumed")
+    assert resumed.returncode == 0, resumed.describe()
+    assert min(e["step"] for e in resumed.of_type("progress")) > 20  # it continued, it did not restart
+    whole = run_training(tmp_path, SPEC, 2, name="whole")
+
+    expected = whole.params()
+    for name, value in resumed.params().items():
+        assert torch.equal(value, expected[name]), name
+    assert resumed.metrics["val_loss"] == whole.metrics["val_loss"]
