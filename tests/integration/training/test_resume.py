@@ -25,7 +25,7 @@ SPEC = training_spec(
     "ddp",
     2,
     model={"arch": "mlp", "hidden": [32, 32], "dropout": 0.2},
-    hyperparameters={"epochs": 3, "max_steps": None, "optimizer": "adam", "lr": 0.003, "momentum": 0.0},
+    hyperparameters={"epochs": 2, "max_steps": None, "optimizer": "adam", "lr": 0.003, "momentum": 0.0},
     checkpoint_every_steps=20,
 )
 

@@ -1,0 +1,300 @@
+"""The training loop every strategy shares: load the data, build this process's part of
+the model, take the planned steps (resuming from a checkpoint when asked), report
+progress, write checkpoints, evaluate each epoch, and at the end have rank 0 export the
+model (ONNX with a parity check, safetensors) and draw the curves.
+
+Reports go through ``emit`` as the JSON objects ``training.run`` prints (``progress``,
+``checkpoint``, ``result``); rank 0 emits, the other ranks stay silent. Failures the run
+can name raise ``TrainingFailure(code, message)``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training import strategies
+from training.checkpoint import checkpoint_dir, load_checkpoint, save_checkpoint
+from training.data import Splits, load_splits, shard_batches, steps_per_epoch
+from training.dist import DistContext, sum_across_ranks
+from training.spec import TrainingSpec
+from training.zoo import build_model
+
+Emit = Callable[[dict[str, Any]], None]
+
+MAX_ONNX_ABS_DIFF = 1e-4
+PARITY_ROWS = 512
+ARTIFACTS = {"model": "model.onnx", "curves": "curves.png", "state_dict": "model.safetensors"}
+
+
+class TrainingFailure(Exception):
+    """A failure with a code the supervisor understands (``nan_loss``, ``onnx_parity``...)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    out: Path
+    data: Path | None = None
+    val_data: Path | None = None
+    resume: Path | None = None
+
+
+# --- the plan: which steps do what (pure) ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Plan:
+    steps_per_epoch: int
+    total_steps: int
+    report_every: int
+    checkpoint_every: int
+
+    def epoch_ends(self, step: int) -> bool:
+        return step % self.steps_per_epoch == 0
+
+    def report_due(self, step: int) -> bool:
+        return step % self.report_every == 0 or step == self.total_steps or self.epoch_ends(step)
+
+    def checkpoint_due(self, step: int) -> bool:
+        return step % self.checkpoint_every == 0 or step == self.total_steps
+
+    def sync_due(self, step: int) -> bool:
+        """Whether the ranks pool their loss counters after ``step`` (all ranks agree)."""
+        return self.report_due(step) or self.checkpoint_due(step)
+
+
+def make_plan(train_rows: int, spec: TrainingSpec, report_every: int | None = None) -> Plan:
+    hp = spec.hyperparameters
+    per_epoch = steps_per_epoch(train_rows, hp.batch_size)
+    total = per_epoch * hp.epochs if hp.max_steps is None else min(per_epoch * hp.epochs, hp.max_steps)
+    every = report_every or min(50, max(5, total // 50))  # about 50 reports a run, 5 to 50 steps apart
+    return Plan(per_epoch, total, every, spec.checkpoint_every_steps)
+
+
+# --- the loop's own state, saved in checkpoints ------------------------------------------------
+
+
+@dataclass
+class Progress:
+    """Counters are global sums ``[loss_sum, correct, count]`` over all ranks."""
+
+    step: int = 0
+    window: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    window_seconds: float = 0.0
+    epoch: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])
+    last_epoch: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    samples: float = 0.0
+    seconds: float = 0.0
+
+    def add(self, totals: list[float], seconds: float) -> None:
+        self.window = [a + b for a, b in zip(self.window, totals, strict=True)]
+        self.epoch = [a + b for a, b in zip(self.epoch, totals, strict=True)]
+        self.window_seconds += seconds
+        self.samples += totals[2]
+        self.seconds += seconds
+
+    def to_meta(self, world_size: int) -> dict[str, Any]:
+        return {**asdict(self), "world_size": world_size}
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any]) -> Progress:
+        return cls(**{name: meta[name] for name in cls.__dataclass_fields__})
+
+
+def _mean(counters: list[float]) -> tuple[float, float]:
+    loss_sum, correct, count = counters
+    return loss_sum / count, correct / count
+
+
+# --- running -----------------------------------------------------------------------------------
+
+
+def train(spec: TrainingSpec, paths: RunPaths, ctx: DistContext, emit: Emit, report_every: int | None = None) -> None:
+    """Run the whole job on this process (every rank calls it; the group is set up)."""
+    if spec.strategy.world_size != ctx.world_size:
+        raise TrainingFailure(
+            "bad_launch",
+            f"the spec asks for {spec.strategy.world_size} processes (nproc_per_node x nnodes) "
+            f"but {ctx.world_size} were started",
+        )
+    splits = load_splits(spec, paths.data, paths.val_data)
+    torch.manual_seed(spec.hyperparameters.seed)
+    factory = functools.partial(build_model, spec.model, splits.num_features, len(splits.classes))
+    trainable = strategies.prepare(factory, ctx, spec)
+    plan = make_plan(len(splits.train_y), spec, report_every)
+    job = Job(spec, plan, trainable, splits, paths.out, ctx, emit if ctx.is_rank0 else _silent)
+    progress = Progress()
+    if paths.resume is not None:
+        progress = Progress.from_meta(load_checkpoint(paths.resume, trainable, ctx))
+    job.run_steps(progress)
+    model = trainable.full_model_on_rank0()
+    if model is not None:
+        job.say(job.finish(model, progress))
+
+
+def _silent(_: dict[str, Any]) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Job:
+    """What one process's run works with; ``say`` is silent except on rank 0."""
+
+    spec: TrainingSpec
+    plan: Plan
+    trainable: strategies.Trainable
+    splits: Splits
+    out: Path
+    ctx: DistContext
+    say: Emit
+
+    def run_steps(self, progress: Progress) -> None:
+        """Take the planned steps from ``progress.step`` on."""
+        hp, device = self.spec.hyperparameters, self.ctx.device
+        x, y = self.splits.train_x.to(device), self.splits.train_y.to(device)
+        pending = torch.zeros(3, device=device)
+        epoch_rows, rows_epoch = None, -1
+        started = time.perf_counter()
+        while progress.step < self.plan.total_steps:
+            epoch, index = divmod(progress.step, self.plan.steps_per_epoch)
+            if epoch != rows_epoch:
+                replicas, rank = self.trainable.data_replicas, self.trainable.data_rank
+                epoch_rows = shard_batches(len(y), hp.batch_size, replicas, rank, hp.seed, epoch)
+                rows_epoch = epoch
+            rows = torch.from_numpy(epoch_rows[index]).to(device)
+            pending += self.trainable.train_step(x[rows], y[rows])
+            progress.step += 1
+            if not self.plan.sync_due(progress.step):
+                continue
+            progress.add(sum_across_ranks(pending).tolist(), time.perf_counter() - started)
+            pending.zero_()
+            _check_finite(progress)
+            self.after_sync(progress)
+            started = time.perf_counter()  # evaluation and checkpoint time is not training time
+
+    def after_sync(self, progress: Progress) -> None:
+        """Evaluate at an epoch's end, report, checkpoint: whichever ``progress.step`` calls for."""
+        step = progress.step
+        validation = self.end_epoch(progress) if self.plan.epoch_ends(step) or step == self.plan.total_steps else {}
+        if self.plan.report_due(step):
+            self.report(progress, validation)
+        if self.plan.checkpoint_due(step):
+            meta = progress.to_meta(self.ctx.world_size)
+            path = save_checkpoint(checkpoint_dir(self.out, step), self.trainable, meta, self.ctx)
+            self.say({"type": "checkpoint", "path": str(path), "step": step})
+
+    def end_epoch(self, progress: Progress) -> dict[str, float]:
+        """Close the epoch's training counters and evaluate (collective); the validation
+        metrics on rank 0, {} elsewhere."""
+        loss, accuracy = _mean(progress.epoch)
+        progress.last_epoch = {"loss": loss, "accuracy": accuracy}
+        progress.epoch = [0.0, 0.0, 0.0]
+        model = self.trainable.full_model_on_rank0()
+        if model is None:
+            return {}
+        val_loss, val_accuracy = evaluate(model, self.splits.val_x, self.splits.val_y)
+        epoch = progress.step / self.plan.steps_per_epoch
+        progress.history.append(
+            {"kind": "val", "step": progress.step, "epoch": epoch, "loss": val_loss, "accuracy": val_accuracy}
+        )
+        return {"val_loss": val_loss, "val_accuracy": val_accuracy}
+
+    def report(self, progress: Progress, validation: dict[str, float]) -> None:
+        loss, accuracy = _mean(progress.window)
+        epoch = progress.step / self.plan.steps_per_epoch
+        samples_per_s = progress.window[2] / progress.window_seconds if progress.window_seconds else 0.0
+        progress.history.append(
+            {"kind": "train", "step": progress.step, "epoch": epoch, "loss": loss, "accuracy": accuracy}
+        )
+        progress.window, progress.window_seconds = [0.0, 0.0, 0.0], 0.0
+        self.say(
+            {
+                "type": "progress",
+                "step": progress.step,
+                "total_steps": self.plan.total_steps,
+                "epoch": round(epoch, 4),
+                "loss": loss,
+                "accuracy": accuracy,
+                "samples_per_s": round(samples_per_s, 1),
+                **validation,
+            }
+        )
+
+    def finish(self, model: nn.Module, progress: Progress) -> dict[str, Any]:
+        """Rank 0's last act: evaluate, export, check parity, save, draw; the result object."""
+        # imported here: only rank 0 needs matplotlib and ONNX, and they are slow to import
+        from training.curves import draw_curves
+        from training.export import INPUT_NAME, OUTPUT_NAME, export_onnx, onnx_max_abs_diff, save_state_dict
+
+        splits, spec = self.splits, self.spec
+        val_loss, val_accuracy = evaluate(model, splits.val_x, splits.val_y)
+        self.out.mkdir(parents=True, exist_ok=True)
+        files = {name: self.out / filename for name, filename in ARTIFACTS.items()}
+        export_onnx(model, splits.num_features, files["model"])
+        diff = onnx_max_abs_diff(model, files["model"], splits.val_x[:PARITY_ROWS])
+        if not diff <= MAX_ONNX_ABS_DIFF:
+            raise TrainingFailure(
+                "onnx_parity", f"ONNX Runtime's logits differ from torch's by {diff:.3g} (max {MAX_ONNX_ABS_DIFF})"
+            )
+        save_state_dict(model, files["state_dict"], {"arch": spec.model.arch, "num_features": str(splits.num_features)})
+        draw_curves(progress.history, files["curves"], title=f"{spec.model.arch} · {spec.strategy.kind}")
+        last = progress.last_epoch or dict(zip(("loss", "accuracy"), _mean(progress.epoch), strict=True))
+        return {
+            "type": "result",
+            "metrics": {
+                "train_loss": last["loss"],
+                "train_accuracy": last["accuracy"],
+                "val_loss": val_loss,
+                "val_accuracy": val_accuracy,
+                "onnx_max_abs_diff": diff,
+                "steps": progress.step,
+                "epochs": round(progress.step / self.plan.steps_per_epoch, 4),
+                "samples_per_s": round(progress.samples / progress.seconds, 1) if progress.seconds else 0.0,
+                "parameters": sum(p.numel() for p in model.parameters()),
+            },
+            "files": {name: str(path) for name, path in files.items()},
+            "classes": splits.classes,
+            "input": {
+                "name": INPUT_NAME,
+                "shape": [None, splits.num_features],
+                "feature_shape": list(splits.feature_shape),
+            },
+            "output": {"name": OUTPUT_NAME, "shape": [None, len(splits.classes)]},
+        }
+
+
+def _check_finite(progress: Progress) -> None:
+    if not math.isfinite(progress.window[0]):
+        raise TrainingFailure(
+            "nan_loss",
+            f"the training loss became {progress.window[0]} by step {progress.step}; "
+            "lower the learning rate or check the data",
+        )
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of ``model`` on ``x``, ``y``."""
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(y), batch_size):
+            logits = model(x[start : start + batch_size])
+            target = y[start : start + batch_size]
+            loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
+            correct += int((logits.argmax(dim=1) == target).sum())
+    return loss_sum / len(y), correct / len(y)

@@ -1,0 +1,532 @@
+"""The training job spec: one typed schema, validated once at the edge (the API) and handed
+to ``training.run`` as is, plus the checks that need the platform's limits or the uploaded
+dataset's stored details but never the data itself.
+
+Owns: ``TrainingSpec`` and its parts, the pure shape rules shared with ``training.data``
+(how many pipeline-stageable blocks a model has, whether a feature shape fits an
+architecture, how rows split into train and validation), ``check_limits`` and
+``check_dataset_fits``. Must not import torch (the API imports this module).
+
+Every error carries a location that maps to a JSON pointer into the spec
+(``("strategy", "pipeline_stages")`` → ``/strategy/pipeline_stages``); the discriminated
+``model`` union reports ``/model/hidden``, never the union tag.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ModelWrapValidatorHandler,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+Loc = tuple[str | int, ...]
+Problem = dict[str, str]
+
+MAX_TRANSFORMER_TOKENS = 1024
+MAX_CLASSES = 10_000
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- model -------------------------------------------------------------------------------------
+
+
+class MLPSpec(_Strict):
+    """Fully connected blocks (Linear, ReLU, Dropout) then a linear head."""
+
+    arch: Literal["mlp"]
+    hidden: list[Annotated[int, Field(ge=1, le=8192)]] = Field(
+        default_factory=lambda: [64], min_length=1, max_length=16
+    )
+    dropout: float = Field(0.0, ge=0.0, le=0.9)
+
+
+class CNNSpec(_Strict):
+    """Conv blocks over a single-channel square image (the features, row-major: 64 → 8x8),
+    each Conv(kernel_size, same padding), ReLU and a 2x2 max-pool while the side is ≥ 4,
+    then a linear head."""
+
+    arch: Literal["cnn"]
+    channels: list[Annotated[int, Field(ge=1, le=512)]] = Field(
+        default_factory=lambda: [16, 32], min_length=1, max_length=6
+    )
+    kernel_size: int = Field(3, ge=1, le=9)
+    dropout: float = Field(0.0, ge=0.0, le=0.9)
+
+    @field_validator("kernel_size")
+    @classmethod
+    def _odd(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError("kernel_size must be odd, so that 'same' padding keeps the image size")
+        return value
+
+
+class TransformerSpec(_Strict):
+    """A transformer-encoder classifier in the FT-Transformer style: every feature is one
+    token (its value times a learned per-feature vector plus a per-feature bias), then
+    ``layers`` pre-norm encoder blocks, then mean pooling over tokens and a linear head."""
+
+    arch: Literal["transformer"]
+    d_model: int = Field(32, ge=4, le=1024)
+    heads: int = Field(4, ge=1, le=32)
+    layers: int = Field(2, ge=1, le=24)
+    ff_dim: int = Field(64, ge=4, le=8192)
+    dropout: float = Field(0.0, ge=0.0, le=0.9)
+
+    @field_validator("heads")
+    @classmethod
+    def _divides_d_model(cls, value: int, info: ValidationInfo) -> int:
+        d_model = info.data.get("d_model")
+        if d_model is not None and d_model % value:
+            raise ValueError(f"heads ({value}) must divide d_model ({d_model})")
+        return value
+
+
+ModelSpec = Annotated[MLPSpec | CNNSpec | TransformerSpec, Field(discriminator="arch")]
+_ARCH_TAGS = frozenset({"mlp", "cnn", "transformer"})
+
+
+def stageable_layers(model: MLPSpec | CNNSpec | TransformerSpec) -> int:
+    """How many top-level blocks ``training.zoo.build_model`` makes: the units a pipeline
+    stage is cut from."""
+    if isinstance(model, MLPSpec):
+        return len(model.hidden) + 1
+    if isinstance(model, CNNSpec):
+        return len(model.channels) + 1
+    return model.layers + 2  # token embedding, encoder blocks, head
+
+
+# --- data --------------------------------------------------------------------------------------
+
+_FILE_ID = r"^file_[0-9A-Za-z]{1,64}$"
+
+
+class DatasetSpec(_Strict):
+    """Exactly one of ``file_id`` (an uploaded npz, csv or parquet) or ``builtin``."""
+
+    file_id: str | None = Field(None, pattern=_FILE_ID)
+    label_column: str | None = Field(None, min_length=1, max_length=256)
+    builtin: Literal["digits"] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetSpec:
+        if (self.file_id is None) == (self.builtin is None):
+            raise ValueError("give exactly one of file_id or builtin")
+        if self.builtin is not None and self.label_column is not None:
+            raise _at(("label_column",), "label_column applies to an uploaded csv or parquet file, not a builtin")
+        return self
+
+
+class ValidationSpec(_Strict):
+    """Exactly one of ``fraction`` (held out from the training data) or ``file_id``."""
+
+    fraction: float | None = Field(None, gt=0.0, le=0.5)
+    file_id: str | None = Field(None, pattern=_FILE_ID)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ValidationSpec:
+        if (self.fraction is None) == (self.file_id is None):
+            raise ValueError("give exactly one of fraction or file_id")
+        return self
+
+
+def split_sizes(rows: int, fraction: float) -> tuple[int, int]:
+    """(train rows, validation rows) for a held-out ``fraction``; at least one validation row."""
+    n_val = max(1, round(rows * fraction))
+    return rows - n_val, n_val
+
+
+def image_side(feature_shape: Sequence[int]) -> int | None:
+    """The side of the single-channel square image a CNN sees, or None when the features
+    are not one: (64,) → 8, (8, 8) → 8, (1, 8, 8) → 8."""
+    dims = [d for d in feature_shape]
+    if len(dims) == 3 and dims[0] == 1:
+        dims = dims[1:]
+    if len(dims) == 2:
+        return dims[0] if dims[0] == dims[1] else None
+    if len(dims) == 1:
+        side = math.isqrt(dims[0])
+        return side if side * side == dims[0] else None
+    return None
+
+
+def model_fit_problems(model: MLPSpec | CNNSpec | TransformerSpec, feature_shape: Sequence[int]) -> list[Problem]:
+    """Why features of ``feature_shape`` (per row) cannot feed ``model``; empty when they can."""
+    features = math.prod(feature_shape)
+    shape = "x".join(str(d) for d in feature_shape)
+    if features < 1:
+        return [{"pointer": "/dataset", "detail": f"the rows have no features (feature shape {shape})"}]
+    if isinstance(model, CNNSpec) and image_side(feature_shape) is None:
+        return [
+            {
+                "pointer": "/model/arch",
+                "detail": f"a cnn needs a single-channel square image per row; the features have shape {shape} "
+                f"({features} values, not a square number or not square), use mlp or transformer",
+            }
+        ]
+    if isinstance(model, TransformerSpec) and features > MAX_TRANSFORMER_TOKENS:
+        return [
+            {
+                "pointer": "/model/arch",
+                "detail": f"a transformer makes one token per feature; {features} features exceed the "
+                f"{MAX_TRANSFORMER_TOKENS}-token limit",
+            }
+        ]
+    return []
+
+
+# --- strategy and hyperparameters ----------------------------------------------------------------
+
+
+class StrategySpec(_Strict):
+    """How the job is parallelised. ``pipeline`` runs one stage per process
+    (``pipeline_stages`` defaults to the world size); ``hybrid`` is data parallel over
+    ``world_size / pipeline_stages`` pipeline replicas (a 2-D mesh)."""
+
+    kind: Literal["ddp", "fsdp", "pipeline", "hybrid"] = "ddp"
+    nproc_per_node: int = Field(1, ge=1, le=64)
+    nnodes: int = Field(1, ge=1, le=64)
+    pipeline_stages: int | None = Field(None, ge=1, le=64)
+    microbatches: int | None = Field(None, ge=1, le=1024)
+    schedule: Literal["gpipe", "1f1b"] = "1f1b"
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+    @property
+    def stages(self) -> int:
+        """Pipeline stages after defaults (1 when the strategy does not pipeline)."""
+        return self.pipeline_stages or 1
+
+    @property
+    def data_parallel_size(self) -> int:
+        return self.world_size // self.stages
+
+    @property
+    def pipelined(self) -> bool:
+        return self.kind in ("pipeline", "hybrid")
+
+
+class HyperparametersSpec(_Strict):
+    epochs: int = Field(10, ge=1, le=10_000)
+    max_steps: int | None = Field(None, ge=1, le=10_000_000, description="stop after this many steps")
+    batch_size: int = Field(32, ge=1, le=65_536, description="global: summed over data-parallel replicas")
+    lr: float = Field(1e-3, gt=0.0, le=10.0)
+    optimizer: Literal["sgd", "adam", "adamw"] = "adam"
+    momentum: float = Field(0.0, ge=0.0, lt=1.0, description="sgd only")
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+    @model_validator(mode="after")
+    def _momentum_is_sgd(self) -> HyperparametersSpec:
+        if self.momentum and self.optimizer != "sgd":
+            raise _at(("momentum",), f"momentum applies to sgd only, not {self.optimizer}")
+        return self
+
+
+# --- the spec ----------------------------------------------------------------------------------
+
+
+class TrainingSpec(_Strict):
+    model: ModelSpec
+    dataset: DatasetSpec
+    validation: ValidationSpec = Field(default_factory=lambda: ValidationSpec(fraction=0.1))
+    strategy: StrategySpec = Field(default_factory=StrategySpec)
+    hyperparameters: HyperparametersSpec = Field(default_factory=HyperparametersSpec)
+    checkpoint_every_steps: int = Field(100, ge=1, le=10_000_000)
+    register_as: str | None = Field(None, pattern=r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _pointers_without_union_tags(cls, data: Any, handler: ModelWrapValidatorHandler[TrainingSpec]) -> TrainingSpec:
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            raise ValidationError.from_exception_data(exc.title, [_untagged(e) for e in exc.errors()]) from None
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> TrainingSpec:
+        _resolve_pipeline_defaults(self.strategy)
+        problems = _cross_field_problems(self)
+        if problems:
+            raise ValidationError.from_exception_data(
+                type(self).__name__,
+                [_error_details(loc, msg, _value_at(self, loc)) for loc, msg in problems],
+            )
+        return self
+
+
+def _resolve_pipeline_defaults(strategy: StrategySpec) -> None:
+    """Fill in what a pipelined strategy leaves out, so the worker gets explicit values."""
+    if strategy.kind == "pipeline" and strategy.pipeline_stages is None:
+        strategy.pipeline_stages = strategy.world_size
+    if strategy.pipelined and strategy.microbatches is None and strategy.pipeline_stages is not None:
+        strategy.microbatches = max(4, strategy.pipeline_stages)
+
+
+def _cross_field_problems(spec: TrainingSpec) -> list[tuple[Loc, str]]:
+    strategy, hp = spec.strategy, spec.hyperparameters
+    if not strategy.pipelined:
+        return _data_parallel_problems(strategy, hp)
+    if strategy.pipeline_stages is None:
+        return [(("strategy", "pipeline_stages"), "hybrid needs pipeline_stages (the pipeline depth)")]
+    problems = _pipeline_problems(strategy, spec.model)
+    if not problems:
+        per_replica = strategy.data_parallel_size * (strategy.microbatches or 1)
+        if hp.batch_size % per_replica:
+            problems.append(
+                (
+                    ("hyperparameters", "batch_size"),
+                    f"batch_size ({hp.batch_size}) must be divisible by data-parallel replicas x microbatches "
+                    f"({strategy.data_parallel_size} x {strategy.microbatches} = {per_replica})",
+                )
+            )
+    return problems
+
+
+def _data_parallel_problems(strategy: StrategySpec, hp: HyperparametersSpec) -> list[tuple[Loc, str]]:
+    problems: list[tuple[Loc, str]] = []
+    for name in ("pipeline_stages", "microbatches"):
+        if getattr(strategy, name) not in (None, 1):
+            problems.append((("strategy", name), f"only the pipeline and hybrid strategies use {name}"))
+    if hp.batch_size % strategy.world_size:
+        problems.append(
+            (
+                ("hyperparameters", "batch_size"),
+                f"batch_size ({hp.batch_size}) must be divisible by the number of processes "
+                f"(nproc_per_node x nnodes = {strategy.world_size})",
+            )
+        )
+    return problems
+
+
+def _pipeline_problems(strategy: StrategySpec, model: MLPSpec | CNNSpec | TransformerSpec) -> list[tuple[Loc, str]]:
+    stages, world = strategy.stages, strategy.world_size
+    blocks = stageable_layers(model)
+    if stages > blocks:
+        return [
+            (
+                ("strategy", "pipeline_stages"),
+                f"the {model.arch} has {blocks} stageable blocks, too few for {stages} pipeline stages",
+            )
+        ]
+    if strategy.kind == "pipeline" and stages != world:
+        return [
+            (
+                ("strategy", "pipeline_stages"),
+                f"pipeline runs one stage per process: pipeline_stages ({stages}) must equal "
+                f"nproc_per_node x nnodes ({world}); use hybrid to add data parallelism",
+            )
+        ]
+    if strategy.kind == "hybrid" and world % stages:
+        return [
+            (
+                ("strategy", "pipeline_stages"),
+                f"hybrid needs nproc_per_node x nnodes ({world}) divisible by pipeline_stages ({stages})",
+            )
+        ]
+    if strategy.schedule == "1f1b" and (strategy.microbatches or 1) < stages:
+        return [
+            (
+                ("strategy", "microbatches"),
+                f"the 1f1b schedule needs at least as many microbatches as stages ({stages})",
+            )
+        ]
+    return []
+
+
+def _value_at(spec: BaseModel, loc: Loc) -> Any:
+    value: Any = spec
+    for part in loc:
+        value = getattr(value, str(part), None)
+    return value
+
+
+def _at(loc: Loc, message: str) -> ValidationError:
+    return ValidationError.from_exception_data("spec", [_error_details(loc, message, None)])
+
+
+def _error_details(loc: Loc, message: str, value: Any) -> InitErrorDetails:
+    template = message.replace("{", "{{").replace("}", "}}")
+    return InitErrorDetails(type=PydanticCustomError("spec_invalid", template), loc=loc, input=value)
+
+
+def _untagged(error: Any) -> InitErrorDetails:
+    """The same error without the union tag pydantic puts in locations (``model.mlp.hidden``)."""
+    loc = tuple(error["loc"])
+    if len(loc) >= 2 and loc[0] == "model" and loc[1] in _ARCH_TAGS:
+        loc = loc[:1] + loc[2:]
+    template = error["msg"].replace("{", "{{").replace("}", "}}")
+    return InitErrorDetails(type=PydanticCustomError(error["type"], template), loc=loc, input=error.get("input"))
+
+
+def json_pointer(loc: Sequence[str | int]) -> str:
+    """The RFC 6901 pointer for an error location: ("model", "hidden", 0) → /model/hidden/0."""
+    return "".join("/" + str(part).replace("~", "~0").replace("/", "~1") for part in loc)
+
+
+# --- checks against the platform and the uploaded data ---------------------------------------
+
+
+def check_limits(spec: TrainingSpec, max_nproc_per_node: int, max_nnodes: int) -> list[Problem]:
+    """Where the spec asks for more processes than this platform offers."""
+    problems = []
+    if spec.strategy.nproc_per_node > max_nproc_per_node:
+        problems.append(
+            {
+                "pointer": "/strategy/nproc_per_node",
+                "detail": f"at most {max_nproc_per_node} processes per node here, "
+                f"asked for {spec.strategy.nproc_per_node}",
+            }
+        )
+    if spec.strategy.nnodes > max_nnodes:
+        problems.append(
+            {
+                "pointer": "/strategy/nnodes",
+                "detail": f"at most {max_nnodes} node{'s' * (max_nnodes != 1)} here, asked for {spec.strategy.nnodes}",
+            }
+        )
+    return problems
+
+
+# What the upload validator would store for each builtin dataset.
+BUILTIN_DETAILS: dict[str, dict[str, Any]] = {
+    "digits": {"arrays": {"X": {"dtype": "float32", "shape": [1797, 8, 8]}, "y": {"dtype": "int64", "shape": [1797]}}}
+}
+
+
+def check_dataset_fits(
+    spec: TrainingSpec,
+    dataset_details: dict[str, Any] | None,
+    validation_details: dict[str, Any] | None = None,
+) -> list[Problem]:
+    """Where the uploaded file(s), described by the details the upload validator stored
+    (npz ``{"arrays": {...}}``, csv ``{"columns": [...], "rows": n}``, parquet
+    ``{"columns": [{"name", "type"}], "rows": n}``), cannot train ``spec``'s model. For a
+    builtin dataset ``dataset_details`` is ignored (pass None)."""
+    if spec.dataset.builtin is not None:
+        dataset_details = BUILTIN_DETAILS[spec.dataset.builtin]
+    if dataset_details is None:
+        return [{"pointer": "/dataset/file_id", "detail": "the dataset file has no stored details"}]
+    try:
+        rows, feature_shape = _describe(dataset_details, spec.dataset.label_column, "/dataset")
+    except _Unfit as exc:
+        return [exc.problem]
+    problems = model_fit_problems(spec.model, feature_shape)
+    if validation_details is not None and spec.validation.file_id is not None:
+        problems += _validation_file_problems(validation_details, spec.dataset.label_column, feature_shape)
+    if spec.validation.fraction is not None:
+        n_train, _ = split_sizes(rows, spec.validation.fraction)
+        if n_train < 1:
+            problems.append(
+                {"pointer": "/validation/fraction", "detail": f"{rows} rows leave none for training after the split"}
+            )
+            return problems
+    else:
+        n_train = rows
+    if spec.hyperparameters.batch_size > n_train:
+        problems.append(
+            {
+                "pointer": "/hyperparameters/batch_size",
+                "detail": f"batch_size ({spec.hyperparameters.batch_size}) exceeds the {n_train} training rows",
+            }
+        )
+    return problems
+
+
+def _validation_file_problems(
+    details: dict[str, Any], label_column: str | None, feature_shape: tuple[int, ...]
+) -> list[Problem]:
+    try:
+        _, val_shape = _describe(details, label_column, "/validation")
+    except _Unfit as exc:
+        return [exc.problem]
+    if math.prod(val_shape) != math.prod(feature_shape):
+        return [
+            {
+                "pointer": "/validation/file_id",
+                "detail": f"the validation file has {math.prod(val_shape)} features per row, "
+                f"the training data {math.prod(feature_shape)}",
+            }
+        ]
+    return []
+
+
+class _Unfit(Exception):
+    def __init__(self, pointer: str, detail: str) -> None:
+        super().__init__(detail)
+        self.problem = {"pointer": pointer, "detail": detail}
+
+
+def _describe(details: dict[str, Any], label_column: str | None, pointer: str) -> tuple[int, tuple[int, ...]]:
+    """(rows, feature shape per row) from stored upload details."""
+    if "arrays" in details:
+        if label_column is not None:
+            raise _Unfit(f"{pointer}/label_column", "an npz file has arrays X and y; label_column is for csv/parquet")
+        return _describe_npz(details["arrays"], pointer)
+    if "columns" in details:
+        return _describe_table(details["columns"], int(details.get("rows", 0)), label_column, pointer)
+    raise _Unfit(pointer, "the file is not a dataset (npz, csv or parquet)")
+
+
+def _describe_npz(arrays: dict[str, Any], pointer: str) -> tuple[int, tuple[int, ...]]:
+    missing = [name for name in ("X", "y") if name not in arrays]
+    if missing:
+        found = ", ".join(sorted(arrays)) or "none"
+        raise _Unfit(pointer, f"an npz dataset needs arrays X and y; missing {' and '.join(missing)} (found {found})")
+    x_shape, y_shape = list(arrays["X"]["shape"]), list(arrays["y"]["shape"])
+    if len(x_shape) < 2:
+        raise _Unfit(pointer, f"X must have one row per sample and at least one feature; its shape is {x_shape}")
+    if not _numeric_dtype(arrays["X"]["dtype"]):
+        raise _Unfit(pointer, f"X must be numeric; its dtype is {arrays['X']['dtype']}")
+    if not (len(y_shape) == 1 or (len(y_shape) == 2 and y_shape[1] == 1)):
+        raise _Unfit(pointer, f"y must hold one label per row; its shape is {y_shape}")
+    if y_shape[0] != x_shape[0]:
+        raise _Unfit(pointer, f"X has {x_shape[0]} rows but y has {y_shape[0]}")
+    if x_shape[0] < 2:
+        raise _Unfit(pointer, f"a dataset needs at least 2 rows, this one has {x_shape[0]}")
+    return x_shape[0], tuple(x_shape[1:])
+
+
+def _numeric_dtype(dtype: str) -> bool:
+    """For numpy's dtype names: "float32", "int64", "bool", "uint8" (not "<U3", "complex64")."""
+    return dtype.startswith(("int", "uint", "float", "bool"))
+
+
+def _describe_table(
+    columns: list[Any], rows: int, label_column: str | None, pointer: str
+) -> tuple[int, tuple[int, ...]]:
+    names = [c["name"] if isinstance(c, dict) else c for c in columns]
+    label = label_column or "label"
+    if label not in names:
+        where = f"{pointer}/label_column" if label_column else pointer
+        hint = "" if label_column else " (the default label column); set label_column"
+        raise _Unfit(where, f"there is no column '{label}'{hint}; columns are {', '.join(names[:20])}")
+    for column in columns:
+        if isinstance(column, dict) and column["name"] != label and not _numeric_arrow_type(column["type"]):
+            raise _Unfit(
+                pointer, f"feature column '{column['name']}' has type {column['type']}; features must be numeric"
+            )
+    if len(names) < 2:
+        raise _Unfit(pointer, "the file has a label column but no feature columns")
+    if rows < 2:
+        raise _Unfit(pointer, f"a dataset needs at least 2 rows, this one has {rows}")
+    return rows, (len(names) - 1,)
+
+
+def _numeric_arrow_type(type_name: str) -> bool:
+    return type_name.startswith(("int", "uint", "float", "double", "halffloat", "bool", "decimal"))

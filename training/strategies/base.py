@@ -1,0 +1,126 @@
+"""The interface every parallelism strategy implements, and what they share: the optimizer
+from the spec, per-batch statistics, and model/optimizer state in the form
+``torch.distributed.checkpoint`` saves.
+
+A strategy wraps a freshly built model for this process and exposes ``train_step``
+(one global batch: forward, backward, gradient exchange, optimizer step),
+``state_dict_for_checkpoint``/``load_checkpoint`` and ``full_model_on_rank0``.
+All methods except ``train_step`` are collective: every rank calls them.
+``WholeModelTrainable`` is the part DDP and FSDP share.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+from training.spec import HyperparametersSpec
+
+ModelFactory = Callable[[], nn.Sequential]
+
+# Optimizer state keyed by parameter name, so ranks holding different stages never collide.
+_DCP_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
+
+
+class Trainable(ABC):
+    """One process's share of a model being trained."""
+
+    data_replicas: int  # how many replicas split each global batch
+    data_rank: int  # which share this process feeds
+
+    @abstractmethod
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Train on this replica's rows of one global batch; returns this process's
+        ``[loss_sum, correct, count]`` (zeros where it computes no loss)."""
+
+    @abstractmethod
+    def state_dict_for_checkpoint(self) -> dict[str, Any]:
+        """Model and optimizer state, keyed for ``torch.distributed.checkpoint``."""
+
+    @abstractmethod
+    def load_checkpoint(self, state: dict[str, Any]) -> None:
+        """Load what ``state_dict_for_checkpoint`` returned (after dcp.load filled it)."""
+
+    @abstractmethod
+    def full_model_on_rank0(self) -> nn.Module | None:
+        """An unwrapped CPU copy of the whole model on rank 0 (None elsewhere)."""
+
+
+class WholeModelTrainable(Trainable):
+    """A data-parallel strategy's common part: each process runs the whole (wrapped) model
+    on its share of the batch, and the wrapper exchanges gradients during backward."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, replicas: int, rank: int) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.data_replicas, self.data_rank = replicas, rank
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        logits = self.model(x)
+        loss = classification_loss(logits, y)
+        loss.backward()
+        self.optimizer.step()
+        return batch_stats(loss, logits, y)
+
+    def state_dict_for_checkpoint(self) -> dict[str, Any]:
+        return module_checkpoint_state(self.model, self.optimizer)
+
+    def load_checkpoint(self, state: dict[str, Any]) -> None:
+        load_module_checkpoint_state(self.model, self.optimizer, state)
+
+
+def build_optimizer(params: Iterable[torch.nn.Parameter], hp: HyperparametersSpec) -> torch.optim.Optimizer:
+    if hp.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+    if hp.optimizer == "adam":
+        return torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
+    return torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+
+
+def classification_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, y)
+
+
+def batch_stats(loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``[loss_sum, correct, count]`` for a batch whose mean loss is ``loss``."""
+    count = y.shape[0]
+    correct = (logits.detach().argmax(dim=1) == y).sum()
+    return torch.stack([loss.detach() * count, correct.to(loss.dtype), torch.tensor(float(count), device=y.device)])
+
+
+def no_stats(device: torch.device) -> torch.Tensor:
+    return torch.zeros(3, device=device)
+
+
+def module_checkpoint_state(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    return {
+        "model": get_model_state_dict(module, options=_DCP_OPTIONS),
+        "optim": get_optimizer_state_dict(module, optimizer, options=_DCP_OPTIONS),
+    }
+
+
+def load_module_checkpoint_state(module: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    set_model_state_dict(module, state["model"], options=_DCP_OPTIONS)
+    set_optimizer_state_dict(module, optimizer, state["optim"], options=_DCP_OPTIONS)
+
+
+def materialize(factory: ModelFactory, state: dict[str, torch.Tensor]) -> nn.Module:
+    """A model from ``factory`` holding ``state``, built on the meta device so that no
+    initialisation runs and the global RNG is left alone."""
+    with torch.device("meta"):
+        model = factory()
+    model.load_state_dict(state, strict=True, assign=True)
+    return model
