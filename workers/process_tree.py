@@ -47,15 +47,34 @@ def _signal_all(processes: list[psutil.Process], sig: int) -> None:
             process.send_signal(sig)
 
 
+def _running(process: psutil.Process) -> bool:
+    # an orphan killed under a parent that does not reap stays a zombie: it is gone all the same
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _wait_gone(processes: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
+    """Wait until every process exited (reaping our own children); the ones still running."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        psutil.wait_procs(processes, timeout=0)  # reaps those that are our children
+        alive = [p for p in processes if _running(p)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(0.02)
+
+
 def stop_tree(root_pid: int, grace_s: float) -> list[int]:
     """SIGTERM the tree, SIGKILL survivors after ``grace_s``; the pids that had to be killed."""
     processes = tree_of(root_pid)
     _signal_all(processes, signal.SIGTERM)
-    _, alive = psutil.wait_procs(processes, timeout=grace_s)
+    alive = _wait_gone(processes, grace_s)
     # descendants that appeared during the grace period are part of the tree too
-    alive += [p for p in tree_of(root_pid) if p.pid not in {a.pid for a in alive}]
+    alive += [p for p in tree_of(root_pid) if p.pid not in {a.pid for a in alive} and _running(p)]
     _signal_all(alive, signal.SIGKILL)
-    psutil.wait_procs(alive, timeout=5)
+    _wait_gone(alive, 5)
     return [p.pid for p in alive]
 
 
@@ -94,12 +113,3 @@ class ChildProcess:
     def reap_leftovers(self) -> None:
         """After the leader exited on its own: anything it left in its group goes too."""
         stop_tree(self.pid, grace_s=1.0)
-
-
-def wait_gone(pids: list[int], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not any(psutil.pid_exists(pid) for pid in pids):
-            return True
-        time.sleep(0.05)
-    return False
