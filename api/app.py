@@ -18,6 +18,7 @@ from api.metrics import ApiMetrics
 from api.openapi import ENDPOINT_TABLES as TABLES_KEY
 from api.problems import Problem
 from api.routes import ENDPOINT_TABLES
+from core import job_catalog  # noqa: F401 - registers the product's job types
 from core.artifact_store import ArtifactStore
 from core.db import async_session_factory, make_async_engine
 from core.settings import Settings

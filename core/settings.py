@@ -72,6 +72,11 @@ class Settings(BaseSettings):
     redispatch_after_s: float = Field(default=300.0, gt=0)
     cancel_grace_s: float = Field(default=10.0, ge=0)
 
+    # training
+    max_nproc_per_node: int = Field(default=8, gt=0, description="torchrun processes a job may ask for per node")
+    max_nnodes: int = Field(default=4, gt=0)
+    training_threads_per_process: int = Field(default=1, gt=0, description="OMP_NUM_THREADS of each rank")
+
     # webhooks
     webhook_timeout_s: float = Field(default=10.0, gt=0)
     webhook_max_attempts: int = Field(default=8, gt=0)

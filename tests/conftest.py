@@ -5,6 +5,7 @@ so tests never see each other's objects.
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -108,10 +109,15 @@ async def api(aiohttp_client, settings: Settings) -> AsyncIterator[TestClient]:
 
 @pytest.fixture(scope="session")
 def job_worker(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
-    """The shared worker: runs the training and webhooks queues."""
-    from workers.celery_app import create_celery
+    """The shared worker: runs the test job types' queue and the webhooks queue."""
+    from workers.celery_app import QUEUES, create_celery
 
-    create_celery(settings).control.purge()  # messages of earlier runs must not reach this database
-    worker = Worker(settings, "training,webhooks", tmp_path_factory.mktemp("worker") / "worker.log")
+    app = create_celery(settings)
+    with app.connection_for_write() as conn:  # messages of earlier runs must not reach this database
+        for queue in (*QUEUES, "test-shared", "test-recovery", "test-unclaimed"):
+            with contextlib.suppress(Exception):
+                conn.default_channel.queue_purge(queue)
+    app.close()
+    worker = Worker(settings, "test-shared,webhooks", tmp_path_factory.mktemp("worker") / "worker.log")
     yield worker
     worker.stop()

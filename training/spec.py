@@ -370,6 +370,8 @@ def _untagged(error: Any) -> InitErrorDetails:
     loc = tuple(error["loc"])
     if len(loc) >= 2 and loc[0] == "model" and loc[1] in _ARCH_TAGS:
         loc = loc[:1] + loc[2:]
+    elif loc == ("model",) and error["type"] in ("union_tag_invalid", "union_tag_not_found"):
+        loc = ("model", "arch")  # the field at fault is the discriminator
     template = error["msg"].replace("{", "{{").replace("}", "}}")
     return InitErrorDetails(type=PydanticCustomError(error["type"], template), loc=loc, input=error.get("input"))
 

@@ -32,7 +32,8 @@ from core.dispatch import commit_and_send
 from core.ids import new_id
 from core.job_states import QUEUED, RUNNING, TERMINAL
 from core.job_types import get_job_type
-from core.models import Artifact, Job
+from core.models import Artifact, Job, ModelVersion
+from core.registry import register_version
 from workers.process_tree import ChildProcess
 from workers.runtime import WorkerRuntime, holder_is_gone
 
@@ -145,6 +146,31 @@ class JobContext:
 
         self._write(write)
         return row
+
+    def register_model(
+        self, name: str, artifact: Artifact, signature: dict[str, Any], metrics: dict[str, Any], lineage: dict[str, Any]
+    ) -> ModelVersion:
+        """Add ``artifact`` (an ONNX model of this job) as the next version of model ``name``."""
+        with self.rt.db() as session:
+            version = register_version(
+                session,
+                tenant_id=self.tenant_id,
+                name=name,
+                artifact=session.merge(artifact),
+                signature=signature,
+                metrics=metrics,
+                lineage=lineage,
+                source_job_id=self.job_id,
+            )
+            job_service.add_event(
+                session,
+                self.job_id,
+                "model_version",
+                f"registered {name} version {version.version}",
+                {"model": name, "version": version.version, "model_version_id": version.id},
+            )
+            commit_and_send(session, self._sender)
+        return version
 
     def checkpoint(self, path: Path, step: int, **data: Any) -> Artifact:
         return self.artifact("checkpoint", path.name, path, step=step, **data)

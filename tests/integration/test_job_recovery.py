@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow
 
 
 async def test_a_killed_worker_does_not_lose_its_job(api, tenant, settings, tmp_path, job_worker):
-    first = Worker(settings, "compression", tmp_path / "first.log", concurrency=1)
+    first = Worker(settings, "test-recovery", tmp_path / "first.log", concurrency=1)
     try:
         job = await (
             await create(api, tenant, {"type": "test.checkpointed", "spec": {"seconds": 8, "steps": 10}})
@@ -30,7 +30,7 @@ async def test_a_killed_worker_does_not_lose_its_job(api, tenant, settings, tmp_
     finally:
         first.stop()
 
-    second = Worker(settings, "compression", tmp_path / "second.log", concurrency=1)
+    second = Worker(settings, "test-recovery", tmp_path / "second.log", concurrency=1)
     try:
         done = await wait_done(api, tenant, job["id"], timeout_s=60)
     finally:

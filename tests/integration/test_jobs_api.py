@@ -110,8 +110,12 @@ async def test_bad_job_requests_are_422_with_a_pointer_and_create_nothing(api, t
 
 
 async def test_a_job_type_checks_the_world_before_anything_is_created(api, tenant, other_tenant, db):
-    upload = await api.post("/v1/files", params={"purpose": "dataset", "filename": "d.csv"}, data=b"a\n1\n",
-                            headers={**tenant.headers, "Content-Type": "application/octet-stream"})
+    upload = await api.post(
+        "/v1/files",
+        params={"purpose": "dataset", "filename": "d.csv"},
+        data=b"a\n1\n",
+        headers={**tenant.headers, "Content-Type": "application/octet-stream"},
+    )
     file_id = (await upload.json())["id"]
     assert (await create(api, tenant, {"type": "test.needs_file", "spec": {"file_id": file_id}})).status == 201
     foreign = await create(api, other_tenant, {"type": "test.needs_file", "spec": {"file_id": file_id}})

@@ -1,9 +1,9 @@
 """Job types that exist only to exercise the job runner; registered by the test suite (the API app in
 the test process imports this module, test workers load it with ``--include``), never shipped.
 
-Queues: ``test.sleep``, ``test.process_tree`` and ``test.crash`` go to ``training`` (the shared test
-worker consumes it); ``test.checkpointed`` goes to ``compression`` (only the crash-recovery test's own
-workers consume it); ``test.unclaimed`` goes to ``inference``, which no test worker consumes.
+They use queues of their own, so product queues stay free for the tests of product job types:
+``test-shared`` (the shared test worker), ``test-recovery`` (only the crash-recovery test's own
+workers) and ``test-unclaimed`` (no worker at all).
 """
 
 from __future__ import annotations
@@ -51,14 +51,14 @@ def _file_of_tenant(session, tenant_id: str, spec: FileSpec, settings) -> list[d
 
 
 for name, spec, queue, attempts in [
-    ("test.sleep", SleepSpec, "training", 3),
-    ("test.process_tree", TreeSpec, "training", 3),
-    ("test.crash", Empty, "training", 3),
-    ("test.checkpointed", SleepSpec, "compression", 3),
-    ("test.unclaimed", Empty, "inference", 3),
+    ("test.sleep", SleepSpec, "test-shared", 3),
+    ("test.process_tree", TreeSpec, "test-shared", 3),
+    ("test.crash", Empty, "test-shared", 3),
+    ("test.checkpointed", SleepSpec, "test-recovery", 3),
+    ("test.unclaimed", Empty, "test-unclaimed", 3),
 ]:
     register_job_type(JobType(name=name, spec=spec, queue=queue, max_attempts=attempts))
-register_job_type(JobType(name="test.needs_file", spec=FileSpec, queue="inference", validate=_file_of_tenant))
+register_job_type(JobType(name="test.needs_file", spec=FileSpec, queue="test-unclaimed", validate=_file_of_tenant))
 
 
 @handler("test.sleep")

@@ -15,6 +15,7 @@ from compression.sensitivity import (
     NodeSensitivity,
     Probe,
     int8_within_budget,
+    measure_sensitivity,
     onnx_evaluator,
     plan_protection,
     recipe_builder,
@@ -157,3 +158,14 @@ def test_whole_scheme_on_a_model_with_outlier_activations(tmp_path: Path) -> Non
     )
     plain_out = make_session(plain, intra_op_threads=1).run(None, {"x": x})[0]
     assert compare_outputs(expected, plain_out).mean_cosine < compare_outputs(expected, got).mean_cosine
+
+
+def test_quantize_one_probe_ranks_like_leave_one_out_on_additive_errors(tmp_path: Path) -> None:
+    fake = FakeModels(1000, {"a": 100, "b": 100, "c": 100}, {"a": 0.001, "b": 0.006, "c": 0.002})
+    _, by_removal = measure_sensitivity(fake.build, fake.evaluate, candidates("abc"), tmp_path / "loo")
+    _, by_addition = measure_sensitivity(
+        fake.build, fake.evaluate, candidates("abc"), tmp_path / "one", method="quantize_one"
+    )
+    assert [s.node for s in sorted(by_removal, key=lambda s: -s.gain)] == ["b", "c", "a"]
+    assert [s.node for s in sorted(by_addition, key=lambda s: -s.gain)] == ["b", "c", "a"]
+    assert all(s.extra_bytes == 100 for s in [*by_removal, *by_addition])

@@ -1,0 +1,175 @@
+"""Training jobs end to end: the API, PostgreSQL, the broker, S3, a Celery worker and torchrun on 2
+processes. A digits CNN learns the digits and comes back as an ONNX file, a curve and a model
+version; bad specs are refused before anything runs; a diverging run fails with a code."""
+
+from __future__ import annotations
+
+import io
+
+import aiohttp
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from sklearn.datasets import load_digits
+
+from tests.integration.test_jobs_api import create, events, wait_done
+from tests.support.processes import Worker
+
+pytestmark = pytest.mark.slow
+
+CNN = {"arch": "cnn", "channels": [32, 64], "kernel_size": 3}
+
+
+@pytest.fixture(scope="module")
+def training_worker(settings, tmp_path_factory):
+    """A worker on the training queue for this module only (the recovery test brings its own)."""
+    worker = Worker(settings, "training", tmp_path_factory.mktemp("training") / "worker.log", concurrency=1)
+    yield worker
+    worker.stop()
+
+
+def digits_bytes() -> tuple[bytes, np.ndarray, np.ndarray]:
+    digits = load_digits()
+    x, y = (digits.data / 16.0).astype(np.float32), digits.target.astype(np.int64)
+    buffer = io.BytesIO()
+    np.savez(buffer, X=x, y=y)
+    return buffer.getvalue(), x, y
+
+
+async def upload_digits(api, tenant) -> str:
+    data, _, _ = digits_bytes()
+    response = await api.post(
+        "/v1/files",
+        params={"purpose": "dataset", "filename": "digits.npz"},
+        data=data,
+        headers={**tenant.headers, "Content-Type": "application/octet-stream"},
+    )
+    assert response.status == 201, await response.text()
+    return (await response.json())["id"]
+
+
+async def download(api, tenant, artifact_id: str) -> bytes:
+    link = await (await api.get(f"/v1/artifacts/{artifact_id}", headers=tenant.headers)).json()
+    async with aiohttp.ClientSession() as plain, plain.get(link["download_url"]) as response:
+        assert response.status == 200
+        return await response.read()
+
+
+async def test_a_digits_cnn_trained_with_ddp_on_two_processes(api, tenant, training_worker, tmp_path):
+    file_id = await upload_digits(api, tenant)
+    spec = {
+        "model": CNN,
+        "dataset": {"file_id": file_id},
+        "validation": {"fraction": 0.2},
+        "strategy": {"kind": "ddp", "nproc_per_node": 2},
+        "hyperparameters": {"epochs": 15, "batch_size": 32, "lr": 0.001, "optimizer": "adam", "seed": 0},
+        "checkpoint_every_steps": 200,
+        "register_as": "digits-cnn",
+    }
+    response = await create(api, tenant, {"type": "training", "spec": spec})
+    assert response.status == 201, await response.text()
+    job = await wait_done(api, tenant, (await response.json())["id"], timeout_s=600)
+    assert job["status"] == "succeeded", job
+    metrics = job["result"]["metrics"]
+    assert metrics["val_accuracy"] >= 0.97
+    assert metrics["onnx_max_abs_diff"] <= 1e-4
+    assert job["metrics"]["val_accuracy"] == metrics["val_accuracy"]
+    assert job["progress"]["step"] == job["progress"]["total_steps"]
+
+    history = await events(api, tenant, job["id"])
+    progress = [e for e in history if e["type"] == "progress"]
+    assert progress and {"loss", "accuracy", "samples_per_s", "epoch"} <= set(progress[0]["data"])
+    assert [e["data"]["step"] for e in history if e["type"] == "checkpoint"][:2] == [200, 400]
+
+    artifacts = {
+        a["kind"]: a
+        for a in (await (await api.get(f"/v1/jobs/{job['id']}/artifacts", headers=tenant.headers)).json())["data"]
+    }
+    assert {"model", "plot", "weights", "checkpoint"} <= set(artifacts)
+    model_bytes = await download(api, tenant, job["result"]["artifacts"]["model"])
+    (tmp_path / "model.onnx").write_bytes(model_bytes)
+    onnx.checker.check_model(str(tmp_path / "model.onnx"))
+    _, x, y = digits_bytes()
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {session.get_inputs()[0].name: x})[0]
+    assert (logits.argmax(1) == y).mean() >= 0.97
+    assert (await download(api, tenant, job["result"]["artifacts"]["curves"]))[:8] == b"\x89PNG\r\n\x1a\n"
+
+    version = await (await api.get("/v1/models/digits-cnn/versions/1", headers=tenant.headers)).json()
+    assert version["lineage"]["source_job_id"] == job["id"]
+    assert version["signature"]["inputs"][0]["shape"] == [-1, 64]
+    assert version["metrics"]["val_accuracy"] == metrics["val_accuracy"]
+
+
+async def test_bad_training_specs_are_422_before_anything_runs(api, tenant, other_tenant, settings):
+    file_id = await upload_digits(api, tenant)
+    base = {
+        "model": CNN,
+        "dataset": {"file_id": file_id},
+        "strategy": {"kind": "ddp", "nproc_per_node": 2},
+        "hyperparameters": {"batch_size": 128},
+    }
+    cases = [
+        ({**base, "model": {"arch": "resnet152"}}, "/spec/model/arch"),
+        ({**base, "model": {**CNN, "kernel_size": 4}}, "/spec/model/kernel_size"),
+        (
+            {**base, "strategy": {"kind": "ddp", "nproc_per_node": settings.max_nproc_per_node * 2}},
+            "/spec/strategy/nproc_per_node",
+        ),
+        ({**base, "strategy": {"kind": "ddp", "nnodes": settings.max_nnodes * 2}}, "/spec/strategy/nnodes"),
+        (
+            {
+                **base,
+                "model": {"arch": "mlp", "hidden": [32]},
+                "strategy": {"kind": "pipeline", "nproc_per_node": 2, "pipeline_stages": 3},
+            },
+            "/spec/strategy/pipeline_stages",
+        ),
+        ({**base, "dataset": {"file_id": "file_" + "0" * 26}}, "/spec/dataset/file_id"),
+    ]
+    for spec, pointer in cases:
+        response = await create(api, tenant, {"type": "training", "spec": spec})
+        assert response.status == 422, (pointer, await response.text())
+        assert pointer in [e["pointer"] for e in (await response.json())["errors"]], pointer
+    foreign = await create(api, other_tenant, {"type": "training", "spec": base})
+    assert foreign.status == 422
+    csv = await api.post(
+        "/v1/files",
+        params={"purpose": "dataset", "filename": "d.csv"},
+        data=b"a,b\n1,2\n3,4\n",
+        headers={**tenant.headers, "Content-Type": "application/octet-stream"},
+    )
+    no_label = await create(
+        api,
+        tenant,
+        {
+            "type": "training",
+            "spec": {**base, "dataset": {"file_id": (await csv.json())["id"], "label_column": "label"}},
+        },
+    )
+    assert no_label.status == 422
+    assert "/spec/dataset/label_column" in [e["pointer"] for e in (await no_label.json())["errors"]]
+    listed = await (await api.get("/v1/jobs", params={"type": "training"}, headers=tenant.headers)).json()
+    assert listed["data"] == []
+
+
+async def test_a_diverging_run_fails_with_nan_loss(api, tenant, training_worker):
+    x = np.random.default_rng(0).normal(size=(200, 8)).astype(np.float32) * 1e30
+    buffer = io.BytesIO()
+    np.savez(buffer, X=x, y=np.arange(200) % 2)
+    upload = await api.post(
+        "/v1/files",
+        params={"purpose": "dataset", "filename": "huge.npz"},
+        data=buffer.getvalue(),
+        headers={**tenant.headers, "Content-Type": "application/octet-stream"},
+    )
+    spec = {
+        "model": {"arch": "mlp", "hidden": [16]},
+        "dataset": {"file_id": (await upload.json())["id"]},
+        "hyperparameters": {"epochs": 1, "batch_size": 16, "optimizer": "sgd", "lr": 0.5},
+    }
+    job = await (await create(api, tenant, {"type": "training", "spec": spec})).json()
+    done = await wait_done(api, tenant, job["id"], timeout_s=120)
+    assert done["status"] == "failed"
+    assert done["error"]["code"] == "nan_loss"

@@ -1,0 +1,49 @@
+"""A worker killed with SIGKILL during a torchrun training job: the job is re-run on a new worker and
+resumes from the last checkpoint the first attempt uploaded."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.e2e.test_training_jobs import upload_digits
+from tests.integration.test_jobs_api import create, events, wait_done
+from tests.support.processes import Worker
+
+pytestmark = pytest.mark.slow
+
+
+async def test_a_worker_killed_during_training_resumes_from_its_checkpoint(api, tenant, settings, tmp_path):
+    file_id = await upload_digits(api, tenant)
+    spec = {
+        "model": {"arch": "mlp", "hidden": [128, 64]},
+        "dataset": {"file_id": file_id},
+        "strategy": {"kind": "ddp", "nproc_per_node": 2},
+        "hyperparameters": {"epochs": 40, "batch_size": 32, "seed": 1},
+        "checkpoint_every_steps": 100,
+    }
+    first = Worker(settings, "training", tmp_path / "first.log", concurrency=1)
+    try:
+        job = await (await create(api, tenant, {"type": "training", "spec": spec})).json()
+        for _ in range(1200):
+            if any(e["type"] == "checkpoint" for e in await events(api, tenant, job["id"])):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("no checkpoint was ever written")
+        first.kill()
+    finally:
+        first.stop()
+    second = Worker(settings, "training", tmp_path / "second.log", concurrency=1)
+    try:
+        done = await wait_done(api, tenant, job["id"], timeout_s=600)
+    finally:
+        second.stop()
+    assert done["status"] == "succeeded", done
+    assert done["attempts"] == 2
+    history = await events(api, tenant, job["id"])
+    resumed = [e for e in history if e["type"] == "log" and e["message"].startswith("resuming from checkpoint")]
+    assert len(resumed) == 1 and resumed[0]["data"]["resumed_from_step"] >= 100
+    first_progress_after_resume = next(e for e in history[history.index(resumed[0]) :] if e["type"] == "progress")
+    assert first_progress_after_resume["data"]["step"] > resumed[0]["data"]["resumed_from_step"]
