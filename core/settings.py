@@ -76,6 +76,11 @@ class Settings(BaseSettings):
     max_nproc_per_node: int = Field(default=8, gt=0, description="torchrun processes a job may ask for per node")
     max_nnodes: int = Field(default=4, gt=0)
     training_threads_per_process: int = Field(default=1, gt=0, description="OMP_NUM_THREADS of each rank")
+    # several nodes: a folder every node's workers see (NFS, EFS...), where the ranks write checkpoints
+    training_shared_dir: Path | None = None
+    # the address other nodes reach the first node's rendezvous on
+    training_rendezvous_host: str = "127.0.0.1"
+    training_rendezvous_timeout_s: int = Field(default=300, gt=0)
 
     # webhooks
     webhook_timeout_s: float = Field(default=10.0, gt=0)
@@ -91,6 +96,10 @@ class Settings(BaseSettings):
     @property
     def public_base_url(self) -> str:
         return (self.public_url or f"http://{self.api_host}:{self.api_port}").rstrip("/")
+
+    @property
+    def shared_training_dir(self) -> Path:
+        return (self.training_shared_dir or self.data_dir / "training").expanduser()
 
     def require(self, *names: str) -> None:
         """Raise MissingSetting naming every unset variable among ``names``."""

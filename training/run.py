@@ -48,18 +48,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True, help="where checkpoints and artifacts go")
     parser.add_argument("--resume", type=Path, help="a checkpoint directory (OUT/checkpoints/step-N) to continue from")
     parser.add_argument("--report-every", type=int, help="steps between progress lines (default: about 50 a run)")
+    parser.add_argument(
+        "--events",
+        type=Path,
+        help="also append the protocol lines to this file (with several nodes, rank 0 may run on any of them)",
+    )
     return parser.parse_args(argv)
 
 
 class JsonLines:
-    """The protocol stream: one JSON object per line, flushed at once."""
+    """The protocol stream: one JSON object per line, flushed at once, to each stream."""
 
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
+    def __init__(self, *streams: TextIO) -> None:
+        self.streams = streams
 
     def __call__(self, event: dict[str, Any]) -> None:
-        self.stream.write(json.dumps(event) + "\n")
-        self.stream.flush()
+        line = json.dumps(event) + "\n"
+        for stream in self.streams:
+            stream.write(line)
+            stream.flush()
 
 
 def claim_stdout() -> TextIO:
@@ -106,7 +113,10 @@ def error_event(exc: BaseException) -> tuple[dict[str, Any], bool]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    emit = JsonLines(claim_stdout())
+    streams = [claim_stdout()]
+    if args.events is not None:
+        streams.append(open(args.events, "a", buffering=1))  # noqa: SIM115 - open until the process exits
+    emit = JsonLines(*streams)
     ctx = None
     try:
         ctx = dist.setup()

@@ -186,6 +186,10 @@ class JobContext:
                 )
             )
 
+    def send(self, task: str, *args: Any, queue: str) -> None:
+        """Hand a task of this job (e.g. another node's share of it) to the broker."""
+        self._sender.send_task(task, args=list(args), queue=queue)
+
     # -- cancellation and child processes -----------------------------------------------------
     def raise_if_canceled(self) -> None:
         if self.canceled.is_set() or self.lost.is_set():

@@ -10,36 +10,66 @@ from __future__ import annotations
 import collections
 import json
 import os
+import shutil
 import sys
 import tarfile
 import tempfile
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import onnx
+from celery import shared_task
 from sqlalchemy import select
 
 from core import job_catalog  # noqa: F401 - the training job type
-from core.models import File
+from core import jobs as job_service
+from core.job_states import RUNNING
+from core.models import File, Job
 from core.onnx_signature import read_signature
+from infra.ports import pick_port
 from training.spec import TrainingSpec
 from workers.job_runner import JobContext, JobFailed, handler
+from workers.process_tree import ChildProcess
+from workers.runtime import WorkerRuntime, runtime
 
 PROTOCOL = {"progress", "checkpoint", "result", "error"}
+NODE_TASK = "workers.training.node"
 LOG_TAIL_LINES = 40
 MAX_LOG_EVENTS = 500
 
 
-def torchrun_command(spec: TrainingSpec, args: list[str]) -> list[str]:
-    """The torchrun command line for one node of ``spec`` (multi-node runs are not split here yet)."""
+def torchrun_command(
+    spec: TrainingSpec, args: list[str], *, node_rank: int = 0, rendezvous: Rendezvous | None = None
+) -> list[str]:
+    """The torchrun command line of one node of ``spec``: standalone on one node, else joined
+    through torchrun's c10d rendezvous hosted by node 0."""
+    nodes = ["--standalone", "--nnodes", "1"]
+    if rendezvous is not None:
+        nodes = [
+            "--nnodes", str(spec.strategy.nnodes),
+            "--rdzv_backend", "c10d",
+            "--rdzv_endpoint", rendezvous.endpoint,
+            "--rdzv_id", rendezvous.run_id,
+            "--rdzv_conf", f"is_host={int(node_rank == 0)},join_timeout={rendezvous.timeout_s}",
+        ]  # fmt: skip
     return [
-        sys.executable, "-m", "torch.distributed.run",
-        "--standalone",
-        "--nnodes", "1",
+        sys.executable, "-m", "torch.distributed.run", *nodes,
         "--nproc_per_node", str(spec.strategy.nproc_per_node),
         "--max-restarts", "0",
         "-m", "training.run", *args,
     ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Rendezvous:
+    """Where the nodes of one attempt of a job meet."""
+
+    endpoint: str
+    run_id: str
+    timeout_s: int
 
 
 def child_env(threads: int) -> dict[str, str]:
@@ -73,6 +103,10 @@ class RankZeroOutput:
         else:
             self.error = message
 
+    def log(self, line: str) -> None:
+        """A line that is output, never protocol (another node's, or stdout when rank 0 may be elsewhere)."""
+        self._log(line)
+
     def _log(self, line: str) -> None:
         self.tail.append(line)
         if self.logged < MAX_LOG_EVENTS and line.strip():
@@ -99,14 +133,23 @@ def _protocol_message(line: str) -> dict[str, Any] | None:
     return message if isinstance(message, dict) and message.get("type") in PROTOCOL else None
 
 
-def fetch_dataset(ctx: JobContext, file_id: str, target: Path) -> Path:
-    """Download an uploaded file of the job's tenant, verifying its recorded sha256."""
-    with ctx.rt.db() as session:
-        file = session.scalar(select(File).where(File.id == file_id, File.tenant_id == ctx.tenant_id))
+def fetch_dataset(rt: WorkerRuntime, tenant_id: str, file_id: str, target: Path) -> Path:
+    """Download an uploaded file of the tenant, verifying its recorded sha256."""
+    with rt.db() as session:
+        file = session.scalar(select(File).where(File.id == file_id, File.tenant_id == tenant_id))
     if file is None:
         raise JobFailed("bad_dataset", f"the file {file_id} no longer exists")
-    ctx.store.download_file(file.storage_key, target, expected_sha256=file.sha256)
+    rt.store.download_file(file.storage_key, target, expected_sha256=file.sha256)
     return target
+
+
+def data_args(rt: WorkerRuntime, tenant_id: str, spec: TrainingSpec, folder: Path) -> list[str]:
+    args = []
+    if spec.dataset.file_id:
+        args += ["--data", str(fetch_dataset(rt, tenant_id, spec.dataset.file_id, folder / "data"))]
+    if spec.validation.file_id:
+        args += ["--val-data", str(fetch_dataset(rt, tenant_id, spec.validation.file_id, folder / "val-data"))]
+    return args
 
 
 def restore_checkpoint(ctx: JobContext, work: Path) -> Path | None:
@@ -156,29 +199,155 @@ def publish(ctx: JobContext, spec: TrainingSpec, result: dict[str, Any]) -> dict
 @handler("training")
 def run_training(ctx: JobContext) -> dict[str, Any]:
     spec: TrainingSpec = ctx.spec
+    multinode = spec.strategy.nnodes > 1
     with tempfile.TemporaryDirectory(prefix=f"maas-{ctx.job_id}-") as tmp:
-        work = Path(tmp)
-        (work / "spec.json").write_text(json.dumps(ctx.raw_spec))
-        args = ["--spec", str(work / "spec.json"), "--out", str(work / "out")]
-        if spec.dataset.file_id:
-            args += ["--data", str(fetch_dataset(ctx, spec.dataset.file_id, work / "data"))]
-        if spec.validation.file_id:
-            args += ["--val-data", str(fetch_dataset(ctx, spec.validation.file_id, work / "val-data"))]
-        if (resume := restore_checkpoint(ctx, work)) is not None:
-            args += ["--resume", str(resume)]
-        output = RankZeroOutput(ctx, work)
-        code = ctx.run_process(
-            torchrun_command(spec, args), env=child_env(ctx.settings.training_threads_per_process), on_line=output
+        local = Path(tmp)
+        # with several nodes every rank must see the spec, the checkpoints and the output
+        shared = ctx.settings.shared_training_dir / f"{ctx.job_id}-{ctx.attempt}" if multinode else local
+        shared.mkdir(parents=True, exist_ok=True)
+        try:
+            (shared / "spec.json").write_text(json.dumps(ctx.raw_spec))
+            common = ["--spec", str(shared / "spec.json"), "--out", str(shared / "out")]
+            if (resume := restore_checkpoint(ctx, shared)) is not None:
+                common += ["--resume", str(resume)]
+            output = RankZeroOutput(ctx, local)
+            env = child_env(ctx.settings.training_threads_per_process)
+            args = common + data_args(ctx.rt, ctx.tenant_id, spec, local)
+            if multinode:
+                code = run_first_node(ctx, spec, common, args, shared, output, env)
+            else:
+                code = ctx.run_process(torchrun_command(spec, args), env=env, on_line=output)
+            if output.error is not None:
+                error = output.error
+                details = {k: v for k, v in error.items() if k in ("pointer", "rank")}
+                raise JobFailed(error["code"], error["message"], **details)
+            if code != 0 or output.result is None:
+                raise JobFailed(
+                    "worker_crashed",
+                    f"torchrun exited with status {code} before reporting a result",
+                    log_tail=list(output.tail),
+                )
+            return publish(ctx, spec, output.result)
+        finally:
+            if multinode:
+                shutil.rmtree(shared, ignore_errors=True)
+
+
+def run_first_node(
+    ctx: JobContext,
+    spec: TrainingSpec,
+    common: list[str],
+    args: list[str],
+    shared: Path,
+    output: RankZeroOutput,
+    env: dict[str, str],
+) -> int:
+    """Host the rendezvous, send the other nodes' shares to the training queue, run node 0.
+
+    Rank 0 lands on whichever node the rendezvous orders first, so protocol lines are read from
+    the events file in the shared folder and every node's stdout is only logged."""
+    rendezvous = Rendezvous(
+        endpoint=f"{ctx.settings.training_rendezvous_host}:{pick_port()}",
+        run_id=f"{ctx.job_id}-{ctx.attempt}",
+        timeout_s=ctx.settings.training_rendezvous_timeout_s,
+    )
+    events = shared / "events.jsonl"
+    events.touch()
+    for node_rank in range(1, spec.strategy.nnodes):
+        ctx.send(
+            NODE_TASK,
+            ctx.job_id,
+            ctx.attempt,
+            node_rank,
+            rendezvous.endpoint,
+            rendezvous.run_id,
+            [*common, "--events", str(events)],
+            queue="training",
         )
-        if output.error is not None:
-            error = output.error
-            raise JobFailed(
-                error["code"], error["message"], **{k: v for k, v in error.items() if k in ("pointer", "rank")}
+    ctx.log(f"node 0 of {spec.strategy.nnodes}: rendezvous at {rendezvous.endpoint}")
+    with EventsTail(events, output):
+        return ctx.run_process(
+            torchrun_command(spec, [*args, "--events", str(events)], node_rank=0, rendezvous=rendezvous),
+            env=env,
+            on_line=output.log,
+        )
+
+
+class EventsTail(threading.Thread):
+    """Feeds the protocol lines appended to ``path`` to ``output`` while the nodes run."""
+
+    def __init__(self, path: Path, output: RankZeroOutput):
+        super().__init__(name=f"events-{path.parent.name}", daemon=True)
+        self.path, self.output, self.done = path, output, threading.Event()
+
+    def __enter__(self) -> EventsTail:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.join()
+
+    def run(self) -> None:
+        pending = ""
+        with open(self.path) as fh:
+            while True:
+                finishing = self.done.is_set()
+                pending += fh.read()
+                *lines, pending = pending.split("\n")  # a line still being written waits for its end
+                for line in lines:
+                    self.output(line)
+                if finishing:
+                    return
+                self.done.wait(0.2)
+
+
+@shared_task(bind=True, name=NODE_TASK)
+def run_node(self, job_id: str, attempt: int, node_rank: int, endpoint: str, run_id: str, common: list[str]) -> None:
+    """Another node's share of a multi-node training job: torchrun joining node 0's rendezvous.
+
+    It reports through node 0 (rank 0's events file) and logs its output as job events; it stops
+    when the job stops running this attempt."""
+    rt = runtime()
+    with rt.db() as session:
+        job = session.get(Job, job_id)
+    if job is None or job.status != RUNNING or job.attempts != attempt:
+        return
+    spec = TrainingSpec.model_validate(job.spec)
+    with tempfile.TemporaryDirectory(prefix=f"maas-{job_id}-node{node_rank}-") as tmp:
+        args = common + data_args(rt, job.tenant_id, spec, Path(tmp))
+        rendezvous = Rendezvous(endpoint=endpoint, run_id=run_id, timeout_s=rt.settings.training_rendezvous_timeout_s)
+        child = ChildProcess(
+            torchrun_command(spec, args, node_rank=node_rank, rendezvous=rendezvous),
+            env=child_env(rt.settings.training_threads_per_process),
+        )
+        watcher = threading.Thread(target=_stop_when_job_moves_on, args=(rt, job_id, attempt, child), daemon=True)
+        watcher.start()
+        logged = 0
+        with rt.db() as session:
+            for line in child.lines():
+                if logged < MAX_LOG_EVENTS and line.strip():
+                    logged += 1
+                    job_service.add_event(session, job_id, "log", f"[node {node_rank}] {line}", {"node": node_rank})
+                    session.commit()
+            code = child.wait()
+            child.reap_leftovers()
+            job_service.add_event(
+                session,
+                job_id,
+                "log",
+                f"node {node_rank} finished with status {code}",
+                {"node": node_rank, "exit_code": code},
+                level="info" if code == 0 else "warning",
             )
-        if code != 0 or output.result is None:
-            raise JobFailed(
-                "worker_crashed",
-                f"torchrun exited with status {code} before reporting a result",
-                log_tail=list(output.tail),
-            )
-        return publish(ctx, spec, output.result)
+            session.commit()
+
+
+def _stop_when_job_moves_on(rt: WorkerRuntime, job_id: str, attempt: int, child: ChildProcess) -> None:
+    while child.popen.poll() is None:
+        with rt.db() as session:
+            job = session.get(Job, job_id)
+        if job is None or job.status != RUNNING or job.attempts != attempt:
+            child.stop(rt.settings.cancel_grace_s)
+            return
+        time.sleep(rt.settings.heartbeat_interval_s)
