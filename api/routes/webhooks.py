@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 
 from aiohttp import web
 from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
 
 from api.context import context
 from api.endpoints import Call, Endpoints
+from core.models import WebhookSecret
 from core.webhooks import ROTATION_OVERLAP, get_or_create_secret, rotate_secret
 
 webhooks = Endpoints("webhooks")
@@ -24,7 +27,7 @@ class WebhookSecretObject(BaseModel):
     )
 
 
-def _render(row) -> WebhookSecretObject:
+def _render(row: WebhookSecret) -> WebhookSecretObject:
     return WebhookSecretObject(
         key=row.secret,
         created_at=row.created_at,
@@ -39,11 +42,7 @@ def _render(row) -> WebhookSecretObject:
     response=WebhookSecretObject,
 )
 async def get_webhook_secret(request: web.Request, call: Call) -> WebhookSecretObject:
-    async with context(request).db() as session:
-        row = await session.run_sync(lambda s: get_or_create_secret(s, call.tenant_id))
-        await session.commit()
-        await session.refresh(row)
-        return _render(row)
+    return await _secret(request, call.tenant_id, get_or_create_secret)
 
 
 @webhooks.post(
@@ -52,8 +51,14 @@ async def get_webhook_secret(request: web.Request, call: Call) -> WebhookSecretO
     response=WebhookSecretObject,
 )
 async def rotate_webhook_secret(request: web.Request, call: Call) -> WebhookSecretObject:
+    return await _secret(request, call.tenant_id, rotate_secret)
+
+
+async def _secret(
+    request: web.Request, tenant_id: str, get: Callable[[Session, str], WebhookSecret]
+) -> WebhookSecretObject:
     async with context(request).db() as session:
-        row = await session.run_sync(lambda s: rotate_secret(s, call.tenant_id))
+        row = await session.run_sync(lambda s: get(s, tenant_id))
         await session.commit()
         await session.refresh(row)
         return _render(row)
