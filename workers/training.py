@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 import shutil
 import sys
 import tarfile
@@ -123,6 +124,27 @@ class RankZeroOutput:
             archive.unlink(missing_ok=True)
 
 
+# torchrun's summary of a rank that died from a signal: "exitcode  : -9 (pid: 123)"
+_KILLED_RANK = re.compile(r"exitcode\s*:\s*-\d+")
+
+
+def classify_failure(code: int, output: RankZeroOutput) -> JobFailed | None:
+    """Why a run failed (None when it did not). A rank killed by a signal makes the others fail
+    with whatever error its absence caused, so ``worker_crashed`` wins over the error they report."""
+    if code == 0 and output.result is not None and output.error is None:
+        return None
+    tail = list(output.tail)
+    if any(_KILLED_RANK.search(line) for line in tail):
+        return JobFailed("worker_crashed", "a training process was killed", log_tail=tail)
+    if output.error is not None:
+        error = output.error
+        details = {k: v for k, v in error.items() if k in ("pointer", "rank")}
+        if error["code"] == "internal":
+            details["log_tail"] = tail
+        return JobFailed(error["code"], error["message"], **details)
+    return JobFailed("worker_crashed", f"torchrun exited with status {code} before reporting a result", log_tail=tail)
+
+
 def _protocol_message(line: str) -> dict[str, Any] | None:
     if not line.startswith("{"):
         return None
@@ -217,16 +239,8 @@ def run_training(ctx: JobContext) -> dict[str, Any]:
                 code = run_first_node(ctx, spec, common, args, shared, output, env)
             else:
                 code = ctx.run_process(torchrun_command(spec, args), env=env, on_line=output)
-            if output.error is not None:
-                error = output.error
-                details = {k: v for k, v in error.items() if k in ("pointer", "rank")}
-                raise JobFailed(error["code"], error["message"], **details)
-            if code != 0 or output.result is None:
-                raise JobFailed(
-                    "worker_crashed",
-                    f"torchrun exited with status {code} before reporting a result",
-                    log_tail=list(output.tail),
-                )
+            if (failure := classify_failure(code, output)) is not None:
+                raise failure
             return publish(ctx, spec, output.result)
         finally:
             if multinode:

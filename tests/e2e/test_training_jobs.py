@@ -4,12 +4,15 @@ version; bad specs are refused before anything runs; a diverging run fails with 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 
 import aiohttp
 import numpy as np
 import onnx
 import onnxruntime as ort
+import psutil
 import pytest
 from sklearn.datasets import load_digits
 
@@ -173,3 +176,58 @@ async def test_a_diverging_run_fails_with_nan_loss(api, tenant, training_worker)
     done = await wait_done(api, tenant, job["id"], timeout_s=120)
     assert done["status"] == "failed"
     assert done["error"]["code"] == "nan_loss"
+
+
+def _running(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _ranks_of(worker: Worker) -> list[psutil.Process]:
+    """The training processes (not torchrun itself) under a worker."""
+    ranks = []
+    for process in psutil.Process(worker.process.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            cmdline = " ".join(process.cmdline())
+            if "training.run" in cmdline and "torch.distributed.run" not in cmdline:
+                ranks.append(process)
+    return ranks
+
+
+async def _started_training(api, tenant, worker: Worker, epochs: int) -> tuple[str, list[psutil.Process]]:
+    spec = {
+        "model": {"arch": "mlp", "hidden": [128]},
+        "dataset": {"builtin": "digits"},
+        "strategy": {"kind": "ddp", "nproc_per_node": 2},
+        "hyperparameters": {"epochs": epochs, "batch_size": 32},
+    }
+    job = await (await create(api, tenant, {"type": "training", "spec": spec})).json()
+    for _ in range(600):
+        if any(e["type"] == "progress" for e in await events(api, tenant, job["id"])):
+            return job["id"], _ranks_of(worker)
+        await asyncio.sleep(0.1)
+    raise AssertionError("training never started")
+
+
+async def test_cancel_stops_every_rank(api, tenant, training_worker):
+    job_id, ranks = await _started_training(api, tenant, training_worker, epochs=500)
+    assert len(ranks) == 2
+    await api.post(f"/v1/jobs/{job_id}/cancel", headers=tenant.headers)
+    done = await wait_done(api, tenant, job_id, timeout_s=30)
+    assert done["status"] == "canceled"
+    for _ in range(50):
+        if not [p for p in ranks if _running(p)]:
+            break
+        await asyncio.sleep(0.1)
+    assert not [p.pid for p in ranks if _running(p)]
+
+
+async def test_a_crashed_rank_fails_the_job_with_the_log_tail(api, tenant, training_worker):
+    job_id, ranks = await _started_training(api, tenant, training_worker, epochs=500)
+    ranks[-1].kill()
+    done = await wait_done(api, tenant, job_id, timeout_s=120)
+    assert done["status"] == "failed"
+    assert done["error"]["code"] == "worker_crashed"
+    assert done["error"]["log_tail"], done["error"]
