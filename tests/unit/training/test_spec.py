@@ -73,7 +73,7 @@ def test_hybrid_splits_the_world_into_replicas_of_a_pipeline() -> None:
         (spec_with(model={"arch": "mlp", "hidden": []}), "/model/hidden"),
         (spec_with(model={"arch": "mlp", "dropout": 1.5}), "/model/dropout"),
         (spec_with(model={"arch": "mlp", "width": 3}), "/model/width"),
-        (spec_with(model={"arch": "rnn"}), "/model"),
+        (spec_with(model={"arch": "rnn"}), "/model/arch"),
         (spec_with(model={"arch": "cnn", "kernel_size": 4}), "/model/kernel_size"),
         (spec_with(model={"arch": "cnn", "channels": [8] * 7}), "/model/channels"),
         (spec_with(model={"arch": "transformer", "d_model": 30, "heads": 4}), "/model/heads"),
