@@ -275,19 +275,7 @@ def claim(rt: WorkerRuntime, job_id: str, sender) -> Job | None:
             if not (stale or holder_is_gone(job.worker_id)):
                 return None  # alive elsewhere: this message is a duplicate
         if job.attempts >= job.max_attempts:
-            job_service.transition(
-                session,
-                job_id,
-                "failed",
-                settings,
-                message=f"gave up after {job.attempts} attempts",
-                values={
-                    "error": {
-                        "code": "max_attempts_exceeded",
-                        "message": f"the job was started {job.attempts} times and its worker was lost each time",
-                    }
-                },
-            )
+            give_up(session, job, settings, f"worker {job.worker_id} was lost")
             commit_and_send(session, sender)
             return None
         values = {
@@ -382,22 +370,28 @@ def run_job(rt: WorkerRuntime, job_id: str, sender) -> None:
         finish(rt, ctx, "canceled", sender, message="canceled while running")
 
 
+def give_up(session, job: Job, settings, reason: str) -> None:
+    """Fail a job whose worker was lost on its last allowed attempt (found by a redelivery or the reconciler)."""
+    job_service.transition(
+        session,
+        job.id,
+        "failed",
+        settings,
+        message=f"gave up after {job.attempts} attempts: {reason}",
+        values={
+            "error": {
+                "code": "max_attempts_exceeded",
+                "message": f"the job was started {job.attempts} times and its worker was lost each time; "
+                f"last: {reason}",
+            }
+        },
+    )
+
+
 def requeue_or_fail(session, job: Job, settings, reason: str) -> None:
     """A running job whose worker is gone: back to the queue, or failed when out of attempts."""
     if job.attempts >= job.max_attempts:
-        job_service.transition(
-            session,
-            job.id,
-            "failed",
-            settings,
-            message=reason,
-            values={
-                "error": {
-                    "code": "worker_lost",
-                    "message": f"{reason}; no attempts left ({job.attempts} of {job.max_attempts})",
-                }
-            },
-        )
+        give_up(session, job, settings, reason)
         return
     requeued = job_service.transition(
         session,
