@@ -14,9 +14,10 @@ from aiohttp import web
 
 from api.context import CONTEXT, ApiContext
 from api.endpoints import add_routes
+from api.inference_router import serving_context
 from api.metrics import ApiMetrics
 from api.openapi import ENDPOINT_TABLES as TABLES_KEY
-from api.problems import Problem
+from api.problems import Problem, oip_path
 from api.routes import ENDPOINT_TABLES
 from core import job_catalog  # noqa: F401 - registers the product's job types
 from core.artifact_store import ArtifactStore
@@ -44,9 +45,14 @@ def _as_problem(exc: web.HTTPException) -> Problem:
     return Problem(exc.status, exc.text or exc.reason)
 
 
+def _render(problem: Problem, request: web.Request) -> web.Response:
+    # the one exception to problem+json: Open Inference Protocol clients read {"error": "..."}
+    return problem.oip_response() if oip_path(request.path) else problem.response(request.path)
+
+
 @web.middleware
 async def problem_middleware(request: web.Request, handler) -> web.StreamResponse:
-    """Render every error as problem+json and count every answer in the metrics."""
+    """Render every error as problem+json (``{"error"}`` under /v2) and count every answer in the metrics."""
     started = time.perf_counter()
     status = 500
     try:
@@ -55,15 +61,15 @@ async def problem_middleware(request: web.Request, handler) -> web.StreamRespons
         return response
     except Problem as problem:
         status = problem.status
-        return problem.response(request.path)
+        return _render(problem, request)
     except web.HTTPException as exc:
         status = exc.status
         if exc.status < 400:
             raise  # redirects
-        return _as_problem(exc).response(request.path)
+        return _render(_as_problem(exc), request)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
-        return Problem(500, "internal error; it was logged").response(request.path)
+        return _render(Problem(500, "internal error; it was logged"), request)
     finally:
         request.app[CONTEXT].metrics.observe(
             request.method, _route_label(request), status, time.perf_counter() - started
@@ -90,5 +96,6 @@ def create_app(settings: Settings) -> web.Application:
         await engine.dispose()
 
     app.cleanup_ctx.append(services)
+    app.cleanup_ctx.append(serving_context)
     add_routes(app, ENDPOINT_TABLES)
     return app

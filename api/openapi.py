@@ -12,7 +12,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from api.endpoints import Endpoint, Endpoints
-from api.problems import TITLES
+from api.problems import TITLES, oip_path
 
 # the endpoint tables of the app, read when the document is asked for (job types register late)
 ENDPOINT_TABLES = web.AppKey("endpoint_tables", list)
@@ -44,7 +44,7 @@ PROBLEM_SCHEMA = {
 
 class _Components:
     def __init__(self) -> None:
-        self.schemas: dict[str, Any] = {"Problem": PROBLEM_SCHEMA}
+        self.schemas: dict[str, Any] = {"Problem": PROBLEM_SCHEMA, "InferenceError": OIP_ERROR_SCHEMA}
 
     def ref(self, model: type[BaseModel]) -> dict[str, str]:
         name = model.__name__
@@ -85,7 +85,20 @@ def _body_schema(endpoint: Endpoint, components: _Components) -> dict[str, Any]:
     return {"oneOf": variants} if variants else base
 
 
-def _problem(status: int) -> dict[str, Any]:
+OIP_ERROR_SCHEMA = {
+    "type": "object",
+    "description": "Open Inference Protocol error",
+    "properties": {"error": {"type": "string"}},
+    "required": ["error"],
+}
+
+
+def _problem(status: int, path: str) -> dict[str, Any]:
+    if oip_path(path):
+        return {
+            "description": TITLES.get(status, "Error"),
+            "content": {"application/json": {"schema": {"$ref": REF.format(model="InferenceError")}}},
+        }
     return {
         "description": TITLES.get(status, "Error"),
         "content": {"application/problem+json": {"schema": {"$ref": REF.format(model="Problem")}}},
@@ -120,7 +133,7 @@ def _operation(endpoint: Endpoint, components: _Components) -> dict[str, Any]:
     if endpoint.query is not None:
         statuses.add(400)
     for status in sorted(statuses):
-        responses[str(status)] = _problem(status)
+        responses[str(status)] = _problem(status, endpoint.path)
     op["responses"] = responses
     if endpoint.auth:
         op["security"] = [{"apiKey": []}]

@@ -1,7 +1,9 @@
 """RFC 9457 problem details: the one way the API reports an error.
 
 Handlers raise ``Problem``; the middleware in ``api.app`` renders it (and every
-aiohttp HTTP error, and any unexpected exception) as ``application/problem+json``.
+aiohttp HTTP error, and any unexpected exception) as ``application/problem+json`` —
+except under ``/v2``, the Open Inference Protocol, whose clients (tritonclient…) expect
+``{"error": "..."}``: there the same Problem is rendered in that shape (``oip_path``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 PROBLEM_JSON = "application/problem+json"
+OIP_PREFIX = "/v2"
 TYPE_BASE = "https://maas.dev/problems/"
 
 TITLES = {
@@ -62,6 +65,11 @@ class Problem(Exception):
         body.update(self.extra)
         return body
 
+    def oip_response(self) -> web.Response:
+        """The Open Inference Protocol's error shape: ``{"error": detail}`` with the same status and headers."""
+        body = json.dumps({"error": self.detail})
+        return web.Response(status=self.status, text=body, content_type="application/json", headers=self.headers)
+
     def response(self, instance: str | None = None) -> web.Response:
         return web.Response(
             status=self.status,
@@ -69,6 +77,11 @@ class Problem(Exception):
             content_type=PROBLEM_JSON,
             headers=self.headers,
         )
+
+
+def oip_path(path: str) -> bool:
+    """Whether ``path`` belongs to the Open Inference Protocol routes, whose errors are ``{"error": ...}``."""
+    return path == OIP_PREFIX or path.startswith(OIP_PREFIX + "/")
 
 
 def _default_type(status: int) -> str:

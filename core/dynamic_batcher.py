@@ -12,6 +12,7 @@ or Prometheus; stats leave through a :class:`BatcherObserver`.
 
     batcher = DynamicBatcher(session_run, max_batch_size=16, max_queue_delay_us=2_000, max_queue_size=256)
     outputs = await batcher.submit({"x": array_with_batch_dim})
+    outputs, info = await batcher.submit_with_info({"x": array_with_batch_dim})  # which batch, how long
     await batcher.drain()
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import itertools
 import logging
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Mapping
@@ -34,6 +36,8 @@ log = logging.getLogger(__name__)
 Arrays = dict[str, np.ndarray]
 # The model call: batched inputs in, batched outputs out (every output keeps the batch on axis 0).
 RunBatch = Callable[[Arrays], Awaitable[Mapping[str, np.ndarray]]] | Callable[[Arrays], Mapping[str, np.ndarray]]
+# numbers every batch of every batcher in the process, so a batch can be named in records
+_BATCH_NUMBERS = itertools.count(1)
 
 
 class BatcherError(Exception):
@@ -104,6 +108,17 @@ class BatcherCounters(BatcherObserver):
         self.rejected[reason] += 1
 
 
+@dataclass(frozen=True)
+class BatchInfo:
+    """How one request was served: the batch it ran in (``number`` is unique in the process) and its times."""
+
+    number: int
+    rows: int
+    items: int
+    queue_s: float
+    run_s: float
+
+
 @dataclass(eq=False)
 class _Item:
     inputs: Arrays
@@ -113,6 +128,8 @@ class _Item:
     enqueued_at: float
     queued: bool = True
     expiry: asyncio.TimerHandle | None = None
+    dequeued_at: float = 0.0
+    info: BatchInfo | None = None
 
 
 class DynamicBatcher:
@@ -174,6 +191,13 @@ class DynamicBatcher:
         ``timeout_ms`` (default: ``default_timeout_ms``) passes before it is batched,
         :class:`InvalidItem`, :class:`BatcherClosed`, or whatever ``run_batch`` raised.
         """
+        outputs, _ = await self.submit_with_info(inputs, timeout_ms)
+        return outputs
+
+    async def submit_with_info(
+        self, inputs: Mapping[str, np.ndarray], timeout_ms: int | None = None
+    ) -> tuple[Arrays, BatchInfo]:
+        """Like :meth:`submit`, and also say which batch served the request and how long it queued and ran."""
         if not self._accepting:
             self._notify(self._observer.item_rejected, "closed")
             raise BatcherClosed("the model is being unloaded and takes no new requests")
@@ -183,7 +207,9 @@ class DynamicBatcher:
             raise QueueFull(f"{len(self._queue)} requests are already queued for this model; retry later")
         item = self._enqueue(inputs, rows, key, self._timeout_s(timeout_ms))
         try:
-            return await item.future
+            outputs = await item.future
+            assert item.info is not None  # set before the future is resolved
+            return outputs, item.info
         except asyncio.CancelledError:
             # The caller went away: a queued request must not cost a model run.
             if item.queued:
@@ -307,6 +333,7 @@ class DynamicBatcher:
         now = asyncio.get_running_loop().time()
         for item in batch:
             self._unqueue(item)
+            item.dequeued_at = now
             self._notify(self._observer.item_dequeued, now - item.enqueued_at)
         task = asyncio.get_running_loop().create_task(self._run_batch(batch), name="dynamic-batch")
         self._running.add(task)
@@ -330,9 +357,12 @@ class DynamicBatcher:
             self._fail_batch(batch, exc)
             self._notify(self._observer.batch_finished, sum(rows), len(batch), loop.time() - started, True)
             return
+        run_s = loop.time() - started
+        number = next(_BATCH_NUMBERS)
         for item, result in zip(batch, results, strict=True):
+            item.info = BatchInfo(number, sum(rows), len(batch), item.dequeued_at - item.enqueued_at, run_s)
             _settle(item.future, result=result)
-        self._notify(self._observer.batch_finished, sum(rows), len(batch), loop.time() - started, False)
+        self._notify(self._observer.batch_finished, sum(rows), len(batch), run_s, False)
 
     def _fail_batch(self, batch: list[_Item], exc: BaseException) -> None:
         for item in batch:

@@ -23,6 +23,7 @@ PREFIXES = {
     "deployment": "dep",
     "prediction": "pred",
     "webhook_delivery": "msg",
+    "model_server": "msrv",
 }
 
 

@@ -38,6 +38,8 @@ NAMING = {
 }
 
 FILE_PURPOSES = ("dataset", "model")
+# loading → ready → draining (then the row goes); failed when the load did not work
+REPLICA_STATUSES = ("loading", "ready", "draining", "failed")
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -209,8 +211,44 @@ class Prediction(Base):
     inference_ms: Mapped[float | None]
     webhook: Mapped[str | None] = mapped_column(Text)
     webhook_events_filter: Mapped[list[Any]] = mapped_column(default=list)
+    # the ONNX Runtime call that served it: requests sharing a batch_id ran together
+    batch_id: Mapped[str | None] = mapped_column(String(64))
+    batch_size: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = _now()
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ModelServer(Base):
+    """A model server inside an inference worker: where its data plane listens, and that it is alive.
+
+    Rows whose heartbeat is older than ``model_server_timeout_s`` belong to dead servers: they
+    are ignored by the API's routing and deleted (with their replicas) by the live servers.
+    """
+
+    __tablename__ = "model_servers"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    url: Mapped[str] = mapped_column(Text)
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    threads: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = _now()
+    heartbeat_at: Mapped[datetime] = _now()
+
+
+class ModelReplica(Base):
+    """One model version loaded (or being loaded, drained, or failed to load) on one model server."""
+
+    __tablename__ = "model_replicas"
+    __table_args__ = (
+        CheckConstraint(_in("status", REPLICA_STATUSES), name="status"),
+        Index(None, "model_version_id"),
+    )
+    server_id: Mapped[str] = mapped_column(ForeignKey("model_servers.id", ondelete="CASCADE"), primary_key=True)
+    model_version_id: Mapped[str] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now()
+    updated_at: Mapped[datetime] = _now()
 
 
 class WebhookDelivery(Base):

@@ -82,6 +82,32 @@ class Settings(BaseSettings):
     training_rendezvous_host: str = "127.0.0.1"
     training_rendezvous_timeout_s: int = Field(default=300, gt=0)
 
+    # serving: the model server in each inference worker (workers/model_server.py)
+    model_server_host: str = Field(default="127.0.0.1", description="where a model server's data plane listens")
+    model_server_port: int = Field(default=0, ge=0, le=65535, description="0: a free port")
+    # reachable address written in model_servers.url (default: model_server_host), e.g. the pod IP
+    model_server_advertise_host: str | None = None
+    inference_threads: int = Field(
+        default=0, ge=0, description="ONNX Runtime intra-op threads per model; 0: usable cores // servers per host"
+    )
+    inference_servers_per_host: int = Field(
+        default=1, gt=0, description="inference workers sharing this machine's cores (sizes the 0 above)"
+    )
+    model_server_poll_s: float = Field(default=0.5, gt=0, description="how often a server reads the deployments")
+    model_server_heartbeat_s: float = Field(default=1.0, gt=0)
+    model_server_timeout_s: float = Field(
+        default=5.0, gt=0, description="a server silent for this long is dead: not routed to, then deleted"
+    )
+    model_load_retry_s: float = Field(default=30.0, gt=0, description="wait before loading a failed version again")
+    # serving: the API side (api/inference_router.py, api/prediction_recorder.py)
+    routing_refresh_s: float = Field(default=0.5, gt=0, description="how often the API re-reads ready replicas")
+    max_inference_body_bytes: int = Field(default=64 << 20, gt=0, description="body limit of POST /v2/…/infer")
+    prediction_flush_s: float = Field(default=0.5, gt=0, description="recorded requests are inserted this often")
+    prediction_flush_rows: int = Field(default=1000, gt=0, description="…or as soon as this many are waiting")
+    prediction_buffer_max_rows: int = Field(
+        default=100_000, gt=0, description="while Postgres is down; past this the oldest records are dropped"
+    )
+
     # webhooks
     webhook_timeout_s: float = Field(default=10.0, gt=0)
     webhook_max_attempts: int = Field(default=8, gt=0)

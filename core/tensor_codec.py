@@ -277,9 +277,19 @@ def _take_binary(binary: memoryview | None, offset: int, size: int, label: str) 
     return binary[offset:end], end
 
 
+def serialize_bytes_tensor(array: np.ndarray) -> bytes:
+    """BYTES elements as the binary extension carries them: each a 4-byte little-endian length, then its bytes."""
+    return b"".join(_LENGTH_PREFIX.pack(len(item)) + item for item in map(_as_bytes, array.reshape(-1)))
+
+
+def deserialize_bytes_tensor(chunk: memoryview, shape: Sequence[int], label: str) -> np.ndarray:
+    """The inverse of :func:`serialize_bytes_tensor`: an object array of ``bytes`` with ``shape``."""
+    return _bytes_elements(chunk, math.prod(shape), label).reshape(shape)
+
+
 def _from_binary(chunk: memoryview, datatype: str, shape: tuple[int, ...], label: str) -> np.ndarray:
     if datatype == "BYTES":
-        return _bytes_elements(chunk, math.prod(shape), label).reshape(shape)
+        return deserialize_bytes_tensor(chunk, shape, label)
     dtype = np.dtype(OIP_TO_NUMPY[datatype])
     expected = math.prod(shape) * dtype.itemsize
     if len(chunk) != expected:
@@ -511,7 +521,7 @@ def _selected_outputs(outputs: Mapping[str, np.ndarray], request: InferenceReque
 def _binary_entry(name: str, array: np.ndarray) -> tuple[dict[str, Any], bytes]:
     datatype = datatype_of(array, f"output '{name}'")
     if datatype == "BYTES":
-        raw = b"".join(_LENGTH_PREFIX.pack(len(item)) + item for item in map(_as_bytes, array.reshape(-1)))
+        raw = serialize_bytes_tensor(array)
     else:
         raw = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
     entry = {

@@ -121,3 +121,11 @@ def job_worker(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> 
     worker = Worker(settings, "test-shared,webhooks", tmp_path_factory.mktemp("worker") / "worker.log")
     yield worker
     worker.stop()
+
+
+@pytest.fixture(scope="session")
+def inference_worker(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+    """A worker consuming the inference queue: its model server loads every deployment of the session."""
+    worker = Worker(settings, "inference", tmp_path_factory.mktemp("inference") / "worker.log", concurrency=1)
+    yield worker
+    worker.stop()

@@ -17,7 +17,13 @@ from core.settings import Settings
 
 QUEUES = ("training", "compression", "inference", "webhooks")
 # modules whose tasks and signal handlers a worker loads (the API only sends by name)
-TASK_MODULES = ["workers.jobs", "workers.webhooks", "workers.reconciler", "workers.training"]
+TASK_MODULES = [
+    "workers.jobs",
+    "workers.webhooks",
+    "workers.reconciler",
+    "workers.training",
+    "workers.model_server",
+]
 
 
 def create_celery(settings: Settings) -> Celery:

@@ -17,6 +17,7 @@ from sqlalchemy import text
 
 from api.context import ApiContext, context
 from api.endpoints import Call, Endpoints
+from api.inference_router import ROUTER
 from api.openapi import ENDPOINT_TABLES, openapi_document
 from api.problems import Problem
 from core.jobs import counts_by_status as job_counts_by_status
@@ -134,6 +135,7 @@ async def metrics(request: web.Request, call: Call) -> web.Response:
         metrics.set_queue_depths(depths)
     except Exception as exc:  # a broker outage shows on /readyz; metrics still answer
         log.warning("queue depths unavailable: %s", exc)
+    await request.app[ROUTER].scrape_model_servers()  # per-model serving metrics, labelled by model_server
     response = web.Response(body=metrics.render())
     response.headers["Content-Type"] = metrics.content_type
     return response

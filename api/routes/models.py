@@ -75,7 +75,8 @@ def render_version(name: str, version: ModelVersion, artifact: Artifact) -> Mode
     )
 
 
-def _name(call: Call) -> str:
+def model_name(call: Call) -> str:
+    """The ``{name}`` of the path; a name no model can have is a 404."""
     name = call.params["name"]
     if not valid_name(name):
         raise not_found("model", name)
@@ -116,7 +117,7 @@ async def _versions(request: web.Request, tenant_id: str, name: str, version: in
     "/v1/models/{name}/versions", summary="A model's versions, oldest first", response=VersionList, errors=(404,)
 )
 async def list_versions(request: web.Request, call: Call) -> VersionList:
-    name = _name(call)
+    name = model_name(call)
     rows = await _versions(request, call.tenant_id, name)
     if not rows:
         raise not_found("model", name)
@@ -127,7 +128,7 @@ async def list_versions(request: web.Request, call: Call) -> VersionList:
     "/v1/models/{name}/versions/{version}", summary="One model version", response=ModelVersionObject, errors=(404,)
 )
 async def get_version(request: web.Request, call: Call) -> ModelVersionObject:
-    name, raw = _name(call), call.params["version"]
+    name, raw = model_name(call), call.params["version"]
     rows = await _versions(request, call.tenant_id, name, int(raw)) if raw.isdigit() else []
     if not rows:
         raise not_found(f"version of model {name!r}", raw)

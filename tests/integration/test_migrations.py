@@ -25,6 +25,8 @@ TABLES = {
     "webhook_deliveries",
     "webhook_secrets",
     "idempotency_keys",
+    "model_servers",
+    "model_replicas",
 }
 
 

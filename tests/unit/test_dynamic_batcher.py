@@ -366,6 +366,18 @@ async def test_counters_see_queue_time_batches_and_rows() -> None:
     assert counters.queue_s_total >= 0 and counters.run_s_total >= 0
 
 
+async def test_info_names_the_batch_each_request_rode_in() -> None:
+    batcher = batcher_for(FakeModel(), max_batch_size=4, max_queue_delay_us=50_000)
+    together = await within(asyncio.gather(*(batcher.submit_with_info(row(v)) for v in (1.0, 2.0, 3.0))))
+    _, alone = await within(batcher.submit_with_info(row(5.0)))
+    numbers = {info.number for _, info in together}
+    assert len(numbers) == 1 and alone.number not in numbers
+    assert all(info.rows == info.items == 3 for _, info in together)
+    assert alone.rows == alone.items == 1
+    assert all(info.queue_s >= 0 and info.run_s >= 0 for _, info in together)
+    assert_outputs_for(together[2][0], 3.0)
+
+
 async def test_a_failing_observer_does_not_break_batching() -> None:
     class Broken(BatcherObserver):
         def item_queued(self, queue_depth: int) -> None:

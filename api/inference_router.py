@@ -1,0 +1,394 @@
+"""The API's side of serving: where each inference request goes, the call to a model server, and its record.
+
+One :class:`InferenceRouter` per API process (opened in the app's cleanup context) owns:
+
+- the routing table (``api.routing_table``), re-read from Postgres every ``routing_refresh_s``
+  by a background task, and on demand (coalesced) when a replica turns a request away;
+- one aiohttp ``ClientSession`` with keep-alive connections to the model servers, and the
+  count of requests in flight to each (for the choice of replica);
+- the :class:`~api.prediction_recorder.PredictionRecorder`;
+- the model servers' metrics, fetched when the API's ``/metrics`` is scraped.
+
+:meth:`InferenceRouter.infer` is the one synchronous inference path: resolve the target,
+check the inputs against its signature (before anything is queued), send the arrays
+(``core.tensor_wire``), and when a replica answers 421 (draining, unloading, not loaded) or
+cannot be reached, refresh the table and try another — at most ``MAX_ATTEMPTS`` sends. Every
+request that reached a known version is recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import numpy as np
+from aiohttp import web
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from api.context import CONTEXT
+from api.prediction_recorder import PredictionRecorder, prediction_row
+from api.routing_table import (
+    DeployedRow,
+    NotReady,
+    Replica,
+    ReplicaRow,
+    RouteError,
+    RoutingTable,
+    ServedVersion,
+    Target,
+    VersionRow,
+    build_table,
+    pick_replica,
+)
+from api.serving_metrics import ModelServerMetrics
+from core.deployments import BatchingSettings, live_since
+from core.models import Deployment, Model, ModelReplica, ModelServer, ModelVersion
+from core.settings import Settings
+from core.tensor_codec import CodecError, InferenceRequest, validate_against_signature
+from core.tensor_wire import CONTENT_TYPE, WireError, pack, unpack
+
+log = logging.getLogger("maas.api.inference")
+
+MAX_ATTEMPTS = 3
+NOT_SERVED_HERE = 421
+METRICS_TIMEOUT_S = 2.0
+RETRY_AFTER = {"Retry-After": "1"}
+# what a model server's error status means to the client, and the error code it is recorded with
+SERVER_ERRORS = {400: (400, "invalid_input"), 503: (503, "queue_full"), 504: (504, "timeout")}
+
+
+class InferenceFailed(Exception):
+    """The request cannot be answered; ``status`` and ``message`` go to the client as an OIP error."""
+
+    def __init__(self, status: int, message: str, code: str, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code = status, message, code
+        self.headers = dict(headers or {})
+
+
+class _TryElsewhere(Exception):
+    """This replica cannot take the request (421 or unreachable); another one may."""
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    request: InferenceRequest
+    outputs: dict[str, np.ndarray]
+    target: Target
+    stats: dict[str, Any]
+
+
+@dataclass
+class InferenceRouter:
+    settings: Settings
+    db: async_sessionmaker
+    table: RoutingTable = field(default_factory=RoutingTable)
+    server_metrics: ModelServerMetrics = field(default_factory=ModelServerMetrics)
+
+    def __post_init__(self) -> None:
+        self.recorder = PredictionRecorder(self.settings, self.db)
+        self._client: aiohttp.ClientSession | None = None
+        self._in_flight: Counter[str] = Counter()
+        self._turns = itertools.count()
+        self._refresh_lock = asyncio.Lock()
+        self._refreshed_at = float("-inf")
+        self._signatures: dict[str, Mapping[str, Any]] = {}  # versions are immutable: cached for good
+        self._task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=1000, keepalive_timeout=60)
+        self._client = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(sock_connect=2))
+        with contextlib.suppress(Exception):  # the loop keeps trying; a database outage shows on /readyz
+            await self.refresh()
+        self._task = asyncio.get_running_loop().create_task(self._refresh_loop(), name="routing-table")
+        self.recorder.start()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.recorder.stop()
+        if self._client is not None:
+            await self._client.close()
+
+    # ------------------------------------------------------------ the routing table
+
+    async def refresh(self, newer_than: float | None = None) -> None:
+        """Re-read the table; with ``newer_than``, only if no read started after that moment (coalesces callers)."""
+        async with self._refresh_lock:
+            if newer_than is not None and self._refreshed_at >= newer_than:
+                return
+            started = time.monotonic()
+            self.table = await self._read_table()
+            self._refreshed_at = started
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.routing_refresh_s)
+            try:
+                await self.refresh()
+            except Exception as exc:  # keep routing with the last table: the servers in it may well be alive
+                log.warning("could not refresh the routing table: %s", exc)
+
+    async def _read_table(self) -> RoutingTable:
+        alive = ModelServer.heartbeat_at > live_since(self.settings)
+        deployed_q = (
+            select(Deployment, ModelVersion.id, ModelVersion.version, Model.tenant_id, Model.name)
+            .join(ModelVersion, ModelVersion.id == Deployment.model_version_id)
+            .join(Model, Model.id == Deployment.model_id)
+        )
+        ready_q = (
+            select(
+                ModelServer.id,
+                ModelServer.url,
+                ModelVersion.id,
+                ModelVersion.version,
+                Model.id,
+                Model.tenant_id,
+                Model.name,
+            )
+            .select_from(ModelReplica)
+            .join(ModelServer, ModelServer.id == ModelReplica.server_id)
+            .join(ModelVersion, ModelVersion.id == ModelReplica.model_version_id)
+            .join(Model, Model.id == ModelVersion.model_id)
+            .where(ModelReplica.status == "ready", alive)
+        )
+        async with self.db() as session:
+            deployed = (await session.execute(deployed_q)).all()
+            ready = (await session.execute(ready_q)).all()
+            servers = dict((await session.execute(select(ModelServer.id, ModelServer.url).where(alive))).all())
+            version_ids = {row[1] for row in deployed} | {row[2] for row in ready}
+            missing = version_ids - self._signatures.keys()
+            if missing:
+                found = await session.execute(
+                    select(ModelVersion.id, ModelVersion.signature).where(ModelVersion.id.in_(missing))
+                )
+                self._signatures.update(found.all())
+        return build_table(
+            [
+                DeployedRow(
+                    VersionRow(tenant, name, d.model_id, vid, number, self._signatures[vid]), BatchingSettings.of(d)
+                )
+                for d, vid, number, tenant, name in deployed
+            ],
+            [
+                ReplicaRow(VersionRow(tenant, name, model_id, vid, number, self._signatures[vid]), server_id, url)
+                for server_id, url, vid, number, model_id, tenant, name in ready
+            ],
+            servers,
+        )
+
+    # ------------------------------------------------------------ inference
+
+    async def infer(
+        self, tenant_id: str, name: str, version: int | None, decode: Callable[[], InferenceRequest]
+    ) -> InferenceResult:
+        """Run one request on a replica; raises :class:`RouteError` or :class:`InferenceFailed`.
+
+        ``decode`` parses the request (raising ``CodecError``); it is called once the model is known
+        to be served, so an unknown model is a 404 whatever the body holds.
+        """
+        started_at = datetime.now(UTC)
+        target: Target | None = None
+        try:
+            target = self.table.resolve(tenant_id, name, version)
+            try:
+                request = decode()
+            except CodecError as exc:
+                raise InferenceFailed(400, str(exc), "invalid_input") from None
+            result = await self._run(tenant_id, name, version, request, target, request_timeout_ms(request))
+        except NotReady as exc:
+            self._record_failure(tenant_id, _deployed_version(self.table, tenant_id, name), started_at, exc)
+            raise
+        except InferenceFailed as exc:
+            self._record_failure(tenant_id, target.version if target else None, started_at, exc)
+            raise
+        self.recorder.record(
+            prediction_row(
+                tenant_id=tenant_id,
+                model_version_id=result.target.version.version_id,
+                started_at=started_at,
+                stats=result.stats,
+            )
+        )
+        return result
+
+    async def _run(
+        self,
+        tenant_id: str,
+        name: str,
+        version: int | None,
+        request: InferenceRequest,
+        target: Target,
+        timeout_ms: int | None,
+    ) -> InferenceResult:
+        refused: set[tuple[str, str]] = set()
+        failed_at: float | None = None
+        for _ in range(MAX_ATTEMPTS):
+            replica = self._choose(target, refused)
+            if replica is None and failed_at is not None:
+                await self.refresh(newer_than=failed_at)
+                target = self.table.resolve(tenant_id, name, version)
+                replica = self._choose(target, refused)
+            if replica is None:
+                break
+            check_inputs(request, target, self.settings.max_tensor_elements)
+            try:
+                outputs, stats = await self._send(replica.server_id, replica.url, target, request, timeout_ms)
+            except _TryElsewhere:
+                log.info("model server %s turned away a request for %s; trying another", replica.server_id, name)
+                refused.add((replica.server_id, target.version.version_id))
+                failed_at = time.monotonic()
+                continue
+            return InferenceResult(request, outputs, target, stats)
+        message = f"no replica of model '{name}' could take the request (it is being redeployed); retry"
+        raise InferenceFailed(503, message, "unavailable", RETRY_AFTER)
+
+    def _choose(self, target: Target, refused: set[tuple[str, str]]) -> Replica | None:
+        version_id = target.version.version_id
+        exclude = {server for server, version in refused if version == version_id}
+        return pick_replica(target.version.replicas, self._in_flight, next(self._turns), exclude)
+
+    async def _send(
+        self, server_id: str, url: str, target: Target, request: InferenceRequest, timeout_ms: int | None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        assert self._client is not None, "the router is not started"
+        timeout = effective_timeout_ms(target.batching.timeout_ms if target.batching else 0, timeout_ms)
+        body = pack(request.arrays(), {"timeout_ms": timeout})
+        # the model server enforces the queue timeout; this only guards against a server that hangs
+        guard = aiohttp.ClientTimeout(total=(timeout / 1000 if timeout else 0) + 300, sock_connect=2)
+        self._in_flight[server_id] += 1
+        try:
+            async with self._client.post(
+                f"{url}/v1/infer/{target.version.version_id}",
+                data=body,
+                headers={"Content-Type": CONTENT_TYPE},
+                timeout=guard,
+            ) as response:
+                status, payload = response.status, await response.read()
+        except aiohttp.ClientConnectionError as exc:
+            log.warning("model server %s at %s unreachable: %s", server_id, url, exc)
+            raise _TryElsewhere from exc
+        except TimeoutError:
+            raise InferenceFailed(504, "the model server did not answer in time", "timeout") from None
+        finally:
+            self._in_flight[server_id] -= 1
+        if status == 200:
+            try:
+                return unpack(payload)
+            except WireError as exc:
+                raise InferenceFailed(500, f"the model server sent a broken answer: {exc}", "server_error") from None
+        if status == NOT_SERVED_HERE:
+            raise _TryElsewhere
+        message = _error_message(payload, status)
+        client_status, code = SERVER_ERRORS.get(status, (500, "model_error"))
+        raise InferenceFailed(client_status, message, code, RETRY_AFTER if client_status == 503 else None)
+
+    def _record_failure(
+        self, tenant_id: str, version: ServedVersion | None, started_at: datetime, exc: InferenceFailed | RouteError
+    ) -> None:
+        if version is None:
+            return  # no version to attach it to
+        if isinstance(exc, InferenceFailed):
+            error = {"code": exc.code, "message": exc.message, "status": exc.status}
+        else:
+            error = {"code": "not_ready", "message": str(exc), "status": exc.status}
+        self.recorder.record(
+            prediction_row(tenant_id=tenant_id, model_version_id=version.version_id, started_at=started_at, error=error)
+        )
+
+    # ------------------------------------------------------------ metrics
+
+    async def scrape_model_servers(self) -> None:
+        """Fetch every live model server's metrics into :attr:`server_metrics`."""
+        assert self._client is not None, "the router is not started"
+        servers = dict(self.table.servers)
+
+        async def fetch(url: str) -> str | None:
+            try:
+                async with self._client.get(f"{url}/metrics", timeout=aiohttp.ClientTimeout(METRICS_TIMEOUT_S)) as r:
+                    return await r.text() if r.status == 200 else None
+            except (aiohttp.ClientError, TimeoutError):
+                return None
+
+        texts = await asyncio.gather(*(fetch(url) for url in servers.values()))
+        self.server_metrics.update({sid: text for sid, text in zip(servers, texts, strict=True) if text is not None})
+
+
+def request_timeout_ms(request: InferenceRequest) -> int | None:
+    """Triton's per-request ``timeout`` parameter (microseconds), in milliseconds, when given."""
+    value = request.parameters.get("timeout")
+    if value is None:
+        return None
+    if type(value) is not int or value < 0:
+        raise InferenceFailed(
+            400, "request parameter 'timeout' must be a non-negative integer (microseconds)", "invalid_input"
+        )
+    return math.ceil(value / 1000)
+
+
+def effective_timeout_ms(deployment_ms: int, request_ms: int | None) -> int:
+    """The queue timeout of one request: the shorter of the deployment's and the request's (0: none)."""
+    limits = [ms for ms in (deployment_ms, request_ms) if ms]
+    return min(limits) if limits else 0
+
+
+def check_inputs(request: InferenceRequest, target: Target, max_elements: int) -> None:
+    """The request against the target's signature and batch limit: :class:`InferenceFailed` 400 naming the input."""
+    try:
+        validate_against_signature(request.inputs, target.version.signature, max_elements, outputs=request.outputs)
+    except CodecError as exc:
+        raise InferenceFailed(400, str(exc), "invalid_input") from None
+    batching = target.batching
+    for tensor in request.inputs:
+        rows = tensor.shape[0] if tensor.shape else 0
+        if batching is not None and rows > batching.max_batch_size:
+            raise InferenceFailed(
+                400,
+                f"input '{tensor.name}' has {rows} rows (its first dimension) but the deployment's max_batch_size "
+                f"is {batching.max_batch_size}; send at most that many per request",
+                "invalid_input",
+            )
+
+
+def _deployed_version(table: RoutingTable, tenant_id: str, name: str) -> ServedVersion | None:
+    model = table.models.get((tenant_id, name))
+    if model is None or model.deployed is None:
+        return None
+    return model.versions.get(model.deployed)
+
+
+def _error_message(payload: bytes, status: int) -> str:
+    try:
+        return str(json.loads(payload)["error"])
+    except (ValueError, KeyError, TypeError):
+        return f"the model server answered {status}"
+
+
+ROUTER = web.AppKey("inference_router", InferenceRouter)
+
+
+async def serving_context(app: web.Application) -> AsyncIterator[None]:
+    """Cleanup context (after the one that opens the database): the app's router, at ``app[ROUTER]``."""
+    ctx = app[CONTEXT]
+    router = InferenceRouter(ctx.settings, ctx.db)
+    ctx.metrics.registry.register(router.server_metrics)
+    await router.start()
+    app[ROUTER] = router
+    yield
+    await router.stop()

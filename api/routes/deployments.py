@@ -1,0 +1,185 @@
+"""A model's deployment over HTTP: which version serves, with which batching settings, and where it is ready.
+
+``PUT`` creates or replaces it (a new version switches without dropping requests: the old one
+serves until the new one is ready on each server), ``GET`` shows it with its replicas, ``DELETE``
+undeploys (the replicas drain, then unload). The model servers do the work; see
+``workers.model_server``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.context import context
+from api.endpoints import Call, Endpoints
+from api.problems import Problem, not_found, validation_problem
+from api.routes.models import model_name
+from core.deployments import (
+    BatchingSettings,
+    batching_problems,
+    delete_deployment,
+    deployment_status,
+    live_replicas,
+    upsert_deployment,
+)
+from core.models import Deployment, Model, ModelVersion
+from core.settings import Settings
+
+deployments = Endpoints("deployments")
+
+
+class DeploymentPut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int = Field(ge=1, description="the version to serve")
+    max_batch_size: int = Field(default=32, ge=1, le=1024, description="most rows merged into one model call")
+    max_queue_delay_us: int = Field(
+        default=500, ge=0, le=10_000_000, description="how long the oldest queued request waits for others to join it"
+    )
+    max_queue_size: int = Field(
+        default=1024, ge=1, le=100_000, description="requests waiting per replica; past it, 503 with Retry-After"
+    )
+    timeout_ms: int = Field(
+        default=10_000, ge=0, le=3_600_000, description="a request still queued after this is dropped (0: never)"
+    )
+
+
+class ReplicaObject(BaseModel):
+    model_server: str
+    version: int
+    status: Literal["loading", "ready", "draining", "failed"]
+    error: str | None
+    updated_at: datetime
+
+
+class DeploymentObject(BaseModel):
+    id: str
+    object: str = "deployment"
+    model: str
+    version: int
+    model_version_id: str
+    max_batch_size: int
+    max_queue_delay_us: int
+    max_queue_size: int
+    timeout_ms: int
+    status: Literal["pending", "ready", "failed"] = Field(
+        description="ready once a live model server serves the deployed version; "
+        "failed when every server that tried failed"
+    )
+    replicas: list[ReplicaObject] = Field(description="every version of the model held by a live model server")
+    created_at: datetime
+    updated_at: datetime
+
+
+def _model(session: Session, tenant_id: str, name: str) -> Model:
+    model = session.scalar(select(Model).where(Model.tenant_id == tenant_id, Model.name == name))
+    if model is None:
+        raise not_found("model", name)
+    return model
+
+
+def _render(session: Session, settings: Settings, model: Model, deployment: Deployment) -> DeploymentObject:
+    numbers = dict(
+        session.execute(select(ModelVersion.id, ModelVersion.version).where(ModelVersion.model_id == model.id)).all()
+    )
+    replicas = live_replicas(session, settings, numbers)
+    return DeploymentObject(
+        id=deployment.id,
+        model=model.name,
+        version=numbers[deployment.model_version_id],
+        model_version_id=deployment.model_version_id,
+        max_batch_size=deployment.max_batch_size,
+        max_queue_delay_us=deployment.max_queue_delay_us,
+        max_queue_size=deployment.max_queue_size,
+        timeout_ms=deployment.timeout_ms,
+        status=deployment_status(r.status for r in replicas if r.model_version_id == deployment.model_version_id),
+        replicas=[
+            ReplicaObject(
+                model_server=r.server_id,
+                version=numbers[r.model_version_id],
+                status=r.status,
+                error=r.error,
+                updated_at=r.updated_at,
+            )
+            for r in replicas
+        ],
+        created_at=deployment.created_at,
+        updated_at=deployment.updated_at,
+    )
+
+
+@deployments.put(
+    "/v1/models/{name}/deployment",
+    summary="Deploy a version of the model, or change the deployed version or its batching settings",
+    body=DeploymentPut,
+    response=DeploymentObject,
+    errors=(404,),
+)
+async def put_deployment(request: web.Request, call: Call) -> DeploymentObject:
+    ctx = context(request)
+    name, body = model_name(call), call.body
+
+    def deploy(session: Session) -> DeploymentObject:
+        model = _model(session, call.tenant_id, name)
+        version = session.scalar(
+            select(ModelVersion).where(ModelVersion.model_id == model.id, ModelVersion.version == body.version)
+        )
+        if version is None:
+            raise Problem(404, f"model {name!r} has no version {body.version}")
+        problems = batching_problems(version.signature, body.max_batch_size)
+        if problems:
+            raise validation_problem([{"pointer": "/max_batch_size", "detail": p} for p in problems])
+        batching = BatchingSettings(**body.model_dump(exclude={"version"}))
+        return _render(session, ctx.settings, model, upsert_deployment(session, model.id, version, batching))
+
+    async with ctx.db() as session:
+        rendered = await session.run_sync(deploy)
+        await session.commit()
+    return rendered
+
+
+@deployments.get(
+    "/v1/models/{name}/deployment",
+    summary="The model's deployment: version, batching settings, status and replicas",
+    response=DeploymentObject,
+    errors=(404,),
+)
+async def get_deployment(request: web.Request, call: Call) -> DeploymentObject:
+    ctx = context(request)
+    name = model_name(call)
+
+    def view(session: Session) -> DeploymentObject:
+        model = _model(session, call.tenant_id, name)
+        deployment = session.scalar(select(Deployment).where(Deployment.model_id == model.id))
+        if deployment is None:
+            raise Problem(404, f"model {name!r} is not deployed")
+        return _render(session, ctx.settings, model, deployment)
+
+    async with ctx.db() as session:
+        return await session.run_sync(view)
+
+
+@deployments.delete(
+    "/v1/models/{name}/deployment",
+    summary="Undeploy the model: its replicas finish what is queued, then unload",
+    status=204,
+    errors=(404,),
+)
+async def delete_model_deployment(request: web.Request, call: Call) -> web.Response:
+    ctx = context(request)
+    name = model_name(call)
+
+    def undeploy(session: Session) -> bool:
+        return delete_deployment(session, _model(session, call.tenant_id, name).id)
+
+    async with ctx.db() as session:
+        deleted = await session.run_sync(undeploy)
+        await session.commit()
+    if not deleted:
+        raise Problem(404, f"model {name!r} is not deployed")
+    return web.Response(status=204)

@@ -1,0 +1,108 @@
+"""Deployments and the replicas that serve them: the rules the API and the model servers share.
+
+A model has at most one deployment: the version to serve and its batching settings (Triton's
+meanings). Model servers (``workers/model_server.py``) load what is deployed and report every
+version they hold as a ``model_replicas`` row; a server whose heartbeat is older than
+``model_server_timeout_s`` is dead and its replicas count for nothing. The session functions run
+on a synchronous Session (the API calls them through ``run_sync``); the rest is pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, delete, func, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from core.ids import new_id
+from core.models import Deployment, ModelReplica, ModelServer, ModelVersion
+from core.settings import Settings
+
+PENDING, READY, FAILED = "pending", "ready", "failed"
+
+
+@dataclass(frozen=True)
+class BatchingSettings:
+    """How a deployment's requests are batched: Triton's dynamic batcher settings."""
+
+    max_batch_size: int
+    max_queue_delay_us: int
+    max_queue_size: int
+    timeout_ms: int
+
+    @classmethod
+    def of(cls, deployment: Deployment) -> BatchingSettings:
+        return cls(
+            max_batch_size=deployment.max_batch_size,
+            max_queue_delay_us=deployment.max_queue_delay_us,
+            max_queue_size=deployment.max_queue_size,
+            timeout_ms=deployment.timeout_ms,
+        )
+
+
+def batching_problems(signature: Mapping[str, Any], max_batch_size: int) -> list[str]:
+    """Why a version cannot be served with ``max_batch_size`` (requests are merged along axis 0)."""
+    problems = []
+    for spec in signature.get("inputs", []):
+        shape = spec.get("shape")
+        if shape is None:
+            continue  # the graph does not state the rank; the batcher checks each request
+        if not shape:
+            problems.append(f"input '{spec['name']}' is a scalar; serving needs a leading batch dimension")
+        elif shape[0] != -1 and not (shape[0] == 1 and max_batch_size == 1):
+            problems.append(
+                f"input '{spec['name']}' has a fixed first dimension of {shape[0]}; serving merges requests "
+                "along the first dimension, so it must be free (or 1, with max_batch_size 1)"
+            )
+    return problems
+
+
+def deployment_status(replica_statuses: Iterable[str]) -> str:
+    """``ready`` once a live server serves the deployed version, ``failed`` when every one that tried failed."""
+    statuses = list(replica_statuses)
+    if READY in statuses:
+        return READY
+    if statuses and all(status == FAILED for status in statuses):
+        return FAILED
+    return PENDING
+
+
+def live_since(settings: Settings) -> ColumnElement[datetime]:
+    """Servers with a heartbeat after this moment are alive (the database's clock, so hosts may disagree)."""
+    return func.now() - timedelta(seconds=settings.model_server_timeout_s)
+
+
+def upsert_deployment(session: Session, model_id: str, version: ModelVersion, batching: BatchingSettings) -> Deployment:
+    """Create or replace the model's deployment, in the caller's transaction."""
+    values = {"model_version_id": version.id, **asdict(batching), "updated_at": func.now()}
+    session.execute(
+        insert(Deployment)
+        .values(id=new_id("deployment"), model_id=model_id, **values)
+        .on_conflict_do_update(index_elements=[Deployment.model_id], set_=values)
+    )
+    return session.scalar(
+        select(Deployment).where(Deployment.model_id == model_id).execution_options(populate_existing=True)
+    )
+
+
+def delete_deployment(session: Session, model_id: str) -> bool:
+    """Undeploy; the model servers drain and unload the version on their next poll."""
+    return bool(session.execute(delete(Deployment).where(Deployment.model_id == model_id)).rowcount)
+
+
+def live_replicas(session: Session, settings: Settings, version_ids: Iterable[str]) -> list[ModelReplica]:
+    """The replica rows of ``version_ids`` held by live servers, oldest first."""
+    return list(
+        session.scalars(
+            select(ModelReplica)
+            .join(ModelServer, ModelServer.id == ModelReplica.server_id)
+            .where(
+                ModelReplica.model_version_id.in_(list(version_ids)), ModelServer.heartbeat_at > live_since(settings)
+            )
+            .order_by(ModelReplica.created_at)
+        )
+    )

@@ -1,0 +1,123 @@
+"""The API's call to model servers: a replica that turns a request away (421) or cannot be reached is
+left for another one, found by re-reading the routing table; fake model servers on loopback stand in."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from api.inference_router import InferenceFailed, InferenceRouter
+from api.routing_table import DeployedRow, ReplicaRow, RoutingTable, VersionRow, build_table
+from core.deployments import BatchingSettings
+from core.settings import Settings
+from core.tensor_codec import InferenceRequest, Tensor
+from core.tensor_wire import pack, unpack
+
+SIGNATURE = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 2]}], "outputs": []}
+CALLS: list[str] = []  # which fake server answered, in order
+BATCHING = BatchingSettings(max_batch_size=4, max_queue_delay_us=0, max_queue_size=8, timeout_ms=1000)
+
+
+def fake_server(status: int, calls: list[str], name: str) -> web.Application:
+    async def infer(request: web.Request) -> web.Response:
+        calls.append(name)
+        arrays, _ = unpack(await request.read())
+        if status != 200:
+            return web.json_response({"error": f"{name} says {status}"}, status=status)
+        stats = {"queue_ms": 0.1, "inference_ms": 0.2, "batch_id": f"{name}-1", "batch_size": 1}
+        return web.Response(body=pack({"y": arrays["x"] * 2}, stats))
+
+    app = web.Application()
+    app.router.add_post("/v1/infer/{version_id}", infer)
+    return app
+
+
+def table(*servers: tuple[str, str]) -> RoutingTable:
+    version = VersionRow("t", "m", "mdl", "mv1", 1, SIGNATURE)
+    deployed = [DeployedRow(version, BATCHING)]
+    ready = [ReplicaRow(version, sid, url) for sid, url in servers]
+    return build_table(deployed, ready, dict(servers))
+
+
+def request() -> InferenceRequest:
+    return InferenceRequest([Tensor("x", "FP32", np.ones((1, 2), np.float32))])
+
+
+def closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+@contextlib.asynccontextmanager
+async def router_with(first: RoutingTable, refreshed: RoutingTable) -> AsyncIterator[InferenceRouter]:
+    """A router whose first table read gives ``first`` and every later one ``refreshed``."""
+    router = InferenceRouter(Settings(routing_refresh_s=3600), db=None)  # type: ignore[arg-type]
+    tables = iter([first])
+
+    async def read_table() -> RoutingTable:
+        return next(tables, refreshed)
+
+    router._read_table = read_table  # type: ignore[method-assign]
+    await router.start()
+    try:
+        yield router
+    finally:
+        router.recorder.buffer.take(1000)  # no database to record into here
+        await router.stop()
+
+
+@pytest.fixture
+async def urls() -> AsyncIterator[dict[str, str]]:
+    servers = {
+        name: TestServer(fake_server(status, CALLS, name))
+        for status, name in ((421, "draining"), (200, "fresh"), (503, "full"))
+    }
+    for server in servers.values():
+        await server.start_server()
+    CALLS.clear()
+    yield {name: str(server.make_url("")).rstrip("/") for name, server in servers.items()}
+    for server in servers.values():
+        await server.close()
+
+
+async def test_a_draining_replica_sends_the_request_to_the_one_the_refreshed_table_knows(urls):
+    async with router_with(
+        table(("a", urls["draining"])), table(("a", urls["draining"]), ("b", urls["fresh"]))
+    ) as router:
+        result = await router.infer("t", "m", None, request)
+    assert CALLS == ["draining", "fresh"]
+    np.testing.assert_array_equal(result.outputs["y"], [[2, 2]])
+    assert result.stats["batch_id"] == "fresh-1"
+
+
+async def test_an_unreachable_replica_is_skipped(urls):
+    both = table(("gone", closed_port_url()), ("b", urls["fresh"]))
+    async with router_with(both, both) as router:
+        for _ in range(3):
+            assert (await router.infer("t", "m", None, request)).stats["batch_id"] == "fresh-1"
+
+
+async def test_when_every_replica_turns_it_away_the_answer_is_503_with_retry_after(urls):
+    only_draining = table(("a", urls["draining"]))
+    async with router_with(only_draining, only_draining) as router:
+        with pytest.raises(InferenceFailed) as caught:
+            await router.infer("t", "m", None, request)
+    assert (caught.value.status, caught.value.code, caught.value.headers) == (503, "unavailable", {"Retry-After": "1"})
+
+
+async def test_a_full_queue_is_passed_on_as_503_and_not_retried(urls):
+    full = table(("c", urls["full"]))
+    async with router_with(full, full) as router:
+        with pytest.raises(InferenceFailed) as caught:
+            await router.infer("t", "m", None, request)
+        recorded = list(router.recorder.buffer.take(10))
+    assert (caught.value.status, caught.value.code) == (503, "queue_full")
+    assert caught.value.message == "full says 503" and CALLS == ["full"]
+    assert [(r["status"], r["error"]["code"]) for r in recorded] == [("failed", "queue_full")]

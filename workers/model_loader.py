@@ -1,0 +1,110 @@
+"""Turns a registered ONNX artifact into a warm ONNX Runtime session, ready for batches.
+
+Owns everything ONNX Runtime-specific of serving: fetching the file from the artifact store
+with its recorded sha256 checked, the session options (threads), the warm-up batch and the
+call itself. Synchronous; the model server calls it from a thread.
+
+Threads: each session gets ``inference_threads`` intra-op threads; 0 means the cores this
+process may use divided by ``inference_servers_per_host`` (the inference workers sharing the
+machine), because a batch is one big ONNX Runtime call and should use every core it fairly
+can. Inter-op parallelism stays at 1: our graphs are chains, and batching already keeps the
+cores busy.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from core.artifact_store import ArtifactStore
+from core.onnx_signature import OIP_TO_NUMPY
+from core.settings import Settings
+
+Arrays = dict[str, np.ndarray]
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which containers narrow), at least 1."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def inference_threads(settings: Settings, cores: int | None = None) -> int:
+    if settings.inference_threads:
+        return settings.inference_threads
+    return max(1, (cores or usable_cores()) // settings.inference_servers_per_host)
+
+
+def warmup_inputs(signature: Mapping[str, Any], batch_rows: int) -> Arrays:
+    """A batch the model accepts: ``batch_rows`` on the first dimension, 1 for other free dimensions, zeros."""
+    arrays: Arrays = {}
+    for spec in signature.get("inputs", []):
+        shape = spec.get("shape")
+        if shape is None:
+            shape = [-1]  # rank unknown: a guess; a model that disagrees fails its warm-up, and says why
+        dims = [batch_rows if axis == 0 and dim == -1 else (1 if dim == -1 else dim) for axis, dim in enumerate(shape)]
+        if spec["datatype"] == "BYTES":
+            arrays[spec["name"]] = np.full(dims, "", dtype=object)
+        else:
+            arrays[spec["name"]] = np.zeros(dims, dtype=OIP_TO_NUMPY[spec["datatype"]])
+    return arrays
+
+
+@dataclass
+class OnnxModel:
+    """One ONNX Runtime session; :meth:`run` is the dynamic batcher's model call."""
+
+    session: ort.InferenceSession
+    output_names: list[str]
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> Arrays:
+        feed = {name: _for_onnxruntime(array) for name, array in inputs.items()}
+        return dict(zip(self.output_names, self.session.run(self.output_names, feed), strict=True))
+
+
+def _for_onnxruntime(array: np.ndarray) -> np.ndarray:
+    # The protocol carries BYTES as bytes; ONNX Runtime's string tensors take str.
+    if array.dtype == object and array.size and isinstance(array.flat[0], bytes):
+        return np.vectorize(lambda item: item.decode("utf-8", "surrogateescape"), otypes=[object])(array)
+    return array
+
+
+def session_options(threads: int) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options
+
+
+def load_model(
+    store: ArtifactStore,
+    *,
+    storage_key: str,
+    sha256: str,
+    signature: Mapping[str, Any],
+    threads: int,
+    warmup_rows: int,
+) -> OnnxModel:
+    """Download (checking the sha256), open and warm up a model; raises with the reason when it cannot."""
+    with tempfile.TemporaryDirectory(prefix="maas-model-") as folder:
+        path = Path(folder) / "model.onnx"
+        store.download_file(storage_key, path, expected_sha256=sha256)
+        session = ort.InferenceSession(
+            str(path), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
+        )
+    model = OnnxModel(session, [output.name for output in session.get_outputs()])
+    try:
+        model.run(warmup_inputs(signature, warmup_rows))
+    except Exception as exc:
+        raise RuntimeError(f"the warm-up batch of {warmup_rows} rows failed: {exc}") from exc
+    return model
