@@ -23,6 +23,7 @@ TASK_MODULES = [
     "workers.reconciler",
     "workers.training",
     "workers.model_server",
+    "workers.predictions",
 ]
 
 

@@ -9,6 +9,8 @@ SKIP LOCKED, so several workers never act on the same one):
   message (a broker restarted without persistence): it is dispatched again (a
   duplicate is harmless, the runner's claim lets only one run it);
 - a webhook delivery overdue by more than a grace period is sent again;
+- an asynchronous prediction still queued after ``redispatch_after_s`` is sent again (a duplicate
+  finds it running or done and does nothing);
 - expired idempotency keys are deleted.
 """
 
@@ -23,9 +25,10 @@ from celery.signals import worker_ready, worker_shutdown
 from sqlalchemy import delete, select
 
 from core import jobs as job_service
+from core import predictions
 from core.dispatch import commit_and_send, later
 from core.job_states import QUEUED, RUNNING
-from core.models import IdempotencyKey, Job, WebhookDelivery
+from core.models import IdempotencyKey, Job, Prediction, WebhookDelivery
 from core.webhooks import DELIVER_TASK
 from workers.job_runner import requeue_or_fail
 from workers.runtime import WorkerRuntime, runtime
@@ -38,7 +41,13 @@ def reconcile_once(rt: WorkerRuntime, sender) -> dict[str, int]:
     """One pass; how many rows of each kind it acted on."""
     settings = rt.settings
     now = datetime.now(UTC)
-    counts = {"requeued_or_failed": 0, "redispatched": 0, "webhooks_resent": 0, "idempotency_keys_expired": 0}
+    counts = {
+        "requeued_or_failed": 0,
+        "redispatched": 0,
+        "webhooks_resent": 0,
+        "predictions_resent": 0,
+        "idempotency_keys_expired": 0,
+    }
     with rt.db() as session:
         stale = session.scalars(
             select(Job)
@@ -76,6 +85,20 @@ def reconcile_once(rt: WorkerRuntime, sender) -> dict[str, int]:
             delivery.next_attempt_at = now
             later(session, DELIVER_TASK, delivery.id, queue="webhooks")
         counts["webhooks_resent"] = len(overdue)
+
+        stuck = session.scalars(
+            select(Prediction)
+            .where(
+                Prediction.status == QUEUED,
+                Prediction.is_async,
+                Prediction.dispatched_at < now - timedelta(seconds=settings.redispatch_after_s),
+            )
+            .limit(BATCH)
+            .with_for_update(skip_locked=True)
+        ).all()
+        for prediction in stuck:
+            predictions.dispatch(session, prediction)
+        counts["predictions_resent"] = len(stuck)
 
         counts["idempotency_keys_expired"] = session.execute(
             delete(IdempotencyKey).where(IdempotencyKey.expires_at < now)

@@ -7,6 +7,7 @@ from api.routes.health import health
 from api.routes.inference import inference
 from api.routes.jobs import jobs
 from api.routes.models import models
+from api.routes.predictions import predictions
 from api.routes.webhooks import webhooks
 
-ENDPOINT_TABLES = [health, api_keys, files, jobs, models, deployments, inference, webhooks]
+ENDPOINT_TABLES = [health, api_keys, files, jobs, models, deployments, inference, predictions, webhooks]

@@ -1,0 +1,117 @@
+"""Asynchronous predictions in Postgres: creation, status changes with their webhooks, the object.
+
+A prediction follows the job state machine (``core.job_states``; the database trigger guards it
+too): created ``queued`` with its inputs, claimed ``running`` by an inference worker, then
+``succeeded`` with its outputs, ``failed`` or ``canceled`` (only while still queued). Runs on a
+synchronous session: workers call it directly, the API through ``run_sync``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.orm import Session
+
+from core import webhooks
+from core.dispatch import later
+from core.ids import new_id
+from core.job_states import QUEUED, RUNNING, TERMINAL, sources
+from core.models import Prediction
+
+RUN_TASK = "workers.predictions.run"
+WEBHOOK_EVENT_FOR_STATUS = {RUNNING: "start", **dict.fromkeys(TERMINAL, "completed")}
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
+
+
+def prediction_view(prediction: Prediction, model: str, version: int, base_url: str) -> dict[str, Any]:
+    url = f"{base_url}/v1/predictions/{prediction.id}"
+    return {
+        "id": prediction.id,
+        "object": "prediction",
+        "status": prediction.status,
+        "model": model,
+        "version": version,
+        "output": prediction.output,
+        "error": prediction.error,
+        "metrics": {"queue_ms": prediction.queue_ms, "inference_ms": prediction.inference_ms},
+        "created_at": _iso(prediction.created_at),
+        "completed_at": _iso(prediction.completed_at),
+        "webhook": prediction.webhook,
+        "webhook_events_filter": prediction.webhook_events_filter,
+        "urls": {"get": url, "cancel": f"{url}/cancel"},
+    }
+
+
+def create_prediction(
+    session: Session,
+    *,
+    tenant_id: str,
+    model_version_id: str,
+    inputs: dict[str, Any],
+    webhook: str | None,
+    webhook_events_filter: list[str],
+) -> Prediction:
+    prediction = Prediction(
+        id=new_id("prediction"),
+        tenant_id=tenant_id,
+        model_version_id=model_version_id,
+        status=QUEUED,
+        is_async=True,
+        input=inputs,
+        webhook=webhook,
+        webhook_events_filter=webhook_events_filter,
+    )
+    session.add(prediction)
+    session.flush()
+    dispatch(session, prediction)
+    session.refresh(prediction)
+    return prediction
+
+
+def dispatch(session: Session, prediction: Prediction) -> None:
+    """Ask an inference worker to run it, after commit."""
+    prediction.dispatched_at = datetime.now(UTC)
+    later(session, RUN_TASK, prediction.id, queue="inference")
+
+
+def transition(
+    session: Session,
+    prediction_id: str,
+    target: str,
+    *,
+    view: Any,
+    values: dict[str, Any] | None = None,
+) -> Prediction | None:
+    """Move a prediction to ``target`` when the state machine allows it; None when refused.
+
+    ``view(prediction) -> dict`` renders the webhook body (it needs the model's name and version).
+    """
+    values = dict(values or {})
+    if target in TERMINAL:
+        values.setdefault("completed_at", datetime.now(UTC))
+    prediction = session.scalar(
+        update(Prediction)
+        .where(Prediction.id == prediction_id, Prediction.status.in_(sources(target)))
+        .values(status=target, **values)
+        .returning(Prediction)
+        .execution_options(synchronize_session=False)
+    )
+    if prediction is None:
+        return None
+    session.refresh(prediction)
+    event = WEBHOOK_EVENT_FOR_STATUS.get(target)
+    if event and webhooks.wants(event, prediction.webhook, prediction.webhook_events_filter):
+        webhooks.enqueue(
+            session,
+            prediction.tenant_id,
+            prediction.id,
+            event,
+            prediction.webhook,
+            {**view(prediction), "event": event},
+        )
+    return prediction

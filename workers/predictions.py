@@ -1,0 +1,130 @@
+"""Runs asynchronous predictions (inference queue): claims one, sends its inputs to a model server
+that holds the version (where they are batched with the synchronous traffic), records the outputs.
+
+A prediction whose worker dies while it runs is redelivered (acks_late) and, still ``running``,
+is failed by the next delivery rather than run twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import urllib3
+from celery import shared_task
+from sqlalchemy import select
+
+from core.deployments import live_since
+from core.dispatch import commit_and_send
+from core.job_states import QUEUED, RUNNING
+from core.models import Model, ModelReplica, ModelServer, ModelVersion, Prediction
+from core.predictions import RUN_TASK, prediction_view, transition
+from core.tensor_codec import CodecError, decode_tensors, tensor_to_json
+from core.tensor_wire import CONTENT_TYPE, pack, unpack
+from workers.runtime import WorkerRuntime, runtime
+
+log = logging.getLogger("maas.predictions")
+_http = urllib3.PoolManager(retries=False)
+NOT_SERVED_HERE, QUEUE_FULL = 421, 503
+BUSY_RETRIES = 20
+
+
+class PredictionFailed(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def _server_urls(rt: WorkerRuntime, version_id: str) -> list[str]:
+    with rt.db() as session:
+        return list(
+            session.scalars(
+                select(ModelServer.url)
+                .join(ModelReplica, ModelReplica.server_id == ModelServer.id)
+                .where(
+                    ModelReplica.model_version_id == version_id,
+                    ModelReplica.status == "ready",
+                    ModelServer.heartbeat_at > live_since(rt.settings),
+                )
+            )
+        )
+
+
+def infer(rt: WorkerRuntime, version_id: str, inputs: list[dict[str, Any]], timeout_ms: int) -> tuple[dict, dict]:
+    """Outputs and batch statistics from a model server holding ``version_id``."""
+    try:
+        arrays = {tensor.name: tensor.data for tensor in decode_tensors(inputs)}
+    except CodecError as exc:
+        raise PredictionFailed("bad_input", str(exc)) from None
+    body = pack(arrays, {"timeout_ms": timeout_ms})
+    for _ in range(BUSY_RETRIES):
+        urls = _server_urls(rt, version_id)
+        if not urls:
+            raise PredictionFailed("not_ready", "no model server holds this version now")
+        for url in urls:
+            try:
+                response = _http.request(
+                    "POST",
+                    f"{url}/v1/infer/{version_id}",
+                    body=body,
+                    headers={"Content-Type": CONTENT_TYPE},
+                    timeout=urllib3.Timeout(connect=2, read=timeout_ms / 1000 + 30),
+                )
+            except urllib3.exceptions.HTTPError as exc:
+                log.warning("model server %s unreachable: %s", url, exc)
+                continue
+            if response.status == 200:
+                return unpack(response.data)
+            if response.status in (NOT_SERVED_HERE, QUEUE_FULL):
+                continue
+            raise PredictionFailed("inference_failed", response.data.decode(errors="replace"))
+        time.sleep(0.25)
+    raise PredictionFailed("busy", "every model server holding this version stayed busy")
+
+
+@shared_task(bind=True, name=RUN_TASK)
+def run(self, prediction_id: str) -> None:
+    rt = runtime()
+    with rt.db() as session:
+        found = session.execute(
+            select(Prediction, Model.name, ModelVersion.version, ModelVersion.id)
+            .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
+            .join(Model, Model.id == ModelVersion.model_id)
+            .where(Prediction.id == prediction_id)
+        ).first()
+        if found is None or found[0].status not in (QUEUED, RUNNING):
+            return
+        prediction, name, version, version_id = found
+
+        def view(p: Prediction) -> dict[str, Any]:
+            return prediction_view(p, name, version, rt.settings.public_base_url)
+
+        if prediction.status == RUNNING:  # its first worker died mid-way: do not run it twice
+            transition(
+                session,
+                prediction_id,
+                "failed",
+                view=view,
+                values={"error": {"code": "worker_lost", "message": "the worker running it was lost"}},
+            )
+            commit_and_send(session, self.app)
+            return
+        if transition(session, prediction_id, RUNNING, view=view) is None:
+            return  # canceled meanwhile
+        commit_and_send(session, self.app)
+    try:
+        outputs, stats = infer(rt, version_id, prediction.input["inputs"], prediction.input.get("timeout_ms", 60_000))
+        values = {
+            "output": {"outputs": [tensor_to_json(k, v) for k, v in outputs.items()]},
+            "queue_ms": stats.get("queue_ms"),
+            "inference_ms": stats.get("inference_ms"),
+            "batch_id": stats.get("batch_id"),
+            "batch_size": stats.get("batch_size"),
+        }
+        target = "succeeded"
+    except PredictionFailed as exc:
+        values, target = {"error": {"code": exc.code, "message": exc.message}}, "failed"
+    with rt.db() as session:
+        transition(session, prediction_id, target, view=view, values=values)
+        commit_and_send(session, self.app)
