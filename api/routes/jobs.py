@@ -6,7 +6,6 @@ until the job ends or N seconds pass.
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from datetime import datetime
 from typing import Any, Literal
@@ -18,6 +17,7 @@ from sqlalchemy import select
 from api.context import ApiContext, commit_and_send, context
 from api.endpoints import Call, Endpoints, body_errors
 from api.pagination import Page, PageQuery, make_page, page_statement
+from api.prefer_wait import hold
 from api.problems import Problem, not_found, validation_problem
 from core import jobs as job_service
 from core.job_states import TERMINAL
@@ -186,12 +186,6 @@ def render_artifact(row: Artifact) -> ArtifactObject:
     )
 
 
-def prefer_wait(request: web.Request, cap_s: float) -> float | None:
-    """Seconds asked for with ``Prefer: wait=N`` (RFC 7240), capped; None when not asked."""
-    match = re.search(r"(?:^|[,;\s])wait\s*=\s*(\d+(?:\.\d+)?)", request.headers.get("Prefer", ""))
-    return min(float(match.group(1)), cap_s) if match else None
-
-
 async def _load_job(ctx: ApiContext, tenant_id: str, job_id: str) -> Job:
     async with ctx.db() as session:
         job = await session.scalar(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
@@ -200,15 +194,14 @@ async def _load_job(ctx: ApiContext, tenant_id: str, job_id: str) -> Job:
     return job
 
 
-async def _wait_until_done(ctx: ApiContext, job: Job, wait_s: float | None, call: Call) -> Job:
-    if wait_s is None:
-        return job
-    call.response_headers["Preference-Applied"] = f"wait={wait_s:g}"
-    deadline = time.monotonic() + wait_s
-    while job.status not in TERMINAL and time.monotonic() < deadline:
-        await asyncio.sleep(min(POLL_S, max(0.0, deadline - time.monotonic())))
-        job = await _load_job(ctx, job.tenant_id, job.id)
-    return job
+async def _hold(request: web.Request, call: Call, job: JobObject) -> JobObject:
+    """The job, or its terminal state when the request asked to wait for it."""
+    ctx = context(request)
+
+    async def reload() -> JobObject:
+        return render_job(ctx, await _load_job(ctx, call.tenant_id, job.id))
+
+    return await hold(request, call, ctx.settings.max_wait_s, job, lambda j: j.status, reload)
 
 
 def _validate_create(ctx: ApiContext, body: JobCreate) -> tuple[JobType, BaseModel]:
@@ -274,11 +267,7 @@ async def create_job(request: web.Request, call: Call) -> JobObject:
     async with ctx.db() as session:
         rendered = await session.run_sync(create)
         await commit_and_send(ctx, session)
-    wait_s = prefer_wait(request, ctx.settings.max_wait_s)
-    if wait_s is None:
-        return rendered
-    job = await _wait_until_done(ctx, await _load_job(ctx, call.tenant_id, rendered.id), wait_s, call)
-    return render_job(ctx, job)
+    return await _hold(request, call, rendered)
 
 
 @jobs.get("/v1/jobs", summary="List jobs, newest first", query=JobListQuery, response=Page[JobObject])
@@ -302,9 +291,7 @@ async def list_jobs(request: web.Request, call: Call) -> Page[JobObject]:
 )
 async def get_job(request: web.Request, call: Call) -> JobObject:
     ctx = context(request)
-    job = await _load_job(ctx, call.tenant_id, call.params["id"])
-    job = await _wait_until_done(ctx, job, prefer_wait(request, ctx.settings.max_wait_s), call)
-    return render_job(ctx, job)
+    return await _hold(request, call, render_job(ctx, await _load_job(ctx, call.tenant_id, call.params["id"])))
 
 
 @jobs.post(

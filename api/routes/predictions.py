@@ -4,8 +4,6 @@ webhooks, idempotency, and cancel of a prediction that is still queued."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Any, Literal
 
 from aiohttp import web
@@ -14,17 +12,15 @@ from sqlalchemy import select
 
 from api.context import ApiContext, commit_and_send, context
 from api.endpoints import Call, Endpoints
+from api.prefer_wait import hold
 from api.problems import Problem, not_found, validation_problem
-from api.routes.jobs import prefer_wait
 from core import predictions as prediction_service
-from core.job_states import TERMINAL
 from core.models import Deployment, Model, ModelVersion, Prediction
 from core.registry import find_version
 from core.tensor_codec import CodecError, decode_tensors, validate_against_signature
 from core.webhooks import EVENTS, UnsafeWebhookUrl, check_url
 
 predictions = Endpoints("predictions")
-POLL_S = 0.1
 
 
 class PredictionCreate(BaseModel):
@@ -77,15 +73,10 @@ async def _load(ctx: ApiContext, tenant_id: str, prediction_id: str) -> Predicti
 
 
 async def _wait(ctx: ApiContext, tenant_id: str, current: PredictionObject, request: web.Request, call: Call):
-    wait_s = prefer_wait(request, ctx.settings.max_wait_s)
-    if wait_s is None:
-        return current
-    call.response_headers["Preference-Applied"] = f"wait={wait_s:g}"
-    deadline = time.monotonic() + wait_s
-    while current.status not in TERMINAL and time.monotonic() < deadline:
-        await asyncio.sleep(POLL_S)
-        current = await _load(ctx, tenant_id, current.id)
-    return current
+    """The prediction, or its terminal state when the request asked to wait for it."""
+    return await hold(
+        request, call, ctx.settings.max_wait_s, current, lambda p: p.status, lambda: _load(ctx, tenant_id, current.id)
+    )
 
 
 def _check_inputs(body: PredictionCreate, version: ModelVersion, max_elements: int) -> None:
