@@ -22,6 +22,7 @@ TASK_MODULES = [
     "workers.webhooks",
     "workers.reconciler",
     "workers.training",
+    "workers.compression",
     "workers.model_server",
     "workers.predictions",
 ]

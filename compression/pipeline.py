@@ -1,0 +1,229 @@
+"""A compression run: the passes in order, each measured and held to the accuracy floor, then
+the speed of every stage and the report. Shared by the worker and the CLI.
+
+Owns: evaluating a stage (accuracy on the eval rows when there are labels, and always output
+fidelity against the source's outputs), the accuracy-floor rule (``floor_breach``, pure),
+running the passes with their data and the caller's hooks (progress, cancellation), and
+measuring speed once at the end, stage after stage under the same thread settings. Knows
+nothing of jobs, HTTP or storage: the caller hands in the source state and the rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from compression.data import PipelineData
+from compression.distill import DistillError
+from compression.fidelity import Fidelity, accuracy, compare_outputs, make_session
+from compression.measure import file_size, measure_speed, onnx_outputs
+from compression.passes import ExportParityError, ModelState, Pass, PassContext, PassError, fit_to_inputs, make_pass
+from compression.prune import PruneError
+from compression.quantize import CalibrationMismatch, QuantizationError
+from compression.report import Stage, build_report, stage_row
+from compression.spec import AccuracyFloor, MeasurementSpec, PassSpec
+
+PASS_ERRORS = (PassError, PruneError, DistillError, QuantizationError, ExportParityError)
+
+
+def _nothing(*_: Any) -> None:
+    return None
+
+
+@dataclass
+class Hooks:
+    """The caller's view of a run. ``on_batch`` is called before every training step and
+    between passes: raise from it to stop the run."""
+
+    pass_started: Callable[[int, int, str], None] = _nothing  # index, total, kind
+    pass_finished: Callable[[int, int, dict[str, Any]], None] = _nothing  # index, total, report row
+    on_batch: Callable[[], None] = _nothing
+    on_epoch: Callable[[int, int, int, float], None] = _nothing  # pass index, epoch, epochs, loss
+    log: Callable[[str], None] = _nothing
+
+
+@dataclass(frozen=True)
+class Breach:
+    """A stage below the accuracy floor."""
+
+    metric: str  # "accuracy" or "mean_cosine"
+    value: float
+    floor: float
+    source_value: float
+
+    def message(self, stage: str) -> str:
+        return (
+            f"after {stage} the {self.metric.replace('_', ' ')} is {self.value:.4f}, below the floor "
+            f"{self.floor:.4f} (the source's is {self.source_value:.4f})"
+        )
+
+
+class AccuracyFloorBreached(Exception):
+    """A pass took the model below the floor; ``stages`` are the report rows measured so far."""
+
+    def __init__(self, index: int, stage: str, breach: Breach, stages: list[dict[str, Any]]) -> None:
+        super().__init__(breach.message(stage))
+        self.index, self.stage, self.breach, self.stages = index, stage, breach, stages
+
+
+def floor_breach(
+    floor: AccuracyFloor, source: tuple[float | None, Fidelity], current: tuple[float | None, Fidelity]
+) -> Breach | None:
+    """Whether ``current`` (accuracy or None, fidelity to the source) is below the floor that
+    ``source`` sets: accuracy when there are labels, mean cosine otherwise."""
+    source_accuracy, _ = source
+    current_accuracy, fidelity = current
+    if source_accuracy is not None and current_accuracy is not None:
+        limit = floor.accuracy_floor(source_accuracy)
+        if limit is not None and current_accuracy < limit:
+            return Breach("accuracy", current_accuracy, limit, source_accuracy)
+        return None
+    limit = floor.min_mean_cosine
+    if limit is not None and fidelity.mean_cosine < limit:
+        return Breach("mean_cosine", fidelity.mean_cosine, limit, 1.0)
+    return None
+
+
+class PassFailed(Exception):
+    """A pass that could not run as its options say; ``pointer`` is into the spec."""
+
+    def __init__(self, index: int, kind: str, code: str, field: str, detail: str) -> None:
+        super().__init__(f"pass {index} ({kind}): {detail}")
+        self.index, self.kind, self.code, self.field, self.detail = index, kind, code, field, detail
+
+    @property
+    def pointer(self) -> str:
+        return f"/passes/{self.index}/{self.field}"
+
+
+def _failure(index: int, kind: str, exc: Exception) -> PassFailed:
+    """What went wrong in a pass, as a code and the option at fault."""
+    if isinstance(exc, CalibrationMismatch):
+        return PassFailed(index, kind, "bad_calibration", "calibration", str(exc))
+    if isinstance(exc, ExportParityError):
+        return PassFailed(index, kind, "onnx_parity", "kind", str(exc))
+    field_name = getattr(exc, "field", None) or "kind"
+    return PassFailed(index, kind, "bad_spec", field_name, getattr(exc, "detail", None) or str(exc))
+
+
+@dataclass
+class PipelineResult:
+    final: ModelState
+    stages: list[Stage]
+    report: dict[str, Any]
+    stage_files: list[Path] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Evaluator:
+    """Accuracy and fidelity of a stage's ONNX model on the eval rows."""
+
+    x: np.ndarray
+    y: np.ndarray | None
+    reference: np.ndarray
+    threads: int
+
+    def __call__(self, path: Path) -> tuple[float | None, Fidelity]:
+        outputs = onnx_outputs(make_session(path, intra_op_threads=self.threads), fit_to_inputs(path, self.x))
+        measured = None if self.y is None else accuracy(outputs, self.y)
+        return measured, compare_outputs(self.reference, outputs)
+
+
+def _stage(name: str, kind: str, state: ModelState, quality: tuple[float | None, Fidelity], **extra: Any) -> Stage:
+    return Stage(name, kind, state.parameters, file_size(state.onnx_path), quality[0], quality[1], **extra)
+
+
+def run(
+    source: ModelState,
+    passes: Sequence[PassSpec | Pass],
+    data: PipelineData,
+    workdir: Path,
+    *,
+    floor: AccuracyFloor | None = None,
+    measurement: MeasurementSpec | None = None,
+    hooks: Hooks | None = None,
+    meta: dict[str, Any] | None = None,
+) -> PipelineResult:
+    """Run ``passes`` on ``source`` and measure every stage; raises ``AccuracyFloorBreached``
+    and ``PassFailed``."""
+    hooks, floor, measurement = hooks or Hooks(), floor or AccuracyFloor(), measurement or MeasurementSpec()
+    workdir.mkdir(parents=True, exist_ok=True)
+    runners = [p if isinstance(p, Pass) else make_pass(p) for p in passes]
+    session = make_session(source.onnx_path, intra_op_threads=measurement.threads)
+    reference = onnx_outputs(session, fit_to_inputs(source.onnx_path, data.eval_x))
+    evaluate = _Evaluator(data.eval_x, data.eval_y, reference, measurement.threads)
+    source_quality = evaluate(source.onnx_path)
+    stages = [_stage("source", "source", source, source_quality)]
+    files = [source.onnx_path]
+    state = source
+    for index, runner in enumerate(runners):
+        hooks.on_batch()
+        hooks.pass_started(index, len(runners), runner.kind)
+        name = f"{index + 1}. {runner.kind}"
+        try:
+            outcome = runner.run(state, _context(index, runner, data, workdir, measurement, hooks))
+        except PASS_ERRORS as exc:
+            raise _failure(index, runner.kind, exc) from exc
+        state = outcome.state
+        quality = evaluate(state.onnx_path)
+        extra = {"options": runner.describe(), "details": outcome.details, "seconds": outcome.seconds}
+        stage = _stage(name, runner.kind, state, quality, **extra)
+        stages.append(stage)
+        files.append(state.onnx_path)
+        breach = floor_breach(floor, source_quality, quality)
+        if breach is not None:
+            raise AccuracyFloorBreached(index, name, breach, [stage_row(s) for s in stages])
+        hooks.pass_finished(index, len(runners), stage_row(stage))
+    hooks.on_batch()
+    if measurement.speed:
+        stages = _with_speed(stages, files, data.eval_x, measurement, hooks)
+    report = build_report(stages, {**(meta or {}), "notes": data.notes, "measurement": measurement.model_dump()})
+    return PipelineResult(state, stages, report, files)
+
+
+def _context(
+    index: int, runner: Pass, data: PipelineData, workdir: Path, measurement: MeasurementSpec, hooks: Hooks
+) -> PassContext:
+    return PassContext(
+        workdir=workdir,
+        name=f"pass{index + 1}-{runner.kind}",
+        train_x=data.train_x,
+        train_y=data.train_y,
+        calibration=data.calibration.get(index),
+        sample=data.eval_x,
+        threads=measurement.threads,
+        on_batch=hooks.on_batch,
+        on_epoch=lambda epoch, epochs, loss: hooks.on_epoch(index, epoch, epochs, loss),
+        log=hooks.log,
+    )
+
+
+def _with_speed(
+    stages: list[Stage], files: list[Path], eval_x: np.ndarray, measurement: MeasurementSpec, hooks: Hooks
+) -> list[Stage]:
+    """Every stage timed one after the other, with the same threads and rows."""
+    timed = []
+    for stage, path in zip(stages, files, strict=True):
+        hooks.on_batch()
+        speed = measure_speed(
+            path,
+            fit_to_inputs(path, eval_x[: measurement.throughput_batch]),
+            threads=measurement.threads,
+            warmup=measurement.warmup,
+            latency_iterations=measurement.latency_iterations,
+            throughput_iterations=measurement.throughput_iterations,
+            throughput_batch=measurement.throughput_batch,
+        )
+        hooks.log(f"{stage.name}: p50 {speed.latency_p50_ms:.3f} ms, {speed.throughput_items_per_s:.0f} items/s")
+        timed.append(replace(stage, speed=speed))
+    return timed
+
+
+def torch_threads(threads: int) -> None:
+    """Torch's intra-op threads for the training in passes (the worker shares its machine)."""
+    torch.set_num_threads(max(1, threads))
