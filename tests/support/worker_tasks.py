@@ -11,7 +11,9 @@ from celery import shared_task
 
 @shared_task(name="tests.touch")
 def touch(path: str, text: str) -> None:
-    Path(path).write_text(text)
+    # written aside and renamed: a test polling for the file never sees it half-written
+    Path(path + ".part").write_text(text)
+    os.replace(path + ".part", path)
 
 
 @shared_task(name="tests.die_once")
