@@ -45,6 +45,8 @@ from training.spec import (
     MLPSpec,
     ModelSpec,
     TransformerSpec,
+    error_at,
+    error_details,
     image_side,
     json_pointer,
     model_fit_problems,
@@ -105,9 +107,11 @@ class SourceSpec(_Strict):
         if (self.model is None) == (self.file_id is None):
             raise ValueError("give exactly one of model (with version) or file_id")
         if self.version is not None and self.model is None:
-            raise _at(("version",), "version applies to a registered model, not to a file")
+            raise error_at(("version",), "version applies to a registered model, not to a file")
         if self.arch is not None and self.file_id is None:
-            raise _at(("arch",), "a model version knows its architecture; arch applies to an uploaded .safetensors")
+            raise error_at(
+                ("arch",), "a model version knows its architecture; arch applies to an uploaded .safetensors"
+            )
         return self
 
 
@@ -127,7 +131,7 @@ class DataSpec(_Strict):
         if (self.file_id is None) == (self.builtin is None):
             raise ValueError("give exactly one of file_id or builtin")
         if self.builtin is not None and self.label_column is not None:
-            raise _at(("label_column",), "label_column applies to an uploaded csv or parquet file, not a builtin")
+            raise error_at(("label_column",), "label_column applies to an uploaded csv or parquet file, not a builtin")
         return self
 
     def same_data(self, other: DataSpec | None) -> bool:
@@ -190,7 +194,7 @@ class PruneSpec(_Strict):
     @model_validator(mode="after")
     def _structured_is_per_layer(self) -> PruneSpec:
         if self.structured and self.scope == "global":
-            raise _at(("scope",), "structured pruning removes the same fraction of every layer; use 'layer'")
+            raise error_at(("scope",), "structured pruning removes the same fraction of every layer; use 'layer'")
         return self
 
 
@@ -244,13 +248,15 @@ class QuantizeSpec(_Strict):
         if self.mode == "fp16":
             for name in ("calibration", "protect"):
                 if getattr(self, name) is not None:
-                    raise _at((name,), f"{name} applies to int8 (dynamic or static), not fp16")
+                    raise error_at((name,), f"{name} applies to int8 (dynamic or static), not fp16")
         if self.protect is not None and (self.exclude_nodes or self.exclude_op_types):
-            raise _at(("protect",), "protect chooses the nodes kept float by measurement; drop exclude_nodes/op_types")
+            raise error_at(
+                ("protect",), "protect chooses the nodes kept float by measurement; drop exclude_nodes/op_types"
+            )
         known = quantizable_op_types(self.mode)
         unknown = sorted(set(self.exclude_op_types) - known) if known is not None else []
         if unknown:
-            raise _at(
+            raise error_at(
                 ("exclude_op_types",),
                 f"{', '.join(unknown)}: not op types the {self.mode} quantizer handles; "
                 f"it handles {', '.join(sorted(known or ()))}",
@@ -338,7 +344,7 @@ class CompressionSpec(_Strict):
         problems = pass_order_problems(self.passes)
         if problems:
             raise ValidationError.from_exception_data(
-                type(self).__name__, [_error_details(loc, msg, None) for loc, msg in problems]
+                type(self).__name__, [error_details(loc, msg, None) for loc, msg in problems]
             )
         return self
 
@@ -599,15 +605,6 @@ def _input_shapes(inputs: list[dict[str, Any]]) -> str:
 
 
 # --- error locations ---------------------------------------------------------------------------
-
-
-def _at(loc: Loc, message: str) -> ValidationError:
-    return ValidationError.from_exception_data("spec", [_error_details(loc, message, None)])
-
-
-def _error_details(loc: Loc, message: str, value: Any) -> InitErrorDetails:
-    template = message.replace("{", "{{").replace("}", "}}")
-    return InitErrorDetails(type=PydanticCustomError("spec_invalid", template), loc=loc, input=value)
 
 
 def _untagged(error: Any) -> InitErrorDetails:

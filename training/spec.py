@@ -126,7 +126,7 @@ class DatasetSpec(_Strict):
         if (self.file_id is None) == (self.builtin is None):
             raise ValueError("give exactly one of file_id or builtin")
         if self.builtin is not None and self.label_column is not None:
-            raise _at(("label_column",), "label_column applies to an uploaded csv or parquet file, not a builtin")
+            raise error_at(("label_column",), "label_column applies to an uploaded csv or parquet file, not a builtin")
         return self
 
 
@@ -234,7 +234,7 @@ class HyperparametersSpec(_Strict):
     @model_validator(mode="after")
     def _momentum_is_sgd(self) -> HyperparametersSpec:
         if self.momentum and self.optimizer != "sgd":
-            raise _at(("momentum",), f"momentum applies to sgd only, not {self.optimizer}")
+            raise error_at(("momentum",), f"momentum applies to sgd only, not {self.optimizer}")
         return self
 
 
@@ -265,7 +265,7 @@ class TrainingSpec(_Strict):
         if problems:
             raise ValidationError.from_exception_data(
                 type(self).__name__,
-                [_error_details(loc, msg, _value_at(self, loc)) for loc, msg in problems],
+                [error_details(loc, msg, _value_at(self, loc)) for loc, msg in problems],
             )
         return self
 
@@ -356,11 +356,12 @@ def _value_at(spec: BaseModel, loc: Loc) -> Any:
     return value
 
 
-def _at(loc: Loc, message: str) -> ValidationError:
-    return ValidationError.from_exception_data("spec", [_error_details(loc, message, None)])
+def error_at(loc: Loc, message: str) -> ValidationError:
+    """A validation error at ``loc`` (a field path), for checks pydantic cannot express."""
+    return ValidationError.from_exception_data("spec", [error_details(loc, message, None)])
 
 
-def _error_details(loc: Loc, message: str, value: Any) -> InitErrorDetails:
+def error_details(loc: Loc, message: str, value: Any) -> InitErrorDetails:
     template = message.replace("{", "{{").replace("}", "}}")
     return InitErrorDetails(type=PydanticCustomError("spec_invalid", template), loc=loc, input=value)
 
