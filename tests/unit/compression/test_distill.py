@@ -4,7 +4,6 @@ in torch and in ONNX, the loss math, determinism, and requests refused with the 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,7 @@ from compression.distill import (
 from compression.fidelity import make_session
 from compression.finetune import finetune, predict, torch_accuracy
 from compression.measure import parameter_counts
-from training.data import load_builtin, split_indices
+from tests.unit.compression.conftest import Digits
 from training.export import export_onnx
 from training.spec import CNNSpec, MLPSpec
 from training.zoo import build_model
@@ -33,25 +32,7 @@ from training.zoo import build_model
 STUDENT = MLPSpec(arch="mlp", hidden=[16])
 
 
-@dataclass(frozen=True)
-class Digits:
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    val_x: torch.Tensor
-    val_y: torch.Tensor
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> None:
-    torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def digits() -> Digits:
-    table = load_builtin("digits")
-    train, val = split_indices(len(table.y), 0.2, seed=0)
-    x, y = torch.from_numpy(table.x), torch.from_numpy(table.y)
-    return Digits(x[train], y[train], x[val], y[val])
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

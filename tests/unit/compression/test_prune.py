@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,7 +28,7 @@ from compression.prune import (
     sparsity,
     validate_amount,
 )
-from training.data import load_builtin, split_indices
+from tests.unit.compression.conftest import Digits
 from training.export import export_onnx, onnx_max_abs_diff
 from training.spec import CNNSpec, MLPSpec, TransformerSpec
 from training.zoo import build_model
@@ -38,25 +37,7 @@ CNN = CNNSpec(arch="cnn", channels=[16, 32])
 MLP = MLPSpec(arch="mlp", hidden=[64, 32])
 
 
-@dataclass(frozen=True)
-class Digits:
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    val_x: torch.Tensor
-    val_y: torch.Tensor
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> None:
-    torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def digits() -> Digits:
-    table = load_builtin("digits")
-    train, val = split_indices(len(table.y), 0.2, seed=0)
-    x, y = torch.from_numpy(table.x), torch.from_numpy(table.y)
-    return Digits(x[train], y[train], x[val], y[val])
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def trained(spec: CNNSpec | MLPSpec, digits: Digits, epochs: int) -> nn.Sequential:

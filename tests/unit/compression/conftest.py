@@ -1,0 +1,31 @@
+"""Fixtures shared by the torch-based compression tests: the digits split, one torch thread."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from training.data import load_builtin, split_indices
+
+
+@dataclass(frozen=True)
+class Digits:
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    val_x: torch.Tensor
+    val_y: torch.Tensor
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def digits() -> Digits:
+    table = load_builtin("digits")
+    train, val = split_indices(len(table.y), 0.2, seed=0)
+    x, y = torch.from_numpy(table.x), torch.from_numpy(table.y)
+    return Digits(x[train], y[train], x[val], y[val])
