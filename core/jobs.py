@@ -11,19 +11,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from core import webhooks
 from core.dispatch import later
 from core.ids import new_id
-from core.job_states import QUEUED, RUNNING, TERMINAL, sources
+from core.job_states import QUEUED, RUNNING, TERMINAL
 from core.job_types import get_job_type
 from core.models import Job, JobEvent
 from core.settings import Settings
+from core.status_update import guarded_update, rfc3339
 
 RUN_TASK = "workers.jobs.run"
-WEBHOOK_EVENT_FOR_STATUS = {RUNNING: "start", **dict.fromkeys(TERMINAL, "completed")}
 
 
 def now() -> datetime:
@@ -50,18 +50,14 @@ def job_view(job: Job, base_url: str) -> dict[str, Any]:
         "error": job.error,
         "attempts": job.attempts,
         "max_attempts": job.max_attempts,
-        "created_at": _iso(job.created_at),
-        "started_at": _iso(job.started_at),
-        "finished_at": _iso(job.finished_at),
+        "created_at": rfc3339(job.created_at),
+        "started_at": rfc3339(job.started_at),
+        "finished_at": rfc3339(job.finished_at),
         "webhook": job.webhook,
         "webhook_events_filter": job.webhook_events_filter,
         "metadata": job.metadata_,
         "urls": {"get": url, "cancel": f"{url}/cancel", "events": f"{url}/events"},
     }
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
 
 
 def add_event(
@@ -144,15 +140,10 @@ def transition(
     values = dict(values or {})
     if target in TERMINAL:
         values.setdefault("finished_at", now())
-    statement = update(Job).where(Job.id == job_id, Job.status.in_(sources(target)))
-    if worker_id is not None:
-        statement = statement.where(Job.worker_id == worker_id)
-    job = session.scalar(
-        statement.values(status=target, **values).returning(Job).execution_options(synchronize_session=False)
-    )
+    held_by = [Job.worker_id == worker_id] if worker_id is not None else []
+    job = guarded_update(session, Job, job_id, target, values, *held_by)
     if job is None:
         return None
-    session.refresh(job)
     add_event(
         session,
         job_id,
@@ -161,7 +152,7 @@ def transition(
         {"status": target, **(event_data or {})},
         level="error" if target == "failed" else "info",
     )
-    webhook_event = WEBHOOK_EVENT_FOR_STATUS.get(target)
+    webhook_event = webhooks.EVENT_FOR_STATUS.get(target)
     if webhook_event:
         notify(session, job, webhook_event, settings.public_base_url)
     return job

@@ -11,21 +11,16 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from core import webhooks
 from core.dispatch import later
 from core.ids import new_id
-from core.job_states import QUEUED, RUNNING, TERMINAL, sources
+from core.job_states import QUEUED, TERMINAL
 from core.models import Prediction
+from core.status_update import guarded_update, rfc3339
 
 RUN_TASK = "workers.predictions.run"
-WEBHOOK_EVENT_FOR_STATUS = {RUNNING: "start", **dict.fromkeys(TERMINAL, "completed")}
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
 
 
 def prediction_view(prediction: Prediction, model: str, version: int, base_url: str) -> dict[str, Any]:
@@ -39,8 +34,8 @@ def prediction_view(prediction: Prediction, model: str, version: int, base_url: 
         "output": prediction.output,
         "error": prediction.error,
         "metrics": {"queue_ms": prediction.queue_ms, "inference_ms": prediction.inference_ms},
-        "created_at": _iso(prediction.created_at),
-        "completed_at": _iso(prediction.completed_at),
+        "created_at": rfc3339(prediction.created_at),
+        "completed_at": rfc3339(prediction.completed_at),
         "webhook": prediction.webhook,
         "webhook_events_filter": prediction.webhook_events_filter,
         "urls": {"get": url, "cancel": f"{url}/cancel"},
@@ -94,17 +89,10 @@ def transition(
     values = dict(values or {})
     if target in TERMINAL:
         values.setdefault("completed_at", datetime.now(UTC))
-    prediction = session.scalar(
-        update(Prediction)
-        .where(Prediction.id == prediction_id, Prediction.status.in_(sources(target)))
-        .values(status=target, **values)
-        .returning(Prediction)
-        .execution_options(synchronize_session=False)
-    )
+    prediction = guarded_update(session, Prediction, prediction_id, target, values)
     if prediction is None:
         return None
-    session.refresh(prediction)
-    event = WEBHOOK_EVENT_FOR_STATUS.get(target)
+    event = webhooks.EVENT_FOR_STATUS.get(target)
     if event and webhooks.wants(event, prediction.webhook, prediction.webhook_events_filter):
         webhooks.enqueue(
             session,

@@ -22,10 +22,13 @@ from sqlalchemy.orm import Session
 
 from core.dispatch import later
 from core.ids import new_id
+from core.job_states import RUNNING, TERMINAL
 from core.models import WebhookDelivery, WebhookSecret
 
 SECRET_PREFIX = "whsec_"
 EVENTS = ("start", "progress", "completed")
+# the webhook event a status change of a job or a prediction sends
+EVENT_FOR_STATUS = {RUNNING: "start", **dict.fromkeys(TERMINAL, "completed")}
 DELIVER_TASK = "workers.webhooks.deliver"
 # after a rotation the old secret signs too, so receivers can switch over without dropping events
 ROTATION_OVERLAP = timedelta(hours=24)
