@@ -426,12 +426,8 @@ async def test_undeploy_drains_and_readiness_follows(api, tenant, db):
     async def not_ready() -> bool:
         return (await api.get("/v2/health/ready", headers=tenant.headers)).status == 503
 
+    # readiness turns first; requests routed by a table that still lists the replica are served until it retires
     await wait_until(not_ready, "the tenant to be not ready")
-    answer = await infer(api, tenant, name, json_request(np.zeros((1, 4), np.float32)))
-    assert answer.status == 404 and "not deployed" in (await answer.json())["error"]
-    assert (await api.get(f"/v2/models/{name}/ready", headers=tenant.headers)).status == 404
-    metadata = await api.get(f"/v2/models/{name}", headers=tenant.headers)
-    assert metadata.status == 200  # still registered: its signature can be read
 
     def replicas_left() -> int:
         with db() as session:
@@ -447,6 +443,16 @@ async def test_undeploy_drains_and_readiness_follows(api, tenant, db):
         return await asyncio.to_thread(replicas_left) == 0
 
     await wait_until(unloaded, "the replica to be unloaded")
+
+    async def refused() -> bool:
+        return (await infer(api, tenant, name, json_request(np.zeros((1, 4), np.float32)))).status == 404
+
+    await wait_until(refused, "the API to stop routing to the unloaded replica")
+    answer = await infer(api, tenant, name, json_request(np.zeros((1, 4), np.float32)))
+    assert answer.status == 404 and "not deployed" in (await answer.json())["error"]
+    assert (await api.get(f"/v2/models/{name}/ready", headers=tenant.headers)).status == 404
+    metadata = await api.get(f"/v2/models/{name}", headers=tenant.headers)
+    assert metadata.status == 200  # still registered: its signature can be read
 
 
 @pytest.mark.slow
