@@ -26,8 +26,9 @@ from compression.spec import (
     state_dict_classes,
     zoo_parameters,
 )
+from core.batch_inference import BatchInferenceSpec, Plan, PlanError, plan_inputs
 from core.job_types import JobType, register_job_type
-from core.models import Artifact, File, Job, ModelVersion
+from core.models import Artifact, Deployment, File, Job, Model, ModelVersion
 from core.registry import find_version
 from core.settings import Settings
 from training.spec import (
@@ -271,4 +272,63 @@ def validate_compression(
 
 COMPRESSION = register_job_type(
     JobType(name="compression", spec=CompressionSpec, queue="compression", validate=validate_compression)
+)
+
+
+# --- batch inference ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BatchSources:
+    """What a batch inference job reads: the model version, its ONNX artifact, the dataset file and the plan."""
+
+    version: ModelVersion
+    model_artifact: Artifact
+    file: File
+    plan: Plan
+
+
+def find_batch_sources(
+    session: Session, tenant_id: str, spec: BatchInferenceSpec
+) -> tuple[BatchSources | None, list[dict[str, str]]]:
+    """The version to run (the named one, or the one deployed now), the dataset and how it feeds the model."""
+    ref = spec.model
+    if ref.version is None:
+        version = session.scalar(
+            select(ModelVersion)
+            .join(Deployment, Deployment.model_version_id == ModelVersion.id)
+            .join(Model, Model.id == Deployment.model_id)
+            .where(Model.tenant_id == tenant_id, Model.name == ref.name)
+        )
+    else:
+        version = find_version(session, tenant_id, ref.name, ref.version)
+    problems: list[dict[str, str]] = []
+    if version is None:
+        if find_version(session, tenant_id, ref.name) is None:
+            problems.append({"pointer": "/model/name", "detail": f"no model {ref.name!r}"})
+        elif ref.version is None:
+            problems.append(
+                {"pointer": "/model/version", "detail": f"model {ref.name!r} is not deployed: name the version to run"}
+            )
+        else:
+            problems.append({"pointer": "/model/version", "detail": f"model {ref.name!r} has no version {ref.version}"})
+    file, found = _dataset_file(session, tenant_id, spec.dataset.file_id, "/dataset/file_id")
+    problems += found
+    if version is None or file is None:
+        return None, problems
+    try:
+        plan = plan_inputs(version.signature, file.format, file.details, spec)
+    except PlanError as exc:
+        return None, [{"pointer": exc.pointer, "detail": exc.detail}]
+    return BatchSources(version, session.get(Artifact, version.artifact_id), file, plan), []
+
+
+def validate_batch_inference(
+    session: Session, tenant_id: str, spec: BatchInferenceSpec, settings: Settings
+) -> list[dict[str, Any]]:
+    return find_batch_sources(session, tenant_id, spec)[1]
+
+
+BATCH_INFERENCE = register_job_type(
+    JobType(name="batch_inference", spec=BatchInferenceSpec, queue="inference", validate=validate_batch_inference)
 )

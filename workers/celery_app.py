@@ -25,6 +25,7 @@ TASK_MODULES = [
     "workers.compression",
     "workers.model_server",
     "workers.predictions",
+    "workers.batch_inference",
 ]
 
 

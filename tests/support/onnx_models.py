@@ -29,3 +29,26 @@ def linear_classifier(weight: np.ndarray, bias: np.ndarray, *, batch: str | int 
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model.SerializeToString()
+
+
+def masked_sum() -> bytes:
+    """Two INT64 inputs ``ids`` and ``mask`` ([batch, seq], seq free, like a tokenizer's output):
+    ``masked = ids * mask`` (INT64 [batch, seq]) and ``total`` = its row sums as FP32 [batch]."""
+    seq = ["batch", "seq"]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Mul", ["ids", "mask"], ["masked"]),
+            helper.make_node("ReduceSum", ["masked", "axes"], ["sums"], keepdims=0),
+            helper.make_node("Cast", ["sums"], ["total"], to=TensorProto.FLOAT),
+        ],
+        "masked_sum",
+        [helper.make_tensor_value_info(name, TensorProto.INT64, seq) for name in ("ids", "mask")],
+        [
+            helper.make_tensor_value_info("masked", TensorProto.INT64, seq),
+            helper.make_tensor_value_info("total", TensorProto.FLOAT, ["batch"]),
+        ],
+        [helper.make_tensor("axes", TensorProto.INT64, [1], [1])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
