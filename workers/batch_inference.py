@@ -83,7 +83,10 @@ def run_chunks(ctx: JobContext, spec: BatchInferenceSpec, found: BatchSources, m
         raise JobFailed("bad_dataset", str(exc), pointer="/dataset") from exc
     if done != plan.rows:
         raise JobFailed("bad_dataset", f"the file held {done} rows where {plan.rows} were recorded at upload")
-    ctx.metrics(rows=done, inference_s=round(inference_s, 3), rows_per_s=round(done / max(inference_s, 1e-9), 1))
+    elapsed = time.monotonic() - started
+    ctx.metrics(
+        rows=done, seconds=round(elapsed, 3), inference_s=round(inference_s, 3), rows_per_s=round(done / elapsed, 1)
+    )
     return out
 
 
