@@ -234,7 +234,7 @@ class QuantizeSpec(_Strict):
     mode: Literal["dynamic", "static", "fp16"]
     calibration: CalibrationSpec | None = None
     per_channel: bool = True
-    reduce_range: bool = False
+    reduce_range: bool = True  # see compression.quantize.REDUCE_RANGE
     exclude_op_types: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
         default_factory=list, max_length=64
     )
