@@ -154,13 +154,13 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     add("fp16", "fp16 weights and arithmetic, fp32 I/O", lambda p: convert_fp16(fp32_path, p))
     add(
         "dyn-per-tensor",
-        "ORT quantize_dynamic, all ops (MatMul + Gather), per-tensor weights",
-        lambda p: quantize_dynamic_int8(fp32_path, p, per_channel=False),
+        "ORT quantize_dynamic, all ops (MatMul + Gather), per-tensor 8-bit weights",
+        lambda p: quantize_dynamic_int8(fp32_path, p, per_channel=False, reduce_range=False),
     )
     add(
         "dyn-per-channel",
-        "ORT quantize_dynamic, all ops, per-channel weights",
-        lambda p: quantize_dynamic_int8(fp32_path, p, per_channel=True),
+        "ORT quantize_dynamic, all ops, per-channel 8-bit weights",
+        lambda p: quantize_dynamic_int8(fp32_path, p, per_channel=True, reduce_range=False),
     )
     add(
         "dyn-per-channel-rr",
