@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from api.auth import KnownKeys
 from api.context import CONTEXT, ApiContext
 from api.endpoints import add_routes
 from api.inference_router import serving_context
@@ -83,6 +84,7 @@ def create_app(settings: Settings) -> web.Application:
 
     async def services(app: web.Application) -> AsyncIterator[None]:
         engine = make_async_engine(settings)
+        keys = KnownKeys(settings)
         app[CONTEXT] = ApiContext(
             settings=settings,
             engine=engine,
@@ -90,8 +92,11 @@ def create_app(settings: Settings) -> web.Application:
             store=ArtifactStore(settings),
             celery=create_celery(settings),
             metrics=ApiMetrics(),
+            keys=keys,
         )
+        keys.start()
         yield
+        await keys.stop()
         app[CONTEXT].celery.close()
         await engine.dispose()
 

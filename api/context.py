@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from celery import Celery
@@ -14,6 +15,9 @@ from core import dispatch
 from core.artifact_store import ArtifactStore
 from core.settings import Settings
 
+if TYPE_CHECKING:
+    from api.auth import KnownKeys
+
 
 @dataclass
 class ApiContext:
@@ -23,6 +27,7 @@ class ApiContext:
     store: ArtifactStore
     celery: Celery
     metrics: ApiMetrics
+    keys: KnownKeys
 
 
 CONTEXT = web.AppKey("context", ApiContext)

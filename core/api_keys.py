@@ -3,7 +3,8 @@
 A key looks like ``maas_<8 chars>_<43 chars>``. The first part (``maas_<8 chars>``)
 is its visible prefix, stored in clear so people can tell keys apart; the whole
 key is stored only as its sha256 (keys are 256-bit random, so a fast hash is
-enough) and shown once, when it is created.
+enough) and shown once, when it is created. A revocation is announced on the
+``REVOKED_CHANNEL`` Postgres channel, for the API processes that cache keys.
 """
 
 from __future__ import annotations
@@ -13,13 +14,15 @@ import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from core.ids import new_id
 from core.models import ApiKey, Tenant
 
 KEY_SCHEME = "maas"
+# revocations are announced here (the payload: the key's hash) so that API processes forget cached keys
+REVOKED_CHANNEL = "maas_api_key_revoked"
 
 
 def generate_key() -> tuple[str, str]:
@@ -71,6 +74,11 @@ def mark_revoked(row: ApiKey) -> None:
         row.revoked_at = datetime.now(UTC)
 
 
+def revocation_notice(row: ApiKey) -> Select:
+    """Run it in the revoking transaction: on commit, every API process forgets the key (``api.auth``)."""
+    return select(func.pg_notify(REVOKED_CHANNEL, row.key_hash))
+
+
 def create_key(session: Session, tenant: Tenant, name: str = "default") -> CreatedKey:
     row, key = new_key_row(tenant.id, name)
     session.add(row)
@@ -83,6 +91,7 @@ def revoke_key(session: Session, id_or_prefix: str) -> ApiKey:
     if row is None:
         raise LookupError(f"no API key with id or prefix {id_or_prefix!r}")
     mark_revoked(row)
+    session.execute(revocation_notice(row))
     return row
 
 

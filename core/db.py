@@ -6,7 +6,7 @@ Both use psycopg 3, so one URL (``postgresql+psycopg://…``) serves both. Plain
 
 from __future__ import annotations
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import sessionmaker
 
@@ -19,6 +19,11 @@ def sqlalchemy_url(url: str) -> str:
         if url.startswith(plain):
             return "postgresql+psycopg://" + url[len(plain) :]
     return url
+
+
+def libpq_url(url: str) -> str:
+    """The URL for a plain psycopg (libpq) connection, without SQLAlchemy's driver name."""
+    return make_url(sqlalchemy_url(url)).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def _connect_args(settings: Settings) -> dict:

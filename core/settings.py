@@ -59,6 +59,9 @@ class Settings(BaseSettings):
     s3_multipart_part_bytes: int = Field(default=8 << 20, ge=5 << 20)
     readiness_timeout_s: float = Field(default=2.0, gt=0)
     api_key_touch_interval_s: int = Field(default=60, ge=0)
+    api_key_cache_s: float = Field(
+        default=5.0, ge=0, description="an API process trusts a key it checked for this long (0: check every request)"
+    )
     idempotency_key_ttl_s: int = Field(default=24 * 3600, ge=24 * 3600)
 
     max_wait_s: float = Field(default=60.0, ge=0, description="cap of `Prefer: wait=N`")

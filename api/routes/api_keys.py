@@ -15,7 +15,7 @@ from api.context import context
 from api.endpoints import Call, Endpoints
 from api.pagination import Page, PageQuery, make_page, page_statement
 from api.problems import not_found
-from core.api_keys import mark_revoked, new_key_row
+from core.api_keys import mark_revoked, new_key_row, revocation_notice
 from core.models import ApiKey
 
 api_keys = Endpoints("api keys")
@@ -89,5 +89,7 @@ async def revoke_api_key(request: web.Request, call: Call) -> ApiKeyObject:
         if row is None:
             raise not_found("API key", call.params["id"])
         mark_revoked(row)
+        await session.execute(revocation_notice(row))
         await session.commit()
+    context(request).keys.forget(row.key_hash)  # here at once; other processes on the notice
     return render_key(row)
