@@ -4,6 +4,11 @@ Each child leads its own process group. Stopping it snapshots the tree (the grou
 and every descendant, including ones that left the group), sends SIGTERM, waits
 ``grace_s``, then SIGKILLs whatever is still alive, so nothing is left behind even
 when a grandchild ignores SIGTERM or its parent already exited.
+
+When the process that started a child dies without stopping it (a worker killed with
+SIGKILL), Linux sends the child SIGTERM (``PR_SET_PDEATHSIG``, set by a few lines of
+Python that then exec the command), so torchrun stops its ranks instead of training on
+for a job that has been handed to another worker.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -78,13 +84,31 @@ def stop_tree(root_pid: int, grace_s: float) -> list[int]:
     return [p.pid for p in alive]
 
 
+# Runs before the command, in the child: ask for SIGTERM when the parent dies, and exit at once
+# if it already has (it could die between the fork and the prctl). Then become the command.
+_PARENT_DEATH_SIGNAL = """
+import ctypes, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(143)
+os.execvp(sys.argv[2], sys.argv[2:])
+"""
+
+
+def with_parent_death_signal(args: list[str]) -> list[str]:
+    """``args`` run so that they get SIGTERM when this process dies (Linux; elsewhere unchanged)."""
+    if not sys.platform.startswith("linux"):
+        return args
+    return [sys.executable, "-c", _PARENT_DEATH_SIGNAL, str(os.getpid()), *args]
+
+
 class ChildProcess:
     """A command in its own process group, its output read line by line."""
 
     def __init__(self, args: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None):
         self.args = args
         self.popen = subprocess.Popen(
-            args,
+            with_parent_death_signal(args),
             env=env,
             cwd=cwd,
             stdout=subprocess.PIPE,

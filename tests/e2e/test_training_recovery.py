@@ -1,13 +1,14 @@
-"""A worker killed with SIGKILL during a torchrun training job: the job is re-run on a new worker and
-resumes from the last checkpoint the first attempt uploaded."""
+"""A worker killed with SIGKILL during a torchrun training job: its torchrun and ranks stop, and the
+job is re-run on a new worker and resumes from the last checkpoint the first attempt uploaded."""
 
 from __future__ import annotations
 
 import asyncio
 
+import psutil
 import pytest
 
-from tests.e2e.test_training_jobs import upload_digits
+from tests.e2e.test_training_jobs import _ranks_of, upload_digits
 from tests.integration.test_jobs_api import create, events, wait_done
 from tests.support.processes import Worker
 
@@ -32,9 +33,14 @@ async def test_a_worker_killed_during_training_resumes_from_its_checkpoint(api, 
             await asyncio.sleep(0.1)
         else:
             raise AssertionError("no checkpoint was ever written")
+        tree = psutil.Process(first.process.pid).children(recursive=True)
+        assert len(_ranks_of(first)) == 2
         first.kill()
     finally:
         first.stop()
+    # torchrun runs in a session of its own; the death of the worker that started it stops it and its ranks
+    _, left = await asyncio.to_thread(psutil.wait_procs, tree, 60)
+    assert not left, [" ".join(p.cmdline()) for p in left]
     second = Worker(settings, "training", tmp_path / "second.log", concurrency=1)
     try:
         done = await wait_done(api, tenant, job["id"], timeout_s=600)

@@ -1,3 +1,5 @@
+import signal
+import subprocess
 import sys
 import time
 
@@ -44,3 +46,24 @@ def test_leftovers_of_a_finished_leader_are_reaped():
             break
         time.sleep(0.1)
     assert not psutil.pid_exists(orphan) or psutil.Process(orphan).status() == psutil.STATUS_ZOMBIE
+
+
+ORPHANED = """
+import sys, time
+from workers.process_tree import ChildProcess
+child = ChildProcess([sys.executable, "-c", "import time; print('up', flush=True); time.sleep(60)"])
+lines = child.lines()
+assert next(lines) == "up"
+print(child.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_child_whose_starter_is_killed_gets_sigterm():
+    starter = subprocess.Popen([sys.executable, "-c", ORPHANED], stdout=subprocess.PIPE, text=True)
+    child = psutil.Process(int(starter.stdout.readline()))
+    assert child.cmdline()[-1] == "import time; print('up', flush=True); time.sleep(60)"  # the command itself
+    starter.kill()
+    starter.wait()
+    gone, _ = psutil.wait_procs([child], timeout=10)
+    assert gone and gone[0].returncode in (-signal.SIGTERM, None)
