@@ -96,7 +96,10 @@ os.execvp(sys.argv[2], sys.argv[2:])
 
 
 def with_parent_death_signal(args: list[str]) -> list[str]:
-    """``args`` run so that they get SIGTERM when this process dies (Linux; elsewhere unchanged)."""
+    """``args`` run so that they get SIGTERM when this process dies (Linux; elsewhere unchanged).
+
+    Linux ties the signal to the thread that forks: start children from a thread that outlives
+    them (the task's own thread does; a short-lived helper thread would not)."""
     if not sys.platform.startswith("linux"):
         return args
     return [sys.executable, "-c", _PARENT_DEATH_SIGNAL, str(os.getpid()), *args]
