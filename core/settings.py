@@ -96,6 +96,12 @@ class Settings(BaseSettings):
     inference_servers_per_host: int = Field(
         default=1, gt=0, description="inference workers sharing this machine's cores (sizes the 0 above)"
     )
+    inference_concurrent_batches: int = Field(
+        default=2, gt=0, description="batches of one model running at once, each on a thread: one forms while one runs"
+    )
+    inference_spinning: bool = Field(
+        default=True, description="ONNX Runtime's threads spin between ops while a batch runs (faster), never when idle"
+    )
     model_server_poll_s: float = Field(default=0.5, gt=0, description="how often a server reads the deployments")
     model_server_heartbeat_s: float = Field(default=1.0, gt=0)
     model_server_timeout_s: float = Field(

@@ -8,7 +8,8 @@ Threads: each session gets ``inference_threads`` intra-op threads; 0 means the c
 process may use divided by ``inference_servers_per_host`` (the inference workers sharing the
 machine), because a batch is one big ONNX Runtime call and should use every core it fairly
 can. Inter-op parallelism stays at 1: our graphs are chains, and batching already keeps the
-cores busy.
+cores busy. The intra-op threads spin between ops only while a run is active (``spinning``):
+between requests they sleep, leaving the cores to the processes that share them.
 """
 
 from __future__ import annotations
@@ -77,12 +78,16 @@ def _for_onnxruntime(array: np.ndarray) -> np.ndarray:
     return array
 
 
-def session_options(threads: int) -> ort.SessionOptions:
+def session_options(threads: int, *, spinning: bool = True) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # spinning threads pick up the next op at once, but a spinning thread holds a core: stop as soon as no run is
+    # active, so that between requests the cores go to the API and the event loops that share them
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    options.add_session_config_entry("session.force_spinning_stop", "1")
     return options
 
 
@@ -94,13 +99,14 @@ def load_model(
     signature: Mapping[str, Any],
     threads: int,
     warmup_rows: int,
+    spinning: bool = True,
 ) -> OnnxModel:
     """Download (checking the sha256), open and warm up a model; raises with the reason when it cannot."""
     with tempfile.TemporaryDirectory(prefix="maas-model-") as folder:
         path = Path(folder) / "model.onnx"
         store.download_file(storage_key, path, expected_sha256=sha256)
         session = ort.InferenceSession(
-            str(path), sess_options=session_options(threads), providers=["CPUExecutionProvider"]
+            str(path), sess_options=session_options(threads, spinning=spinning), providers=["CPUExecutionProvider"]
         )
     model = OnnxModel(session, [output.name for output in session.get_outputs()])
     try:

@@ -14,7 +14,9 @@ so the API never runs a model. It:
   ``workers.model_plan``: loads deployed versions (download, sha256 check, ONNX Runtime session,
   warm-up, dynamic batcher), reports each as a ``model_replicas`` row (loading → ready, or
   failed with the reason), rebuilds a batcher whose deployment settings changed, and drains
-  then drops a version that is no longer deployed once its successor is ready here.
+  then drops a version that is no longer deployed once its successor is ready here;
+- runs up to ``inference_concurrent_batches`` batches of a model at once (:class:`Lanes`), so
+  the next batch forms and starts while one runs instead of waiting for its results to travel.
 
 Answers of the infer route: 200 outputs (+ ``queue_ms``, ``inference_ms``, ``batch_id``,
 ``batch_size``); 400 input the batcher refuses; 421 this server does not serve that version
@@ -32,6 +34,7 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,7 +54,7 @@ from core.models import Artifact, Deployment, Model, ModelReplica, ModelVersion
 from core.models import ModelServer as ServerRow
 from core.settings import Settings
 from core.tensor_wire import CONTENT_TYPE, WireError, pack, unpack
-from workers.model_loader import OnnxModel, inference_threads, load_model
+from workers.model_loader import Arrays, OnnxModel, inference_threads, load_model
 from workers.model_plan import DRAINING, FAILED, LOADING, READY, UNLOADING, Held, Wanted, plan
 from workers.model_server_metrics import ModelLabels, ModelServerMetrics
 from workers.runtime import runtime
@@ -86,7 +89,7 @@ class Replica:
     batching: BatchingSettings | None = None
     model: OnnxModel | None = None
     batcher: DynamicBatcher | None = None
-    executor: ThreadPoolExecutor | None = None
+    lanes: Lanes | None = None
     error: str | None = None
 
     def held(self) -> Held:
@@ -147,8 +150,8 @@ class ModelServer:
             *(r.batcher.drain() for r in self.replicas.values() if r.batcher is not None), return_exceptions=True
         )
         for replica in self.replicas.values():
-            if replica.executor is not None:
-                replica.executor.shutdown(wait=False)
+            if replica.lanes is not None:
+                replica.lanes.shutdown()
         with contextlib.suppress(Exception):
             async with self._db() as session:
                 await session.execute(delete(ServerRow).where(ServerRow.id == self.id))
@@ -283,6 +286,7 @@ class ModelServer:
                 signature=deployed.signature,
                 threads=self.threads,
                 warmup_rows=batching.max_batch_size,
+                spinning=self.settings.inference_spinning,
             )
         except Exception as exc:
             log.warning("loading %s failed: %s", replica.labels, exc)
@@ -290,22 +294,24 @@ class ModelServer:
             await self._set_status(replica, FAILED)
             return
         replica.model, replica.error = model, None
-        replica.executor = ThreadPoolExecutor(1, thread_name_prefix=f"onnxruntime-{replica.labels.model}")
+        replica.lanes = Lanes(
+            model.run, self.settings.inference_concurrent_batches, f"onnxruntime-{replica.labels.model}"
+        )
         replica.batching, replica.batcher = batching, self._batcher(replica, batching)
         self.metrics.watch_queue(replica.labels, lambda: replica.batcher.queue_depth if replica.batcher else 0)
         await self._set_status(replica, READY)
         log.info("%s is ready", replica.labels)
 
     def _batcher(self, replica: Replica, batching: BatchingSettings) -> DynamicBatcher:
-        assert replica.model is not None
+        assert replica.lanes is not None
         return DynamicBatcher(
-            replica.model.run,
+            replica.lanes,
             max_batch_size=batching.max_batch_size,
             max_queue_delay_us=batching.max_queue_delay_us,
             max_queue_size=batching.max_queue_size,
             default_timeout_ms=batching.timeout_ms,
+            max_concurrent_batches=self.settings.inference_concurrent_batches,
             observer=self.metrics.observer(replica.labels),
-            executor=replica.executor,
         )
 
     def _rebatch(self, replica: Replica, batching: BatchingSettings) -> None:
@@ -319,8 +325,8 @@ class ModelServer:
     async def _unload(self, replica: Replica) -> None:
         if replica.batcher is not None:
             await replica.batcher.drain()
-        if replica.executor is not None:
-            replica.executor.shutdown(wait=False)
+        if replica.lanes is not None:
+            replica.lanes.shutdown()
         self.replicas.pop(replica.version_id, None)
         self.metrics.forget(replica.labels)
         try:
@@ -378,6 +384,32 @@ class ModelServer:
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "id": self.id, "replicas": len(self.replicas)})
+
+
+class Lanes:
+    """The threads that run one model's batches: a batch goes to the free lane with the lowest number.
+
+    The batcher runs up to ``count`` batches at once (one forms while another runs), each on a lane
+    of its own; at low load every batch runs on lane 0, so one thread keeps the model's caches warm.
+    While a replaced batcher drains next to its successor, a lane may take a second batch.
+    """
+
+    def __init__(self, run: Callable[[Arrays], Arrays], count: int, name: str) -> None:
+        self._run = run
+        self._executors = [ThreadPoolExecutor(1, thread_name_prefix=f"{name}-{lane}") for lane in range(count)]
+        self._in_flight = [0] * count
+
+    async def __call__(self, inputs: Arrays) -> Arrays:
+        lane = min(range(len(self._executors)), key=self._in_flight.__getitem__)
+        self._in_flight[lane] += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executors[lane], self._run, inputs)
+        finally:
+            self._in_flight[lane] -= 1
+
+    def shutdown(self) -> None:
+        for executor in self._executors:
+            executor.shutdown(wait=False)
 
 
 def _db_status(status: str) -> str:

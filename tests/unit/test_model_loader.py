@@ -48,3 +48,10 @@ def test_the_model_call_returns_every_output_by_name():
     assert outputs["label"].tolist() == [2, 0]
     warm = model.run(warmup_inputs({"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}]}, 8))
     assert warm["scores"].shape == (8, 3)
+
+
+def test_threads_spin_only_while_a_run_is_active_and_spinning_can_be_turned_off():
+    spinning = session_options(2)
+    assert spinning.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert spinning.get_session_config_entry("session.force_spinning_stop") == "1"
+    assert session_options(2, spinning=False).get_session_config_entry("session.intra_op.allow_spinning") == "0"

@@ -1,0 +1,48 @@
+"""The model server's lanes: which thread runs each batch; no services."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from workers.model_server import Lanes
+
+
+class Model:
+    """A model call that records its thread and waits until released."""
+
+    def __init__(self) -> None:
+        self.threads: list[str] = []
+        self.release = threading.Event()
+
+    def run(self, inputs: dict) -> dict:
+        self.threads.append(threading.current_thread().name)
+        assert self.release.wait(10)
+        return {"y": inputs["x"]}
+
+
+async def test_at_low_load_every_batch_runs_on_lane_zero():
+    model = Model()
+    model.release.set()
+    lanes = Lanes(model.run, 2, "m")
+    try:
+        for i in range(5):
+            assert await lanes({"x": i}) == {"y": i}
+    finally:
+        lanes.shutdown()
+    assert len(set(model.threads)) == 1 and model.threads[0].startswith("m-0")
+
+
+async def test_concurrent_batches_take_the_free_lanes_and_a_third_shares_the_least_busy():
+    model = Model()
+    lanes = Lanes(model.run, 2, "m")
+    try:
+        running = [asyncio.ensure_future(lanes({"x": i})) for i in range(3)]
+        while len(model.threads) < 2:
+            await asyncio.sleep(0.01)
+        assert sorted(name.split("_")[0] for name in model.threads) == ["m-0", "m-1"]
+        model.release.set()
+        assert [r["y"] for r in await asyncio.gather(*running)] == [0, 1, 2]
+    finally:
+        lanes.shutdown()
+    assert len(model.threads) == 3
