@@ -4,7 +4,7 @@ One :class:`InferenceRouter` per API process (opened in the app's cleanup contex
 
 - the routing table (``api.routing_table``), re-read from Postgres every ``routing_refresh_s``
   by a background task, and on demand (coalesced) when a replica turns a request away;
-- one aiohttp ``ClientSession`` with keep-alive connections to the model servers, and the
+- the keep-alive connections to the model servers (``api.model_server_client``), and the
   count of requests in flight to each (for the choice of replica);
 - the :class:`~api.prediction_recorder.PredictionRecorder`;
 - the model servers' metrics, fetched when the API's ``/metrics`` is scraped.
@@ -38,6 +38,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from api.context import CONTEXT
+from api.model_server_client import ModelServerClient, Unreachable
 from api.prediction_recorder import PredictionRecorder, prediction_row
 from api.routing_table import (
     DeployedRow,
@@ -99,7 +100,8 @@ class InferenceRouter:
 
     def __post_init__(self) -> None:
         self.recorder = PredictionRecorder(self.settings, self.db)
-        self._client: aiohttp.ClientSession | None = None
+        self._client: aiohttp.ClientSession | None = None  # for the servers' /metrics
+        self._servers = ModelServerClient()
         self._in_flight: Counter[str] = Counter()
         self._turns = itertools.count()
         self._refresh_lock = asyncio.Lock()
@@ -123,6 +125,7 @@ class InferenceRouter:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self.recorder.stop()
+        await self._servers.close()
         if self._client is not None:
             await self._client.close()
 
@@ -267,21 +270,16 @@ class InferenceRouter:
     async def _send(
         self, server_id: str, url: str, target: Target, request: InferenceRequest, timeout_ms: int | None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        assert self._client is not None, "the router is not started"
         timeout = effective_timeout_ms(target.batching.timeout_ms if target.batching else 0, timeout_ms)
         body = pack(request.arrays(), {"timeout_ms": timeout})
         # the model server enforces the queue timeout; this only guards against a server that hangs
-        guard = aiohttp.ClientTimeout(total=(timeout / 1000 if timeout else 0) + 300, sock_connect=2)
+        guard_s = (timeout / 1000 if timeout else 0) + 300
         self._in_flight[server_id] += 1
         try:
-            async with self._client.post(
-                f"{url}/v1/infer/{target.version.version_id}",
-                data=body,
-                headers={"Content-Type": CONTENT_TYPE},
-                timeout=guard,
-            ) as response:
-                status, payload = response.status, await response.read()
-        except aiohttp.ClientConnectionError as exc:
+            status, payload = await self._servers.post(
+                url, f"/v1/infer/{target.version.version_id}", body, CONTENT_TYPE, guard_s
+            )
+        except Unreachable as exc:
             log.warning("model server %s at %s unreachable: %s", server_id, url, exc)
             raise _TryElsewhere from exc
         except TimeoutError:
