@@ -97,7 +97,10 @@ class Settings(BaseSettings):
         default=1, gt=0, description="inference workers sharing this machine's cores (sizes the 0 above)"
     )
     inference_concurrent_batches: int = Field(
-        default=2, gt=0, description="batches of one model running at once, each on a thread: one forms while one runs"
+        default=2,
+        gt=0,
+        description="batches of one model running at once (one forms while one runs); above 1, a batch that runs "
+        "next to another gets one thread, from a single-threaded copy of the model's session",
     )
     inference_spinning: bool = Field(
         default=True, description="ONNX Runtime's threads spin between ops while a batch runs (faster), never when idle"

@@ -9,7 +9,10 @@ process may use divided by ``inference_servers_per_host`` (the inference workers
 machine), because a batch is one big ONNX Runtime call and should use every core it fairly
 can. Inter-op parallelism stays at 1: our graphs are chains, and batching already keeps the
 cores busy. The intra-op threads spin between ops only while a run is active (``spinning``):
-between requests they sleep, leaving the cores to the processes that share them.
+between requests they sleep, leaving the cores to the processes that share them. A batch that
+runs while another batch of the same model runs uses a single-threaded twin session instead
+(:class:`OnnxModel`), so a busy server runs one thread per batch and an idle one gives a lone
+request every core.
 """
 
 from __future__ import annotations
@@ -61,14 +64,23 @@ def warmup_inputs(signature: Mapping[str, Any], batch_rows: int) -> Arrays:
 
 @dataclass
 class OnnxModel:
-    """One ONNX Runtime session; :meth:`run` is the dynamic batcher's model call."""
+    """An ONNX Runtime session; :meth:`run` is the dynamic batcher's model call.
+
+    A model that may run several batches at once can also hold a single-threaded twin session
+    (``crowded_session``), for the batches that start while another one runs: two batches that
+    each split every op across the same cores stall each other at every op's barrier, while one
+    thread per batch does not. The twin holds the weights a second time.
+    """
 
     session: ort.InferenceSession
     output_names: list[str]
+    crowded_session: ort.InferenceSession | None = None
 
-    def run(self, inputs: Mapping[str, np.ndarray]) -> Arrays:
+    def run(self, inputs: Mapping[str, np.ndarray], crowded: bool = False) -> Arrays:
+        """The outputs by name; ``crowded``: another batch of this model is running now."""
         feed = {name: _for_onnxruntime(array) for name, array in inputs.items()}
-        return dict(zip(self.output_names, self.session.run(self.output_names, feed), strict=True))
+        session = self.crowded_session if crowded and self.crowded_session is not None else self.session
+        return dict(zip(self.output_names, session.run(self.output_names, feed), strict=True))
 
 
 def _for_onnxruntime(array: np.ndarray) -> np.ndarray:
@@ -100,17 +112,26 @@ def load_model(
     threads: int,
     warmup_rows: int,
     spinning: bool = True,
+    crowded_session: bool = False,
 ) -> OnnxModel:
-    """Download (checking the sha256), open and warm up a model; raises with the reason when it cannot."""
+    """Download (checking the sha256), open and warm up a model; raises with the reason when it cannot.
+
+    ``crowded_session``: also open the single-threaded twin (when ``threads`` > 1), see :class:`OnnxModel`.
+    """
     with tempfile.TemporaryDirectory(prefix="maas-model-") as folder:
         path = Path(folder) / "model.onnx"
         store.download_file(storage_key, path, expected_sha256=sha256)
         session = ort.InferenceSession(
             str(path), sess_options=session_options(threads, spinning=spinning), providers=["CPUExecutionProvider"]
         )
-    model = OnnxModel(session, [output.name for output in session.get_outputs()])
+        twin = None
+        if crowded_session and threads > 1:
+            twin = ort.InferenceSession(str(path), sess_options=session_options(1), providers=["CPUExecutionProvider"])
+    model = OnnxModel(session, [output.name for output in session.get_outputs()], twin)
     try:
         model.run(warmup_inputs(signature, warmup_rows))
+        if twin is not None:
+            model.run(warmup_inputs(signature, warmup_rows), crowded=True)
     except Exception as exc:
         raise RuntimeError(f"the warm-up batch of {warmup_rows} rows failed: {exc}") from exc
     return model

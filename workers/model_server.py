@@ -287,6 +287,7 @@ class ModelServer:
                 threads=self.threads,
                 warmup_rows=batching.max_batch_size,
                 spinning=self.settings.inference_spinning,
+                crowded_session=self.settings.inference_concurrent_batches > 1,
             )
         except Exception as exc:
             log.warning("loading %s failed: %s", replica.labels, exc)
@@ -391,19 +392,22 @@ class Lanes:
 
     The batcher runs up to ``count`` batches at once (one forms while another runs), each on a lane
     of its own; at low load every batch runs on lane 0, so one thread keeps the model's caches warm.
-    While a replaced batcher drains next to its successor, a lane may take a second batch.
+    A batch that starts while another runs is called ``crowded`` (the model then runs it on one
+    thread, see ``workers.model_loader.OnnxModel``). While a replaced batcher drains next to its
+    successor, a lane may take a second batch.
     """
 
-    def __init__(self, run: Callable[[Arrays], Arrays], count: int, name: str) -> None:
+    def __init__(self, run: Callable[[Arrays, bool], Arrays], count: int, name: str) -> None:
         self._run = run
         self._executors = [ThreadPoolExecutor(1, thread_name_prefix=f"{name}-{lane}") for lane in range(count)]
         self._in_flight = [0] * count
 
     async def __call__(self, inputs: Arrays) -> Arrays:
         lane = min(range(len(self._executors)), key=self._in_flight.__getitem__)
+        crowded = any(self._in_flight)
         self._in_flight[lane] += 1
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executors[lane], self._run, inputs)
+            return await asyncio.get_running_loop().run_in_executor(self._executors[lane], self._run, inputs, crowded)
         finally:
             self._in_flight[lane] -= 1
 

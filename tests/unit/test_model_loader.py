@@ -55,3 +55,27 @@ def test_threads_spin_only_while_a_run_is_active_and_spinning_can_be_turned_off(
     assert spinning.get_session_config_entry("session.intra_op.allow_spinning") == "1"
     assert spinning.get_session_config_entry("session.force_spinning_stop") == "1"
     assert session_options(2, spinning=False).get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+class Recording:
+    """A stand-in session that says which one ran."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.calls = name, 0
+
+    def run(self, output_names: list[str], feed: dict) -> list[np.ndarray]:
+        self.calls += 1
+        return [np.full((len(feed["x"]), 1), self.calls, np.float32)]
+
+
+def test_a_crowded_batch_runs_on_the_single_threaded_twin_when_there_is_one():
+    main, twin = Recording("main"), Recording("twin")
+    x = {"x": np.zeros((2, 4), np.float32)}
+    model = OnnxModel(main, ["y"], twin)  # type: ignore[arg-type]
+    model.run(x)
+    model.run(x, crowded=True)
+    model.run(x, crowded=True)
+    assert (main.calls, twin.calls) == (1, 2)
+    alone = OnnxModel(main, ["y"])  # type: ignore[arg-type]
+    alone.run(x, crowded=True)
+    assert main.calls == 2

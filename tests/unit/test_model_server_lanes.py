@@ -13,10 +13,12 @@ class Model:
 
     def __init__(self) -> None:
         self.threads: list[str] = []
+        self.crowded: list[bool] = []
         self.release = threading.Event()
 
-    def run(self, inputs: dict) -> dict:
+    def run(self, inputs: dict, crowded: bool) -> dict:
         self.threads.append(threading.current_thread().name)
+        self.crowded.append(crowded)
         assert self.release.wait(10)
         return {"y": inputs["x"]}
 
@@ -31,9 +33,10 @@ async def test_at_low_load_every_batch_runs_on_lane_zero():
     finally:
         lanes.shutdown()
     assert len(set(model.threads)) == 1 and model.threads[0].startswith("m-0")
+    assert model.crowded == [False] * 5
 
 
-async def test_concurrent_batches_take_the_free_lanes_and_a_third_shares_the_least_busy():
+async def test_concurrent_batches_take_the_free_lanes_are_crowded_and_a_third_shares_the_least_busy():
     model = Model()
     lanes = Lanes(model.run, 2, "m")
     try:
@@ -41,6 +44,7 @@ async def test_concurrent_batches_take_the_free_lanes_and_a_third_shares_the_lea
         while len(model.threads) < 2:
             await asyncio.sleep(0.01)
         assert sorted(name.split("_")[0] for name in model.threads) == ["m-0", "m-1"]
+        assert model.crowded == [False, True]  # the second started while the first ran
         model.release.set()
         assert [r["y"] for r in await asyncio.gather(*running)] == [0, 1, 2]
     finally:
