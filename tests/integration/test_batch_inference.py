@@ -14,26 +14,14 @@ import pytest
 from sqlalchemy import select
 
 from core.models import Job
+from tests.e2e.test_compression_jobs import npz, upload
 from tests.e2e.test_training_jobs import download
-from tests.integration.test_files_api import upload_raw
 from tests.integration.test_jobs_api import create, events, wait_done
 from tests.integration.test_serving import MODELS, deploy, register
 from tests.support.onnx_models import masked_sum
 
 pytestmark = pytest.mark.usefixtures("inference_worker")
 RNG = np.random.default_rng(3)
-
-
-async def upload(api, tenant, data: bytes, filename: str) -> str:
-    response = await upload_raw(api, tenant, data, filename, purpose="dataset")
-    assert response.status == 201, await response.text()
-    return (await response.json())["id"]
-
-
-def npz_bytes(**arrays: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
 
 
 async def finished(api, tenant, spec: dict, timeout_s: float = 90) -> dict:
@@ -47,7 +35,7 @@ async def test_a_multi_input_npz_gives_what_onnx_runtime_gives_with_progress(api
     await register(api, tenant, name, masked_sum())
     ids = RNG.integers(0, 30_000, size=(1000, 8))
     mask = (RNG.random((1000, 8)) > 0.3).astype(np.int32)  # int32 on disk, INT64 in the model
-    file_id = await upload(api, tenant, npz_bytes(input_ids=ids, attention_mask=mask), "tokens.npz")
+    file_id = await upload(api, tenant, npz(input_ids=ids, attention_mask=mask), "tokens.npz", "dataset")
     job = await finished(
         api,
         tenant,
@@ -83,7 +71,7 @@ async def test_a_csv_runs_on_the_deployed_version_into_parquet(api, tenant):
     await deploy(api, tenant, name, 2)
     x = RNG.normal(size=(300, 4)).astype(np.float32)
     lines = ["id,f0,f1,f2,f3"] + [f"{i},{r[0]!r},{r[1]!r},{r[2]!r},{r[3]!r}" for i, r in enumerate(x.tolist())]
-    file_id = await upload(api, tenant, ("\n".join(lines) + "\n").encode(), "rows.csv")
+    file_id = await upload(api, tenant, ("\n".join(lines) + "\n").encode(), "rows.csv", "dataset")
     job = await finished(
         api,
         tenant,
@@ -108,9 +96,9 @@ async def test_bad_batch_specs_are_422_naming_the_field_and_create_nothing(api, 
     pair = "pair-" + RNG.bytes(3).hex()
     await register(api, tenant, name, MODELS[0])
     await register(api, tenant, pair, masked_sum())
-    csv_id = await upload(api, tenant, b"a,b,c,d,label\n1,2,3,4,0\n", "d.csv")
-    wide_id = await upload(api, tenant, b"a,b,c\n1,2,3\n", "w.csv")
-    foreign = await upload(api, other_tenant, b"a,b,c,d\n1,2,3,4\n", "f.csv")
+    csv_id = await upload(api, tenant, b"a,b,c,d,label\n1,2,3,4,0\n", "d.csv", "dataset")
+    wide_id = await upload(api, tenant, b"a,b,c\n1,2,3\n", "w.csv", "dataset")
+    foreign = await upload(api, other_tenant, b"a,b,c,d\n1,2,3,4\n", "f.csv", "dataset")
 
     def spec(model: dict, file_id: str = csv_id, **extra) -> dict:
         return {"model": model, "dataset": {"file_id": file_id}, **extra}
@@ -138,7 +126,7 @@ async def test_bad_batch_specs_are_422_naming_the_field_and_create_nothing(api, 
 async def test_cancel_stops_a_running_batch(api, tenant):
     name = "lin-" + RNG.bytes(3).hex()
     await register(api, tenant, name, MODELS[0])
-    file_id = await upload(api, tenant, npz_bytes(x=RNG.normal(size=(400_000, 4)).astype(np.float32)), "big.npz")
+    file_id = await upload(api, tenant, npz(x=RNG.normal(size=(400_000, 4)).astype(np.float32)), "big.npz", "dataset")
     response = await create(api, tenant, {"type": "batch_inference", "spec": spec_for(name, file_id, chunk_rows=1)})
     job_id = (await response.json())["id"]
     for _ in range(600):
