@@ -126,16 +126,22 @@ def _training_origin(
     return spec.model, dataset, (fraction, spec.hyperparameters.seed) if fraction is not None else None
 
 
+def _not_found(
+    session: Session, tenant_id: str, name: str, version: int | None, name_pointer: str, version_pointer: str
+) -> dict[str, str]:
+    """The problem with a model reference that found no version: no such model, no such version, or
+    (no version named, where the deployed one was wanted) nothing deployed."""
+    if find_version(session, tenant_id, name) is None:
+        return {"pointer": name_pointer, "detail": f"no model {name!r}"}
+    if version is None:
+        return {"pointer": version_pointer, "detail": f"model {name!r} is not deployed: name the version to run"}
+    return {"pointer": version_pointer, "detail": f"model {name!r} has no version {version}"}
+
+
 def _version_source(session: Session, tenant_id: str, source: SourceSpec) -> tuple[ResolvedSource | None, list]:
     version = find_version(session, tenant_id, source.model, source.version)
     if version is None:
-        missing = find_version(session, tenant_id, source.model) is not None and source.version is not None
-        pointer, what = (
-            ("/source/version", f"model {source.model!r} has no version {source.version}")
-            if missing
-            else ("/source/model", f"no model {source.model!r}")
-        )
-        return None, [{"pointer": pointer, "detail": what}]
+        return None, [_not_found(session, tenant_id, source.model, source.version, "/source/model", "/source/version")]
     zoo, dataset, split = _training_origin(session, version)
     weights = None
     if zoo is not None and version.source_job_id:
@@ -304,14 +310,7 @@ def find_batch_sources(
         version = find_version(session, tenant_id, ref.name, ref.version)
     problems: list[dict[str, str]] = []
     if version is None:
-        if find_version(session, tenant_id, ref.name) is None:
-            problems.append({"pointer": "/model/name", "detail": f"no model {ref.name!r}"})
-        elif ref.version is None:
-            problems.append(
-                {"pointer": "/model/version", "detail": f"model {ref.name!r} is not deployed: name the version to run"}
-            )
-        else:
-            problems.append({"pointer": "/model/version", "detail": f"model {ref.name!r} has no version {ref.version}"})
+        problems.append(_not_found(session, tenant_id, ref.name, ref.version, "/model/name", "/model/version"))
     file, found = _dataset_file(session, tenant_id, spec.dataset.file_id, "/dataset/file_id")
     problems += found
     if version is None or file is None:
