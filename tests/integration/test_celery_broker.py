@@ -11,7 +11,8 @@ from collections.abc import Iterator
 import pytest
 
 from core.settings import to_env
-from tests.support.processes import start, stop, wait_for
+from tests.support.eventually import eventually
+from tests.support.processes import start, stop
 from workers.celery_app import QUEUES, create_celery
 
 pytestmark = pytest.mark.broker
@@ -46,7 +47,7 @@ def worker(request, services, settings, tmp_path) -> Iterator:
         tmp_path / "worker.log",
     )
     try:
-        wait_for(
+        eventually(
             lambda: bool(app.control.ping([hostname], timeout=0.5)) or process.poll() is not None,
             60,
             "the worker to answer ping",
@@ -63,7 +64,7 @@ def test_every_queue_is_consumed(worker):
     for queue in QUEUES:
         app.send_task("tests.touch", args=[str(tmp / queue), queue], queue=queue)
     for queue in QUEUES:
-        wait_for((tmp / queue).exists, 30, f"the task sent to queue {queue}")
+        eventually((tmp / queue).exists, 30, f"the task sent to queue {queue}")
         assert (tmp / queue).read_text() == queue
 
 
@@ -71,7 +72,7 @@ def test_task_of_a_killed_process_is_delivered_again(worker):
     app, process, tmp = worker
     marker, done = tmp / "first-attempt", tmp / "done"
     app.send_task("tests.die_once", args=[str(marker), str(done)], queue="training")
-    wait_for(done.exists, 60, "the redelivered task to finish")
+    eventually(done.exists, 60, "the redelivered task to finish")
     assert marker.read_text() != done.read_text(), "the second attempt ran in a new process"
     assert process.poll() is None, "the worker survives the loss of its child"
     log = (tmp / "worker.log").read_text()

@@ -8,9 +8,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
+
+from tests.support.eventually import eventually
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -44,15 +44,6 @@ def stop(process: subprocess.Popen, grace_s: float = 10) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
-def wait_for(condition: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(interval_s)
-    raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
-
-
 class Worker:
     """A real Celery worker process (``python -m workers``) with the test job types loaded."""
 
@@ -81,7 +72,7 @@ class Worker:
             to_env(settings),
             log_path,
         )
-        wait_for(
+        eventually(
             lambda: self.process.poll() is not None or bool(self.app.control.ping([self.hostname], timeout=0.5)),
             60,
             f"worker {self.hostname} to answer ping",

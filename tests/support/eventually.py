@@ -1,0 +1,49 @@
+"""``eventually``: wait until a condition holds, instead of sleeping and hoping.
+
+Sync and async flavours share one contract: call ``predicate`` every ``interval_s`` until it
+returns something truthy (that value is returned) or ``timeout`` passes, then fail with
+``what`` and the last value seen, so a timed-out test says what it was waiting for.
+
+``eventually_async`` sleeps with ``asyncio.sleep``, so the event loop (and an API served on it)
+keeps running while it waits; its predicate may be a coroutine function or a plain function.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class NotYet(AssertionError):
+    """The condition did not hold within the timeout."""
+
+
+def eventually(predicate: Callable[[], T], timeout: float = 30.0, what: str = "", interval_s: float = 0.1) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise NotYet(f"timed out after {timeout}s waiting for {what or predicate}; last value: {value!r}")
+        time.sleep(interval_s)
+
+
+async def eventually_async(
+    predicate: Callable[[], Awaitable[T] | T], timeout: float = 30.0, what: str = "", interval_s: float = 0.1
+) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise NotYet(f"timed out after {timeout}s waiting for {what or predicate}; last value: {value!r}")
+        await asyncio.sleep(interval_s)
