@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
-from tests.integration.training.conftest import run_training, training_spec
+from tests.support.training_runs import run_training, training_spec
 
 FILE_DATASET = {"file_id": "file_01abc"}
 

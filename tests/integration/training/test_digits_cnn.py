@@ -7,7 +7,7 @@ from pathlib import Path
 import onnx
 import pytest
 
-from tests.integration.training.conftest import run_training
+from tests.support.training_runs import run_training
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.training.conftest import Run, assert_same_params, run_training, training_spec
+from tests.support.training_runs import Run, assert_same_params, run_training, training_spec
 
 
 @pytest.mark.slow

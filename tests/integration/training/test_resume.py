@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from tests.integration.training.conftest import (
+from tests.support.training_runs import (
     REPO,
     RUN_TIMEOUT_S,
     command,
