@@ -6,8 +6,6 @@ fails the job with the numbers and registers nothing; a cancel stops a running d
 
 from __future__ import annotations
 
-import asyncio
-import io
 import json
 
 import numpy as np
@@ -19,10 +17,10 @@ from safetensors.torch import save
 from sklearn.datasets import load_digits
 
 from compression.finetune import finetune
-from tests.e2e.test_training_jobs import download
-from tests.integration.test_files_api import upload_raw
-from tests.integration.test_jobs_api import create, events, wait_done
-from tests.integration.test_models_api import tiny_onnx
+from tests.support.api import create_job, download_artifact, job_artifacts, job_events, run_job, upload, wait_done
+from tests.support.datasets import npz
+from tests.support.eventually import eventually_async
+from tests.support.onnx_models import tiny_onnx
 from tests.support.processes import Worker
 from training.spec import MLPSpec
 from training.zoo import build_model
@@ -58,28 +56,10 @@ def state_dict() -> bytes:
     return save({name: t.contiguous() for name, t in model.state_dict().items()})
 
 
-async def upload(api, tenant, data: bytes, filename: str, purpose: str) -> str:
-    response = await upload_raw(api, tenant, data, filename, purpose=purpose)
-    assert response.status == 201, await response.text()
-    return (await response.json())["id"]
-
-
-def npz(**arrays: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    return buffer.getvalue()
-
-
 async def succeeded(api, tenant, body: dict, timeout_s: float = 300) -> dict:
-    response = await create(api, tenant, body)
-    assert response.status == 201, await response.text()
-    job = await wait_done(api, tenant, (await response.json())["id"], timeout_s=timeout_s)
+    job = await run_job(api, tenant, body, timeout_s=timeout_s)
     assert job["status"] == "succeeded", json.dumps(job, indent=1)[-3000:]
     return job
-
-
-async def artifacts_of(api, tenant, job_id: str) -> list[dict]:
-    return (await (await api.get(f"/v1/jobs/{job_id}/artifacts", headers=tenant.headers)).json())["data"]
 
 
 async def version(api, tenant, name: str, number: int) -> dict:
@@ -138,24 +118,26 @@ async def test_a_trained_model_pruned_and_quantized_becomes_a_new_version(
     assert job["metrics"]["accuracy"] == quantized["accuracy"]
     assert job["result"]["report"]["overall"]["onnx_bytes_ratio"] < 0.6
 
-    history = await events(api, tenant, job["id"])
+    history = await job_events(api, tenant, job["id"])
     progress = [e["data"] for e in history if e["type"] == "progress"]
     assert [p["stage"] for p in progress if p.get("status") == "measured"] == ["1. prune", "2. quantize"]
     assert [p["epoch"] for p in progress if "epoch" in p] == [1, 2]
     assert any("held out (fraction 0.2, seed 0)" in e["message"] for e in history if e["type"] == "log")
 
-    artifacts = {(a["kind"], a["name"]): a for a in await artifacts_of(api, tenant, job["id"])}
+    artifacts = {(a["kind"], a["name"]): a for a in await job_artifacts(api, tenant, job["id"])}
     assert set(artifacts) == {
         ("model", "model.onnx"),
         ("report", "report.json"),
         ("report", "report.md"),
         ("plot", "report.png"),
     }
-    report = json.loads(await download(api, tenant, artifacts[("report", "report.json")]["id"]))
+    report = json.loads(await download_artifact(api, tenant, artifacts[("report", "report.json")]["id"]))
     assert report["stages"][1]["details"]["sparsity"] >= 0.49
-    assert (await download(api, tenant, artifacts[("report", "report.md")]["id"])).startswith(b"# Compression report")
-    assert (await download(api, tenant, artifacts[("plot", "report.png")]["id"]))[:4] == b"\x89PNG"
-    (tmp_path / "model.onnx").write_bytes(await download(api, tenant, job["result"]["artifacts"]["model"]))
+    assert (await download_artifact(api, tenant, artifacts[("report", "report.md")]["id"])).startswith(
+        b"# Compression report"
+    )
+    assert (await download_artifact(api, tenant, artifacts[("plot", "report.png")]["id"]))[:4] == b"\x89PNG"
+    (tmp_path / "model.onnx").write_bytes(await download_artifact(api, tenant, job["result"]["artifacts"]["model"]))
     graph = onnx.load(str(tmp_path / "model.onnx"))
     assert "QuantizeLinear" in {node.op_type for node in graph.graph.node}
     digits = load_digits()
@@ -189,7 +171,7 @@ async def test_an_uploaded_state_dict_is_shrunk_and_can_be_compressed_again(
     source, narrow = job["result"]["report"]["stages"]
     assert narrow["parameters"] == 64 * 16 + 16 + 16 * 10 + 10 < source["parameters"]
     assert narrow["latency_p50_ms"] is None
-    kinds = {a["kind"] for a in await artifacts_of(api, tenant, job["id"])}
+    kinds = {a["kind"] for a in await job_artifacts(api, tenant, job["id"])}
     assert "weights" in kinds
     made = await version(api, tenant, "digits-mlp-narrow", 1)
     assert made["lineage"]["parent"] == {"file_id": file_id}
@@ -204,7 +186,7 @@ async def test_an_uploaded_state_dict_is_shrunk_and_can_be_compressed_again(
         "measurement": {"speed": False},
         "accuracy_floor": {"max_drop": None},
     }
-    refused = await create(api, tenant, {"type": "compression", "spec": {**again, "passes": [too_big]}})
+    refused = await create_job(api, tenant, {"type": "compression", "spec": {**again, "passes": [too_big]}})
     assert refused.status == 422
     assert [e["pointer"] for e in (await refused.json())["errors"]] == ["/spec/passes/0/student"]
     student = {"kind": "distill", "student": {"arch": "mlp", "hidden": [8]}, "epochs": 4, "lr": 0.01}
@@ -261,7 +243,7 @@ async def test_bad_compression_specs_are_422_before_anything_is_created(api, ten
         ({"source": {"model": "tiny"}, "passes": [quantize]}, "/spec/eval/builtin"),  # 4 inputs, not 64
     ]
     for spec, pointer in cases:
-        response = await create(api, tenant, {"type": "compression", "spec": {**base, **spec}})
+        response = await create_job(api, tenant, {"type": "compression", "spec": {**base, **spec}})
         assert response.status == 422, (pointer, await response.text())
         assert pointer in [e["pointer"] for e in (await response.json())["errors"]], (pointer, await response.text())
     listed = await (await api.get("/v1/jobs", params={"type": "compression"}, headers=tenant.headers)).json()
@@ -279,7 +261,7 @@ async def test_a_pass_below_the_accuracy_floor_fails_the_job_with_the_numbers(
         "accuracy_floor": {"max_drop": 0.05},
         "register_as": "digits-mlp-broken",
     }
-    job = await (await create(api, tenant, {"type": "compression", "spec": spec})).json()
+    job = await (await create_job(api, tenant, {"type": "compression", "spec": spec})).json()
     done = await wait_done(api, tenant, job["id"], timeout_s=300)
     assert done["status"] == "failed", done
     error = done["error"]
@@ -290,7 +272,7 @@ async def test_a_pass_below_the_accuracy_floor_fails_the_job_with_the_numbers(
     assert "below the floor" in error["message"]
     missing = await api.get("/v1/models/digits-mlp-broken/versions", headers=tenant.headers)
     assert missing.status == 404
-    assert not [a for a in await artifacts_of(api, tenant, job["id"]) if a["kind"] == "model"]
+    assert not [a for a in await job_artifacts(api, tenant, job["id"]) if a["kind"] == "model"]
 
 
 async def test_cancel_stops_a_running_distillation(api, tenant, compression_worker, state_dict):
@@ -301,13 +283,12 @@ async def test_cancel_stops_a_running_distillation(api, tenant, compression_work
         "dataset": {"builtin": "digits"},
         "eval": {"builtin": "digits"},
     }
-    job = await (await create(api, tenant, {"type": "compression", "spec": spec})).json()
-    for _ in range(1200):
-        if any("epoch" in e["data"] for e in await events(api, tenant, job["id"]) if e["type"] == "progress"):
-            break
-        await asyncio.sleep(0.1)
-    else:
-        raise AssertionError("the distillation never reported an epoch")
+    job = await (await create_job(api, tenant, {"type": "compression", "spec": spec})).json()
+
+    async def an_epoch() -> bool:
+        return any("epoch" in e["data"] for e in await job_events(api, tenant, job["id"]) if e["type"] == "progress")
+
+    await eventually_async(an_epoch, 120, "the distillation to report an epoch")
     await api.post(f"/v1/jobs/{job['id']}/cancel", headers=tenant.headers)
     done = await wait_done(api, tenant, job["id"], timeout_s=30)
     assert done["status"] == "canceled"

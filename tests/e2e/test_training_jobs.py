@@ -4,20 +4,25 @@ version; bad specs are refused before anything runs; a diverging run fails with 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import io
-
-import aiohttp
 import numpy as np
 import onnx
 import onnxruntime as ort
 import psutil
 import pytest
-from sklearn.datasets import load_digits
 
-from tests.integration.test_jobs_api import create, events, wait_done
+from tests.support.api import (
+    create_job,
+    download_artifact,
+    job_artifacts,
+    job_events,
+    upload,
+    upload_raw,
+    wait_done,
+)
+from tests.support.datasets import digits_bytes, npz
+from tests.support.eventually import eventually_async
 from tests.support.processes import Worker
+from tests.support.training_runs import ranks_of, running
 
 pytestmark = pytest.mark.slow
 
@@ -32,35 +37,8 @@ def training_worker(settings, tmp_path_factory):
     worker.stop()
 
 
-def digits_bytes() -> tuple[bytes, np.ndarray, np.ndarray]:
-    digits = load_digits()
-    x, y = (digits.data / 16.0).astype(np.float32), digits.target.astype(np.int64)
-    buffer = io.BytesIO()
-    np.savez(buffer, X=x, y=y)
-    return buffer.getvalue(), x, y
-
-
-async def upload_digits(api, tenant) -> str:
-    data, _, _ = digits_bytes()
-    response = await api.post(
-        "/v1/files",
-        params={"purpose": "dataset", "filename": "digits.npz"},
-        data=data,
-        headers={**tenant.headers, "Content-Type": "application/octet-stream"},
-    )
-    assert response.status == 201, await response.text()
-    return (await response.json())["id"]
-
-
-async def download(api, tenant, artifact_id: str) -> bytes:
-    link = await (await api.get(f"/v1/artifacts/{artifact_id}", headers=tenant.headers)).json()
-    async with aiohttp.ClientSession() as plain, plain.get(link["download_url"]) as response:
-        assert response.status == 200
-        return await response.read()
-
-
 async def test_a_digits_cnn_trained_with_ddp_on_two_processes(api, tenant, training_worker, tmp_path):
-    file_id = await upload_digits(api, tenant)
+    file_id = await upload(api, tenant, digits_bytes()[0], "digits.npz")
     spec = {
         "model": CNN,
         "dataset": {"file_id": file_id},
@@ -70,7 +48,7 @@ async def test_a_digits_cnn_trained_with_ddp_on_two_processes(api, tenant, train
         "checkpoint_every_steps": 200,
         "register_as": "digits-cnn",
     }
-    response = await create(api, tenant, {"type": "training", "spec": spec})
+    response = await create_job(api, tenant, {"type": "training", "spec": spec})
     assert response.status == 201, await response.text()
     job = await wait_done(api, tenant, (await response.json())["id"], timeout_s=600)
     assert job["status"] == "succeeded", job
@@ -80,24 +58,21 @@ async def test_a_digits_cnn_trained_with_ddp_on_two_processes(api, tenant, train
     assert job["metrics"]["val_accuracy"] == metrics["val_accuracy"]
     assert job["progress"]["step"] == job["progress"]["total_steps"]
 
-    history = await events(api, tenant, job["id"])
+    history = await job_events(api, tenant, job["id"])
     progress = [e for e in history if e["type"] == "progress"]
     assert progress and {"loss", "accuracy", "samples_per_s", "epoch"} <= set(progress[0]["data"])
     assert [e["data"]["step"] for e in history if e["type"] == "checkpoint"][:2] == [200, 400]
 
-    artifacts = {
-        a["kind"]: a
-        for a in (await (await api.get(f"/v1/jobs/{job['id']}/artifacts", headers=tenant.headers)).json())["data"]
-    }
+    artifacts = {a["kind"]: a for a in await job_artifacts(api, tenant, job["id"])}
     assert {"model", "plot", "weights", "checkpoint"} <= set(artifacts)
-    model_bytes = await download(api, tenant, job["result"]["artifacts"]["model"])
+    model_bytes = await download_artifact(api, tenant, job["result"]["artifacts"]["model"])
     (tmp_path / "model.onnx").write_bytes(model_bytes)
     onnx.checker.check_model(str(tmp_path / "model.onnx"))
     _, x, y = digits_bytes()
     session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     logits = session.run(None, {session.get_inputs()[0].name: x})[0]
     assert (logits.argmax(1) == y).mean() >= 0.97
-    assert (await download(api, tenant, job["result"]["artifacts"]["curves"]))[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (await download_artifact(api, tenant, job["result"]["artifacts"]["curves"]))[:8] == b"\x89PNG\r\n\x1a\n"
 
     version = await (await api.get("/v1/models/digits-cnn/versions/1", headers=tenant.headers)).json()
     assert version["lineage"]["source_job_id"] == job["id"]
@@ -106,7 +81,7 @@ async def test_a_digits_cnn_trained_with_ddp_on_two_processes(api, tenant, train
 
 
 async def test_bad_training_specs_are_422_before_anything_runs(api, tenant, other_tenant, settings):
-    file_id = await upload_digits(api, tenant)
+    file_id = await upload(api, tenant, digits_bytes()[0], "digits.npz")
     base = {
         "model": CNN,
         "dataset": {"file_id": file_id},
@@ -132,18 +107,13 @@ async def test_bad_training_specs_are_422_before_anything_runs(api, tenant, othe
         ({**base, "dataset": {"file_id": "file_" + "0" * 26}}, "/spec/dataset/file_id"),
     ]
     for spec, pointer in cases:
-        response = await create(api, tenant, {"type": "training", "spec": spec})
+        response = await create_job(api, tenant, {"type": "training", "spec": spec})
         assert response.status == 422, (pointer, await response.text())
         assert pointer in [e["pointer"] for e in (await response.json())["errors"]], pointer
-    foreign = await create(api, other_tenant, {"type": "training", "spec": base})
+    foreign = await create_job(api, other_tenant, {"type": "training", "spec": base})
     assert foreign.status == 422
-    csv = await api.post(
-        "/v1/files",
-        params={"purpose": "dataset", "filename": "d.csv"},
-        data=b"a,b\n1,2\n3,4\n",
-        headers={**tenant.headers, "Content-Type": "application/octet-stream"},
-    )
-    no_label = await create(
+    csv = await upload_raw(api, tenant, b"a,b\n1,2\n3,4\n", "d.csv")
+    no_label = await create_job(
         api,
         tenant,
         {
@@ -159,41 +129,16 @@ async def test_bad_training_specs_are_422_before_anything_runs(api, tenant, othe
 
 async def test_a_diverging_run_fails_with_nan_loss(api, tenant, training_worker):
     x = np.random.default_rng(0).normal(size=(200, 8)).astype(np.float32) * 1e30
-    buffer = io.BytesIO()
-    np.savez(buffer, X=x, y=np.arange(200) % 2)
-    upload = await api.post(
-        "/v1/files",
-        params={"purpose": "dataset", "filename": "huge.npz"},
-        data=buffer.getvalue(),
-        headers={**tenant.headers, "Content-Type": "application/octet-stream"},
-    )
+    huge = await upload_raw(api, tenant, npz(X=x, y=np.arange(200) % 2), "huge.npz")
     spec = {
         "model": {"arch": "mlp", "hidden": [16]},
-        "dataset": {"file_id": (await upload.json())["id"]},
+        "dataset": {"file_id": (await huge.json())["id"]},
         "hyperparameters": {"epochs": 1, "batch_size": 16, "optimizer": "sgd", "lr": 0.5},
     }
-    job = await (await create(api, tenant, {"type": "training", "spec": spec})).json()
+    job = await (await create_job(api, tenant, {"type": "training", "spec": spec})).json()
     done = await wait_done(api, tenant, job["id"], timeout_s=120)
     assert done["status"] == "failed"
     assert done["error"]["code"] == "nan_loss"
-
-
-def _running(process: psutil.Process) -> bool:
-    try:
-        return process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
-def _ranks_of(worker: Worker) -> list[psutil.Process]:
-    """The training processes (not torchrun itself) under a worker."""
-    ranks = []
-    for process in psutil.Process(worker.process.pid).children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            cmdline = " ".join(process.cmdline())
-            if "training.run" in cmdline and "torch.distributed.run" not in cmdline:
-                ranks.append(process)
-    return ranks
 
 
 async def _started_training(api, tenant, worker: Worker, epochs: int) -> tuple[str, list[psutil.Process]]:
@@ -203,12 +148,13 @@ async def _started_training(api, tenant, worker: Worker, epochs: int) -> tuple[s
         "strategy": {"kind": "ddp", "nproc_per_node": 2},
         "hyperparameters": {"epochs": epochs, "batch_size": 32},
     }
-    job = await (await create(api, tenant, {"type": "training", "spec": spec})).json()
-    for _ in range(600):
-        if any(e["type"] == "progress" for e in await events(api, tenant, job["id"])):
-            return job["id"], _ranks_of(worker)
-        await asyncio.sleep(0.1)
-    raise AssertionError("training never started")
+    job = await (await create_job(api, tenant, {"type": "training", "spec": spec})).json()
+
+    async def progressing() -> bool:
+        return any(e["type"] == "progress" for e in await job_events(api, tenant, job["id"]))
+
+    await eventually_async(progressing, 60, "training to start")
+    return job["id"], ranks_of(worker)
 
 
 async def test_cancel_stops_every_rank(api, tenant, training_worker):
@@ -217,11 +163,12 @@ async def test_cancel_stops_every_rank(api, tenant, training_worker):
     await api.post(f"/v1/jobs/{job_id}/cancel", headers=tenant.headers)
     done = await wait_done(api, tenant, job_id, timeout_s=30)
     assert done["status"] == "canceled"
-    for _ in range(50):
-        if not [p for p in ranks if _running(p)]:
-            break
-        await asyncio.sleep(0.1)
-    assert not [p.pid for p in ranks if _running(p)]
+    await eventually_async(
+        lambda: not [p for p in ranks if running(p)],
+        5,
+        lambda: f"every rank to stop: {[p.pid for p in ranks if running(p)]} still run",
+    )
+    assert not [p.pid for p in ranks if running(p)]
 
 
 async def test_a_crashed_rank_fails_the_job_with_the_log_tail(api, tenant, training_worker):

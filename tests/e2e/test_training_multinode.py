@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.test_jobs_api import create, events, wait_done
+from tests.support.api import create_job, job_events, wait_done
 from tests.support.processes import Worker
 
 pytestmark = pytest.mark.slow
@@ -22,12 +22,12 @@ async def test_two_nodes_train_one_model(api, tenant, settings, tmp_path):
             "hyperparameters": {"epochs": 3, "batch_size": 32},
             "checkpoint_every_steps": 50,
         }
-        job = await (await create(api, tenant, {"type": "training", "spec": spec})).json()
+        job = await (await create_job(api, tenant, {"type": "training", "spec": spec})).json()
         done = await wait_done(api, tenant, job["id"], timeout_s=300)
     finally:
         for worker in workers:
             worker.stop()
-    history = await events(api, tenant, job["id"])
+    history = await job_events(api, tenant, job["id"])
     assert done["status"] == "succeeded", (done, [e["message"] for e in history][-30:])
     assert done["result"]["metrics"]["val_accuracy"] > 0.8
     assert any(e["message"].startswith("node 0 of 2: rendezvous at") for e in history)

@@ -8,15 +8,17 @@ import asyncio
 import psutil
 import pytest
 
-from tests.e2e.test_training_jobs import _ranks_of, upload_digits
-from tests.integration.test_jobs_api import create, events, wait_done
+from tests.support.api import create_job, job_events, upload, wait_done
+from tests.support.datasets import digits_bytes
+from tests.support.eventually import eventually_async
 from tests.support.processes import Worker
+from tests.support.training_runs import ranks_of
 
 pytestmark = pytest.mark.slow
 
 
 async def test_a_worker_killed_during_training_resumes_from_its_checkpoint(api, tenant, settings, tmp_path):
-    file_id = await upload_digits(api, tenant)
+    file_id = await upload(api, tenant, digits_bytes()[0], "digits.npz")
     spec = {
         "model": {"arch": "mlp", "hidden": [128, 64]},
         "dataset": {"file_id": file_id},
@@ -26,15 +28,14 @@ async def test_a_worker_killed_during_training_resumes_from_its_checkpoint(api, 
     }
     first = Worker(settings, "training", tmp_path / "first.log", concurrency=1)
     try:
-        job = await (await create(api, tenant, {"type": "training", "spec": spec})).json()
-        for _ in range(1200):
-            if any(e["type"] == "checkpoint" for e in await events(api, tenant, job["id"])):
-                break
-            await asyncio.sleep(0.1)
-        else:
-            raise AssertionError("no checkpoint was ever written")
+        job = await (await create_job(api, tenant, {"type": "training", "spec": spec})).json()
+
+        async def checkpointed() -> bool:
+            return any(e["type"] == "checkpoint" for e in await job_events(api, tenant, job["id"]))
+
+        await eventually_async(checkpointed, 120, "a checkpoint to be written")
         tree = psutil.Process(first.process.pid).children(recursive=True)
-        assert len(_ranks_of(first)) == 2
+        assert len(ranks_of(first)) == 2
         first.kill()
     finally:
         first.stop()
@@ -48,7 +49,7 @@ async def test_a_worker_killed_during_training_resumes_from_its_checkpoint(api, 
         second.stop()
     assert done["status"] == "succeeded", done
     assert done["attempts"] == 2
-    history = await events(api, tenant, job["id"])
+    history = await job_events(api, tenant, job["id"])
     resumed = [e for e in history if e["type"] == "log" and e["message"].startswith("resuming from checkpoint")]
     assert len(resumed) == 1 and resumed[0]["data"]["resumed_from_step"] >= 100
     first_progress_after_resume = next(e for e in history[history.index(resumed[0]) :] if e["type"] == "progress")

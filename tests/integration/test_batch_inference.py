@@ -4,7 +4,6 @@ default, progress is reported, bad specs are 422s that create nothing, and a can
 
 from __future__ import annotations
 
-import asyncio
 import io
 
 import numpy as np
@@ -14,25 +13,33 @@ import pytest
 from sqlalchemy import select
 
 from core.models import Job
-from tests.e2e.test_compression_jobs import npz, upload
-from tests.e2e.test_training_jobs import download
-from tests.integration.test_jobs_api import create, events, wait_done
-from tests.integration.test_serving import MODELS, deploy, register
-from tests.support.onnx_models import masked_sum
+from tests.support.api import (
+    create_job,
+    deploy,
+    download_artifact,
+    get_job,
+    job_artifacts,
+    job_events,
+    register_version,
+    run_job,
+    upload,
+    wait_done,
+)
+from tests.support.datasets import npz
+from tests.support.eventually import eventually_async
+from tests.support.onnx_models import LINEAR_MODELS, masked_sum
 
 pytestmark = pytest.mark.usefixtures("inference_worker")
 RNG = np.random.default_rng(3)
 
 
 async def finished(api, tenant, spec: dict, timeout_s: float = 90) -> dict:
-    response = await create(api, tenant, {"type": "batch_inference", "spec": spec})
-    assert response.status == 201, await response.text()
-    return await wait_done(api, tenant, (await response.json())["id"], timeout_s=timeout_s)
+    return await run_job(api, tenant, {"type": "batch_inference", "spec": spec}, timeout_s=timeout_s)
 
 
 async def test_a_multi_input_npz_gives_what_onnx_runtime_gives_with_progress(api, tenant):
     name = "pair-" + RNG.bytes(3).hex()
-    await register(api, tenant, name, masked_sum())
+    await register_version(api, tenant, name, masked_sum())
     ids = RNG.integers(0, 30_000, size=(1000, 8))
     mask = (RNG.random((1000, 8)) > 0.3).astype(np.int32)  # int32 on disk, INT64 in the model
     file_id = await upload(api, tenant, npz(input_ids=ids, attention_mask=mask), "tokens.npz", "dataset")
@@ -51,23 +58,23 @@ async def test_a_multi_input_npz_gives_what_onnx_runtime_gives_with_progress(api
     assert job["progress"]["step"] == 1000 and job["progress"]["total_steps"] == 1000
     assert job["metrics"]["rows"] == 1000
 
-    with np.load(io.BytesIO(await download(api, tenant, result["artifact"]["id"]))) as out:
+    with np.load(io.BytesIO(await download_artifact(api, tenant, result["artifact"]["id"]))) as out:
         masked, total = ort.InferenceSession(masked_sum(), providers=["CPUExecutionProvider"]).run(
             None, {"ids": ids, "mask": mask.astype(np.int64)}
         )
         np.testing.assert_array_equal(out["masked"], masked)
         np.testing.assert_array_equal(out["total"], total)
-    progress = [e for e in await events(api, tenant, job["id"]) if e["type"] == "progress"]
+    progress = [e for e in await job_events(api, tenant, job["id"]) if e["type"] == "progress"]
     assert progress and progress[-1]["data"]["step"] == 1000
     assert [e["data"]["step"] for e in progress] == sorted(e["data"]["step"] for e in progress)
-    artifacts = await (await api.get(f"/v1/jobs/{job['id']}/artifacts", headers=tenant.headers)).json()
-    assert [(a["kind"], a["name"]) for a in artifacts["data"]] == [("predictions", "predictions.npz")]
+    artifacts = await job_artifacts(api, tenant, job["id"])
+    assert [(a["kind"], a["name"]) for a in artifacts] == [("predictions", "predictions.npz")]
 
 
 async def test_a_csv_runs_on_the_deployed_version_into_parquet(api, tenant):
     name = "lin-" + RNG.bytes(3).hex()
-    await register(api, tenant, name, MODELS[0])
-    await register(api, tenant, name, MODELS[1])
+    await register_version(api, tenant, name, LINEAR_MODELS[0])
+    await register_version(api, tenant, name, LINEAR_MODELS[1])
     await deploy(api, tenant, name, 2)
     x = RNG.normal(size=(300, 4)).astype(np.float32)
     lines = ["id,f0,f1,f2,f3"] + [f"{i},{r[0]!r},{r[1]!r},{r[2]!r},{r[3]!r}" for i, r in enumerate(x.tolist())]
@@ -84,18 +91,18 @@ async def test_a_csv_runs_on_the_deployed_version_into_parquet(api, tenant):
     )
     assert job["status"] == "succeeded", job
     assert job["result"]["model"]["version"] == 2  # the deployed one
-    table = pq.read_table(io.BytesIO(await download(api, tenant, job["result"]["artifact"]["id"])))
+    table = pq.read_table(io.BytesIO(await download_artifact(api, tenant, job["result"]["artifact"]["id"])))
     assert table.column_names == ["scores"]
     scores = np.array(table.column("scores").to_pylist(), dtype=np.float32)
-    session = ort.InferenceSession(MODELS[1], providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(LINEAR_MODELS[1], providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(scores, session.run(["scores"], {"x": x})[0], rtol=1e-6)
 
 
 async def test_bad_batch_specs_are_422_naming_the_field_and_create_nothing(api, tenant, other_tenant, db):
     name = "lin-" + RNG.bytes(3).hex()
     pair = "pair-" + RNG.bytes(3).hex()
-    await register(api, tenant, name, MODELS[0])
-    await register(api, tenant, pair, masked_sum())
+    await register_version(api, tenant, name, LINEAR_MODELS[0])
+    await register_version(api, tenant, pair, masked_sum())
     csv_id = await upload(api, tenant, b"a,b,c,d,label\n1,2,3,4,0\n", "d.csv", "dataset")
     wide_id = await upload(api, tenant, b"a,b,c\n1,2,3\n", "w.csv", "dataset")
     foreign = await upload(api, other_tenant, b"a,b,c,d\n1,2,3,4\n", "f.csv", "dataset")
@@ -115,7 +122,7 @@ async def test_bad_batch_specs_are_422_naming_the_field_and_create_nothing(api, 
         (spec({"name": name, "version": 1}, output={"format": "hdf5"}), "/spec/output/format", ""),
     ]
     for body, pointer, words in cases:
-        response = await create(api, tenant, {"type": "batch_inference", "spec": body})
+        response = await create_job(api, tenant, {"type": "batch_inference", "spec": body})
         assert response.status == 422, (body, await response.text())
         errors = (await response.json())["errors"]
         assert any(e["pointer"] == pointer and words in e["detail"] for e in errors), (pointer, errors)
@@ -125,21 +132,22 @@ async def test_bad_batch_specs_are_422_naming_the_field_and_create_nothing(api, 
 
 async def test_cancel_stops_a_running_batch(api, tenant):
     name = "lin-" + RNG.bytes(3).hex()
-    await register(api, tenant, name, MODELS[0])
+    await register_version(api, tenant, name, LINEAR_MODELS[0])
     file_id = await upload(api, tenant, npz(x=RNG.normal(size=(400_000, 4)).astype(np.float32)), "big.npz", "dataset")
-    response = await create(api, tenant, {"type": "batch_inference", "spec": spec_for(name, file_id, chunk_rows=1)})
+    response = await create_job(api, tenant, {"type": "batch_inference", "spec": spec_for(name, file_id, chunk_rows=1)})
     job_id = (await response.json())["id"]
-    for _ in range(600):
-        job = await (await api.get(f"/v1/jobs/{job_id}", headers=tenant.headers)).json()
-        if job["progress"] and job["progress"]["step"]:
-            break
-        await asyncio.sleep(0.1)
+    job: dict = {}
+
+    async def started() -> bool:
+        job.update(await get_job(api, tenant, job_id))
+        return bool(job["progress"] and job["progress"]["step"])
+
+    await eventually_async(started, 60, lambda: f"the batch to make progress: {job}")
     assert job["status"] == "running" and 0 < job["progress"]["step"] < 400_000
     assert (await api.post(f"/v1/jobs/{job_id}/cancel", headers=tenant.headers)).status == 200
     job = await wait_done(api, tenant, job_id, timeout_s=30)
     assert job["status"] == "canceled"
-    artifacts = await (await api.get(f"/v1/jobs/{job_id}/artifacts", headers=tenant.headers)).json()
-    assert artifacts["data"] == []
+    assert await job_artifacts(api, tenant, job_id) == []
 
 
 def spec_for(name: str, file_id: str, **extra) -> dict:

@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from api.app import create_app
 from core.artifact_store import make_s3_client
 from core.models import File
+from tests.support.api import upload_multipart, upload_raw
 
 PROBLEM = "application/problem+json"
 
@@ -35,15 +36,6 @@ def stored_state(settings, db, tenant_id: str) -> tuple[int, list[str], int]:
     with db() as session:
         rows = session.scalar(select(func.count()).select_from(File).where(File.tenant_id == tenant_id))
     return rows, [o["Key"] for o in listing.get("Contents", [])], len(uploads.get("Uploads", []))
-
-
-async def upload_raw(api, tenant, data: bytes, filename: str, purpose: str = "dataset"):
-    return await api.post(
-        "/v1/files",
-        params={"purpose": purpose, "filename": filename},
-        data=data,
-        headers={**tenant.headers, "Content-Type": "application/octet-stream"},
-    )
 
 
 async def test_raw_upload_records_sha256_and_downloads_same_bytes(api, tenant, digits_npz):
@@ -69,10 +61,7 @@ async def test_raw_upload_records_sha256_and_downloads_same_bytes(api, tenant, d
 
 async def test_multipart_upload_of_csv(api, tenant):
     csv = b"a,b,label\n1,2,x\n3,4,y\n"
-    form = aiohttp.FormData()
-    form.add_field("purpose", "dataset")
-    form.add_field("file", csv, filename="small.csv", content_type="text/csv")
-    response = await api.post("/v1/files", data=form, headers=tenant.headers)
+    response = await upload_multipart(api, tenant, csv, "small.csv", content_type="text/csv")
     assert response.status == 201, await response.text()
     body = await response.json()
     assert body["filename"] == "small.csv"
@@ -92,12 +81,7 @@ async def test_chunked_upload_larger_than_one_part_is_streamed(api, tenant, sett
         for start in range(0, len(data), 256 * 1024):
             yield data[start : start + 256 * 1024]
 
-    response = await api.post(
-        "/v1/files",
-        params={"purpose": "dataset", "filename": "big.npz"},
-        data=chunks(),
-        headers={**tenant.headers, "Content-Type": "application/octet-stream"},
-    )
+    response = await upload_raw(api, tenant, chunks(), "big.npz")
     assert response.status == 201, await response.text()
     body = await response.json()
     assert body["sha256"] == hashlib.sha256(data).hexdigest()
@@ -148,12 +132,7 @@ async def test_upload_over_the_limit_is_413_and_leaves_nothing(aiohttp_client, s
         for _ in range(400):
             yield b"1,2\n"
 
-    streamed = await small.post(
-        "/v1/files",
-        params={"purpose": "dataset", "filename": "big.csv"},
-        data=chunks(),
-        headers={**tenant.headers, "Content-Type": "application/octet-stream"},
-    )
+    streamed = await upload_raw(small, tenant, chunks(), "big.csv")
     assert streamed.status == 413
     assert "1000 bytes" in (await streamed.json())["detail"]
     assert stored_state(settings, db, tenant.id) == (0, [], 0)

@@ -3,11 +3,10 @@ last checkpoint, and it ends once, as attempt 2."""
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
-from tests.integration.test_jobs_api import create, events, wait_done
+from tests.support.api import create_job, get_job, job_events, wait_done
+from tests.support.eventually import eventually_async
 from tests.support.processes import Worker
 
 pytestmark = pytest.mark.slow
@@ -17,15 +16,15 @@ async def test_a_killed_worker_does_not_lose_its_job(api, tenant, settings, tmp_
     first = Worker(settings, "test-recovery", tmp_path / "first.log", concurrency=1)
     try:
         job = await (
-            await create(api, tenant, {"type": "test.checkpointed", "spec": {"seconds": 8, "steps": 10}})
+            await create_job(api, tenant, {"type": "test.checkpointed", "spec": {"seconds": 8, "steps": 10}})
         ).json()
-        for _ in range(300):
-            current = await (await api.get(f"/v1/jobs/{job['id']}", headers=tenant.headers)).json()
-            if current["progress"]["step"] >= 3:
-                break
-            await asyncio.sleep(0.1)
-        else:
-            raise AssertionError(f"the job never got going: {current}")
+        current: dict = {}
+
+        async def going() -> bool:
+            current.update(await get_job(api, tenant, job["id"]))
+            return current["progress"]["step"] >= 3
+
+        await eventually_async(going, 30, lambda: f"the job to get going: {current}")
         first.kill()
     finally:
         first.stop()
@@ -40,7 +39,7 @@ async def test_a_killed_worker_does_not_lose_its_job(api, tenant, settings, tmp_
     resumed_from = done["result"]["resumed_from"]
     assert resumed_from >= 3
 
-    history = await events(api, tenant, job["id"])
+    history = await job_events(api, tenant, job["id"])
     statuses = [e["data"]["status"] for e in history if e["type"] == "status"]
     assert statuses[-1] == "succeeded"
     assert sum(s in ("succeeded", "failed", "canceled") for s in statuses) == 1

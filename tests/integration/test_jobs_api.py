@@ -17,31 +17,14 @@ from api.idempotency import _fingerprint
 from core import jobs as job_service
 from core.models import IdempotencyKey, Job
 from core.settings import Settings
+from tests.support.api import create_job, job_events, upload_raw, wait_done
+from tests.support.eventually import eventually_async
 
 PROBLEM = "application/problem+json"
 
 
-async def create(api, tenant, body: dict, headers: dict | None = None):
-    return await api.post("/v1/jobs", json=body, headers={**tenant.headers, **(headers or {})})
-
-
-async def wait_done(api, tenant, job_id: str, timeout_s: float = 30) -> dict:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        response = await api.get(f"/v1/jobs/{job_id}", headers={**tenant.headers, "Prefer": "wait=5"})
-        job = await response.json()
-        if job["status"] in ("succeeded", "failed", "canceled"):
-            return job
-        assert asyncio.get_running_loop().time() < deadline, f"job still {job['status']}"
-
-
-async def events(api, tenant, job_id: str) -> list[dict]:
-    page = await (await api.get(f"/v1/jobs/{job_id}/events", params={"limit": "1000"}, headers=tenant.headers)).json()
-    return page["data"]
-
-
 async def test_a_job_runs_to_success_with_progress_metrics_and_events(api, tenant, job_worker):
-    response = await create(
+    response = await create_job(
         api, tenant, {"type": "test.sleep", "spec": {"seconds": 0.3, "steps": 3}, "metadata": {"team": "vision"}}
     )
     assert response.status == 201, await response.text()
@@ -61,7 +44,7 @@ async def test_a_job_runs_to_success_with_progress_metrics_and_events(api, tenan
     assert done["started_at"] and done["finished_at"] >= done["started_at"]
 
     kinds = [
-        (e["type"], e["data"].get("status") or e["data"].get("step")) for e in await events(api, tenant, job["id"])
+        (e["type"], e["data"].get("status") or e["data"].get("step")) for e in await job_events(api, tenant, job["id"])
     ]
     assert kinds == [
         ("status", "queued"),
@@ -75,13 +58,13 @@ async def test_a_job_runs_to_success_with_progress_metrics_and_events(api, tenan
 
 
 async def test_prefer_wait_on_create_returns_the_finished_job(api, tenant, job_worker):
-    response = await create(api, tenant, {"type": "test.sleep", "spec": {"steps": 1}}, {"Prefer": "wait=20"})
+    response = await create_job(api, tenant, {"type": "test.sleep", "spec": {"steps": 1}}, prefer_wait_s=20)
     assert response.status == 201
     assert (await response.json())["status"] == "succeeded"
 
 
 async def test_a_handler_failure_has_a_code(api, tenant, job_worker):
-    response = await create(api, tenant, {"type": "test.sleep", "spec": {"steps": 1, "fail_with": "nan_loss"}})
+    response = await create_job(api, tenant, {"type": "test.sleep", "spec": {"steps": 1, "fail_with": "nan_loss"}})
     job = await wait_done(api, tenant, (await response.json())["id"])
     assert job["status"] == "failed"
     assert job["error"] == {"code": "nan_loss", "message": "failing as the spec asked"}
@@ -101,7 +84,7 @@ async def test_a_handler_failure_has_a_code(api, tenant, job_worker):
     ],
 )
 async def test_bad_job_requests_are_422_with_a_pointer_and_create_nothing(api, tenant, db, body, pointer):
-    response = await create(api, tenant, body)
+    response = await create_job(api, tenant, body)
     assert response.status == 422
     assert response.content_type == PROBLEM
     assert pointer in [e["pointer"] for e in (await response.json())["errors"]]
@@ -110,15 +93,10 @@ async def test_bad_job_requests_are_422_with_a_pointer_and_create_nothing(api, t
 
 
 async def test_a_job_type_checks_the_world_before_anything_is_created(api, tenant, other_tenant, db):
-    upload = await api.post(
-        "/v1/files",
-        params={"purpose": "dataset", "filename": "d.csv"},
-        data=b"a\n1\n",
-        headers={**tenant.headers, "Content-Type": "application/octet-stream"},
-    )
+    upload = await upload_raw(api, tenant, b"a\n1\n", "d.csv")
     file_id = (await upload.json())["id"]
-    assert (await create(api, tenant, {"type": "test.needs_file", "spec": {"file_id": file_id}})).status == 201
-    foreign = await create(api, other_tenant, {"type": "test.needs_file", "spec": {"file_id": file_id}})
+    assert (await create_job(api, tenant, {"type": "test.needs_file", "spec": {"file_id": file_id}})).status == 201
+    foreign = await create_job(api, other_tenant, {"type": "test.needs_file", "spec": {"file_id": file_id}})
     assert foreign.status == 422
     assert (await foreign.json())["errors"] == [{"pointer": "/spec/file_id", "detail": "no such file"}]
     with db() as session:
@@ -128,22 +106,22 @@ async def test_a_job_type_checks_the_world_before_anything_is_created(api, tenan
 async def test_private_webhook_targets_are_refused_unless_allowed(aiohttp_client, settings, tenant):
     strict = await aiohttp_client(create_app(settings.model_copy(update={"webhook_allow_private_targets": False})))
     for url in ("http://127.0.0.1:9/hook", "http://169.254.169.254/latest", "http://10.0.0.8/x", "http://[::1]/x"):
-        response = await create(strict, tenant, {"type": "test.unclaimed", "spec": {}, "webhook": url})
+        response = await create_job(strict, tenant, {"type": "test.unclaimed", "spec": {}, "webhook": url})
         assert response.status == 422, url
         assert "private, loopback or link-local" in (await response.json())["errors"][0]["detail"]
 
 
 async def test_idempotency_replay_conflict_and_in_flight(api, tenant, db):
     body = {"type": "test.unclaimed", "spec": {}}
-    first = await create(api, tenant, body, {"Idempotency-Key": "order-1"})
+    first = await create_job(api, tenant, body, idempotency_key="order-1")
     assert first.status == 201
-    replay = await create(api, tenant, {"spec": {}, "type": "test.unclaimed"}, {"Idempotency-Key": "order-1"})
+    replay = await create_job(api, tenant, {"spec": {}, "type": "test.unclaimed"}, idempotency_key="order-1")
     assert replay.status == 201
     assert replay.headers["Idempotent-Replayed"] == "true"
     assert (await replay.json())["id"] == (await first.json())["id"]
 
-    other = await create(
-        api, tenant, {"type": "test.unclaimed", "spec": {}, "metadata": {"a": "b"}}, {"Idempotency-Key": "order-1"}
+    other = await create_job(
+        api, tenant, {"type": "test.unclaimed", "spec": {}, "metadata": {"a": "b"}}, idempotency_key="order-1"
     )
     assert other.status == 422
     assert "different request" in (await other.json())["detail"]
@@ -162,7 +140,7 @@ async def test_idempotency_replay_conflict_and_in_flight(api, tenant, db):
             )
         )
         session.commit()
-    busy = await create(api, tenant, body, {"Idempotency-Key": "order-2"})
+    busy = await create_job(api, tenant, body, idempotency_key="order-2")
     assert busy.status == 409
     assert busy.headers["Retry-After"] == "1"
 
@@ -171,11 +149,11 @@ async def test_idempotency_replay_conflict_and_in_flight(api, tenant, db):
 
 
 async def test_a_failed_request_releases_its_idempotency_key(api, tenant):
-    bad = await create(api, tenant, {"type": "test.sleep", "spec": {"seconds": -1}}, {"Idempotency-Key": "k"})
+    bad = await create_job(api, tenant, {"type": "test.sleep", "spec": {"seconds": -1}}, idempotency_key="k")
     assert bad.status == 422
-    good = await create(api, tenant, {"type": "test.sleep", "spec": {"seconds": -1}}, {"Idempotency-Key": "k"})
+    good = await create_job(api, tenant, {"type": "test.sleep", "spec": {"seconds": -1}}, idempotency_key="k")
     assert good.status == 422 and "Idempotent-Replayed" not in good.headers
-    fixed = await create(api, tenant, {"type": "test.unclaimed", "spec": {}}, {"Idempotency-Key": "k2"})
+    fixed = await create_job(api, tenant, {"type": "test.unclaimed", "spec": {}}, idempotency_key="k2")
     assert fixed.status == 201
 
 
@@ -183,7 +161,7 @@ async def test_listing_250_jobs_in_pages_of_100(api, tenant, other_tenant):
     created = []
     for batch in range(10):
         responses = await asyncio.gather(
-            *[create(api, tenant, {"type": "test.unclaimed", "spec": {}}) for _ in range(25)]
+            *[create_job(api, tenant, {"type": "test.unclaimed", "spec": {}}) for _ in range(25)]
         )
         created += [(await r.json())["id"] for r in responses]
         assert all(r.status == 201 for r in responses), batch
@@ -210,7 +188,7 @@ async def test_listing_250_jobs_in_pages_of_100(api, tenant, other_tenant):
 
 
 async def test_cancel_of_a_queued_job_is_immediate(api, tenant):
-    job = await (await create(api, tenant, {"type": "test.unclaimed", "spec": {}})).json()
+    job = await (await create_job(api, tenant, {"type": "test.unclaimed", "spec": {}})).json()
     canceled = await (await api.post(f"/v1/jobs/{job['id']}/cancel", headers=tenant.headers)).json()
     assert canceled["status"] == "canceled" and canceled["finished_at"]
     again = await api.post(f"/v1/jobs/{job['id']}/cancel", headers=tenant.headers)
@@ -218,7 +196,7 @@ async def test_cancel_of_a_queued_job_is_immediate(api, tenant):
 
 
 async def test_cancel_of_a_finished_job_is_409(api, tenant, job_worker):
-    response = await create(api, tenant, {"type": "test.sleep", "spec": {"steps": 0}}, {"Prefer": "wait=20"})
+    response = await create_job(api, tenant, {"type": "test.sleep", "spec": {"steps": 0}}, prefer_wait_s=20)
     job = await response.json()
     assert job["status"] == "succeeded"
     conflict = await api.post(f"/v1/jobs/{job['id']}/cancel", headers=tenant.headers)
@@ -227,18 +205,19 @@ async def test_cancel_of_a_finished_job_is_409(api, tenant, job_worker):
 
 
 async def _tree_pids(api, tenant, job_id: str) -> list[int]:
-    for _ in range(300):
-        for event in await events(api, tenant, job_id):
+    async def reported() -> list[int] | None:
+        for event in await job_events(api, tenant, job_id):
             if event["type"] == "log" and event["message"].startswith("pids "):
                 return [int(p) for p in event["message"].split()[1:]]
-        await asyncio.sleep(0.1)
-    raise AssertionError("the job never reported its process tree")
+        return None
+
+    return await eventually_async(reported, 30, "the job to report its process tree")
 
 
 @pytest.mark.parametrize("ignore_sigterm", [False, True])
 async def test_cancel_stops_the_whole_process_tree(api, tenant, job_worker, settings, ignore_sigterm):
     job = await (
-        await create(api, tenant, {"type": "test.process_tree", "spec": {"ignore_sigterm": ignore_sigterm}})
+        await create_job(api, tenant, {"type": "test.process_tree", "spec": {"ignore_sigterm": ignore_sigterm}})
     ).json()
     pids = await _tree_pids(api, tenant, job["id"])
     assert all(psutil.pid_exists(pid) for pid in pids)
@@ -252,15 +231,15 @@ async def test_cancel_stops_the_whole_process_tree(api, tenant, job_worker, sett
     if ignore_sigterm:
         assert elapsed >= settings.cancel_grace_s  # the grandchild outlived SIGTERM until the grace ran out
     assert not [pid for pid in pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
-    types = [e["type"] for e in await events(api, tenant, job["id"])]
+    types = [e["type"] for e in await job_events(api, tenant, job["id"])]
     assert types.count("cancel_requested") == 1
-    assert [e for e in await events(api, tenant, job["id"]) if e["type"] == "status"][-1]["data"][
+    assert [e for e in await job_events(api, tenant, job["id"]) if e["type"] == "status"][-1]["data"][
         "status"
     ] == "canceled"
 
 
 async def test_sse_stream_delivers_every_event_in_order_to_the_end(api, tenant, job_worker):
-    job = await (await create(api, tenant, {"type": "test.sleep", "spec": {"seconds": 0.5, "steps": 4}})).json()
+    job = await (await create_job(api, tenant, {"type": "test.sleep", "spec": {"seconds": 0.5, "steps": 4}})).json()
     received = []
     async with api.get(
         f"/v1/jobs/{job['id']}/events", headers={**tenant.headers, "Accept": "text/event-stream"}
@@ -286,13 +265,13 @@ async def test_sse_stream_delivers_every_event_in_order_to_the_end(api, tenant, 
         "status",
     ]
     assert json.loads(received[-1]["data"])["data"]["status"] == "succeeded"
-    stored = await events(api, tenant, job["id"])
+    stored = await job_events(api, tenant, job["id"])
     assert [r["id"] for r in received] == [e["id"] for e in stored]
 
 
 async def test_events_resume_after_a_cursor(api, tenant, job_worker):
-    job = await (await create(api, tenant, {"type": "test.sleep", "spec": {"steps": 2}}, {"Prefer": "wait=20"})).json()
-    everything = await events(api, tenant, job["id"])
+    job = await (await create_job(api, tenant, {"type": "test.sleep", "spec": {"steps": 2}}, prefer_wait_s=20)).json()
+    everything = await job_events(api, tenant, job["id"])
     page = await (
         await api.get(
             f"/v1/jobs/{job['id']}/events", params={"after": everything[1]["id"], "limit": "2"}, headers=tenant.headers
@@ -310,6 +289,8 @@ async def test_a_lost_broker_message_is_dispatched_again(api, tenant, job_worker
             session,
             tenant_id=tenant.id,
             type_="test.sleep",
+            queue="test-shared",
+            max_attempts=3,
             spec={"steps": 1},
             webhook=None,
             webhook_events_filter=[],
@@ -321,7 +302,7 @@ async def test_a_lost_broker_message_is_dispatched_again(api, tenant, job_worker
 
 
 async def test_a_job_whose_worker_process_keeps_dying_fails_after_max_attempts(api, tenant, job_worker):
-    job = await (await create(api, tenant, {"type": "test.crash", "spec": {}})).json()
+    job = await (await create_job(api, tenant, {"type": "test.crash", "spec": {}})).json()
     done = await wait_done(api, tenant, job["id"], timeout_s=60)
     assert done["status"] == "failed"
     assert done["error"]["code"] == "max_attempts_exceeded"
@@ -330,7 +311,7 @@ async def test_a_job_whose_worker_process_keeps_dying_fails_after_max_attempts(a
 
 async def test_restarting_the_api_loses_nothing(aiohttp_client, settings, tenant, job_worker):
     first = await aiohttp_client(create_app(settings))
-    job = await (await create(first, tenant, {"type": "test.sleep", "spec": {"seconds": 1, "steps": 2}})).json()
+    job = await (await create_job(first, tenant, {"type": "test.sleep", "spec": {"seconds": 1, "steps": 2}})).json()
     await first.close()
     second = await aiohttp_client(create_app(settings))
     done = await wait_done(second, tenant, job["id"])
@@ -351,6 +332,8 @@ def test_cancel_racing_success_ends_in_exactly_one_terminal_state(db, settings: 
                 session,
                 tenant_id=tenant.id,
                 type_="test.unclaimed",
+                queue="test-unclaimed",
+                max_attempts=3,
                 spec={},
                 webhook=None,
                 webhook_events_filter=[],
@@ -388,6 +371,8 @@ def test_the_database_refuses_to_change_a_terminal_state(db, settings, tenant):
             session,
             tenant_id=tenant.id,
             type_="test.unclaimed",
+            queue="test-unclaimed",
+            max_attempts=3,
             spec={},
             webhook=None,
             webhook_events_filter=[],
@@ -401,7 +386,7 @@ def test_the_database_refuses_to_change_a_terminal_state(db, settings, tenant):
 
 
 async def test_job_counts_are_on_metrics(api, tenant):
-    await create(api, tenant, {"type": "test.unclaimed", "spec": {}})
+    await create_job(api, tenant, {"type": "test.unclaimed", "spec": {}})
     metrics = await (await api.get("/metrics")).text()
     assert 'maas_jobs{status="queued",type="test.unclaimed"}' in metrics
     assert 'maas_queue_depth{queue="inference"}' in metrics

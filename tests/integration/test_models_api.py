@@ -4,23 +4,9 @@ from __future__ import annotations
 
 import onnx
 import pytest
-from onnx import TensorProto, helper
 
-from tests.integration.test_files_api import upload_raw
-
-
-def tiny_onnx() -> bytes:
-    weight = helper.make_tensor("W", TensorProto.FLOAT, [4, 3], [0.1] * 12)
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["y"])],
-        "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
-        [weight],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model.SerializeToString()
+from tests.support.api import upload_raw
+from tests.support.onnx_models import tiny_onnx
 
 
 @pytest.fixture

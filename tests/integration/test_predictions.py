@@ -3,19 +3,18 @@ with Prefer: wait, idempotency, signature checks before anything is stored, webh
 
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
 import pytest
-from aiohttp import web
 from sqlalchemy import select
 from standardwebhooks.webhooks import Webhook
 
 from core import predictions as prediction_service
 from core.models import Model, ModelVersion, Prediction
-from tests.integration.test_serving import deployed_model, expected, json_request, register
-from tests.integration.test_webhooks import Receiver
-from tests.support.onnx_models import linear_classifier
+from tests.support import webhook_receiver
+from tests.support.api import deployed_model, json_request, register_version
+from tests.support.eventually import eventually_async
+from tests.support.onnx_models import LINEAR_MODELS, linear_classifier, linear_expected
+from tests.support.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.usefixtures("inference_worker")
 
@@ -25,7 +24,7 @@ async def predict(api, tenant, body: dict, headers: dict | None = None):
 
 
 async def test_a_prediction_runs_on_the_deployed_model(api, tenant):
-    name = await deployed_model(api, tenant)
+    name = await deployed_model(api, tenant, LINEAR_MODELS[0])
     x = np.arange(8, dtype=np.float32).reshape(2, 4) / 10
     created = await predict(api, tenant, {"model": name, **json_request(x)}, {"Prefer": "wait=30"})
     assert created.status == 201, await created.text()
@@ -33,14 +32,14 @@ async def test_a_prediction_runs_on_the_deployed_model(api, tenant):
     assert body["status"] == "succeeded", body
     assert body["id"].startswith("pred_") and body["version"] == 1
     outputs = {o["name"]: np.array(o["data"]).reshape(o["shape"]) for o in body["output"]["outputs"]}
-    np.testing.assert_allclose(outputs["scores"], expected(x)["scores"], rtol=1e-5)
+    np.testing.assert_allclose(outputs["scores"], linear_expected(x)["scores"], rtol=1e-5)
     assert body["metrics"]["inference_ms"] is not None and body["metrics"]["queue_ms"] is not None
     got = await (await api.get(f"/v1/predictions/{body['id']}", headers=tenant.headers)).json()
     assert got == body
 
 
 async def test_idempotent_create_and_other_tenants(api, tenant, other_tenant):
-    name = await deployed_model(api, tenant)
+    name = await deployed_model(api, tenant, LINEAR_MODELS[0])
     body = {"model": name, **json_request(np.ones((1, 4), dtype=np.float32))}
     first = await (await predict(api, tenant, body, {"Idempotency-Key": "p-1"})).json()
     again = await predict(api, tenant, body, {"Idempotency-Key": "p-1"})
@@ -50,7 +49,7 @@ async def test_idempotent_create_and_other_tenants(api, tenant, other_tenant):
 
 
 async def test_bad_predictions_are_refused_and_store_nothing(api, tenant, db):
-    name = await deployed_model(api, tenant)
+    name = await deployed_model(api, tenant, LINEAR_MODELS[0])
     cases = [
         ({"model": name, **json_request(np.ones((1, 5), dtype=np.float32))}, 422, "'x'"),
         (
@@ -66,7 +65,7 @@ async def test_bad_predictions_are_refused_and_store_nothing(api, tenant, db):
         response = await predict(api, tenant, body)
         assert response.status == status, (body, await response.text())
         assert words in (await response.json())["detail"]
-    await register(api, tenant, "undeployed", linear_classifier(np.eye(4, 3), np.zeros(3)))
+    await register_version(api, tenant, "undeployed", linear_classifier(np.eye(4, 3), np.zeros(3)))
     refused = await predict(api, tenant, {"model": "undeployed", **json_request(np.ones((1, 4), dtype=np.float32))})
     assert refused.status == 409
     with db() as session:
@@ -77,7 +76,7 @@ async def test_bad_predictions_are_refused_and_store_nothing(api, tenant, db):
 
 
 async def test_a_queued_prediction_can_be_canceled_and_a_finished_one_cannot(api, tenant, db, settings):
-    name = await deployed_model(api, tenant)
+    name = await deployed_model(api, tenant, LINEAR_MODELS[0])
     with db() as session:  # queued, its message not sent yet
         version = session.scalar(
             select(ModelVersion).join(Model).where(Model.tenant_id == tenant.id, Model.name == name)
@@ -104,11 +103,9 @@ async def test_a_queued_prediction_can_be_canceled_and_a_finished_one_cannot(api
 
 async def test_a_completed_prediction_sends_a_signed_webhook(api, tenant, aiohttp_server, job_worker):
     receiver = Receiver()
-    app = web.Application()
-    app.router.add_post("/hook", receiver.handle)
-    url = str((await aiohttp_server(app)).make_url("/hook"))
+    url = await webhook_receiver.serve(aiohttp_server, receiver)
     secret = (await (await api.get("/v1/webhooks/secret", headers=tenant.headers)).json())["key"]
-    name = await deployed_model(api, tenant)
+    name = await deployed_model(api, tenant, LINEAR_MODELS[0])
     body = {
         "model": name,
         "webhook": url,
@@ -117,10 +114,7 @@ async def test_a_completed_prediction_sends_a_signed_webhook(api, tenant, aiohtt
     }
     prediction = await (await predict(api, tenant, body, {"Prefer": "wait=30"})).json()
     assert prediction["status"] == "succeeded"
-    for _ in range(100):
-        if receiver.requests:
-            break
-        await asyncio.sleep(0.1)
+    await eventually_async(lambda: receiver.requests, 10, "the webhook to arrive")
     headers, raw = receiver.requests[0]
     delivered = Webhook(secret).verify(raw, headers)
     assert delivered["event"] == "completed" and delivered["id"] == prediction["id"]

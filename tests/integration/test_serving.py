@@ -21,7 +21,7 @@ from sqlalchemy import func, select
 
 from core.artifact_store import ArtifactStore
 from core.models import Artifact, Model, ModelReplica, ModelVersion, Prediction
-from tests.integration.test_files_api import upload_raw
+from tests.support.api import upload_raw
 from tests.support.onnx_models import linear_classifier
 
 HEADER = "Inference-Header-Content-Length"

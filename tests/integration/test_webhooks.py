@@ -6,33 +6,18 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 
-from tests.integration.test_jobs_api import create, wait_done
-
-
-class Receiver:
-    """Answers with the scripted statuses in turn (then 200); ``hang`` never answers in time."""
-
-    def __init__(self, statuses: list[int] | None = None, hang: bool = False):
-        self.statuses, self.hang = list(statuses or []), hang
-        self.requests: list[tuple[dict[str, str], bytes]] = []
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.requests.append((dict(request.headers), await request.read()))
-        if self.hang:
-            await asyncio.sleep(60)
-        return web.Response(status=self.statuses.pop(0) if self.statuses else 200)
+from tests.support import webhook_receiver
+from tests.support.api import create_job, wait_done
+from tests.support.eventually import eventually_async
+from tests.support.webhook_receiver import Receiver
 
 
 @pytest.fixture
 def serve(aiohttp_server):
     async def start(receiver: Receiver) -> str:
-        app = web.Application()
-        app.router.add_post("/hook", receiver.handle)
-        server = await aiohttp_server(app)
-        return str(server.make_url("/hook"))
+        return await webhook_receiver.serve(aiohttp_server, receiver)
 
     return start
 
@@ -43,12 +28,14 @@ async def deliveries(api, tenant, job_id: str) -> list[dict]:
 
 
 async def wait_for_deliveries(api, tenant, job_id: str, done, timeout_s: float = 30) -> list[dict]:
-    for _ in range(int(timeout_s * 10)):
-        found = await deliveries(api, tenant, job_id)
-        if done(found):
-            return found
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"deliveries never settled: {found}")
+    found: list[dict] = []
+
+    async def settled() -> bool:
+        found[:] = await deliveries(api, tenant, job_id)
+        return bool(done(found))
+
+    await eventually_async(settled, timeout_s, lambda: f"the deliveries to settle: {found}")
+    return found
 
 
 async def test_every_event_is_delivered_signed(api, tenant, job_worker, serve):
@@ -56,7 +43,7 @@ async def test_every_event_is_delivered_signed(api, tenant, job_worker, serve):
     url = await serve(receiver)
     secret = (await (await api.get("/v1/webhooks/secret", headers=tenant.headers)).json())["key"]
     assert secret.startswith("whsec_")
-    job = await (await create(api, tenant, {"type": "test.sleep", "spec": {"steps": 2}, "webhook": url})).json()
+    job = await (await create_job(api, tenant, {"type": "test.sleep", "spec": {"steps": 2}, "webhook": url})).json()
     await wait_done(api, tenant, job["id"])
     found = await wait_for_deliveries(
         api, tenant, job["id"], lambda d: len(d) == 4 and all(x["status"] == "delivered" for x in d)
@@ -76,7 +63,7 @@ async def test_events_filter_limits_what_is_sent(api, tenant, job_worker, serve)
     receiver = Receiver()
     url = await serve(receiver)
     job = await (
-        await create(
+        await create_job(
             api,
             tenant,
             {"type": "test.sleep", "spec": {"steps": 3}, "webhook": url, "webhook_events_filter": ["completed"]},
@@ -92,7 +79,7 @@ async def test_failures_are_retried_with_the_same_id_until_success(api, tenant, 
     url = await serve(receiver)
     secret = (await (await api.get("/v1/webhooks/secret", headers=tenant.headers)).json())["key"]
     job = await (
-        await create(
+        await create_job(
             api,
             tenant,
             {"type": "test.sleep", "spec": {"steps": 1}, "webhook": url, "webhook_events_filter": ["completed"]},
@@ -111,7 +98,7 @@ async def test_410_stops_the_delivery(api, tenant, job_worker, serve):
     receiver = Receiver(statuses=[410])
     url = await serve(receiver)
     job = await (
-        await create(
+        await create_job(
             api,
             tenant,
             {"type": "test.sleep", "spec": {"steps": 1}, "webhook": url, "webhook_events_filter": ["completed"]},
@@ -127,7 +114,7 @@ async def test_a_receiver_that_never_answers_does_not_hold_the_job(api, tenant, 
     receiver = Receiver(hang=True)
     url = await serve(receiver)
     job = await (
-        await create(
+        await create_job(
             api,
             tenant,
             {
@@ -157,7 +144,7 @@ async def test_rotation_signs_with_old_and_new_secrets(api, tenant, job_worker, 
     receiver = Receiver()
     url = await serve(receiver)
     job = await (
-        await create(
+        await create_job(
             api,
             tenant,
             {"type": "test.sleep", "spec": {"steps": 1}, "webhook": url, "webhook_events_filter": ["completed"]},

@@ -52,3 +52,34 @@ def masked_sum() -> bytes:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model.SerializeToString()
+
+
+def tiny_onnx() -> bytes:
+    """``y = x @ W`` (FP32 [batch, 4] to [batch, 3]), W all 0.1: the smallest model the registry takes."""
+    weight = helper.make_tensor("W", TensorProto.FLOAT, [4, 3], [0.1] * 12)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 3])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+_RNG = np.random.default_rng(0)
+_WEIGHTS = [_RNG.normal(size=(4, 3)).astype(np.float32) for _ in range(2)]
+_BIASES = [_RNG.normal(size=3).astype(np.float32) for _ in range(2)]
+LINEAR_MODELS = [linear_classifier(w, b) for w, b in zip(_WEIGHTS, _BIASES, strict=True)]
+"""Two linear classifiers (4 inputs, 3 classes) with fixed random weights, to deploy and switch between."""
+
+
+def linear_expected(x: np.ndarray, index: int = 0) -> dict[str, np.ndarray]:
+    """What ONNX Runtime answers for ``x`` on ``LINEAR_MODELS[index]``."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(LINEAR_MODELS[index], providers=["CPUExecutionProvider"])
+    scores, label = session.run(["scores", "label"], {"x": x})
+    return {"scores": scores, "label": label}
