@@ -2,20 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 import torch
 
+from tests.support.datasets import Digits
 from training.data import load_builtin, split_indices
-
-
-@dataclass(frozen=True)
-class Digits:
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    val_x: torch.Tensor
-    val_y: torch.Tensor
 
 
 @pytest.fixture(scope="module")

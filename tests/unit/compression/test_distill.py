@@ -24,7 +24,7 @@ from compression.distill import (
 from compression.fidelity import make_session
 from compression.finetune import finetune, predict, torch_accuracy
 from compression.measure import parameter_counts
-from tests.unit.compression.conftest import Digits
+from tests.support.datasets import Digits
 from training.export import export_onnx
 from training.spec import CNNSpec, MLPSpec
 from training.zoo import build_model

@@ -18,7 +18,7 @@ from compression.fidelity import (
     session_info,
 )
 from compression.throughput import compare_speed, paired_ratios, round_robin
-from tests.unit.compression import models
+from tests.support import compression_models as models
 
 
 def test_cosine_of_known_rows() -> None:

@@ -28,7 +28,7 @@ from compression.prune import (
     sparsity,
     validate_amount,
 )
-from tests.unit.compression.conftest import Digits
+from tests.support.datasets import Digits
 from training.export import export_onnx, onnx_max_abs_diff
 from training.spec import CNNSpec, MLPSpec, TransformerSpec
 from training.zoo import build_model

@@ -26,7 +26,7 @@ from compression.quantize import (
     store_float_weights_fp16,
     weight_nodes,
 )
-from tests.unit.compression import models
+from tests.support import compression_models as models
 
 
 def run(path: Path, feed: dict[str, np.ndarray]) -> np.ndarray:

@@ -21,7 +21,7 @@ from compression.sensitivity import (
     recipe_builder,
     search_float_nodes,
 )
-from tests.unit.compression import models
+from tests.support import compression_models as models
 
 
 def fidelity(mean: float, minimum: float) -> Fidelity:

@@ -10,7 +10,7 @@ import onnx
 from compression.fidelity import compare_outputs, make_session
 from compression.quantize import quantize_dynamic_int8
 from compression.smoothing import smooth_onnx, smoothable_groups, smoothing_scales
-from tests.unit.compression import models
+from tests.support import compression_models as models
 
 
 def outputs(path: Path, x: np.ndarray) -> np.ndarray:
