@@ -26,6 +26,7 @@ import psutil
 import pytest
 from sklearn.datasets import load_digits
 
+from tests.support.eventually import eventually
 from tests.support.processes import REPO, inherited_env
 
 pytestmark = pytest.mark.slow
@@ -95,7 +96,12 @@ def request(method: str, url: str, key: str, data: bytes | None = None, headers:
 
 
 def descendants_alive(pid_list: list[int]) -> list[int]:
-    return [p for p in pid_list if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    alive = []
+    for pid in pid_list:
+        with contextlib.suppress(psutil.NoSuchProcess):  # gone between the listing and the look
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                alive.append(pid)
+    return alive
 
 
 def test_maas_up_tour(unused_tcp_port_factory):
@@ -134,7 +140,11 @@ def test_maas_up_tour(unused_tcp_port_factory):
 
         assert up.interrupt() == 0
         assert "stopping ..." in up.lines
-        time.sleep(1)
+        eventually(
+            lambda: descendants_alive(children) == [],
+            10,
+            lambda: f"the stack's processes to be gone: {descendants_alive(children)} still alive",
+        )
         assert descendants_alive(children) == []
         assert not (data_dir / "stack.json").exists()
 

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 from api.context import CONTEXT
 from core.api_keys import revoke_key
+from tests.support.eventually import eventually_async
 
 WAIT_S = 10
 
 
 async def until(condition, what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
+    await eventually_async(condition, WAIT_S, what, interval_s=0.02)
 
 
 async def test_an_accepted_key_is_cached_and_a_revocation_elsewhere_reaches_the_api(api, db, tenant, other_tenant):

@@ -8,7 +8,6 @@ import json
 import shutil
 import socket
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -24,6 +23,7 @@ from infra.embedded import EmbeddedServer, EmbeddedServerError
 from infra.embedded.postgres import EmbeddedPostgres
 from infra.embedded.redis import EmbeddedRedis
 from infra.embedded.s3 import EmbeddedS3
+from tests.support.eventually import eventually
 
 ServerT = TypeVar("ServerT", bound=EmbeddedServer)
 
@@ -223,12 +223,15 @@ def test_s3_listens_only_on_ports_it_was_given(tmp_path: Path, stopper: list[Emb
     server = started(stopper, EmbeddedS3(tmp_path / "s3"))
     expected = {port + offset for port in server.ports.values() for offset in (0, 10000)}
     assert server.pid is not None
-    deadline = time.monotonic() + 10
-    while (listening := listening_sockets(server.pid)) and time.monotonic() < deadline:
+
+    def on_every_port() -> set[tuple[str, int]]:
         # the admin server comes up a moment after S3 answers
-        if {port for _, port in listening} == expected:
-            break
-        time.sleep(0.2)
+        listening = listening_sockets(server.pid)
+        return listening if {port for _, port in listening} == expected else set()
+
+    listening = eventually(
+        on_every_port, 10, lambda: f"ports {expected}: listening on {listening_sockets(server.pid)}", interval_s=0.2
+    )
     assert {port for _, port in listening} == expected
     assert {ip for ip, _ in listening} == {"127.0.0.1"}
 

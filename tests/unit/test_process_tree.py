@@ -5,6 +5,7 @@ import time
 
 import psutil
 
+from tests.support.eventually import eventually
 from workers.process_tree import ChildProcess
 
 SCRIPT = """
@@ -28,6 +29,14 @@ def test_stop_reaches_a_grandchild_that_ignores_sigterm():
     assert not psutil.pid_exists(grandchild) or psutil.Process(grandchild).status() == psutil.STATUS_ZOMBIE
 
 
+def gone(pid: int) -> bool:
+    """No such process, or only its zombie."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def test_leftovers_of_a_finished_leader_are_reaped():
     leader = ChildProcess(
         [
@@ -41,10 +50,7 @@ def test_leftovers_of_a_finished_leader_are_reaped():
     assert leader.wait() == 0
     assert psutil.pid_exists(orphan)
     leader.reap_leftovers()
-    for _ in range(50):
-        if not psutil.pid_exists(orphan):
-            break
-        time.sleep(0.1)
+    eventually(lambda: gone(orphan), 5, f"the orphan {orphan} to be reaped")
     assert not psutil.pid_exists(orphan) or psutil.Process(orphan).status() == psutil.STATUS_ZOMBIE
 
 
