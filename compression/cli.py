@@ -29,7 +29,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from compression.spec import CompressionSpec, DataSpec, SourceFacts, check_against_source, json_pointer
+from compression.spec import CompressionSpec, DataSpec, SourceFacts, check_against_source
+from core.spec_kit import json_pointer
 
 BUILTIN = "digits"
 

@@ -21,16 +21,12 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
 from compression.spec import CompressionSpec, DataSpec, QuantizeSpec
+from core.spec_kit import FieldError
 from training.data import encode_labels, load_builtin, split_indices
 
 
-class DataError(ValueError):
+class DataError(FieldError):
     """Data that cannot be used as the spec says; ``pointer`` points into the spec."""
-
-    def __init__(self, pointer: str, detail: str) -> None:
-        super().__init__(f"{pointer}: {detail}")
-        self.pointer = pointer
-        self.detail = detail
 
 
 @dataclass(frozen=True)

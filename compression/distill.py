@@ -25,6 +25,7 @@ from torch import nn
 
 from compression.finetune import TrainConfig, predict, train
 from compression.measure import onnx_outputs, onnx_parameter_counts, parameter_counts
+from core.spec_kit import OptionError
 from training.spec import CNNSpec, MLPSpec, TransformerSpec
 from training.zoo import build_model
 
@@ -35,14 +36,9 @@ StudentSpec = MLPSpec | CNNSpec | TransformerSpec
 MODES: tuple[Mode, ...] = ("kd", "mse", "cosine")
 
 
-class DistillError(ValueError):
+class DistillError(OptionError):
     """A distillation request that cannot be carried out; ``field`` names the pass option at
     fault (``student``, ``alpha``...), so the API can point at it."""
-
-    def __init__(self, field: str, detail: str) -> None:
-        super().__init__(f"{field}: {detail}")
-        self.field = field
-        self.detail = detail
 
 
 # --- options -----------------------------------------------------------------------------------

@@ -53,18 +53,14 @@ from compression.quantize import (
     quantize_static_int8,
 )
 from compression.spec import DistillSpec, PassSpec, PruneSpec, QuantizeSpec, ZooSpec
+from core.spec_kit import OptionError
 
 MAX_PARITY_ABS_DIFF = 1e-4
 PARITY_ROWS = 256
 
 
-class PassError(ValueError):
+class PassError(OptionError):
     """A pass that cannot run on this state; ``field`` names its option at fault (or ``kind``)."""
-
-    def __init__(self, field: str, detail: str) -> None:
-        super().__init__(f"{field}: {detail}")
-        self.field = field
-        self.detail = detail
 
 
 class ExportParityError(RuntimeError):

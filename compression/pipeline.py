@@ -27,6 +27,7 @@ from compression.prune import PruneError
 from compression.quantize import CalibrationMismatch, QuantizationError
 from compression.report import Stage, build_report, stage_row
 from compression.spec import AccuracyFloor, MeasurementSpec, PassSpec
+from core.spec_kit import FieldError
 
 PASS_ERRORS = (PassError, PruneError, DistillError, QuantizationError, ExportParityError)
 
@@ -92,23 +93,24 @@ def floor_breach(
 class PassFailed(Exception):
     """A pass that could not run as its options say; ``pointer`` is into the spec."""
 
-    def __init__(self, index: int, kind: str, code: str, field: str, detail: str) -> None:
+    def __init__(self, index: int, kind: str, code: str, option: str, detail: str) -> None:
         super().__init__(f"pass {index} ({kind}): {detail}")
-        self.index, self.kind, self.code, self.field, self.detail = index, kind, code, field, detail
+        self.index, self.kind, self.code, self.option, self.detail = index, kind, code, option, detail
 
     @property
     def pointer(self) -> str:
-        return f"/passes/{self.index}/{self.field}"
+        """Where in the spec: ``option`` is a pointer into the pass (``/amount``)."""
+        return f"/passes/{self.index}{self.option}"
 
 
 def _failure(index: int, kind: str, exc: Exception) -> PassFailed:
     """What went wrong in a pass, as a code and the option at fault."""
     if isinstance(exc, CalibrationMismatch):
-        return PassFailed(index, kind, "bad_calibration", "calibration", str(exc))
-    if isinstance(exc, ExportParityError):
-        return PassFailed(index, kind, "onnx_parity", "kind", str(exc))
-    field_name = getattr(exc, "field", None) or "kind"
-    return PassFailed(index, kind, "bad_spec", field_name, getattr(exc, "detail", None) or str(exc))
+        return PassFailed(index, kind, "bad_calibration", "/calibration", str(exc))
+    if isinstance(exc, FieldError):
+        return PassFailed(index, kind, "bad_spec", exc.pointer, exc.detail)
+    code = "onnx_parity" if isinstance(exc, ExportParityError) else "bad_spec"
+    return PassFailed(index, kind, code, "/kind", str(exc))
 
 
 @dataclass

@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn.utils import prune
 
 from compression.measure import ParameterCounts, count_tensors, parameter_counts
+from core.spec_kit import OptionError
 from training.spec import CNNSpec, MLPSpec
 
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -53,14 +54,9 @@ __all__ = [
 ]
 
 
-class PruneError(ValueError):
+class PruneError(OptionError):
     """A pruning request that cannot be carried out; ``field`` names the pass option at fault
     (``amount``, ``structured``...), so the API can point at it."""
-
-    def __init__(self, field: str, detail: str) -> None:
-        super().__init__(f"{field}: {detail}")
-        self.field = field
-        self.detail = detail
 
 
 # --- options -----------------------------------------------------------------------------------

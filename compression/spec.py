@@ -30,37 +30,38 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ModelWrapValidatorHandler,
     ValidationError,
     model_validator,
 )
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic_core import InitErrorDetails
 
+from core.spec_kit import (
+    FILE_ID_PATTERN,
+    MODEL_NAME_PATTERN,
+    REGISTER_AS_PATTERN,
+    FieldProblem,
+    Loc,
+    StrictModel,
+    error_at,
+    error_details,
+    relocated,
+    stored_dataset,
+)
 from training.spec import (
+    ARCH_TAGS,
     BUILTIN_DETAILS,
     CNNSpec,
     MLPSpec,
     ModelSpec,
     TransformerSpec,
-    error_at,
-    error_details,
     image_side,
-    json_pointer,
     model_fit_problems,
 )
 
-Loc = tuple[str | int, ...]
-Problem = dict[str, str]
 ZooSpec = MLPSpec | CNNSpec | TransformerSpec
-
-_FILE_ID = r"^file_[0-9A-Za-z]{1,64}$"
-MODEL_NAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"  # core.registry.NAME_PATTERN (not imported: it pulls in the ORM)
-REGISTER_NAME = r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$"
 PASS_KINDS = ("prune", "distill", "quantize")
-_ARCH_TAGS = frozenset({"mlp", "cnn", "transformer"})
 
 __all__ = [
     "AccuracyFloor",
@@ -79,27 +80,22 @@ __all__ = [
     "check_against_source",
     "check_data_fits",
     "describe_rows",
-    "json_pointer",
     "remaining_channels",
     "state_dict_classes",
     "zoo_parameters",
 ]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 # --- the source --------------------------------------------------------------------------------
 
 
-class SourceSpec(_Strict):
+class SourceSpec(StrictModel):
     """Exactly one of ``model`` (a registered model, ``version`` or its latest) or ``file_id``
     (an uploaded ``.onnx``, or a ``.safetensors`` state dict of the zoo architecture ``arch``)."""
 
-    model: str | None = Field(None, pattern=MODEL_NAME)
+    model: str | None = Field(None, pattern=MODEL_NAME_PATTERN)
     version: int | None = Field(None, ge=1)
-    file_id: str | None = Field(None, pattern=_FILE_ID)
+    file_id: str | None = Field(None, pattern=FILE_ID_PATTERN)
     arch: ModelSpec | None = None
 
     @model_validator(mode="after")
@@ -118,11 +114,11 @@ class SourceSpec(_Strict):
 # --- data --------------------------------------------------------------------------------------
 
 
-class DataSpec(_Strict):
+class DataSpec(StrictModel):
     """Exactly one of ``file_id`` (an uploaded npz with ``X`` [and ``y``], csv or parquet) or
     ``builtin``; ``label_column`` names the labels of a csv or parquet file."""
 
-    file_id: str | None = Field(None, pattern=_FILE_ID)
+    file_id: str | None = Field(None, pattern=FILE_ID_PATTERN)
     builtin: Literal["digits"] | None = None
     label_column: str | None = Field(None, min_length=1, max_length=256)
 
@@ -148,12 +144,12 @@ class EvalSpec(DataSpec):
     max_rows: int | None = Field(None, ge=1, le=1_000_000)
 
 
-class CalibrationSpec(_Strict):
+class CalibrationSpec(StrictModel):
     """Rows that set static int8 activation ranges (and that a ``protect`` search measures on):
     a ``file_id`` or ``builtin``, else the fine-tuning dataset, else the eval rows. ``rows``
     are drawn evenly spread over the data."""
 
-    file_id: str | None = Field(None, pattern=_FILE_ID)
+    file_id: str | None = Field(None, pattern=FILE_ID_PATTERN)
     builtin: Literal["digits"] | None = None
     label_column: str | None = Field(None, min_length=1, max_length=256)
     rows: int = Field(256, ge=1, le=100_000)
@@ -176,7 +172,7 @@ class CalibrationSpec(_Strict):
 # --- passes ------------------------------------------------------------------------------------
 
 
-class PruneSpec(_Strict):
+class PruneSpec(StrictModel):
     """Magnitude pruning: ``amount`` of the weights (unstructured; per ``layer`` or ``global``)
     or of each hidden layer's channels/neurons (``structured``, removed for real), then
     ``fine_tune_epochs`` on the dataset with the pruned weights held at zero."""
@@ -198,7 +194,7 @@ class PruneSpec(_Strict):
         return self
 
 
-class DistillSpec(_Strict):
+class DistillSpec(StrictModel):
     """Knowledge distillation into ``student`` (a zoo architecture, smaller than the teacher):
     ``kd`` = alpha · T² · KL(teacher_T ‖ student_T) + (1 - alpha) · CE(labels); ``mse`` and
     ``cosine`` pull the student's outputs to the teacher's without labels."""
@@ -214,7 +210,7 @@ class DistillSpec(_Strict):
     seed: int = Field(0, ge=0, le=2**31 - 1)
 
 
-class ProtectSpec(_Strict):
+class ProtectSpec(StrictModel):
     """A measured int8 scheme instead of a plain one: SmoothQuant strength and the nodes kept
     float are chosen by building quantized models and comparing their outputs with the float
     model's on the calibration rows, within ``budget_ratio`` of the float file's bytes."""
@@ -225,7 +221,7 @@ class ProtectSpec(_Strict):
     smoothing: bool = True
 
 
-class QuantizeSpec(_Strict):
+class QuantizeSpec(StrictModel):
     """ONNX Runtime quantization: ``dynamic`` int8 (weights ahead of time, activations per
     batch), ``static`` int8 (QDQ, activation ranges calibrated), or ``fp16``. ``exclude_op_types``
     and ``exclude_nodes`` stay float; ``protect`` chooses the float nodes by measurement."""
@@ -291,7 +287,7 @@ PassSpec = Annotated[PruneSpec | DistillSpec | QuantizeSpec, Field(discriminator
 # --- the rest ----------------------------------------------------------------------------------
 
 
-class AccuracyFloor(_Strict):
+class AccuracyFloor(StrictModel):
     """Where a pass has destroyed the model (see the module docstring); null turns a part off."""
 
     max_drop: float | None = Field(0.05, ge=0.0, le=1.0, description="accuracy below the source's, as a fraction")
@@ -306,7 +302,7 @@ class AccuracyFloor(_Strict):
         return None if self.max_drop is None else source_accuracy - self.max_drop
 
 
-class MeasurementSpec(_Strict):
+class MeasurementSpec(StrictModel):
     """How speed is measured: ONNX Runtime with ``threads`` intra-op threads, p50 latency over
     ``latency_iterations`` calls at batch 1, throughput at ``throughput_batch``."""
 
@@ -318,7 +314,7 @@ class MeasurementSpec(_Strict):
     speed: bool = True
 
 
-class CompressionSpec(_Strict):
+class CompressionSpec(StrictModel):
     source: SourceSpec
     passes: list[PassSpec] = Field(min_length=1, max_length=16)
     dataset: DataSpec | None = Field(
@@ -327,7 +323,7 @@ class CompressionSpec(_Strict):
     eval: EvalSpec
     accuracy_floor: AccuracyFloor = Field(default_factory=AccuracyFloor)
     measurement: MeasurementSpec = Field(default_factory=MeasurementSpec)
-    register_as: str | None = Field(None, pattern=REGISTER_NAME)
+    register_as: str | None = Field(None, pattern=REGISTER_AS_PATTERN)
 
     @model_validator(mode="wrap")
     @classmethod
@@ -440,11 +436,11 @@ class SourceFacts:
     classes_list: list[Any] | None = None
 
 
-def check_against_source(spec: CompressionSpec, facts: SourceFacts) -> list[Problem]:
+def check_against_source(spec: CompressionSpec, facts: SourceFacts) -> list[FieldProblem]:
     """Passes that do not apply to the source: pruning or distilling an ONNX graph, structured
     pruning of an architecture it cannot shrink, a student not smaller than its teacher or
     unfit for the features, fine-tuning without training data."""
-    problems: list[Problem] = []
+    problems: list[FieldProblem] = []
     zoo = facts.zoo
     for index, item in enumerate(spec.passes):
         at = f"/passes/{index}"
@@ -485,7 +481,7 @@ def _needs_weights(kind: str, facts: SourceFacts) -> str:
     )
 
 
-def _student_problems(item: DistillSpec, teacher: ZooSpec, facts: SourceFacts, at: str) -> list[Problem]:
+def _student_problems(item: DistillSpec, teacher: ZooSpec, facts: SourceFacts, at: str) -> list[FieldProblem]:
     if facts.features is None or facts.classes is None:
         return [{"pointer": f"{at}/kind", "detail": f"{facts.describe} does not map [batch, features] to classes"}]
     unfit = model_fit_problems(item.student, (facts.features,))
@@ -514,33 +510,32 @@ def _trains(spec: CompressionSpec) -> bool:
 
 def describe_rows(details: dict[str, Any], label_column: str | None) -> tuple[int, int, bool]:
     """(rows, features per row, has labels) of a dataset file from its stored upload details
-    (npz ``{"arrays"}``: ``X`` and optionally ``y``; csv/parquet ``{"columns", "rows"}``: the
-    label column is ``label_column``, else ``label`` when there is one). Raises ``ValueError``."""
-    if "arrays" in details:
-        arrays = details["arrays"]
-        if label_column is not None:
-            raise ValueError("an npz file has arrays X and y; label_column is for csv/parquet")
-        if "X" not in arrays:
-            raise ValueError(f"an npz needs an array X (found {', '.join(sorted(arrays)) or 'none'})")
-        shape = list(arrays["X"]["shape"])
-        if len(shape) < 2:
-            raise ValueError(f"X must have one row per sample; its shape is {shape}")
-        return shape[0], math.prod(shape[1:]), "y" in arrays
-    if "columns" in details:
-        names = [c["name"] if isinstance(c, dict) else c for c in details["columns"]]
+    (npz: ``X`` and optionally ``y``; csv/parquet: the label column is ``label_column``, else
+    ``label`` when there is one). Raises ``ValueError``."""
+    stored = stored_dataset(details)
+    if stored.is_table:
+        names = stored.column_names
         if label_column is not None and label_column not in names:
             raise ValueError(f"there is no column '{label_column}'; columns are {', '.join(names[:20])}")
         label = label_column or ("label" if "label" in names else None)
-        return int(details.get("rows", 0)), len(names) - (label is not None), label is not None
-    raise ValueError("the file is not a dataset (npz, csv or parquet)")
+        return stored.rows, len(names) - (label is not None), label is not None
+    arrays = stored.arrays or {}
+    if label_column is not None:
+        raise ValueError("an npz file has arrays X and y; label_column is for csv/parquet")
+    if "X" not in arrays:
+        raise ValueError(f"an npz needs an array X (found {', '.join(sorted(arrays)) or 'none'})")
+    shape = arrays["X"].shape
+    if len(shape) < 2:
+        raise ValueError(f"X must have one row per sample; its shape is {list(shape)}")
+    return shape[0], math.prod(shape[1:]), "y" in arrays
 
 
 def check_data_fits(
     spec: CompressionSpec, facts: SourceFacts, details: dict[str, dict[str, Any] | None]
-) -> list[Problem]:
+) -> list[FieldProblem]:
     """Where the data files (their stored details by spec pointer, e.g. ``/eval``,
     ``/dataset``, ``/passes/2/calibration``) do not fit the source model's inputs."""
-    problems: list[Problem] = []
+    problems: list[FieldProblem] = []
     for pointer, data, need_labels in _data_refs(spec):
         found = BUILTIN_DETAILS[data.builtin] if data.builtin else details.get(pointer)
         if found is None:
@@ -572,7 +567,7 @@ def _file_pointer(pointer: str, data: DataSpec) -> str:
     return f"{pointer}/{'file_id' if data.file_id else 'builtin'}"
 
 
-def _fit_problem(pointer: str, data: DataSpec, facts: SourceFacts, rows: int, features: int) -> Problem | None:
+def _fit_problem(pointer: str, data: DataSpec, facts: SourceFacts, rows: int, features: int) -> FieldProblem | None:
     what = "calibration rows" if "calibration" in pointer else "rows"
     expected = facts.features if facts.features is not None else _fixed_input_elements(facts.inputs)
     if rows < 1:
@@ -616,13 +611,11 @@ def _untagged(error: Any) -> InitErrorDetails:
         previous = kept[-1] if kept else None
         if part in PASS_KINDS and isinstance(previous, int) and kept[:1] == ["passes"] and len(kept) == 2:
             continue
-        if part in _ARCH_TAGS and previous in ("student", "arch"):
+        if part in ARCH_TAGS and previous in ("student", "arch"):
             continue
         kept.append(part)
     if error["type"] in ("union_tag_invalid", "union_tag_not_found"):
         kept.append("arch" if kept and kept[-1] in ("student", "arch") else "kind")
         if kept[-2:] == ["arch", "arch"]:
             kept.pop()
-    template = error["msg"].replace("{", "{{").replace("}", "}}")
-    error_type = PydanticCustomError(error["type"], template)
-    return InitErrorDetails(type=error_type, loc=tuple(kept), input=error.get("input"))
+    return relocated(error, tuple(kept))

@@ -21,16 +21,12 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DistributedSampler
 
+from core.spec_kit import FieldError
 from training.spec import MAX_CLASSES, DatasetSpec, TrainingSpec, model_fit_problems, split_sizes
 
 
-class DatasetError(Exception):
+class DatasetError(FieldError):
     """The data does not fit the spec; ``pointer`` is a JSON pointer into the spec."""
-
-    def __init__(self, pointer: str, detail: str) -> None:
-        super().__init__(f"{pointer}: {detail}")
-        self.pointer = pointer
-        self.detail = detail
 
 
 @dataclass(frozen=True)

@@ -33,11 +33,12 @@ from typing import Any, TextIO
 
 from pydantic import ValidationError
 
+from core.spec_kit import validation_problems
 from training import dist
 from training.checkpoint import CheckpointError
 from training.data import DatasetError
 from training.loop import RunPaths, TrainingFailure, train
-from training.spec import TrainingSpec, json_pointer
+from training.spec import TrainingSpec
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -95,7 +96,7 @@ def error_event(exc: BaseException) -> tuple[dict[str, Any], bool]:
     import torch  # the error classes only; torch is loaded by then anyway
 
     if isinstance(exc, ValidationError):
-        errors = [{"pointer": json_pointer(e["loc"]), "detail": e["msg"]} for e in exc.errors(include_url=False)]
+        errors = validation_problems(exc)
         message = "; ".join(f"{e['pointer']}: {e['detail']}" for e in errors)
         return {"type": "error", "code": "bad_spec", "message": message, "errors": errors}, True
     if isinstance(exc, SpecFileError):

@@ -20,7 +20,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Field,
     ModelWrapValidatorHandler,
     ValidationError,
@@ -28,23 +27,32 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic_core import InitErrorDetails
 
-Loc = tuple[str | int, ...]
-Problem = dict[str, str]
+from core.spec_kit import (
+    FILE_ID_PATTERN,
+    REGISTER_AS_PATTERN,
+    FieldError,
+    FieldProblem,
+    Loc,
+    StoredDataset,
+    StrictModel,
+    error_at,
+    error_details,
+    numeric_column,
+    numeric_dtype,
+    relocated,
+    stored_dataset,
+)
 
 MAX_TRANSFORMER_TOKENS = 1024
 MAX_CLASSES = 10_000
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 # --- model -------------------------------------------------------------------------------------
 
 
-class MLPSpec(_Strict):
+class MLPSpec(StrictModel):
     """Fully connected blocks (Linear, ReLU, Dropout) then a linear head."""
 
     arch: Literal["mlp"]
@@ -54,7 +62,7 @@ class MLPSpec(_Strict):
     dropout: float = Field(0.0, ge=0.0, le=0.9)
 
 
-class CNNSpec(_Strict):
+class CNNSpec(StrictModel):
     """Conv blocks over a single-channel square image (the features, row-major: 64 → 8x8),
     each Conv(kernel_size, same padding), ReLU and a 2x2 max-pool while the side is ≥ 4,
     then a linear head."""
@@ -74,7 +82,7 @@ class CNNSpec(_Strict):
         return value
 
 
-class TransformerSpec(_Strict):
+class TransformerSpec(StrictModel):
     """A transformer-encoder classifier in the FT-Transformer style: every feature is one
     token (its value times a learned per-feature vector plus a per-feature bias), then
     ``layers`` pre-norm encoder blocks, then mean pooling over tokens and a linear head."""
@@ -96,7 +104,7 @@ class TransformerSpec(_Strict):
 
 
 ModelSpec = Annotated[MLPSpec | CNNSpec | TransformerSpec, Field(discriminator="arch")]
-_ARCH_TAGS = frozenset({"mlp", "cnn", "transformer"})
+ARCH_TAGS = frozenset({"mlp", "cnn", "transformer"})
 
 
 def stageable_layers(model: MLPSpec | CNNSpec | TransformerSpec) -> int:
@@ -111,13 +119,11 @@ def stageable_layers(model: MLPSpec | CNNSpec | TransformerSpec) -> int:
 
 # --- data --------------------------------------------------------------------------------------
 
-_FILE_ID = r"^file_[0-9A-Za-z]{1,64}$"
 
-
-class DatasetSpec(_Strict):
+class DatasetSpec(StrictModel):
     """Exactly one of ``file_id`` (an uploaded npz, csv or parquet) or ``builtin``."""
 
-    file_id: str | None = Field(None, pattern=_FILE_ID)
+    file_id: str | None = Field(None, pattern=FILE_ID_PATTERN)
     label_column: str | None = Field(None, min_length=1, max_length=256)
     builtin: Literal["digits"] | None = None
 
@@ -130,11 +136,11 @@ class DatasetSpec(_Strict):
         return self
 
 
-class ValidationSpec(_Strict):
+class ValidationSpec(StrictModel):
     """Exactly one of ``fraction`` (held out from the training data) or ``file_id``."""
 
     fraction: float | None = Field(None, gt=0.0, le=0.5)
-    file_id: str | None = Field(None, pattern=_FILE_ID)
+    file_id: str | None = Field(None, pattern=FILE_ID_PATTERN)
 
     @model_validator(mode="after")
     def _one_source(self) -> ValidationSpec:
@@ -163,7 +169,7 @@ def image_side(feature_shape: Sequence[int]) -> int | None:
     return None
 
 
-def model_fit_problems(model: MLPSpec | CNNSpec | TransformerSpec, feature_shape: Sequence[int]) -> list[Problem]:
+def model_fit_problems(model: MLPSpec | CNNSpec | TransformerSpec, feature_shape: Sequence[int]) -> list[FieldProblem]:
     """Why features of ``feature_shape`` (per row) cannot feed ``model``; empty when they can."""
     features = math.prod(feature_shape)
     shape = "x".join(str(d) for d in feature_shape)
@@ -191,7 +197,7 @@ def model_fit_problems(model: MLPSpec | CNNSpec | TransformerSpec, feature_shape
 # --- strategy and hyperparameters ----------------------------------------------------------------
 
 
-class StrategySpec(_Strict):
+class StrategySpec(StrictModel):
     """How the job is parallelised. ``pipeline`` runs one stage per process
     (``pipeline_stages`` defaults to the world size); ``hybrid`` is data parallel over
     ``world_size / pipeline_stages`` pipeline replicas (a 2-D mesh)."""
@@ -221,7 +227,7 @@ class StrategySpec(_Strict):
         return self.kind in ("pipeline", "hybrid")
 
 
-class HyperparametersSpec(_Strict):
+class HyperparametersSpec(StrictModel):
     epochs: int = Field(10, ge=1, le=10_000)
     max_steps: int | None = Field(None, ge=1, le=10_000_000, description="stop after this many steps")
     batch_size: int = Field(32, ge=1, le=65_536, description="global: summed over data-parallel replicas")
@@ -241,14 +247,14 @@ class HyperparametersSpec(_Strict):
 # --- the spec ----------------------------------------------------------------------------------
 
 
-class TrainingSpec(_Strict):
+class TrainingSpec(StrictModel):
     model: ModelSpec
     dataset: DatasetSpec
     validation: ValidationSpec = Field(default_factory=lambda: ValidationSpec(fraction=0.1))
     strategy: StrategySpec = Field(default_factory=StrategySpec)
     hyperparameters: HyperparametersSpec = Field(default_factory=HyperparametersSpec)
     checkpoint_every_steps: int = Field(100, ge=1, le=10_000_000)
-    register_as: str | None = Field(None, pattern=r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
+    register_as: str | None = Field(None, pattern=REGISTER_AS_PATTERN)
 
     @model_validator(mode="wrap")
     @classmethod
@@ -356,36 +362,20 @@ def _value_at(spec: BaseModel, loc: Loc) -> Any:
     return value
 
 
-def error_at(loc: Loc, message: str) -> ValidationError:
-    """A validation error at ``loc`` (a field path), for checks pydantic cannot express."""
-    return ValidationError.from_exception_data("spec", [error_details(loc, message, None)])
-
-
-def error_details(loc: Loc, message: str, value: Any) -> InitErrorDetails:
-    template = message.replace("{", "{{").replace("}", "}}")
-    return InitErrorDetails(type=PydanticCustomError("spec_invalid", template), loc=loc, input=value)
-
-
 def _untagged(error: Any) -> InitErrorDetails:
     """The same error without the union tag pydantic puts in locations (``model.mlp.hidden``)."""
     loc = tuple(error["loc"])
-    if len(loc) >= 2 and loc[0] == "model" and loc[1] in _ARCH_TAGS:
+    if len(loc) >= 2 and loc[0] == "model" and loc[1] in ARCH_TAGS:
         loc = loc[:1] + loc[2:]
     elif loc == ("model",) and error["type"] in ("union_tag_invalid", "union_tag_not_found"):
         loc = ("model", "arch")  # the field at fault is the discriminator
-    template = error["msg"].replace("{", "{{").replace("}", "}}")
-    return InitErrorDetails(type=PydanticCustomError(error["type"], template), loc=loc, input=error.get("input"))
-
-
-def json_pointer(loc: Sequence[str | int]) -> str:
-    """The RFC 6901 pointer for an error location: ("model", "hidden", 0) → /model/hidden/0."""
-    return "".join("/" + str(part).replace("~", "~0").replace("/", "~1") for part in loc)
+    return relocated(error, loc)
 
 
 # --- checks against the platform and the uploaded data ---------------------------------------
 
 
-def check_limits(spec: TrainingSpec, max_nproc_per_node: int, max_nnodes: int) -> list[Problem]:
+def check_limits(spec: TrainingSpec, max_nproc_per_node: int, max_nnodes: int) -> list[FieldProblem]:
     """Where the spec asks for more processes than this platform offers."""
     problems = []
     if spec.strategy.nproc_per_node > max_nproc_per_node:
@@ -416,7 +406,7 @@ def check_dataset_fits(
     spec: TrainingSpec,
     dataset_details: dict[str, Any] | None,
     validation_details: dict[str, Any] | None = None,
-) -> list[Problem]:
+) -> list[FieldProblem]:
     """Where the uploaded file(s), described by the details the upload validator stored
     (npz ``{"arrays": {...}}``, csv ``{"columns": [...], "rows": n}``, parquet
     ``{"columns": [{"name", "type"}], "rows": n}``), cannot train ``spec``'s model. For a
@@ -427,7 +417,7 @@ def check_dataset_fits(
         return [{"pointer": "/dataset/file_id", "detail": "the dataset file has no stored details"}]
     try:
         rows, feature_shape = _describe(dataset_details, spec.dataset.label_column, "/dataset")
-    except _Unfit as exc:
+    except FieldError as exc:
         return [exc.problem]
     problems = model_fit_problems(spec.model, feature_shape)
     if validation_details is not None and spec.validation.file_id is not None:
@@ -453,10 +443,10 @@ def check_dataset_fits(
 
 def _validation_file_problems(
     details: dict[str, Any], label_column: str | None, feature_shape: tuple[int, ...]
-) -> list[Problem]:
+) -> list[FieldProblem]:
     try:
         _, val_shape = _describe(details, label_column, "/validation")
-    except _Unfit as exc:
+    except FieldError as exc:
         return [exc.problem]
     if math.prod(val_shape) != math.prod(feature_shape):
         return [
@@ -469,67 +459,57 @@ def _validation_file_problems(
     return []
 
 
-class _Unfit(Exception):
-    def __init__(self, pointer: str, detail: str) -> None:
-        super().__init__(detail)
-        self.problem = {"pointer": pointer, "detail": detail}
-
-
 def _describe(details: dict[str, Any], label_column: str | None, pointer: str) -> tuple[int, tuple[int, ...]]:
-    """(rows, feature shape per row) from stored upload details."""
-    if "arrays" in details:
-        if label_column is not None:
-            raise _Unfit(f"{pointer}/label_column", "an npz file has arrays X and y; label_column is for csv/parquet")
-        return _describe_npz(details["arrays"], pointer)
-    if "columns" in details:
-        return _describe_table(details["columns"], int(details.get("rows", 0)), label_column, pointer)
-    raise _Unfit(pointer, "the file is not a dataset (npz, csv or parquet)")
+    """(rows, feature shape per row) from stored upload details; ``FieldError`` when they cannot train."""
+    try:
+        stored = stored_dataset(details)
+    except ValueError as exc:
+        raise FieldError(pointer, str(exc)) from None
+    if stored.is_table:
+        return _describe_table(stored, label_column, pointer)
+    if label_column is not None:
+        raise FieldError(f"{pointer}/label_column", "an npz file has arrays X and y; label_column is for csv/parquet")
+    return _describe_npz(stored, pointer)
 
 
-def _describe_npz(arrays: dict[str, Any], pointer: str) -> tuple[int, tuple[int, ...]]:
+def _describe_npz(stored: StoredDataset, pointer: str) -> tuple[int, tuple[int, ...]]:
+    arrays = stored.arrays or {}
     missing = [name for name in ("X", "y") if name not in arrays]
     if missing:
         found = ", ".join(sorted(arrays)) or "none"
-        raise _Unfit(pointer, f"an npz dataset needs arrays X and y; missing {' and '.join(missing)} (found {found})")
-    x_shape, y_shape = list(arrays["X"]["shape"]), list(arrays["y"]["shape"])
-    if len(x_shape) < 2:
-        raise _Unfit(pointer, f"X must have one row per sample and at least one feature; its shape is {x_shape}")
-    if not _numeric_dtype(arrays["X"]["dtype"]):
-        raise _Unfit(pointer, f"X must be numeric; its dtype is {arrays['X']['dtype']}")
-    if not (len(y_shape) == 1 or (len(y_shape) == 2 and y_shape[1] == 1)):
-        raise _Unfit(pointer, f"y must hold one label per row; its shape is {y_shape}")
-    if y_shape[0] != x_shape[0]:
-        raise _Unfit(pointer, f"X has {x_shape[0]} rows but y has {y_shape[0]}")
-    if x_shape[0] < 2:
-        raise _Unfit(pointer, f"a dataset needs at least 2 rows, this one has {x_shape[0]}")
-    return x_shape[0], tuple(x_shape[1:])
+        raise FieldError(
+            pointer, f"an npz dataset needs arrays X and y; missing {' and '.join(missing)} (found {found})"
+        )
+    x, y = arrays["X"], arrays["y"]
+    if len(x.shape) < 2:
+        raise FieldError(
+            pointer, f"X must have one row per sample and at least one feature; its shape is {list(x.shape)}"
+        )
+    if not numeric_dtype(x.dtype):
+        raise FieldError(pointer, f"X must be numeric; its dtype is {x.dtype}")
+    if not (len(y.shape) == 1 or (len(y.shape) == 2 and y.shape[1] == 1)):
+        raise FieldError(pointer, f"y must hold one label per row; its shape is {list(y.shape)}")
+    if y.shape[0] != x.shape[0]:
+        raise FieldError(pointer, f"X has {x.shape[0]} rows but y has {y.shape[0]}")
+    if x.shape[0] < 2:
+        raise FieldError(pointer, f"a dataset needs at least 2 rows, this one has {x.shape[0]}")
+    return x.shape[0], tuple(x.shape[1:])
 
 
-def _numeric_dtype(dtype: str) -> bool:
-    """For numpy's dtype names: "float32", "int64", "bool", "uint8" (not "<U3", "complex64")."""
-    return dtype.startswith(("int", "uint", "float", "bool"))
-
-
-def _describe_table(
-    columns: list[Any], rows: int, label_column: str | None, pointer: str
-) -> tuple[int, tuple[int, ...]]:
-    names = [c["name"] if isinstance(c, dict) else c for c in columns]
+def _describe_table(stored: StoredDataset, label_column: str | None, pointer: str) -> tuple[int, tuple[int, ...]]:
+    names = stored.column_names
     label = label_column or "label"
     if label not in names:
         where = f"{pointer}/label_column" if label_column else pointer
         hint = "" if label_column else " (the default label column); set label_column"
-        raise _Unfit(where, f"there is no column '{label}'{hint}; columns are {', '.join(names[:20])}")
-    for column in columns:
-        if isinstance(column, dict) and column["name"] != label and not _numeric_arrow_type(column["type"]):
-            raise _Unfit(
-                pointer, f"feature column '{column['name']}' has type {column['type']}; features must be numeric"
+        raise FieldError(where, f"there is no column '{label}'{hint}; columns are {', '.join(names[:20])}")
+    for column in stored.columns or ():
+        if column.name != label and not numeric_column(column):
+            raise FieldError(
+                pointer, f"feature column '{column.name}' has type {column.type}; features must be numeric"
             )
     if len(names) < 2:
-        raise _Unfit(pointer, "the file has a label column but no feature columns")
-    if rows < 2:
-        raise _Unfit(pointer, f"a dataset needs at least 2 rows, this one has {rows}")
-    return rows, (len(names) - 1,)
-
-
-def _numeric_arrow_type(type_name: str) -> bool:
-    return type_name.startswith(("int", "uint", "float", "double", "halffloat", "bool", "decimal"))
+        raise FieldError(pointer, "the file has a label column but no feature columns")
+    if stored.rows < 2:
+        raise FieldError(pointer, f"a dataset needs at least 2 rows, this one has {stored.rows}")
+    return stored.rows, (len(names) - 1,)

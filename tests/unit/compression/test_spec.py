@@ -22,11 +22,11 @@ from compression.spec import (
     check_against_source,
     check_data_fits,
     describe_rows,
-    json_pointer,
     remaining_channels,
     state_dict_classes,
     zoo_parameters,
 )
+from core.spec_kit import json_pointer
 from training.zoo import build_model
 
 TEACHER = {"arch": "cnn", "channels": [64, 128]}
