@@ -20,11 +20,11 @@ from api.metrics import ApiMetrics
 from api.openapi import ENDPOINT_TABLES as TABLES_KEY
 from api.problems import Problem, oip_path
 from api.routes import ENDPOINT_TABLES
-from core import job_catalog  # noqa: F401 - registers the product's job types
 from core.artifact_store import ArtifactStore
+from core.broker import create_celery
 from core.db import async_session_factory, make_async_engine
 from core.settings import Settings
-from workers.celery_app import create_celery
+from job_types.registry import load_job_types
 
 log = logging.getLogger("maas.api")
 
@@ -79,6 +79,7 @@ async def problem_middleware(request: web.Request, handler) -> web.StreamRespons
 
 def create_app(settings: Settings) -> web.Application:
     settings.require("database_url", "broker_url", "s3_endpoint_url")
+    job_types = load_job_types(settings)  # a broken job type stops the API here, not at its first job
     app = web.Application(middlewares=[problem_middleware], client_max_size=settings.max_request_body_bytes)
     app[TABLES_KEY] = ENDPOINT_TABLES
 
@@ -91,6 +92,7 @@ def create_app(settings: Settings) -> web.Application:
             db=async_session_factory(engine),
             store=ArtifactStore(settings),
             celery=create_celery(settings),
+            job_types=job_types,
             metrics=ApiMetrics(),
             keys=keys,
         )

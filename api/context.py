@@ -14,6 +14,7 @@ from api.metrics import ApiMetrics
 from core import dispatch
 from core.artifact_store import ArtifactStore
 from core.settings import Settings
+from job_types.registry import JobTypes
 
 if TYPE_CHECKING:
     from api.auth import KnownKeys
@@ -28,6 +29,7 @@ class ApiContext:
     celery: Celery
     metrics: ApiMetrics
     keys: KnownKeys
+    job_types: JobTypes
 
 
 CONTEXT = web.AppKey("context", ApiContext)

@@ -33,8 +33,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.local_platform import Platform, local_platform
+from job_types.training import child_env, torchrun_command
 from training.spec import TrainingSpec
-from workers.training import child_env, torchrun_command
 
 STRATEGIES = ("ddp", "fsdp", "pipeline", "hybrid")
 

@@ -1,7 +1,7 @@
 """Messages to the broker that must leave only once their transaction has committed.
 
 Code that changes state records the messages it implies with ``later(session, …)``;
-the caller commits and then ``send_pending`` hands them to Celery. A message lost
+``commit_and_send`` commits, then hands them to Celery with ``send``. A message lost
 between the two (a crash, a broker outage) costs nothing but time: the reconciler
 finds the queued job or the pending webhook in Postgres and sends it again.
 """

@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     max_wait_s: float = Field(default=60.0, ge=0, description="cap of `Prefer: wait=N`")
 
     # workers and the job runner
+    job_type_modules: str = Field(
+        default="",
+        description="comma-separated modules that add job types to the built-in ones; each exports JOB_TYPES "
+        "(a sequence of job_types.base.JobType) and QUEUES (the queues they add)",
+    )
     worker_concurrency: int = Field(default=2, gt=0)
     job_max_duration_s: int = Field(default=24 * 3600, gt=0)
     heartbeat_interval_s: float = Field(default=1.0, gt=0)
@@ -85,7 +90,7 @@ class Settings(BaseSettings):
     training_rendezvous_host: str = "127.0.0.1"
     training_rendezvous_timeout_s: int = Field(default=300, gt=0)
 
-    # serving: the model server in each inference worker (workers/model_server.py)
+    # serving: model servers, each its own process (`maas serve`, serving/)
     model_server_host: str = Field(default="127.0.0.1", description="where a model server's data plane listens")
     model_server_port: int = Field(default=0, ge=0, le=65535, description="0: a free port")
     # reachable address written in model_servers.url (default: model_server_host), e.g. the pod IP
@@ -94,7 +99,7 @@ class Settings(BaseSettings):
         default=0, ge=0, description="ONNX Runtime intra-op threads per model; 0: usable cores // servers per host"
     )
     inference_servers_per_host: int = Field(
-        default=1, gt=0, description="inference workers sharing this machine's cores (sizes the 0 above)"
+        default=1, gt=0, description="model servers sharing this machine's cores (sizes the 0 above)"
     )
     inference_concurrent_batches: int = Field(
         default=2,

@@ -1,9 +1,5 @@
-"""The Celery app: one queue per kind of work, at-least-once delivery.
-
-The broker only carries "go and run X"; Postgres holds the truth. Tasks are
-acknowledged after they finish (``acks_late``) and given back to the broker when
-the process running them dies (``reject_on_worker_lost``), so a killed worker
-loses nothing. Redis is the default broker; RabbitMQ (``amqp://``) works the same.
+"""The workers' Celery app: the broker configuration of ``core.broker``, the queues of this
+deployment's job types, and the task modules a worker runs.
 
 Start a worker with ``maas worker`` (or ``python -m workers``).
 """
@@ -11,45 +7,14 @@ Start a worker with ``maas worker`` (or ``python -m workers``).
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue
 
+from core.broker import create_celery
 from core.settings import Settings
+from job_types.registry import JobTypes
 
-QUEUES = ("training", "compression", "inference", "webhooks")
 # modules whose tasks and signal handlers a worker loads (the API only sends by name)
-TASK_MODULES = [
-    "workers.jobs",
-    "workers.webhooks",
-    "workers.reconciler",
-    "workers.training",
-    "workers.compression",
-    "workers.model_server",
-    "workers.predictions",
-    "workers.batch_inference",
-]
+TASK_MODULES = ("workers.jobs", "workers.webhooks", "workers.reconciler", "workers.predictions")
 
 
-def create_celery(settings: Settings) -> Celery:
-    settings.require("broker_url")
-    app = Celery("maas", broker=settings.broker_url, include=TASK_MODULES, set_as_current=False)
-    app.conf.update(
-        task_queues=[Queue(name) for name in QUEUES],
-        task_default_queue=QUEUES[0],
-        task_routes={f"workers.{name}.*": {"queue": name} for name in QUEUES},
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        # one message at a time per process: a long job must not sit behind another one's prefetch
-        worker_prefetch_multiplier=1,
-        task_serializer="json",
-        accept_content=["json"],
-        result_backend=None,
-        task_ignore_result=True,
-        broker_connection_retry_on_startup=True,
-        # Redis re-delivers an unacknowledged message after the visibility timeout; it must
-        # outlast the longest job, or a running job would be handed to a second worker.
-        broker_transport_options={"visibility_timeout": settings.job_max_duration_s + 3600},
-        worker_hijack_root_logger=False,
-        worker_send_task_events=False,
-        enable_utc=True,
-    )
-    return app
+def create_worker_app(settings: Settings, job_types: JobTypes) -> Celery:
+    return create_celery(settings, queues=job_types.queues, include=TASK_MODULES)

@@ -1,16 +1,14 @@
-"""The job runner: claims a job, runs the handler registered for its type, records the end.
+"""The job runner: claims a job, runs its type's handler, records the end.
 
-The extension point is ``@handler("training")``: a function taking a ``JobContext``
-and returning the job's ``result`` (a JSON-able dict). Through the context it
-reports progress, metrics, log lines, checkpoints and artifacts (each an event
-row), starts child processes that are stopped as a tree on cancel, and finds the
-checkpoints of earlier attempts so it can resume. It raises ``JobFailed`` to fail
-with a machine-readable code.
+The handler (``job_types``) sees the job through a ``JobRun``, this module's implementation of
+``job_types.base.JobContext``: progress, metrics, log lines, checkpoints and artifacts become
+event rows; child processes are stopped as a tree on cancel; the checkpoints of earlier
+attempts are there to resume from. A ``JobFailed`` fails the job with its code.
 
-While a handler runs, a heartbeat thread stamps the job every
-``heartbeat_interval_s`` and picks up cancel requests; if the job was taken from
-this worker (its heartbeat went stale and it was re-queued), the work is stopped
-and its outcome discarded.
+While a handler runs, a heartbeat thread stamps the job every ``heartbeat_interval_s`` and
+picks up cancel requests; if the job was taken from this worker (its heartbeat went stale and
+it was re-queued), the work is stopped and its outcome discarded. A node's share of a
+multi-node job runs as a ``NodeRun`` (:func:`run_node`) until the job stops running that attempt.
 """
 
 from __future__ import annotations
@@ -23,71 +21,100 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
 from sqlalchemy import func, select, type_coerce, update
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import Session
 
 from core import jobs as job_service
-from core.dispatch import commit_and_send
+from core.dispatch import Sender, commit_and_send
 from core.ids import new_id
 from core.job_states import QUEUED, RUNNING, TERMINAL
-from core.job_types import get_job_type
-from core.models import Artifact, Job, ModelVersion
-from core.registry import register_version
+from core.model_registry import register_version
+from core.models import Artifact, File, Job, ModelVersion
+from job_types.base import JobCanceled, JobFailed, JobType
 from workers.process_tree import ChildProcess
 from workers.runtime import WorkerRuntime, holder_is_gone
 
 log = logging.getLogger("maas.jobs")
-
-Handler = Callable[["JobContext"], dict[str, Any] | None]
-HANDLERS: dict[str, Handler] = {}
+NODE_TASK = "workers.jobs.node"
 
 
-def handler(job_type: str) -> Callable[[Handler], Handler]:
-    """Register the function that runs jobs of ``job_type``."""
+class _Run:
+    """What a job's run and a node's share have in common: the job, its spec, files and processes."""
 
-    def register(fn: Handler) -> Handler:
-        HANDLERS[job_type] = fn
-        return fn
-
-    return register
-
-
-class JobFailed(Exception):
-    """Raised by a handler: the job fails with ``code`` (machine-readable) and ``message``."""
-
-    def __init__(self, code: str, message: str, **details: Any):
-        super().__init__(message)
-        self.code, self.message, self.details = code, message, details
-
-
-class JobCanceled(Exception):
-    """Raised inside a handler once the job was canceled (see ``JobContext.raise_if_canceled``)."""
-
-
-class JobContext:
-    """A running job as its handler sees it."""
-
-    def __init__(self, rt: WorkerRuntime, job: Job, sender):
-        self.rt, self.settings, self.store = rt, rt.settings, rt.store
+    def __init__(self, rt: WorkerRuntime, job: Job, job_type: JobType):
+        self.rt, self.settings, self.store, self.db = rt, rt.settings, rt.store, rt.db
         self.job_id, self.tenant_id, self.attempt = job.id, job.tenant_id, job.attempts
+        self.job_type = job_type
         self.raw_spec: dict[str, Any] = job.spec
-        self.spec: BaseModel = get_job_type(job.type).spec.model_validate(job.spec)
-        self.canceled = threading.Event()
-        self.lost = threading.Event()  # the job was handed to another worker
-        self._sender = sender
+        self.spec: Any = job_type.spec.model_validate(job.spec)
         self._children: list[ChildProcess] = []
         self._lock = threading.Lock()
-        self._last_progress_webhook = 0.0
 
-    # -- reporting ----------------------------------------------------------------------------
-    def _write(self, fn: Callable[[Any], None]) -> None:
-        with self.rt.db() as session:
+    def _write(self, fn: Callable[[Session], None]) -> None:
+        with self.db() as session:
             fn(session)
-            commit_and_send(session, self._sender)
+            session.commit()
 
     def log(self, message: str, level: str = "info", **data: Any) -> None:
         self._write(lambda s: job_service.add_event(s, self.job_id, "log", message, data, level))
+
+    def fetch_file(self, file_id: str, target: Path) -> Path:
+        with self.db() as session:
+            file = session.scalar(select(File).where(File.id == file_id, File.tenant_id == self.tenant_id))
+        if file is None:
+            raise JobFailed("bad_dataset", f"the file {file_id} no longer exists")
+        self.store.download_file(file.storage_key, target, expected_sha256=file.sha256)
+        return target
+
+    def raise_if_canceled(self) -> None:
+        """Overridden by a job's run; a node's share is stopped from outside instead."""
+
+    def run_process(
+        self,
+        args: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        on_line: Callable[[str], None] | None = None,
+    ) -> int:
+        self.raise_if_canceled()
+        child = ChildProcess(args, env=env, cwd=cwd)
+        with self._lock:
+            self._children.append(child)
+        try:
+            for line in child.lines():
+                (on_line or self.log)(line)
+            code = child.wait()
+            child.reap_leftovers()
+        finally:
+            with self._lock:
+                self._children.remove(child)
+        self.raise_if_canceled()
+        return code
+
+    def stop_children(self) -> None:
+        with self._lock:
+            children = list(self._children)
+        for child in children:
+            child.stop(self.settings.cancel_grace_s)
+
+
+class JobRun(_Run):
+    """A running job as its handler sees it (``job_types.base.JobContext``)."""
+
+    def __init__(self, rt: WorkerRuntime, job: Job, job_type: JobType, sender: Sender):
+        super().__init__(rt, job, job_type)
+        self.canceled = threading.Event()
+        self.lost = threading.Event()  # the job was handed to another worker
+        self._sender = sender
+        self._last_progress_webhook = 0.0
+
+    # -- reporting ----------------------------------------------------------------------------
+    def _write(self, fn: Callable[[Session], None]) -> None:
+        with self.db() as session:
+            fn(session)
+            commit_and_send(session, self._sender)
 
     def progress(self, step: int, total_steps: int | None = None, **values: Any) -> None:
         """Where the job is; ``values`` (epoch, loss, samples/s…) ride along in the event."""
@@ -151,7 +178,7 @@ class JobContext:
         self, name: str, artifact: Artifact, signature: dict[str, Any], metrics: dict[str, Any], lineage: dict[str, Any]
     ) -> ModelVersion:
         """Add ``artifact`` (an ONNX model of this job) as the next version of model ``name``."""
-        with self.rt.db() as session:
+        with self.db() as session:
             version = register_version(
                 session,
                 tenant_id=self.tenant_id,
@@ -177,7 +204,7 @@ class JobContext:
 
     def checkpoints(self) -> list[Artifact]:
         """This job's checkpoints from every attempt, oldest first: the last one is where to resume."""
-        with self.rt.db() as session:
+        with self.db() as session:
             return list(
                 session.scalars(
                     select(Artifact)
@@ -186,51 +213,21 @@ class JobContext:
                 )
             )
 
-    def send(self, task: str, *args: Any, queue: str) -> None:
-        """Hand a task of this job (e.g. another node's share of it) to the broker."""
-        self._sender.send_task(task, args=list(args), queue=queue)
+    def start_node(self, node_rank: int, payload: dict[str, Any]) -> None:
+        self._sender.send_task(
+            NODE_TASK, args=[self.job_id, self.attempt, node_rank, payload], queue=self.job_type.queue
+        )
 
-    # -- cancellation and child processes -----------------------------------------------------
+    # -- cancellation -------------------------------------------------------------------------
     def raise_if_canceled(self) -> None:
         if self.canceled.is_set() or self.lost.is_set():
             raise JobCanceled()
-
-    def run_process(
-        self,
-        args: list[str],
-        *,
-        env: dict[str, str] | None = None,
-        cwd: Path | None = None,
-        on_line: Callable[[str], None] | None = None,
-    ) -> int:
-        """Run a command in its own process group, each output line to ``on_line`` (default: a log
-        event); stopped as a whole tree when the job is canceled. Returns its exit code."""
-        self.raise_if_canceled()
-        child = ChildProcess(args, env=env, cwd=cwd)
-        with self._lock:
-            self._children.append(child)
-        try:
-            for line in child.lines():
-                (on_line or self.log)(line)
-            code = child.wait()
-            child.reap_leftovers()
-        finally:
-            with self._lock:
-                self._children.remove(child)
-        self.raise_if_canceled()
-        return code
-
-    def stop_children(self) -> None:
-        with self._lock:
-            children = list(self._children)
-        for child in children:
-            child.stop(self.settings.cancel_grace_s)
 
 
 class Heartbeat(threading.Thread):
     """Stamps the job while it runs; notices cancel requests and a lost claim."""
 
-    def __init__(self, ctx: JobContext):
+    def __init__(self, ctx: JobRun):
         super().__init__(name=f"heartbeat-{ctx.job_id}", daemon=True)
         self.ctx = ctx
         self.done = threading.Event()
@@ -311,7 +308,7 @@ def claim(rt: WorkerRuntime, job_id: str, sender) -> Job | None:
 
 def finish(
     rt: WorkerRuntime,
-    ctx: JobContext,
+    ctx: JobRun,
     target: str,
     sender,
     *,
@@ -331,14 +328,21 @@ def run_job(rt: WorkerRuntime, job_id: str, sender) -> None:
     job = claim(rt, job_id, sender)
     if job is None:
         return
-    ctx = JobContext(rt, job, sender)
+    job_type = rt.job_types.get(job.type)
+    if job_type is None or job_type.handler is None:
+        with rt.db() as session:
+            message = f"this worker has no handler for job type {job.type!r}"
+            error = {"code": "unsupported_job_type", "message": message}
+            job_service.transition(
+                session, job_id, "failed", rt.settings, message=message, worker_id=rt.worker_id, values={"error": error}
+            )
+            commit_and_send(session, sender)
+        return
+    ctx = JobRun(rt, job, job_type, sender)
     beat = Heartbeat(ctx)
     beat.start()
     try:
-        fn = HANDLERS.get(job.type)
-        if fn is None:
-            raise JobFailed("unsupported_job_type", f"this worker has no handler for job type {job.type!r}")
-        result = fn(ctx) or {}
+        result = job_type.handler(ctx) or {}
         ctx.raise_if_canceled()
     except JobCanceled:
         pass
@@ -388,7 +392,7 @@ def give_up(session, job: Job, settings, reason: str) -> None:
     )
 
 
-def requeue_or_fail(session, job: Job, settings, reason: str) -> None:
+def requeue_or_fail(session: Session, job: Job, settings, reason: str, queue: str) -> None:
     """A running job whose worker is gone: back to the queue, or failed when out of attempts."""
     if job.attempts >= job.max_attempts:
         give_up(session, job, settings, reason)
@@ -403,4 +407,46 @@ def requeue_or_fail(session, job: Job, settings, reason: str) -> None:
         event_data={"reason": reason},
     )
     if requeued is not None:
-        job_service.dispatch(session, requeued)
+        job_service.dispatch(session, requeued, queue)
+
+
+class NodeRun(_Run):
+    """Another node's share of a running job (``job_types.base.NodeContext``): its processes are
+    stopped as soon as the job stops running the attempt the share belongs to."""
+
+    def __init__(self, rt: WorkerRuntime, job: Job, job_type: JobType, node_rank: int):
+        super().__init__(rt, job, job_type)
+        self.node_rank = node_rank
+        self.done = threading.Event()
+
+    def current(self) -> bool:
+        """Whether the job still runs this attempt."""
+        with self.db() as session:
+            job = session.get(Job, self.job_id)
+        return job is not None and job.status == RUNNING and job.attempts == self.attempt
+
+    def watch(self) -> None:
+        while not self.done.wait(self.settings.heartbeat_interval_s):
+            if not self.current():
+                self.stop_children()
+                return
+
+
+def run_node(rt: WorkerRuntime, job_id: str, attempt: int, node_rank: int, payload: dict[str, Any]) -> None:
+    """Run node ``node_rank``'s share of attempt ``attempt`` of a job, unless the job moved on."""
+    with rt.db() as session:
+        job = session.get(Job, job_id)
+    if job is None or job.status != RUNNING or job.attempts != attempt:
+        return
+    job_type = rt.job_types.get(job.type)
+    if job_type is None or job_type.node_handler is None:
+        log.error("job %s: type %r runs on one node only; share %d dropped", job_id, job.type, node_rank)
+        return
+    run = NodeRun(rt, job, job_type, node_rank)
+    watcher = threading.Thread(target=run.watch, name=f"node-{job_id}-{node_rank}", daemon=True)
+    watcher.start()
+    try:
+        job_type.node_handler(run, payload)
+    finally:
+        run.done.set()
+        run.stop_children()

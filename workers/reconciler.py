@@ -59,8 +59,10 @@ def reconcile_once(rt: WorkerRuntime, sender) -> dict[str, int]:
             .with_for_update(skip_locked=True)
         ).all()
         for job in stale:
-            requeue_or_fail(session, job, settings, f"worker {job.worker_id} stopped sending heartbeats")
-        counts["requeued_or_failed"] = len(stale)
+            queue = _queue_of(rt, job)
+            if queue is not None:
+                requeue_or_fail(session, job, settings, f"worker {job.worker_id} stopped sending heartbeats", queue)
+                counts["requeued_or_failed"] += 1
 
         lost = session.scalars(
             select(Job)
@@ -69,8 +71,10 @@ def reconcile_once(rt: WorkerRuntime, sender) -> dict[str, int]:
             .with_for_update(skip_locked=True)
         ).all()
         for job in lost:
-            job_service.dispatch(session, job)
-        counts["redispatched"] = len(lost)
+            queue = _queue_of(rt, job)
+            if queue is not None:
+                job_service.dispatch(session, job, queue)
+                counts["redispatched"] += 1
 
         overdue = session.scalars(
             select(WebhookDelivery)
@@ -107,6 +111,15 @@ def reconcile_once(rt: WorkerRuntime, sender) -> dict[str, int]:
     if any(counts.values()):
         log.info("reconciled: %s", counts)
     return counts
+
+
+def _queue_of(rt: WorkerRuntime, job: Job) -> str | None:
+    """The queue of the job's type; None (and a warning) for a type this deployment does not have."""
+    job_type = rt.job_types.get(job.type)
+    if job_type is None:
+        log.warning("job %s has type %r, which this worker does not know; left as it is", job.id, job.type)
+        return None
+    return job_type.queue
 
 
 class Reconciler(threading.Thread):

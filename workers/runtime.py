@@ -1,4 +1,4 @@
-"""What a worker process holds: settings, a database engine, the artifact store.
+"""What a worker process holds: settings, its job types, a database engine, the artifact store.
 
 Created lazily in each process (after Celery forks its pool), never at import time.
 """
@@ -15,6 +15,7 @@ from sqlalchemy.orm import sessionmaker
 from core.artifact_store import ArtifactStore
 from core.db import make_engine, session_factory
 from core.settings import Settings, load_settings
+from job_types.registry import JobTypes, load_job_types
 
 
 @dataclass
@@ -23,6 +24,7 @@ class WorkerRuntime:
     engine: Engine
     db: sessionmaker
     store: ArtifactStore
+    job_types: JobTypes
     pid: int
 
     @property
@@ -46,6 +48,7 @@ def runtime() -> WorkerRuntime:
             engine=engine,
             db=session_factory(engine),
             store=ArtifactStore(settings),
+            job_types=load_job_types(settings),
             pid=os.getpid(),
         )
     return _runtime

@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Self
 
 import psutil
 
-from infra import ports as port_picker
+from core import ports as port_picker
 
 STATE_FILE = "state.json"
 PID_FILE = "server.pid"

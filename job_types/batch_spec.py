@@ -1,4 +1,4 @@
-"""Batch inference jobs: the spec, and the pure plan that maps a dataset file onto a model's inputs.
+"""The batch inference spec, and the pure plan that maps a dataset file onto a model's inputs.
 
 A ``batch_inference`` job runs one model version (a named one, or the one deployed when the job
 starts) over an uploaded dataset file in chunks of ``chunk_rows`` and writes the outputs as one
@@ -14,7 +14,7 @@ Where each input comes from:
 
 :func:`plan_inputs` checks all of that against the file's stored details (names, dtypes, shapes,
 row counts) and the model's signature, so a job that cannot run is refused with a 422 naming
-the spec field before it is created. The worker side is ``workers.batch_inference``.
+the spec field before it is created. The job type is ``job_types.batch_inference``.
 """
 
 from __future__ import annotations
@@ -24,24 +24,21 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from core.onnx_signature import OIP_TO_NUMPY
+from core.spec_kit import FieldError, StoredArray, StoredDataset, StrictModel, numeric_column, stored_dataset
 
 MAX_CHUNK_ROWS = 65_536
 SINGLE_INPUT_ARRAY = "X"  # the features array of a training .npz
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ModelRef(_Strict):
+class ModelRef(StrictModel):
     name: str = Field(min_length=1, max_length=128)
     version: int | None = Field(None, ge=1, description="the version to run; default: the one deployed when it starts")
 
 
-class BatchDataset(_Strict):
+class BatchDataset(StrictModel):
     file_id: str
     inputs: dict[str, str] | None = Field(
         None, description=".npz only: model input name -> array name, where they differ"
@@ -52,24 +49,20 @@ class BatchDataset(_Strict):
     label_column: str = Field("label", description="left out when columns is not given")
 
 
-class BatchOutput(_Strict):
+class BatchOutput(StrictModel):
     format: Literal["npz", "parquet"] = "npz"
     outputs: list[str] | None = Field(None, min_length=1, description="which model outputs to write; default: all")
 
 
-class BatchInferenceSpec(_Strict):
+class BatchInferenceSpec(StrictModel):
     model: ModelRef
     dataset: BatchDataset
     output: BatchOutput = BatchOutput()
     chunk_rows: int = Field(1024, ge=1, le=MAX_CHUNK_ROWS, description="rows per ONNX Runtime call")
 
 
-class PlanError(ValueError):
+class PlanError(FieldError):
     """The file or the spec does not fit the model; ``pointer`` is the spec field at fault."""
-
-    def __init__(self, pointer: str, detail: str) -> None:
-        super().__init__(detail)
-        self.pointer, self.detail = pointer, detail
 
 
 @dataclass(frozen=True)
@@ -84,7 +77,9 @@ class InputFeed:
 
 
 @dataclass(frozen=True)
-class Plan:
+class FeedPlan:
+    """How a dataset file feeds a model: one feed per input, the outputs written, the rows."""
+
     feeds: tuple[InputFeed, ...]
     outputs: tuple[str, ...]
     rows: int
@@ -92,7 +87,6 @@ class Plan:
 
 # which numpy dtype kinds may be cast to an input of each kind without losing meaning
 _ACCEPTS = {"f": "biuf", "i": "biu", "u": "bu", "b": "b", "O": "SU"}
-_PARQUET_NUMERIC = ("int", "uint", "float", "double", "halffloat", "bool")
 
 
 def _input_dtype(spec_input: Mapping[str, Any]) -> str:
@@ -111,7 +105,7 @@ def castable(source: np.dtype | str, target: str) -> bool:
 
 def plan_inputs(
     signature: Mapping[str, Any], file_format: str, details: Mapping[str, Any], spec: BatchInferenceSpec
-) -> Plan:
+) -> FeedPlan:
     """How the file feeds the model and which outputs are written; :class:`PlanError` when it cannot."""
     inputs = signature.get("inputs") or []
     for spec_input in inputs:
@@ -123,11 +117,15 @@ def plan_inputs(
                 "batch inference feeds rows along the first dimension",
             )
     outputs = _outputs(signature, spec.output)
+    try:
+        stored = stored_dataset(details)
+    except ValueError as exc:
+        raise PlanError("/dataset/file_id", str(exc)) from None
     if file_format == "npz":
-        feeds, rows = _npz_feeds(inputs, details, spec.dataset)
+        feeds, rows = _npz_feeds(inputs, stored, spec.dataset)
     else:
-        feeds, rows = _table_feeds(inputs, file_format, details, spec.dataset)
-    return Plan(tuple(feeds), outputs, rows)
+        feeds, rows = _table_feeds(inputs, file_format, stored, spec.dataset)
+    return FeedPlan(tuple(feeds), outputs, rows)
 
 
 def _outputs(signature: Mapping[str, Any], output: BatchOutput) -> tuple[str, ...]:
@@ -141,11 +139,11 @@ def _outputs(signature: Mapping[str, Any], output: BatchOutput) -> tuple[str, ..
 
 
 def _npz_feeds(
-    inputs: Sequence[Mapping[str, Any]], details: Mapping[str, Any], dataset: BatchDataset
+    inputs: Sequence[Mapping[str, Any]], stored: StoredDataset, dataset: BatchDataset
 ) -> tuple[list[InputFeed], int]:
     if dataset.columns is not None:
         raise PlanError("/dataset/columns", "columns pick from a .csv or .parquet; a .npz is fed by array names")
-    arrays: Mapping[str, Mapping[str, Any]] = details.get("arrays") or {}
+    arrays: Mapping[str, StoredArray] = stored.arrays or {}
     names = [i["name"] for i in inputs]
     mapping = dataset.inputs or {}
     for input_name, array in mapping.items():
@@ -163,15 +161,15 @@ def _npz_feeds(
                 "/dataset/inputs", f"nothing feeds model input '{name}': {_arrays(arrays)}; map it in dataset.inputs"
             )
         found = arrays[array]
-        if not found["shape"]:
+        if not found.shape:
             raise PlanError(pointer, f"array '{array}' is a scalar; it needs one row per item")
         dtype = _input_dtype(spec_input)
-        if not castable(found["dtype"], dtype):
+        if not castable(found.dtype, dtype):
             raise PlanError(
-                pointer, f"array '{array}' holds {found['dtype']}; model input '{name}' takes {spec_input['datatype']}"
+                pointer, f"array '{array}' holds {found.dtype}; model input '{name}' takes {spec_input['datatype']}"
             )
-        _check_shape(pointer, f"array '{array}'", found["shape"], spec_input)
-        rows_by_array[array] = found["shape"][0]
+        _check_shape(pointer, f"array '{array}'", found.shape, spec_input)
+        rows_by_array[array] = found.shape[0]
         feeds.append(InputFeed(name, dtype, array=array))
     if len(set(rows_by_array.values())) > 1:
         counts = ", ".join(f"'{a}' {r}" for a, r in rows_by_array.items())
@@ -199,7 +197,7 @@ def _check_shape(pointer: str, what: str, shape: Sequence[int], spec_input: Mapp
 
 
 def _table_feeds(
-    inputs: Sequence[Mapping[str, Any]], file_format: str, details: Mapping[str, Any], dataset: BatchDataset
+    inputs: Sequence[Mapping[str, Any]], file_format: str, stored: StoredDataset, dataset: BatchDataset
 ) -> tuple[list[InputFeed], int]:
     if dataset.inputs is not None:
         raise PlanError("/dataset/inputs", f"inputs map .npz arrays; a .{file_format} is fed by columns")
@@ -210,9 +208,8 @@ def _table_feeds(
             f"({_listed([i['name'] for i in inputs])}): give a .npz with one array per input",
         )
     spec_input = inputs[0]
-    columns = details.get("columns") or []
-    types = {c["name"]: c["type"] for c in columns} if columns and isinstance(columns[0], dict) else {}
-    present = list(types) if types else list(columns)
+    columns = {column.name: column for column in stored.columns or ()}
+    present = list(columns)
     if dataset.columns is None:
         chosen = [c for c in present if c != dataset.label_column]
         if not chosen:
@@ -225,18 +222,19 @@ def _table_feeds(
     dtype = _input_dtype(spec_input)
     if dtype == "object":
         raise PlanError("/dataset/file_id", f"model input '{spec_input['name']}' takes strings: give a .npz")
-    for index, column in enumerate(chosen):
-        column_type = types.get(column)
-        if column_type is not None and not column_type.startswith(_PARQUET_NUMERIC):
+    for index, name in enumerate(chosen):
+        column = columns[name]
+        # a decimal column is numeric, but reads as Python objects: no model input takes those
+        if not numeric_column(column) or (column.type or "").startswith("decimal"):
             pointer = f"/dataset/columns/{index}" if dataset.columns is not None else "/dataset/columns"
-            raise PlanError(pointer, f"column '{column}' holds {column_type}; the model takes numbers")
+            raise PlanError(pointer, f"column '{name}' holds {column.type}; the model takes numbers")
     feed = InputFeed(
         spec_input["name"],
         dtype,
         columns=tuple(chosen),
         row_shape=_row_shape(len(chosen), spec_input),
     )
-    return [feed], int(details.get("rows") or 0)
+    return [feed], stored.rows
 
 
 def _row_shape(width: int, spec_input: Mapping[str, Any]) -> tuple[int, ...] | None:

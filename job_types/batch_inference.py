@@ -1,35 +1,98 @@
-"""Batch inference jobs on a worker of the ``inference`` queue: run one model version over a dataset
-file in chunks and publish the outputs as one ``.npz`` or ``.parquet`` artifact.
+"""The ``batch_inference`` job type: one model version over a dataset file in chunks, on a worker
+of the ``inference`` queue, its outputs published as one ``.npz`` or ``.parquet`` artifact.
 
-The job opens its own ONNX Runtime session (the model file checked against its sha256 and warmed
-up like a deployment's), so it neither needs the version deployed nor slows down the online
-traffic's batches beyond sharing the cores. Which version runs is settled when the job starts
-(the named one, or the one deployed then) and written to the job's result. Progress is reported
-at most every ``PROGRESS_INTERVAL_S`` and after the last chunk; cancellation is checked before
-every chunk. A job re-run after its worker died starts over.
+Before a job is created: the version exists (the named one, or one is deployed), the dataset
+file exists, and :func:`job_types.batch_spec.plan_inputs` maps it onto the model's inputs.
+On the worker the job opens its own ONNX Runtime session (the model file checked against its
+sha256 and warmed up like a deployment's), so it neither needs the version deployed nor slows
+down the online traffic's batches beyond sharing the cores. Which version runs is settled when
+the job starts (the named one, or the one deployed then) and written to the job's result.
+Progress is reported at most every ``PROGRESS_INTERVAL_S`` and after the last chunk;
+cancellation is checked before every chunk. A job re-run after its worker died starts over.
 """
 
 from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from core.artifact_store import ChecksumMismatch
-from core.batch_inference import BatchInferenceSpec
-from core.job_catalog import BatchSources, find_batch_sources
-from workers.batch_files import BadData, output_writer, read_chunks
-from workers.job_runner import JobContext, JobFailed, handler
-from workers.model_loader import OnnxModel, inference_threads, load_model
-from workers.training import fetch_dataset
+from core.broker import INFERENCE
+from core.model_registry import find_version
+from core.models import Artifact, Deployment, File, Model, ModelVersion
+from core.settings import Settings
+from core.spec_kit import FieldProblem
+from job_types.base import JobContext, JobFailed, JobType
+from job_types.batch_files import BadData, output_writer, read_chunks
+from job_types.batch_spec import BatchInferenceSpec, FeedPlan, PlanError, plan_inputs
+from job_types.lookups import dataset_file, model_not_found
+
+if TYPE_CHECKING:
+    from serving.loader import OnnxModel
+
+
+# --- what the job reads, before it is created and on the worker ---------------------------------
+
+
+@dataclass(frozen=True)
+class BatchSources:
+    """What a batch inference job reads: the model version, its ONNX artifact, the dataset file and the plan."""
+
+    version: ModelVersion
+    model_artifact: Artifact
+    file: File
+    plan: FeedPlan
+
+
+def find_batch_sources(
+    session: Session, tenant_id: str, spec: BatchInferenceSpec
+) -> tuple[BatchSources | None, list[FieldProblem]]:
+    """The version to run (the named one, or the one deployed now), the dataset and how it feeds the model."""
+    ref = spec.model
+    if ref.version is None:
+        version = session.scalar(
+            select(ModelVersion)
+            .join(Deployment, Deployment.model_version_id == ModelVersion.id)
+            .join(Model, Model.id == Deployment.model_id)
+            .where(Model.tenant_id == tenant_id, Model.name == ref.name)
+        )
+    else:
+        version = find_version(session, tenant_id, ref.name, ref.version)
+    problems: list[FieldProblem] = []
+    if version is None:
+        problems.append(model_not_found(session, tenant_id, ref.name, ref.version, "/model/name", "/model/version"))
+    file, found = dataset_file(session, tenant_id, spec.dataset.file_id, "/dataset/file_id")
+    problems += found
+    if version is None or file is None:
+        return None, problems
+    try:
+        plan = plan_inputs(version.signature, file.format, file.details, spec)
+    except PlanError as exc:
+        return None, [exc.problem]
+    return BatchSources(version, session.get(Artifact, version.artifact_id), file, plan), []
+
+
+def check_batch_inference(
+    session: Session, tenant_id: str, spec: BatchInferenceSpec, settings: Settings
+) -> list[FieldProblem]:
+    return find_batch_sources(session, tenant_id, spec)[1]
+
+
+# --- on the worker -----------------------------------------------------------------------------
+
 
 PROGRESS_INTERVAL_S = 1.0
 
 
 def sources(ctx: JobContext, spec: BatchInferenceSpec) -> BatchSources:
     """The model version and the dataset as they are now (a deleted file or an undeployed model fails the job)."""
-    with ctx.rt.db() as session:
+    with ctx.db() as session:
         found, problems = find_batch_sources(session, ctx.tenant_id, spec)
     if found is None:
         code = "bad_dataset" if problems[0]["pointer"].startswith("/dataset") else "bad_model"
@@ -38,6 +101,8 @@ def sources(ctx: JobContext, spec: BatchInferenceSpec) -> BatchSources:
 
 
 def open_model(ctx: JobContext, found: BatchSources) -> OnnxModel:
+    from serving.loader import inference_threads, load_model
+
     artifact = found.model_artifact
     try:
         return load_model(
@@ -61,7 +126,7 @@ def run_chunks(ctx: JobContext, spec: BatchInferenceSpec, found: BatchSources, m
     writer = output_writer(fmt, out, plan.rows, work)
     done, inference_s, started = 0, 0.0, time.monotonic()
     reported = float("-inf")
-    data = fetch_dataset(ctx.rt, ctx.tenant_id, found.file.id, work / f"dataset.{found.file.format}")
+    data = ctx.fetch_file(found.file.id, work / f"dataset.{found.file.format}")
     try:
         for feed in read_chunks(data, found.file.format, plan, spec.chunk_rows, work):
             ctx.raise_if_canceled()
@@ -90,9 +155,8 @@ def run_chunks(ctx: JobContext, spec: BatchInferenceSpec, found: BatchSources, m
     return out
 
 
-@handler("batch_inference")
 def run_batch_inference(ctx: JobContext) -> dict[str, Any]:
-    spec: BatchInferenceSpec = ctx.spec  # type: ignore[assignment]
+    spec: BatchInferenceSpec = ctx.spec
     found = sources(ctx, spec)
     version = found.version
     ctx.log(
@@ -111,3 +175,12 @@ def run_batch_inference(ctx: JobContext) -> dict[str, Any]:
         "outputs": list(found.plan.outputs),
         "artifact": {"id": artifact.id, "name": artifact.name, "bytes": artifact.bytes, "sha256": artifact.sha256},
     }
+
+
+BATCH_INFERENCE = JobType(
+    name="batch_inference",
+    spec=BatchInferenceSpec,
+    queue=INFERENCE,
+    check=check_batch_inference,
+    handler=run_batch_inference,
+)

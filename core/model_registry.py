@@ -18,9 +18,9 @@ from sqlalchemy.orm import Session
 
 from core.ids import new_id
 from core.models import Artifact, Model, ModelVersion
+from core.spec_kit import MODEL_NAME_PATTERN
 
-NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
-_NAME = re.compile(NAME_PATTERN)
+_NAME = re.compile(MODEL_NAME_PATTERN)
 
 
 def valid_name(name: str) -> bool:

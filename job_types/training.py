@@ -1,8 +1,13 @@
-"""Training jobs on a worker: fetch the data, run ``training.run`` under torchrun, and turn what rank 0
-says (JSON lines) into progress, checkpoints, artifacts and a registered model version.
+"""The ``training`` job type: a spec of ``training.spec`` run by torchrun on a worker of the
+``training`` queue.
 
-torchrun runs in its own process group, so a cancel stops every rank. A job re-run after its worker
-died starts from the newest checkpoint any earlier attempt uploaded.
+Before a job is created: the limits of the platform (processes per node, nodes) and the dataset
+files' stored details against the model. On the worker: fetch the data, run ``training.run``
+under torchrun, and turn what rank 0 says (JSON lines) into progress, checkpoints, artifacts and
+a registered model version. torchrun runs in its own process group, so a cancel stops every
+rank. A job re-run after its worker died starts from the newest checkpoint any earlier attempt
+uploaded. With ``nnodes > 1`` the first node hosts torchrun's c10d rendezvous and sends every
+other node its share (:func:`run_node_share`) through the queue.
 """
 
 from __future__ import annotations
@@ -16,30 +21,48 @@ import sys
 import tarfile
 import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import onnx
-from celery import shared_task
-from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from core import job_catalog  # noqa: F401 - the training job type
-from core import jobs as job_service
-from core.job_states import RUNNING
-from core.models import File, Job
+from core.broker import TRAINING as TRAINING_QUEUE
 from core.onnx_signature import read_signature
-from infra.ports import pick_port
-from training.spec import TrainingSpec
-from workers.job_runner import JobContext, JobFailed, handler
-from workers.process_tree import ChildProcess
-from workers.runtime import WorkerRuntime, runtime
+from core.ports import pick_port
+from core.settings import Settings
+from core.spec_kit import FieldProblem
+from job_types.base import JobContext, JobFailed, JobType, NodeContext, RunContext
+from job_types.lookups import dataset_file
+from training.spec import TrainingSpec, check_dataset_fits, check_limits
 
 PROTOCOL = {"progress", "checkpoint", "result", "error"}
 NODE_TASK = "workers.training.node"
 LOG_TAIL_LINES = 40
 MAX_LOG_EVENTS = 500
+
+
+# --- before the job is created -----------------------------------------------------------------
+
+
+def check_training(session: Session, tenant_id: str, spec: TrainingSpec, settings: Settings) -> list[FieldProblem]:
+    problems = check_limits(spec, settings.max_nproc_per_node, settings.max_nnodes)
+    details = validation_details = None
+    if spec.dataset.file_id:
+        file, found = dataset_file(session, tenant_id, spec.dataset.file_id, "/dataset/file_id")
+        problems += found
+        details = file.details if file else None
+    if spec.validation.file_id:
+        file, found = dataset_file(session, tenant_id, spec.validation.file_id, "/validation/file_id")
+        problems += found
+        validation_details = file.details if file else None
+    if problems:
+        return problems
+    return check_dataset_fits(spec, details, validation_details)
+
+
+# --- on the worker -----------------------------------------------------------------------------
 
 
 def torchrun_command(
@@ -155,22 +178,12 @@ def _protocol_message(line: str) -> dict[str, Any] | None:
     return message if isinstance(message, dict) and message.get("type") in PROTOCOL else None
 
 
-def fetch_dataset(rt: WorkerRuntime, tenant_id: str, file_id: str, target: Path) -> Path:
-    """Download an uploaded file of the tenant, verifying its recorded sha256."""
-    with rt.db() as session:
-        file = session.scalar(select(File).where(File.id == file_id, File.tenant_id == tenant_id))
-    if file is None:
-        raise JobFailed("bad_dataset", f"the file {file_id} no longer exists")
-    rt.store.download_file(file.storage_key, target, expected_sha256=file.sha256)
-    return target
-
-
-def data_args(rt: WorkerRuntime, tenant_id: str, spec: TrainingSpec, folder: Path) -> list[str]:
+def data_args(ctx: RunContext, spec: TrainingSpec, folder: Path) -> list[str]:
     args = []
     if spec.dataset.file_id:
-        args += ["--data", str(fetch_dataset(rt, tenant_id, spec.dataset.file_id, folder / "data"))]
+        args += ["--data", str(ctx.fetch_file(spec.dataset.file_id, folder / "data"))]
     if spec.validation.file_id:
-        args += ["--val-data", str(fetch_dataset(rt, tenant_id, spec.validation.file_id, folder / "val-data"))]
+        args += ["--val-data", str(ctx.fetch_file(spec.validation.file_id, folder / "val-data"))]
     return args
 
 
@@ -218,7 +231,6 @@ def publish(ctx: JobContext, spec: TrainingSpec, result: dict[str, Any]) -> dict
     return published
 
 
-@handler("training")
 def run_training(ctx: JobContext) -> dict[str, Any]:
     spec: TrainingSpec = ctx.spec
     multinode = spec.strategy.nnodes > 1
@@ -234,13 +246,14 @@ def run_training(ctx: JobContext) -> dict[str, Any]:
                 common += ["--resume", str(resume)]
             output = RankZeroOutput(ctx, local)
             env = child_env(ctx.settings.training_threads_per_process)
-            args = common + data_args(ctx.rt, ctx.tenant_id, spec, local)
+            args = common + data_args(ctx, spec, local)
             if multinode:
                 code = run_first_node(ctx, spec, common, args, shared, output, env)
             else:
                 code = ctx.run_process(torchrun_command(spec, args), env=env, on_line=output)
             if (failure := classify_failure(code, output)) is not None:
                 raise failure
+            assert output.result is not None  # classify_failure found a result
             return publish(ctx, spec, output.result)
         finally:
             if multinode:
@@ -268,16 +281,12 @@ def run_first_node(
     events = shared / "events.jsonl"
     events.touch()
     for node_rank in range(1, spec.strategy.nnodes):
-        ctx.send(
-            NODE_TASK,
-            ctx.job_id,
-            ctx.attempt,
-            node_rank,
-            rendezvous.endpoint,
-            rendezvous.run_id,
-            [*common, "--events", str(events)],
-            queue="training",
-        )
+        share = {
+            "endpoint": rendezvous.endpoint,
+            "run_id": rendezvous.run_id,
+            "args": [*common, "--events", str(events)],
+        }
+        ctx.start_node(node_rank, share)
     ctx.log(f"node 0 of {spec.strategy.nnodes}: rendezvous at {rendezvous.endpoint}")
     with EventsTail(events, output):
         return ctx.run_process(
@@ -316,52 +325,38 @@ class EventsTail(threading.Thread):
                 self.done.wait(0.2)
 
 
-@shared_task(bind=True, name=NODE_TASK)
-def run_node(self, job_id: str, attempt: int, node_rank: int, endpoint: str, run_id: str, common: list[str]) -> None:
+def run_node_share(ctx: NodeContext, share: dict[str, Any]) -> None:
     """Another node's share of a multi-node training job: torchrun joining node 0's rendezvous.
 
-    It reports through node 0 (rank 0's events file) and logs its output as job events; it stops
-    when the job stops running this attempt."""
-    rt = runtime()
-    with rt.db() as session:
-        job = session.get(Job, job_id)
-    if job is None or job.status != RUNNING or job.attempts != attempt:
-        return
-    spec = TrainingSpec.model_validate(job.spec)
-    with tempfile.TemporaryDirectory(prefix=f"maas-{job_id}-node{node_rank}-") as tmp:
-        args = common + data_args(rt, job.tenant_id, spec, Path(tmp))
-        rendezvous = Rendezvous(endpoint=endpoint, run_id=run_id, timeout_s=rt.settings.training_rendezvous_timeout_s)
-        child = ChildProcess(
-            torchrun_command(spec, args, node_rank=node_rank, rendezvous=rendezvous),
-            env=child_env(rt.settings.training_threads_per_process),
+    It reports through node 0 (rank 0's events file) and logs its output as job events; the
+    worker stops it when the job stops running this attempt."""
+    spec: TrainingSpec = ctx.spec
+    node = ctx.node_rank
+    logged = 0
+
+    def log_line(line: str) -> None:
+        nonlocal logged
+        if logged < MAX_LOG_EVENTS and line.strip():
+            logged += 1
+            ctx.log(f"[node {node}] {line}", node=node)
+
+    with tempfile.TemporaryDirectory(prefix=f"maas-{ctx.job_id}-node{node}-") as tmp:
+        args = share["args"] + data_args(ctx, spec, Path(tmp))
+        rendezvous = Rendezvous(share["endpoint"], share["run_id"], ctx.settings.training_rendezvous_timeout_s)
+        code = ctx.run_process(
+            torchrun_command(spec, args, node_rank=node, rendezvous=rendezvous),
+            env=child_env(ctx.settings.training_threads_per_process),
+            on_line=log_line,
         )
-        watcher = threading.Thread(target=_stop_when_job_moves_on, args=(rt, job_id, attempt, child), daemon=True)
-        watcher.start()
-        logged = 0
-        with rt.db() as session:
-            for line in child.lines():
-                if logged < MAX_LOG_EVENTS and line.strip():
-                    logged += 1
-                    job_service.add_event(session, job_id, "log", f"[node {node_rank}] {line}", {"node": node_rank})
-                    session.commit()
-            code = child.wait()
-            child.reap_leftovers()
-            job_service.add_event(
-                session,
-                job_id,
-                "log",
-                f"node {node_rank} finished with status {code}",
-                {"node": node_rank, "exit_code": code},
-                level="info" if code == 0 else "warning",
-            )
-            session.commit()
+    level = "info" if code == 0 else "warning"
+    ctx.log(f"node {node} finished with status {code}", level=level, node=node, exit_code=code)
 
 
-def _stop_when_job_moves_on(rt: WorkerRuntime, job_id: str, attempt: int, child: ChildProcess) -> None:
-    while child.popen.poll() is None:
-        with rt.db() as session:
-            job = session.get(Job, job_id)
-        if job is None or job.status != RUNNING or job.attempts != attempt:
-            child.stop(rt.settings.cancel_grace_s)
-            return
-        time.sleep(rt.settings.heartbeat_interval_s)
+TRAINING = JobType(
+    name="training",
+    spec=TrainingSpec,
+    queue=TRAINING_QUEUE,
+    check=check_training,
+    handler=run_training,
+    node_handler=run_node_share,
+)

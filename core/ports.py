@@ -1,4 +1,4 @@
-"""Free TCP ports on the loopback interface for the embedded servers and the local API.
+"""Free TCP ports: for the embedded servers, the local API and a training job's rendezvous.
 
 A standard port is used when it is free; otherwise a nearby one (5433 when the
 machine's own PostgreSQL holds 5432), and failing that any port the kernel hands

@@ -7,7 +7,7 @@ row count is known up front) and zipped at the end, a ``.parquet`` output one ro
 In a ``.parquet`` output an output of rank 1 is a plain column, a higher rank a fixed-size list
 column of each row's values, flattened; the schema's ``maas.shapes`` metadata gives each row's shape.
 
-Local files only; :mod:`workers.batch_inference` does the fetching and the job's bookkeeping.
+Local files only; :mod:`job_types.batch_inference` does the fetching and the job's bookkeeping.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from core.batch_inference import Plan, castable, chunk_bounds
+from job_types.batch_spec import FeedPlan, castable, chunk_bounds
 
 Arrays = dict[str, np.ndarray]
 CSV_BLOCK_BYTES = 4 << 20
@@ -37,7 +37,7 @@ class BadData(ValueError):
 # --- reading ---------------------------------------------------------------------------------------
 
 
-def read_chunks(path: Path, file_format: str, plan: Plan, chunk_rows: int, work: Path) -> Iterator[Arrays]:
+def read_chunks(path: Path, file_format: str, plan: FeedPlan, chunk_rows: int, work: Path) -> Iterator[Arrays]:
     """The model feeds, ``chunk_rows`` rows at a time (the last chunk may be shorter)."""
     if file_format == "npz":
         yield from _npz_chunks(path, plan, chunk_rows, work)
@@ -53,7 +53,7 @@ def read_chunks(path: Path, file_format: str, plan: Plan, chunk_rows: int, work:
         offset += table.num_rows
 
 
-def _npz_chunks(path: Path, plan: Plan, chunk_rows: int, work: Path) -> Iterator[Arrays]:
+def _npz_chunks(path: Path, plan: FeedPlan, chunk_rows: int, work: Path) -> Iterator[Arrays]:
     arrays: dict[str, np.ndarray] = {}
     with zipfile.ZipFile(path) as archive:
         for feed in plan.feeds:
@@ -98,7 +98,7 @@ def rechunk(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
         yield pa.Table.from_batches(pending)
 
 
-def _table_feed(table: pa.Table, plan: Plan, offset: int) -> np.ndarray:
+def _table_feed(table: pa.Table, plan: FeedPlan, offset: int) -> np.ndarray:
     feed = plan.feeds[0]
     values = []
     for name in feed.columns or ():

@@ -1,0 +1,494 @@
+"""The ``compression`` job type: passes of ``compression.spec`` run on a model version or an
+uploaded model, on a worker of the ``compression`` queue.
+
+Before a job is created: the source exists for the tenant and the passes apply to it, and the
+data files exist and fit its inputs (``resolve_compression_source`` finds the source and what
+is known of it, from the registry, the job that trained it, or the uploaded file's details).
+
+On the worker: fetch the source model and the data, run the passes in this process, and publish
+the compressed ONNX model, its report and (when asked) a model version. Everything downloaded is
+checked against its recorded sha256; weights load through safetensors (no pickle). Each pass
+reports a progress event when it starts, after each training epoch and when it is measured;
+cancellation is checked before every training step and between passes. A pass that takes the
+model below the spec's accuracy floor fails the job with code ``accuracy_floor`` and the
+numbers, and nothing is registered. A job re-run after its worker died starts over (a run takes
+minutes, not hours). Torch and the compression library are imported inside the handler, so that
+the API and workers of other queues do not pay for them.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import onnx
+from pydantic import TypeAdapter, ValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from compression.spec import (
+    CompressionSpec,
+    DataSpec,
+    QuantizeSpec,
+    SourceFacts,
+    SourceSpec,
+    ZooSpec,
+    check_against_source,
+    check_data_fits,
+    describe_rows,
+    state_dict_classes,
+    zoo_parameters,
+)
+from core.artifact_store import ChecksumMismatch
+from core.broker import COMPRESSION as COMPRESSION_QUEUE
+from core.model_registry import find_version
+from core.models import Artifact, File, Job, ModelVersion
+from core.onnx_signature import read_signature
+from core.settings import Settings
+from core.spec_kit import FieldProblem
+from job_types.base import JobContext, JobFailed, JobType
+from job_types.lookups import dataset_file, model_not_found
+from training.spec import BUILTIN_DETAILS, ModelSpec, TrainingSpec, model_fit_problems
+
+if TYPE_CHECKING:
+    from compression.data import PipelineData, Rows
+    from compression.passes import ModelState
+    from compression.pipeline import Hooks, PipelineResult
+
+
+# --- the source, before the job is created and on the worker ------------------------------------
+
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    """A compression source found for a tenant: what is known of it, and the stored objects to
+    fetch (``onnx``: the graph, when stored; ``weights``: the safetensors state dict, when the
+    zoo architecture is known)."""
+
+    facts: SourceFacts
+    onnx: Artifact | File | None = None
+    weights: Artifact | File | None = None
+    version: ModelVersion | None = None
+    model_name: str | None = None
+    default_split: tuple[float, int] | None = None
+
+
+def _model_spec(value: Any) -> ZooSpec | None:
+    try:
+        return TypeAdapter(ModelSpec).validate_python(value)
+    except ValidationError:
+        return None
+
+
+def _io_sizes(signature: dict[str, Any]) -> tuple[int | None, int | None]:
+    """(features, classes) of a model mapping ``[batch, features]`` to ``[batch, classes]``."""
+    inputs, outputs = signature.get("inputs") or [], signature.get("outputs") or []
+
+    def width(values: list[FieldProblem]) -> int | None:
+        shape = values[0].get("shape") if len(values) == 1 else None
+        return shape[1] if shape and len(shape) == 2 and shape[1] > 0 else None
+
+    return width(inputs), width(outputs)
+
+
+def _training_origin(
+    session: Session, version: ModelVersion
+) -> tuple[ZooSpec | None, DataSpec | None, tuple[float, int] | None]:
+    """The zoo spec and training data of a version the platform made: a training job's spec,
+    or what a compression job wrote into the lineage."""
+    lineage = version.lineage or {}
+    if isinstance(lineage.get("model"), dict):
+        data = lineage.get("training_data") or {}
+        dataset = DataSpec.model_validate(data["dataset"]) if data.get("dataset") else None
+        split = tuple(data["split"]) if data.get("split") else None
+        return _model_spec(lineage["model"]), dataset, split  # type: ignore[return-value]
+    job = session.get(Job, version.source_job_id) if version.source_job_id else None
+    if lineage.get("kind") != "training" or job is None or job.type != "training":
+        return None, None, None
+    spec = TrainingSpec.model_validate(job.spec)
+    dataset = DataSpec(
+        file_id=spec.dataset.file_id, builtin=spec.dataset.builtin, label_column=spec.dataset.label_column
+    )
+    fraction = spec.validation.fraction
+    return spec.model, dataset, (fraction, spec.hyperparameters.seed) if fraction is not None else None
+
+
+def _version_source(
+    session: Session, tenant_id: str, source: SourceSpec
+) -> tuple[ResolvedSource | None, list[FieldProblem]]:
+    version = find_version(session, tenant_id, source.model, source.version)
+    if version is None:
+        return None, [
+            model_not_found(session, tenant_id, source.model, source.version, "/source/model", "/source/version")
+        ]
+    zoo, dataset, split = _training_origin(session, version)
+    weights = None
+    if zoo is not None and version.source_job_id:
+        weights = session.scalar(
+            select(Artifact)
+            .where(Artifact.job_id == version.source_job_id, Artifact.kind == "weights")
+            .order_by(Artifact.id.desc())
+            .limit(1)
+        )
+    features, classes = _io_sizes(version.signature)
+    facts = SourceFacts(
+        describe=f"model {source.model!r} version {version.version}",
+        zoo=zoo if weights is not None else None,
+        features=features,
+        classes=classes,
+        inputs=version.signature.get("inputs") or [],
+        default_dataset=dataset,
+        classes_list=(version.lineage or {}).get("classes"),
+    )
+    onnx_artifact = session.get(Artifact, version.artifact_id)
+    return ResolvedSource(facts, onnx_artifact, weights, version, source.model, split), []
+
+
+def _file_source(
+    session: Session, tenant_id: str, source: SourceSpec, features: int | None
+) -> tuple[ResolvedSource | None, list[FieldProblem]]:
+    file = session.scalar(select(File).where(File.id == source.file_id, File.tenant_id == tenant_id))
+    if file is None or file.purpose != "model":
+        detail = f"no file {source.file_id!r}" if file is None else f"file {source.file_id!r} is a {file.purpose}"
+        return None, [{"pointer": "/source/file_id", "detail": f"{detail}; give an uploaded .onnx or .safetensors"}]
+    describe = f"file {file.filename!r}"
+    if file.format == "onnx":
+        if source.arch is not None:
+            return None, [
+                {"pointer": "/source/arch", "detail": "an .onnx file carries its graph; arch is for .safetensors"}
+            ]
+        signature = file.details.get("signature") or {}
+        width, classes = _io_sizes(signature)
+        facts = SourceFacts(describe, None, width, classes, signature.get("inputs") or [])
+        return ResolvedSource(facts, onnx=file), []
+    if source.arch is None:
+        return None, [{"pointer": "/source/arch", "detail": f"{describe} is a state dict: give its zoo arch"}]
+    classes = state_dict_classes(file.details.get("tensors") or {})
+    problems = _state_dict_problems(source.arch, features, classes, file.details.get("parameters"), describe)
+    if problems:
+        return None, problems
+    facts = SourceFacts(describe, source.arch, features, classes)
+    return ResolvedSource(facts, weights=file), []
+
+
+def _state_dict_problems(
+    arch: ZooSpec, features: int | None, classes: int | None, parameters: int | None, describe: str
+) -> list[FieldProblem]:
+    if classes is None:
+        return [{"pointer": "/source/arch", "detail": f"{describe} does not look like a zoo model's state dict"}]
+    if features is None:
+        return [{"pointer": "/eval", "detail": "the eval data must say how many features the model takes"}]
+    unfit = model_fit_problems(arch, (features,))
+    if unfit:
+        return [{"pointer": "/source/arch", "detail": unfit[0]["detail"]}]
+    expected = zoo_parameters(arch, features, classes)
+    if parameters != expected:
+        return [
+            {
+                "pointer": "/source/arch",
+                "detail": f"{describe} holds {parameters} parameters; this {arch.arch} on {features} features "
+                f"and {classes} classes has {expected}",
+            }
+        ]
+    return []
+
+
+def resolve_compression_source(
+    session: Session, tenant_id: str, spec: CompressionSpec, eval_features: int | None
+) -> tuple[ResolvedSource | None, list[FieldProblem]]:
+    """The spec's source for ``tenant_id``, or the problems that say why there is none usable.
+    ``eval_features`` (values per eval row) sizes a .safetensors source's input."""
+    if spec.source.model is not None:
+        return _version_source(session, tenant_id, spec.source)
+    return _file_source(session, tenant_id, spec.source, eval_features)
+
+
+def _compression_data(
+    session: Session, tenant_id: str, spec: CompressionSpec
+) -> tuple[dict[str, dict[str, Any] | None], list[FieldProblem]]:
+    """Stored details of every data file the spec names, by its spec pointer."""
+    refs: list[tuple[str, DataSpec]] = [("/eval", spec.eval)]
+    if spec.dataset is not None:
+        refs.append(("/dataset", spec.dataset))
+    for index, item in enumerate(spec.passes):
+        if isinstance(item, QuantizeSpec) and item.calibration is not None and item.calibration.data is not None:
+            refs.append((f"/passes/{index}/calibration", item.calibration.data))
+    details: dict[str, dict[str, Any] | None] = {}
+    problems: list[FieldProblem] = []
+    for pointer, data in refs:
+        if data.file_id is None:
+            continue
+        file, found = dataset_file(session, tenant_id, data.file_id, f"{pointer}/file_id")
+        problems += found
+        details[pointer] = file.details if file else None
+    return details, problems
+
+
+def eval_features(spec: CompressionSpec, details: dict[str, dict[str, Any] | None]) -> int | None:
+    """Values per eval row, from the builtin's or the eval file's stored details."""
+    found = BUILTIN_DETAILS[spec.eval.builtin] if spec.eval.builtin else details.get("/eval")
+    try:
+        return describe_rows(found, spec.eval.label_column)[1] if found else None
+    except ValueError:
+        return None
+
+
+def find_compression_source(
+    session: Session, tenant_id: str, spec: CompressionSpec
+) -> tuple[ResolvedSource | None, list[FieldProblem]]:
+    """The spec's source for ``tenant_id`` with its data files looked up (what a worker needs)."""
+    details, problems = _compression_data(session, tenant_id, spec)
+    resolved, found = resolve_compression_source(session, tenant_id, spec, eval_features(spec, details))
+    return resolved, problems + found
+
+
+def check_compression(
+    session: Session, tenant_id: str, spec: CompressionSpec, settings: Settings
+) -> list[FieldProblem]:
+    """The checks that need the database: the source exists for the tenant and the passes apply
+    to it, the data files exist and fit its inputs."""
+    details, problems = _compression_data(session, tenant_id, spec)
+    resolved, found = resolve_compression_source(session, tenant_id, spec, eval_features(spec, details))
+    problems += found
+    if resolved is None:
+        return problems
+    return problems + check_against_source(spec, resolved.facts) + check_data_fits(spec, resolved.facts, details)
+
+
+# --- on the worker: the source and the data ----------------------------------------------------
+
+
+UNKNOWN_CLASSES = 2**31  # integer labels are taken as they are when the output width is unknown
+
+
+def resolve(ctx: JobContext, spec: CompressionSpec) -> ResolvedSource:
+    """The source as the API saw it; it may have gone since (a deleted file: ``bad_source``)."""
+    with ctx.db() as session:
+        resolved, problems = find_compression_source(session, ctx.tenant_id, spec)
+    if resolved is None or problems:
+        raise JobFailed("bad_source", problems[0]["detail"], pointer=problems[0]["pointer"])
+    return resolved
+
+
+def fetch(ctx: JobContext, stored: Artifact | File, target: Path) -> Path:
+    try:
+        ctx.store.download_file(stored.storage_key, target, expected_sha256=stored.sha256)
+    except ChecksumMismatch as exc:
+        raise JobFailed("checksum_mismatch", str(exc)) from exc
+    return target
+
+
+def load_data(ctx: JobContext, spec: CompressionSpec, resolved: ResolvedSource, work: Path) -> PipelineData:
+    from compression.data import DataError, assemble, read_rows
+
+    cache: dict[str, Path] = {}
+
+    def load(data: DataSpec, pointer: str) -> Rows:
+        path = None
+        if data.file_id is not None:
+            if data.file_id not in cache:
+                cache[data.file_id] = ctx.fetch_file(data.file_id, work / data.file_id)
+            path = cache[data.file_id]
+        return read_rows(path, data, pointer)
+
+    facts = resolved.facts
+    try:
+        return assemble(
+            spec,
+            load,
+            num_outputs=facts.classes or UNKNOWN_CLASSES,
+            classes=facts.classes_list,
+            default_dataset=facts.default_dataset,
+            default_split=resolved.default_split,
+        )
+    except DataError as exc:
+        raise JobFailed("bad_dataset", exc.detail, pointer=exc.pointer) from exc
+
+
+def load_source(ctx: JobContext, resolved: ResolvedSource, data: PipelineData, work: Path) -> ModelState:
+    from compression.sources import SourceError, source_state
+
+    onnx_path = work / "source.onnx"
+    if resolved.onnx is not None:
+        fetch(ctx, resolved.onnx, onnx_path)
+    weights = fetch(ctx, resolved.weights, work / "source.safetensors") if resolved.weights is not None else None
+    try:
+        return source_state(resolved.facts.zoo, weights, onnx_path, data.eval_x, num_classes=resolved.facts.classes)
+    except SourceError as exc:
+        raise JobFailed("bad_source", str(exc), pointer="/source") from exc
+
+
+# --- running -----------------------------------------------------------------------------------
+
+
+def hooks(ctx: JobContext, spec: CompressionSpec) -> Hooks:
+    from compression.pipeline import Hooks
+
+    total = len(spec.passes)
+
+    def started(index: int, _: int, kind: str) -> None:
+        ctx.progress(index, total, stage=f"{index + 1}. {kind}", status="running")
+
+    def epoch(index: int, done: int, epochs: int, loss: float) -> None:
+        kind = spec.passes[index].kind
+        ctx.progress(index, total, stage=f"{index + 1}. {kind}", epoch=done, epochs=epochs, loss=loss)
+
+    def finished(index: int, _: int, row: dict[str, Any]) -> None:
+        ctx.progress(index + 1, total, stage=row["stage"], status="measured", **_headline(row))
+
+    return Hooks(started, finished, ctx.raise_if_canceled, epoch, ctx.log)
+
+
+def _headline(row: dict[str, Any]) -> dict[str, Any]:
+    keys = ("accuracy", "mean_cosine", "parameters", "nonzero_parameters", "onnx_bytes", "onnx_gzip_bytes")
+    return {key: row[key] for key in keys}
+
+
+def run_passes(
+    ctx: JobContext, spec: CompressionSpec, source: ModelState, data: PipelineData, work: Path
+) -> PipelineResult:
+    from compression import pipeline
+
+    try:
+        return pipeline.run(
+            source,
+            spec.passes,
+            data,
+            work / "stages",
+            floor=spec.accuracy_floor,
+            measurement=spec.measurement,
+            hooks=hooks(ctx, spec),
+            meta={"job_id": ctx.job_id, "source": spec.source.model_dump(exclude_none=True)},
+        )
+    except pipeline.AccuracyFloorBreached as exc:
+        breach = exc.breach
+        raise JobFailed(
+            "accuracy_floor",
+            str(exc),
+            stage=exc.stage,
+            pass_index=exc.index,
+            metric=breach.metric,
+            value=breach.value,
+            floor=breach.floor,
+            source_value=breach.source_value,
+            stages=[{k: v for k, v in row.items() if k != "details"} for row in exc.stages],
+        ) from exc
+    except pipeline.PassFailed as exc:
+        raise JobFailed(exc.code, str(exc), pointer=exc.pointer) from exc
+
+
+# --- publishing --------------------------------------------------------------------------------
+
+
+def summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The job's metrics: the last stage's numbers and its change against the source."""
+    source, last = report["stages"][0], report["stages"][-1]
+    keys = ("accuracy", "mean_cosine", "min_cosine", "max_abs_error", "parameters", "nonzero_parameters")
+    keys += ("onnx_bytes", "onnx_gzip_bytes", "latency_p50_ms", "throughput_items_per_s")
+    return {
+        **{key: last[key] for key in keys},
+        "source_accuracy": source["accuracy"],
+        **{key: value for key, value in report["overall"].items() if value is not None},
+    }
+
+
+def lineage(
+    ctx: JobContext, spec: CompressionSpec, resolved: ResolvedSource, result: PipelineResult, data: PipelineData
+) -> dict[str, Any]:
+    """Where the new version comes from; while it is a zoo model, also its architecture and
+    training data, so that it can be compressed again."""
+    version = resolved.version
+    if version is not None:
+        parent = {"model": resolved.model_name, "version": version.version, "model_version_id": version.id}
+    else:
+        parent = {"file_id": spec.source.file_id}
+    final = result.final
+    made: dict[str, Any] = {
+        "kind": "compression",
+        "parent": parent,
+        "passes": [p.model_dump(mode="json") for p in spec.passes],
+        "source_job_id": ctx.job_id,
+        "classes": resolved.facts.classes_list,
+    }
+    if final.has_torch:
+        made["arch"] = final.zoo.arch
+        made["model"] = final.zoo.model_dump(mode="json")
+        made["training_data"] = {
+            "dataset": data.dataset.model_dump(exclude_none=True) if data.dataset else None,
+            "split": list(data.split) if data.split else None,
+        }
+    return made
+
+
+def publish(
+    ctx: JobContext,
+    spec: CompressionSpec,
+    resolved: ResolvedSource,
+    result: PipelineResult,
+    data: PipelineData,
+    work: Path,
+) -> dict[str, Any]:
+    """Upload the model, the report (and the weights of a zoo model); register the version."""
+    from compression.report import write_report
+
+    files = write_report(result.report, work / "report")
+    final = result.final
+    model = ctx.artifact("model", "model.onnx", final.onnx_path)
+    artifacts = {
+        "model": model.id,
+        "report": ctx.artifact("report", "report.json", files.json).id,
+        "report_markdown": ctx.artifact("report", "report.md", files.markdown).id,
+        "chart": ctx.artifact("plot", "report.png", files.chart).id,
+    }
+    if final.has_torch:
+        weights = work / "model.safetensors"
+        _save_weights(final.torch_model, weights)
+        artifacts["weights"] = ctx.artifact("weights", "model.safetensors", weights).id
+    metrics = summary(result.report)
+    ctx.metrics(**metrics)
+    published: dict[str, Any] = {
+        "metrics": metrics,
+        "report": {key: result.report[key] for key in ("metric", "overall", "meta")}
+        | {"stages": [{k: v for k, v in row.items() if k != "details"} for row in result.report["stages"]]},
+        "artifacts": artifacts,
+        "model_version": None,
+    }
+    if spec.register_as:
+        signature = read_signature(onnx.load(str(final.onnx_path), load_external_data=False))
+        made = lineage(ctx, spec, resolved, result, data)
+        version = ctx.register_model(spec.register_as, model, signature, metrics, made)
+        published["model_version"] = {"id": version.id, "name": spec.register_as, "version": version.version}
+    return published
+
+
+def _save_weights(model: Any, path: Path) -> None:
+    from training.export import save_state_dict
+
+    save_state_dict(model, path, {"source": "compression"})
+
+
+def run_compression(ctx: JobContext) -> dict[str, Any]:
+    from compression.pipeline import torch_threads
+
+    spec: CompressionSpec = ctx.spec
+    torch_threads(ctx.settings.training_threads_per_process)
+    resolved = resolve(ctx, spec)
+    with tempfile.TemporaryDirectory(prefix=f"maas-{ctx.job_id}-") as tmp:
+        work = Path(tmp)
+        data = load_data(ctx, spec, resolved, work)
+        ctx.log("; ".join(data.notes) or "data ready", train_rows=_rows(data.train_x), eval_rows=_rows(data.eval_x))
+        source = load_source(ctx, resolved, data, work)
+        ctx.raise_if_canceled()
+        result = run_passes(ctx, spec, source, data, work)
+        return publish(ctx, spec, resolved, result, data, work)
+
+
+def _rows(x: Any) -> int | None:
+    return None if x is None else int(x.shape[0])
+
+
+COMPRESSION = JobType(
+    name="compression", spec=CompressionSpec, queue=COMPRESSION_QUEUE, check=check_compression, handler=run_compression
+)
