@@ -57,7 +57,9 @@ class RunPaths:
 
 
 @dataclass(frozen=True)
-class Plan:
+class StepSchedule:
+    """Which steps of a run report, checkpoint and end an epoch."""
+
     steps_per_epoch: int
     total_steps: int
     report_every: int
@@ -77,12 +79,12 @@ class Plan:
         return self.report_due(step) or self.checkpoint_due(step)
 
 
-def make_plan(train_rows: int, spec: TrainingSpec, report_every: int | None = None) -> Plan:
+def make_schedule(train_rows: int, spec: TrainingSpec, report_every: int | None = None) -> StepSchedule:
     hp = spec.hyperparameters
     per_epoch = steps_per_epoch(train_rows, hp.batch_size)
     total = per_epoch * hp.epochs if hp.max_steps is None else min(per_epoch * hp.epochs, hp.max_steps)
     every = report_every or min(50, max(5, total // 50))  # about 50 reports a run, 5 to 50 steps apart
-    return Plan(per_epoch, total, every, spec.checkpoint_every_steps)
+    return StepSchedule(per_epoch, total, every, spec.checkpoint_every_steps)
 
 
 # --- the loop's own state, saved in checkpoints ------------------------------------------------
@@ -136,7 +138,7 @@ def train(spec: TrainingSpec, paths: RunPaths, ctx: DistContext, emit: Emit, rep
     torch.manual_seed(spec.hyperparameters.seed)
     factory = functools.partial(build_model, spec.model, splits.num_features, len(splits.classes))
     trainable = strategies.prepare(factory, ctx, spec)
-    plan = make_plan(len(splits.train_y), spec, report_every)
+    plan = make_schedule(len(splits.train_y), spec, report_every)
     job = Job(spec, plan, trainable, splits, paths.out, ctx, emit if ctx.is_rank0 else _silent)
     progress = Progress()
     if paths.resume is not None:
@@ -156,7 +158,7 @@ class Job:
     """What one process's run works with; ``say`` is silent except on rank 0."""
 
     spec: TrainingSpec
-    plan: Plan
+    plan: StepSchedule
     trainable: strategies.Trainable
     splits: Splits
     out: Path

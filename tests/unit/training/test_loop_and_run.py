@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from training.checkpoint import CheckpointError
 from training.data import DatasetError
-from training.loop import Plan, Progress, TrainingFailure, make_plan
+from training.loop import Progress, StepSchedule, TrainingFailure, make_schedule
 from training.run import error_event, parse_args
 from training.spec import TrainingSpec
 
@@ -29,24 +29,24 @@ def spec(**hyperparameters: object) -> TrainingSpec:
 
 
 def test_the_plan_counts_full_batches_per_epoch() -> None:
-    plan = make_plan(105, spec(epochs=3))
+    plan = make_schedule(105, spec(epochs=3))
     assert plan.steps_per_epoch == 10 and plan.total_steps == 30
     assert plan.checkpoint_every == 7
 
 
 def test_max_steps_caps_the_run() -> None:
-    assert make_plan(105, spec(epochs=3, max_steps=12)).total_steps == 12
-    assert make_plan(105, spec(epochs=1, max_steps=1000)).total_steps == 10
+    assert make_schedule(105, spec(epochs=3, max_steps=12)).total_steps == 12
+    assert make_schedule(105, spec(epochs=1, max_steps=1000)).total_steps == 10
 
 
 def test_reports_are_every_few_steps() -> None:
-    assert make_plan(105, spec(epochs=3)).report_every == 5
-    assert make_plan(10_000, spec(epochs=10)).report_every == 50
-    assert make_plan(105, spec(epochs=3), report_every=4).report_every == 4
+    assert make_schedule(105, spec(epochs=3)).report_every == 5
+    assert make_schedule(10_000, spec(epochs=10)).report_every == 50
+    assert make_schedule(105, spec(epochs=3), report_every=4).report_every == 4
 
 
 def test_the_plan_reports_at_epoch_ends_and_checkpoints_at_the_end() -> None:
-    plan = Plan(steps_per_epoch=10, total_steps=25, report_every=4, checkpoint_every=7)
+    plan = StepSchedule(steps_per_epoch=10, total_steps=25, report_every=4, checkpoint_every=7)
     assert [s for s in range(1, 26) if plan.report_due(s)] == [4, 8, 10, 12, 16, 20, 24, 25]
     assert [s for s in range(1, 26) if plan.checkpoint_due(s)] == [7, 14, 21, 25]
     assert all(plan.sync_due(s) for s in range(1, 26) if plan.report_due(s) or plan.checkpoint_due(s))
