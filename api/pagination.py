@@ -17,15 +17,15 @@ T = TypeVar("T")
 
 class PageQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    limit: int = Field(default=20, ge=1, le=100)
-    after: str | None = Field(default=None, max_length=40)
+    limit: int = Field(default=20, ge=1, le=100, description="most items in the page")
+    after: str | None = Field(default=None, max_length=40, description="a `next_cursor`: the page after it")
 
 
 class Page(BaseModel, Generic[T]):
-    object: str = "list"
-    data: list[T]
-    has_more: bool
-    next_cursor: str | None
+    object: str = Field(default="list", description="always `list`")
+    data: list[T] = Field(description="the items, newest first")
+    has_more: bool = Field(description="more items follow this page")
+    next_cursor: str | None = Field(description="pass as `after` for the next page; null on the last page")
 
 
 def page_statement(statement: Select, id_column: Any, query: PageQuery) -> Select:

@@ -7,7 +7,7 @@ import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -26,7 +26,7 @@ def prefer_wait(request: web.Request, cap_s: float) -> float | None:
 
 async def hold(
     request: web.Request,
-    call: Call,
+    call: Call[Any, Any],
     cap_s: float,
     current: T,
     status: Callable[[T], str],

@@ -1,4 +1,4 @@
-"""Jobs in Postgres: creation, the one state-transition function, events, and the job object.
+"""Jobs in Postgres: creation, the one state-transition function, events and webhooks.
 
 Everything here runs on a synchronous SQLAlchemy session: workers call it
 directly, the API through ``AsyncSession.run_sync``, so there is one copy of the
@@ -20,44 +20,15 @@ from core.ids import new_id
 from core.job_states import QUEUED, RUNNING, TERMINAL
 from core.job_types import get_job_type
 from core.models import Job, JobEvent
+from core.objects import JobObject
 from core.settings import Settings
-from core.status_update import guarded_update, rfc3339
+from core.status_update import guarded_update
 
 RUN_TASK = "workers.jobs.run"
 
 
 def now() -> datetime:
     return datetime.now(UTC)
-
-
-def job_view(job: Job, base_url: str) -> dict[str, Any]:
-    """The job object of the API contract (also the body of its webhooks)."""
-    url = f"{base_url}/v1/jobs/{job.id}"
-    progress = dict(job.progress or {})
-    progress.setdefault("step", 0)
-    progress.setdefault("total_steps", None)
-    total = progress.get("total_steps")
-    progress["fraction"] = round(progress["step"] / total, 4) if total else None
-    return {
-        "id": job.id,
-        "object": "job",
-        "type": job.type,
-        "status": job.status,
-        "spec": job.spec,
-        "progress": progress,
-        "metrics": job.metrics or {},
-        "result": job.result,
-        "error": job.error,
-        "attempts": job.attempts,
-        "max_attempts": job.max_attempts,
-        "created_at": rfc3339(job.created_at),
-        "started_at": rfc3339(job.started_at),
-        "finished_at": rfc3339(job.finished_at),
-        "webhook": job.webhook,
-        "webhook_events_filter": job.webhook_events_filter,
-        "metadata": job.metadata_,
-        "urls": {"get": url, "cancel": f"{url}/cancel", "events": f"{url}/events"},
-    }
 
 
 def add_event(
@@ -77,7 +48,12 @@ def notify(session: Session, job: Job, event: str, base_url: str) -> None:
     """Queue the job's webhook for ``event`` when it wants it."""
     if webhooks.wants(event, job.webhook, job.webhook_events_filter):
         webhooks.enqueue(
-            session, job.tenant_id, job.id, event, job.webhook, {**job_view(job, base_url), "event": event}
+            session,
+            job.tenant_id,
+            job.id,
+            event,
+            job.webhook,
+            {**JobObject.from_row(job, base_url).model_dump(mode="json"), "event": event},
         )
 
 

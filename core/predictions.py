@@ -1,4 +1,4 @@
-"""Asynchronous predictions in Postgres: creation, status changes with their webhooks, the object.
+"""Asynchronous predictions in Postgres: creation, and status changes with their webhooks.
 
 A prediction follows the job state machine (``core.job_states``; the database trigger guards it
 too): created ``queued`` with its inputs, claimed ``running`` by an inference worker, then
@@ -8,6 +8,7 @@ synchronous session: workers call it directly, the API through ``run_sync``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,28 +19,10 @@ from core.dispatch import later
 from core.ids import new_id
 from core.job_states import QUEUED, TERMINAL
 from core.models import Prediction
-from core.status_update import guarded_update, rfc3339
+from core.objects import PredictionObject
+from core.status_update import guarded_update
 
 RUN_TASK = "workers.predictions.run"
-
-
-def prediction_view(prediction: Prediction, model: str, version: int, base_url: str) -> dict[str, Any]:
-    url = f"{base_url}/v1/predictions/{prediction.id}"
-    return {
-        "id": prediction.id,
-        "object": "prediction",
-        "status": prediction.status,
-        "model": model,
-        "version": version,
-        "output": prediction.output,
-        "error": prediction.error,
-        "metrics": {"queue_ms": prediction.queue_ms, "inference_ms": prediction.inference_ms},
-        "created_at": rfc3339(prediction.created_at),
-        "completed_at": rfc3339(prediction.completed_at),
-        "webhook": prediction.webhook,
-        "webhook_events_filter": prediction.webhook_events_filter,
-        "urls": {"get": url, "cancel": f"{url}/cancel"},
-    }
 
 
 def create_prediction(
@@ -79,12 +62,13 @@ def transition(
     prediction_id: str,
     target: str,
     *,
-    view: Any,
+    view: Callable[[Prediction], PredictionObject],
     values: dict[str, Any] | None = None,
 ) -> Prediction | None:
     """Move a prediction to ``target`` when the state machine allows it; None when refused.
 
-    ``view(prediction) -> dict`` renders the webhook body (it needs the model's name and version).
+    ``view(prediction)`` is its object for the webhook body (``PredictionObject.from_row`` needs the model's
+    name and version, which the caller knows).
     """
     values = dict(values or {})
     if target in TERMINAL:
@@ -100,6 +84,6 @@ def transition(
             prediction.id,
             event,
             prediction.webhook,
-            {**view(prediction), "event": event},
+            {**view(prediction).model_dump(mode="json"), "event": event},
         )
     return prediction

@@ -19,7 +19,8 @@ from core.deployments import live_since
 from core.dispatch import commit_and_send
 from core.job_states import QUEUED, RUNNING
 from core.models import Model, ModelReplica, ModelServer, ModelVersion, Prediction
-from core.predictions import RUN_TASK, prediction_view, transition
+from core.objects import PredictionObject
+from core.predictions import RUN_TASK, transition
 from core.tensor_codec import CodecError, decode_tensors, tensor_to_json
 from core.tensor_wire import CONTENT_TYPE, pack, unpack
 from workers.runtime import WorkerRuntime, runtime
@@ -97,8 +98,8 @@ def run(self, prediction_id: str) -> None:
             return
         prediction, name, version, version_id = found
 
-        def view(p: Prediction) -> dict[str, Any]:
-            return prediction_view(p, name, version, rt.settings.public_base_url)
+        def view(p: Prediction) -> PredictionObject:
+            return PredictionObject.from_row(p, name, version, rt.settings.public_base_url)
 
         if prediction.status == RUNNING:  # its first worker died mid-way: do not run it twice
             transition(

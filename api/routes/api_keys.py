@@ -5,8 +5,6 @@ The whole key is in the response to its creation and nowhere else, ever.
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
@@ -17,6 +15,7 @@ from api.pagination import Page, PageQuery, make_page, page_statement
 from api.problems import not_found
 from core.api_keys import mark_revoked, new_key_row, revocation_notice
 from core.models import ApiKey
+from core.objects import ApiKeyObject, CreatedApiKey
 
 api_keys = Endpoints("api keys")
 
@@ -26,31 +25,6 @@ class ApiKeyCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200, description="a label to tell keys apart")
 
 
-class ApiKeyObject(BaseModel):
-    id: str
-    object: str = "api_key"
-    name: str
-    prefix: str
-    created_at: datetime
-    last_used_at: datetime | None
-    revoked_at: datetime | None
-
-
-class CreatedApiKey(ApiKeyObject):
-    key: str = Field(description="the whole key; shown only in this response")
-
-
-def render_key(row: ApiKey) -> ApiKeyObject:
-    return ApiKeyObject(
-        id=row.id,
-        name=row.name,
-        prefix=row.prefix,
-        created_at=row.created_at,
-        last_used_at=row.last_used_at,
-        revoked_at=row.revoked_at,
-    )
-
-
 @api_keys.post(
     "/v1/api-keys",
     summary="Create an API key for this tenant",
@@ -58,21 +32,21 @@ def render_key(row: ApiKey) -> ApiKeyObject:
     response=CreatedApiKey,
     status=201,
 )
-async def create_api_key(request: web.Request, call: Call) -> CreatedApiKey:
+async def create_api_key(request: web.Request, call: Call[ApiKeyCreate, None]) -> CreatedApiKey:
     row, key = new_key_row(call.tenant_id, call.body.name)
     async with context(request).db() as session:
         session.add(row)
         await session.commit()
         await session.refresh(row)
-    return CreatedApiKey(**render_key(row).model_dump(exclude={"object"}), key=key)
+    return CreatedApiKey.from_row(row, key)
 
 
 @api_keys.get("/v1/api-keys", summary="List this tenant's API keys", query=PageQuery, response=Page[ApiKeyObject])
-async def list_api_keys(request: web.Request, call: Call) -> Page[ApiKeyObject]:
+async def list_api_keys(request: web.Request, call: Call[None, PageQuery]) -> Page[ApiKeyObject]:
     statement = page_statement(select(ApiKey).where(ApiKey.tenant_id == call.tenant_id), ApiKey.id, call.query)
     async with context(request).db() as session:
         rows = list(await session.scalars(statement))
-    return make_page(rows, call.query, render_key)
+    return make_page(rows, call.query, ApiKeyObject.model_validate)
 
 
 @api_keys.delete(
@@ -81,7 +55,7 @@ async def list_api_keys(request: web.Request, call: Call) -> Page[ApiKeyObject]:
     response=ApiKeyObject,
     errors=(404,),
 )
-async def revoke_api_key(request: web.Request, call: Call) -> ApiKeyObject:
+async def revoke_api_key(request: web.Request, call: Call[None, None]) -> ApiKeyObject:
     async with context(request).db() as session:
         row = await session.scalar(
             select(ApiKey).where(ApiKey.id == call.params["id"], ApiKey.tenant_id == call.tenant_id)
@@ -92,4 +66,4 @@ async def revoke_api_key(request: web.Request, call: Call) -> ApiKeyObject:
         await session.execute(revocation_notice(row))
         await session.commit()
     context(request).keys.forget(row.key_hash)  # here at once; other processes on the notice
-    return render_key(row)
+    return ApiKeyObject.model_validate(row)

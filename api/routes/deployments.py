@@ -8,9 +8,6 @@ undeploys (the replicas drain, then unload). The model servers do the work; see
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Literal
-
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
@@ -29,6 +26,7 @@ from core.deployments import (
     upsert_deployment,
 )
 from core.models import Deployment, Model, ModelVersion
+from core.objects import DeploymentObject, ReplicaObject
 from core.settings import Settings
 
 deployments = Endpoints("deployments")
@@ -39,41 +37,20 @@ class DeploymentPut(BaseModel):
     version: int = Field(ge=1, description="the version to serve")
     max_batch_size: int = Field(default=32, ge=1, le=1024, description="most rows merged into one model call")
     max_queue_delay_us: int = Field(
-        default=500, ge=0, le=10_000_000, description="how long the oldest queued request waits for others to join it"
+        default=500,
+        ge=0,
+        le=10_000_000,
+        description="how long the oldest queued request waits for others to join it, in microseconds",
     )
     max_queue_size: int = Field(
         default=1024, ge=1, le=100_000, description="requests waiting per replica; past it, 503 with Retry-After"
     )
     timeout_ms: int = Field(
-        default=10_000, ge=0, le=3_600_000, description="a request still queued after this is dropped (0: never)"
+        default=10_000,
+        ge=0,
+        le=3_600_000,
+        description="a request still queued after this many milliseconds is dropped (0: never)",
     )
-
-
-class ReplicaObject(BaseModel):
-    model_server: str
-    version: int
-    status: Literal["loading", "ready", "draining", "failed"]
-    error: str | None
-    updated_at: datetime
-
-
-class DeploymentObject(BaseModel):
-    id: str
-    object: str = "deployment"
-    model: str
-    version: int
-    model_version_id: str
-    max_batch_size: int
-    max_queue_delay_us: int
-    max_queue_size: int
-    timeout_ms: int
-    status: Literal["pending", "ready", "failed"] = Field(
-        description="ready once a live model server serves the deployed version; "
-        "failed when every server that tried failed"
-    )
-    replicas: list[ReplicaObject] = Field(description="every version of the model held by a live model server")
-    created_at: datetime
-    updated_at: datetime
 
 
 def _model(session: Session, tenant_id: str, name: str) -> Model:
@@ -88,28 +65,12 @@ def _render(session: Session, settings: Settings, model: Model, deployment: Depl
         session.execute(select(ModelVersion.id, ModelVersion.version).where(ModelVersion.model_id == model.id)).all()
     )
     replicas = live_replicas(session, settings, numbers)
-    return DeploymentObject(
-        id=deployment.id,
+    return DeploymentObject.from_row(
+        deployment,
         model=model.name,
         version=numbers[deployment.model_version_id],
-        model_version_id=deployment.model_version_id,
-        max_batch_size=deployment.max_batch_size,
-        max_queue_delay_us=deployment.max_queue_delay_us,
-        max_queue_size=deployment.max_queue_size,
-        timeout_ms=deployment.timeout_ms,
         status=deployment_status(r.status for r in replicas if r.model_version_id == deployment.model_version_id),
-        replicas=[
-            ReplicaObject(
-                model_server=r.server_id,
-                version=numbers[r.model_version_id],
-                status=r.status,
-                error=r.error,
-                updated_at=r.updated_at,
-            )
-            for r in replicas
-        ],
-        created_at=deployment.created_at,
-        updated_at=deployment.updated_at,
+        replicas=[ReplicaObject.from_row(r, numbers[r.model_version_id]) for r in replicas],
     )
 
 
@@ -120,7 +81,7 @@ def _render(session: Session, settings: Settings, model: Model, deployment: Depl
     response=DeploymentObject,
     errors=(404,),
 )
-async def put_deployment(request: web.Request, call: Call) -> DeploymentObject:
+async def put_deployment(request: web.Request, call: Call[DeploymentPut, None]) -> DeploymentObject:
     ctx = context(request)
     name, body = model_name(call), call.body
 
@@ -149,7 +110,7 @@ async def put_deployment(request: web.Request, call: Call) -> DeploymentObject:
     response=DeploymentObject,
     errors=(404,),
 )
-async def get_deployment(request: web.Request, call: Call) -> DeploymentObject:
+async def get_deployment(request: web.Request, call: Call[None, None]) -> DeploymentObject:
     ctx = context(request)
     name = model_name(call)
 
@@ -170,7 +131,7 @@ async def get_deployment(request: web.Request, call: Call) -> DeploymentObject:
     status=204,
     errors=(404,),
 )
-async def delete_model_deployment(request: web.Request, call: Call) -> web.Response:
+async def delete_model_deployment(request: web.Request, call: Call[None, None]) -> web.Response:
     ctx = context(request)
     name = model_name(call)
 

@@ -14,9 +14,7 @@ import os
 import re
 import tempfile
 from collections.abc import AsyncIterator
-from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from aiohttp import BodyPartReader, MultipartReader, web
 from pydantic import BaseModel, ConfigDict, Field
@@ -30,22 +28,11 @@ from core.artifact_store import MultipartWriter
 from core.file_validation import FORMATS_BY_PURPOSE, InvalidFile, detect_format, validate_file
 from core.ids import new_id
 from core.models import File
+from core.objects import FileObject
 
 files = Endpoints("files")
 
 SINK_CHUNK = 1 << 20
-
-
-class FileObject(BaseModel):
-    id: str
-    object: str = "file"
-    filename: str
-    purpose: str
-    format: str
-    bytes: int
-    sha256: str
-    created_at: datetime
-    details: dict[str, Any]
 
 
 class UploadQuery(BaseModel):
@@ -55,7 +42,7 @@ class UploadQuery(BaseModel):
 
 
 class FileListQuery(PageQuery):
-    purpose: str | None = None
+    purpose: str | None = Field(default=None, description="only files of this purpose: dataset or model")
 
 
 UPLOAD_DOC = {
@@ -79,19 +66,6 @@ UPLOAD_DOC = {
         },
     },
 }
-
-
-def render_file(row: File) -> FileObject:
-    return FileObject(
-        id=row.id,
-        filename=row.filename,
-        purpose=row.purpose,
-        format=row.format,
-        bytes=row.bytes,
-        sha256=row.sha256,
-        created_at=row.created_at,
-        details=row.details,
-    )
 
 
 def clean_filename(raw: str | None) -> str:
@@ -183,7 +157,7 @@ async def _receive(request: web.Request, query: UploadQuery, upload: _Upload) ->
     status=201,
     errors=(400, 413, 422),
 )
-async def create_file(request: web.Request, call: Call) -> FileObject:
+async def create_file(request: web.Request, call: Call[None, UploadQuery]) -> FileObject:
     ctx = context(request)
     if request.content_length is not None and request.content_length > ctx.settings.max_upload_bytes:
         raise Problem(413, f"the file is larger than the limit of {ctx.settings.max_upload_bytes} bytes")
@@ -225,7 +199,7 @@ async def create_file(request: web.Request, call: Call) -> FileObject:
         await asyncio.to_thread(ctx.store.delete, key)
         raise
     ctx.metrics.upload_bytes.inc(stored.bytes)
-    return render_file(row)
+    return FileObject.model_validate(row)
 
 
 async def _get_file(ctx: ApiContext, tenant_id: str, file_id: str) -> File:
@@ -237,18 +211,18 @@ async def _get_file(ctx: ApiContext, tenant_id: str, file_id: str) -> File:
 
 
 @files.get("/v1/files", summary="List files, newest first", query=FileListQuery, response=Page[FileObject])
-async def list_files(request: web.Request, call: Call) -> Page[FileObject]:
+async def list_files(request: web.Request, call: Call[None, FileListQuery]) -> Page[FileObject]:
     statement = select(File).where(File.tenant_id == call.tenant_id)
     if call.query.purpose:
         statement = statement.where(File.purpose == call.query.purpose)
     async with context(request).db() as session:
         rows = list(await session.scalars(page_statement(statement, File.id, call.query)))
-    return make_page(rows, call.query, render_file)
+    return make_page(rows, call.query, FileObject.model_validate)
 
 
 @files.get("/v1/files/{id}", summary="Get a file's metadata", response=FileObject, errors=(404,))
-async def get_file(request: web.Request, call: Call) -> FileObject:
-    return render_file(await _get_file(context(request), call.tenant_id, call.params["id"]))
+async def get_file(request: web.Request, call: Call[None, None]) -> FileObject:
+    return FileObject.model_validate(await _get_file(context(request), call.tenant_id, call.params["id"]))
 
 
 @files.get(
@@ -258,7 +232,7 @@ async def get_file(request: web.Request, call: Call) -> FileObject:
     response_doc={"headers": {"Location": {"schema": {"type": "string"}}}},
     errors=(404,),
 )
-async def get_file_content(request: web.Request, call: Call) -> web.Response:
+async def get_file_content(request: web.Request, call: Call[None, None]) -> web.Response:
     ctx = context(request)
     row = await _get_file(ctx, call.tenant_id, call.params["id"])
     url, expires_at = await asyncio.to_thread(ctx.store.presigned_url, row.storage_key, filename=row.filename)

@@ -12,7 +12,7 @@ import time
 from aiohttp import web
 from kombu import Connection
 from kombu.exceptions import ChannelError
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 
 from api.context import ApiContext, context
@@ -29,18 +29,18 @@ health = Endpoints("operations")
 
 
 class Health(BaseModel):
-    status: str
+    status: str = Field(description="`ok` while the process answers")
 
 
 class Check(BaseModel):
-    ok: bool
-    latency_ms: float
-    error: str | None = None
+    ok: bool = Field(description="the dependency answered in time")
+    latency_ms: float = Field(description="how long it took to answer, in milliseconds")
+    error: str | None = Field(default=None, description="why it did not; null when it did")
 
 
 class Readiness(BaseModel):
-    status: str
-    checks: dict[str, Check]
+    status: str = Field(description="`ready` when every dependency answered")
+    checks: dict[str, Check] = Field(description="one check per dependency: database, broker, store")
 
 
 async def _check_database(ctx: ApiContext) -> None:
@@ -94,7 +94,7 @@ async def _run_check(name: str, ctx: ApiContext) -> Check:
 
 
 @health.get("/healthz", summary="The API process is up", auth=False, response=Health)
-async def healthz(request: web.Request, call: Call) -> Health:
+async def healthz(request: web.Request, call: Call[None, None]) -> Health:
     return Health(status="ok")
 
 
@@ -105,7 +105,7 @@ async def healthz(request: web.Request, call: Call) -> Health:
     response=Readiness,
     errors=(503,),
 )
-async def readyz(request: web.Request, call: Call) -> Readiness:
+async def readyz(request: web.Request, call: Call[None, None]) -> Readiness:
     ctx = context(request)
     results = await asyncio.gather(*(_run_check(name, ctx) for name in CHECKS))
     checks = dict(zip(CHECKS, results, strict=True))
@@ -125,7 +125,7 @@ async def readyz(request: web.Request, call: Call) -> Readiness:
     auth=False,
     response_doc={"content": {"text/plain": {"schema": {"type": "string"}}}},
 )
-async def metrics(request: web.Request, call: Call) -> web.Response:
+async def metrics(request: web.Request, call: Call[None, None]) -> web.Response:
     ctx = context(request)
     metrics = ctx.metrics
     async with ctx.db() as session:
@@ -147,5 +147,5 @@ async def metrics(request: web.Request, call: Call) -> web.Response:
     auth=False,
     response_doc={"content": {"application/json": {"schema": {"type": "object"}}}},
 )
-async def openapi(request: web.Request, call: Call) -> web.Response:
+async def openapi(request: web.Request, call: Call[None, None]) -> web.Response:
     return web.json_response(openapi_document(request.app[ENDPOINT_TABLES]))

@@ -93,7 +93,7 @@ def _router(request: web.Request) -> InferenceRouter:
     return request.app[ROUTER]
 
 
-def _target(call: Call) -> tuple[str, int | None]:
+def _target(call: Call[None, None]) -> tuple[str, int | None]:
     """The model name and version (None: the deployed one) named by the path; 404 when they cannot exist."""
     name, raw = call.params["name"], call.params.get("version")
     if not valid_name(name):
@@ -134,7 +134,7 @@ async def _why_no_route(
 
 
 @inference.get("/v2/health/live", summary="The inference server is live", response=ServerLive)
-async def server_live(request: web.Request, call: Call) -> ServerLive:
+async def server_live(request: web.Request, call: Call[None, None]) -> ServerLive:
     return ServerLive(live=True)
 
 
@@ -144,14 +144,14 @@ async def server_live(request: web.Request, call: Call) -> ServerLive:
     response=ServerReady,
     errors=(503,),
 )
-async def server_ready(request: web.Request, call: Call) -> ServerReady:
+async def server_ready(request: web.Request, call: Call[None, None]) -> ServerReady:
     if not _router(request).table.tenant_ready(call.tenant_id):
         raise Problem(503, "not ready: none of this tenant's deployed models has a ready replica")
     return ServerReady(ready=True)
 
 
 @inference.get("/v2", summary="Server metadata: name, version and protocol extensions", response=ServerMetadata)
-async def server_metadata(request: web.Request, call: Call) -> ServerMetadata:
+async def server_metadata(request: web.Request, call: Call[None, None]) -> ServerMetadata:
     try:
         version = metadata.version("maas")
     except metadata.PackageNotFoundError:
@@ -159,7 +159,7 @@ async def server_metadata(request: web.Request, call: Call) -> ServerMetadata:
     return ServerMetadata(name="maas", version=version, extensions=EXTENSIONS)
 
 
-async def _model_metadata(request: web.Request, call: Call) -> ModelMetadata:
+async def _model_metadata(request: web.Request, call: Call[None, None]) -> ModelMetadata:
     name, version = _target(call)
     async with context(request).db() as session:
         rows = (
@@ -201,7 +201,7 @@ def _tensor_metadata(spec: dict[str, Any]) -> TensorMetadata:
     response=ModelMetadata,
     errors=(404,),
 )
-async def model_metadata(request: web.Request, call: Call) -> ModelMetadata:
+async def model_metadata(request: web.Request, call: Call[None, None]) -> ModelMetadata:
     return await _model_metadata(request, call)
 
 
@@ -211,11 +211,11 @@ async def model_metadata(request: web.Request, call: Call) -> ModelMetadata:
     response=ModelMetadata,
     errors=(404,),
 )
-async def model_version_metadata(request: web.Request, call: Call) -> ModelMetadata:
+async def model_version_metadata(request: web.Request, call: Call[None, None]) -> ModelMetadata:
     return await _model_metadata(request, call)
 
 
-async def _model_ready(request: web.Request, call: Call) -> ModelReady:
+async def _model_ready(request: web.Request, call: Call[None, None]) -> ModelReady:
     name, version = _target(call)
     try:
         target = _router(request).table.resolve(call.tenant_id, name, version)
@@ -227,7 +227,7 @@ async def _model_ready(request: web.Request, call: Call) -> ModelReady:
 @inference.get(
     "/v2/models/{name}/ready", summary="The model can serve requests now", response=ModelReady, errors=(404, 503)
 )
-async def model_ready(request: web.Request, call: Call) -> ModelReady:
+async def model_ready(request: web.Request, call: Call[None, None]) -> ModelReady:
     return await _model_ready(request, call)
 
 
@@ -237,7 +237,7 @@ async def model_ready(request: web.Request, call: Call) -> ModelReady:
     response=ModelReady,
     errors=(404, 503),
 )
-async def model_version_ready(request: web.Request, call: Call) -> ModelReady:
+async def model_version_ready(request: web.Request, call: Call[None, None]) -> ModelReady:
     return await _model_ready(request, call)
 
 
@@ -255,7 +255,7 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def _infer(request: web.Request, call: Call) -> web.Response:
+async def _infer(request: web.Request, call: Call[None, None]) -> web.Response:
     name, version = _target(call)
     router = _router(request)
     settings = context(request).settings
@@ -294,7 +294,7 @@ async def _infer(request: web.Request, call: Call) -> web.Response:
     response_doc=INFER_RESPONSE_DOC,
     errors=INFER_ERRORS,
 )
-async def model_infer(request: web.Request, call: Call) -> web.Response:
+async def model_infer(request: web.Request, call: Call[None, None]) -> web.Response:
     return await _infer(request, call)
 
 
@@ -305,5 +305,5 @@ async def model_infer(request: web.Request, call: Call) -> web.Response:
     response_doc=INFER_RESPONSE_DOC,
     errors=INFER_ERRORS,
 )
-async def model_version_infer(request: web.Request, call: Call) -> web.Response:
+async def model_version_infer(request: web.Request, call: Call[None, None]) -> web.Response:
     return await _infer(request, call)

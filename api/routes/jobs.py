@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime
 from typing import Any, Literal
 
 from aiohttp import web
@@ -23,6 +22,7 @@ from core import jobs as job_service
 from core.job_states import TERMINAL
 from core.job_types import JOB_TYPES, JobType
 from core.models import Artifact, Job, JobEvent, WebhookDelivery
+from core.objects import ArtifactDownload, ArtifactObject, JobEventObject, JobObject, Status, WebhookDeliveryObject
 from core.webhooks import EVENTS, UnsafeWebhookUrl, check_url
 
 jobs = Endpoints("jobs")
@@ -35,10 +35,16 @@ MAX_METADATA_KEYS = 16
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: str = Field(description="a registered job type; its `spec` schema is listed in the document")
-    spec: dict[str, Any]
-    webhook: str | None = Field(default=None, max_length=2048)
-    webhook_events_filter: list[Literal["start", "progress", "completed"]] | None = None
-    metadata: dict[str, str] = Field(default_factory=dict)
+    spec: dict[str, Any] = Field(description="what to run: the schema of the job type's spec")
+    webhook: str | None = Field(
+        default=None, max_length=2048, description="a URL told of the job's events (Standard Webhooks)"
+    )
+    webhook_events_filter: list[Literal["start", "progress", "completed"]] | None = Field(
+        default=None, description="the events sent to `webhook`; default: all of them"
+    )
+    metadata: dict[str, str] = Field(
+        default_factory=dict, description=f"your own labels, returned as given: at most {MAX_METADATA_KEYS} keys"
+    )
 
     @field_validator("metadata")
     @classmethod
@@ -51,139 +57,32 @@ class JobCreate(BaseModel):
         return value
 
 
-class Progress(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    step: int
-    total_steps: int | None
-    fraction: float | None
-
-
-class JobUrls(BaseModel):
-    get: str
-    cancel: str
-    events: str
-
-
-class JobObject(BaseModel):
-    id: str
-    object: str
-    type: str
-    status: Literal["queued", "running", "succeeded", "failed", "canceled"]
-    spec: dict[str, Any]
-    progress: Progress
-    metrics: dict[str, Any]
-    result: dict[str, Any] | None
-    error: dict[str, Any] | None
-    attempts: int
-    max_attempts: int
-    created_at: str
-    started_at: str | None
-    finished_at: str | None
-    webhook: str | None
-    webhook_events_filter: list[str]
-    metadata: dict[str, str]
-    urls: JobUrls
-
-
 class JobListQuery(PageQuery):
-    type: str | None = None
-    status: Literal["queued", "running", "succeeded", "failed", "canceled"] | None = None
+    type: str | None = Field(default=None, description="only jobs of this type")
+    status: Status | None = Field(default=None, description="only jobs in this status")
 
 
 class EventQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
     after: str | None = Field(default=None, max_length=40, description="an event id: only later events")
-    limit: int = Field(default=100, ge=1, le=1000)
-
-
-class JobEventObject(BaseModel):
-    id: str
-    object: str = "job.event"
-    created_at: datetime
-    level: str
-    type: str
-    message: str
-    data: dict[str, Any]
+    limit: int = Field(default=100, ge=1, le=1000, description="most events in the page")
 
 
 class EventPage(BaseModel):
-    object: str = "list"
-    data: list[JobEventObject]
-    has_more: bool
-    next_cursor: str | None
-
-
-class ArtifactObject(BaseModel):
-    id: str
-    object: str = "artifact"
-    job_id: str | None
-    kind: str
-    name: str
-    bytes: int
-    sha256: str
-    created_at: datetime
+    object: str = Field(default="list", description="always `list`")
+    data: list[JobEventObject] = Field(description="the events, oldest first")
+    has_more: bool = Field(description="more events follow this page")
+    next_cursor: str | None = Field(description="pass as `after` for the next page")
 
 
 class ArtifactList(BaseModel):
-    object: str = "list"
-    data: list[ArtifactObject]
-
-
-class ArtifactDownload(ArtifactObject):
-    download_url: str
-    expires_at: datetime
-
-
-class DeliveryAttempt(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    at: str
-    status_code: int | None
-    error: str | None
-    duration_ms: float
-
-
-class WebhookDeliveryObject(BaseModel):
-    id: str
-    object: str = "webhook_delivery"
-    event: str
-    url: str
-    status: str
-    attempts: list[DeliveryAttempt]
-    created_at: datetime
-    next_attempt_at: datetime | None
-    delivered_at: datetime | None
+    object: str = Field(default="list", description="always `list`")
+    data: list[ArtifactObject] = Field(description="the job's artifacts, oldest first")
 
 
 class DeliveryList(BaseModel):
-    object: str = "list"
-    data: list[WebhookDeliveryObject]
-
-
-def render_job(ctx: ApiContext, job: Job) -> JobObject:
-    return JobObject.model_validate(job_service.job_view(job, ctx.settings.public_base_url))
-
-
-def render_event(event: JobEvent) -> JobEventObject:
-    return JobEventObject(
-        id=event.id,
-        created_at=event.created_at,
-        level=event.level,
-        type=event.type,
-        message=event.message,
-        data=event.data,
-    )
-
-
-def render_artifact(row: Artifact) -> ArtifactObject:
-    return ArtifactObject(
-        id=row.id,
-        job_id=row.job_id,
-        kind=row.kind,
-        name=row.name,
-        bytes=row.bytes,
-        sha256=row.sha256,
-        created_at=row.created_at,
-    )
+    object: str = Field(default="list", description="always `list`")
+    data: list[WebhookDeliveryObject] = Field(description="the job's webhook deliveries, oldest first")
 
 
 async def _load_job(ctx: ApiContext, tenant_id: str, job_id: str) -> Job:
@@ -194,12 +93,12 @@ async def _load_job(ctx: ApiContext, tenant_id: str, job_id: str) -> Job:
     return job
 
 
-async def _hold(request: web.Request, call: Call, job: JobObject) -> JobObject:
+async def _hold(request: web.Request, call: Call[Any, Any], job: JobObject) -> JobObject:
     """The job, or its terminal state when the request asked to wait for it."""
     ctx = context(request)
 
     async def reload() -> JobObject:
-        return render_job(ctx, await _load_job(ctx, call.tenant_id, job.id))
+        return JobObject.from_row(await _load_job(ctx, call.tenant_id, job.id), ctx.settings.public_base_url)
 
     return await hold(request, call, ctx.settings.max_wait_s, job, lambda j: j.status, reload)
 
@@ -243,9 +142,9 @@ def _spec_variants() -> dict[str, type[BaseModel]]:
     idempotent=True,
     errors=(409,),
 )
-async def create_job(request: web.Request, call: Call) -> JobObject:
+async def create_job(request: web.Request, call: Call[JobCreate, None]) -> JobObject:
     ctx = context(request)
-    body: JobCreate = call.body
+    body = call.body
     job_type, spec = _validate_create(ctx, body)
 
     def create(session) -> JobObject:
@@ -259,7 +158,7 @@ async def create_job(request: web.Request, call: Call) -> JobObject:
             webhook_events_filter=list(body.webhook_events_filter or EVENTS),
             metadata=body.metadata,
         )
-        rendered = render_job(ctx, job)
+        rendered = JobObject.from_row(job, ctx.settings.public_base_url)
         if call.idempotency:
             call.idempotency.record(session, 201, rendered.model_dump(mode="json"))
         return rendered
@@ -271,7 +170,7 @@ async def create_job(request: web.Request, call: Call) -> JobObject:
 
 
 @jobs.get("/v1/jobs", summary="List jobs, newest first", query=JobListQuery, response=Page[JobObject])
-async def list_jobs(request: web.Request, call: Call) -> Page[JobObject]:
+async def list_jobs(request: web.Request, call: Call[None, JobListQuery]) -> Page[JobObject]:
     ctx = context(request)
     statement = select(Job).where(Job.tenant_id == call.tenant_id)
     if call.query.type:
@@ -280,7 +179,7 @@ async def list_jobs(request: web.Request, call: Call) -> Page[JobObject]:
         statement = statement.where(Job.status == call.query.status)
     async with ctx.db() as session:
         rows = list(await session.scalars(page_statement(statement, Job.id, call.query)))
-    return make_page(rows, call.query, lambda job: render_job(ctx, job))
+    return make_page(rows, call.query, lambda job: JobObject.from_row(job, ctx.settings.public_base_url))
 
 
 @jobs.get(
@@ -289,9 +188,10 @@ async def list_jobs(request: web.Request, call: Call) -> Page[JobObject]:
     response=JobObject,
     errors=(404,),
 )
-async def get_job(request: web.Request, call: Call) -> JobObject:
+async def get_job(request: web.Request, call: Call[None, None]) -> JobObject:
     ctx = context(request)
-    return await _hold(request, call, render_job(ctx, await _load_job(ctx, call.tenant_id, call.params["id"])))
+    job = await _load_job(ctx, call.tenant_id, call.params["id"])
+    return await _hold(request, call, JobObject.from_row(job, ctx.settings.public_base_url))
 
 
 @jobs.post(
@@ -300,7 +200,7 @@ async def get_job(request: web.Request, call: Call) -> JobObject:
     response=JobObject,
     errors=(404, 409),
 )
-async def cancel_job(request: web.Request, call: Call) -> JobObject:
+async def cancel_job(request: web.Request, call: Call[None, None]) -> JobObject:
     ctx = context(request)
     async with ctx.db() as session:
         job = await session.run_sync(
@@ -309,9 +209,10 @@ async def cancel_job(request: web.Request, call: Call) -> JobObject:
         await commit_and_send(ctx, session)
     if job is None:
         job = await _load_job(ctx, call.tenant_id, call.params["id"])  # 404, or lost a race to a terminal state
+    rendered = JobObject.from_row(job, ctx.settings.public_base_url)
     if job.status in ("succeeded", "failed"):
-        raise Problem(409, f"the job already ended: {job.status}", job=render_job(ctx, job).model_dump())
-    return render_job(ctx, job)
+        raise Problem(409, f"the job already ended: {job.status}", job=rendered.model_dump(mode="json"))
+    return rendered
 
 
 async def _event_seq(ctx: ApiContext, job_id: str, event_id: str | None) -> int:
@@ -347,7 +248,7 @@ def _is_terminal_event(event: JobEvent) -> bool:
     response=EventPage,
     errors=(404,),
 )
-async def list_events(request: web.Request, call: Call) -> EventPage | web.StreamResponse:
+async def list_events(request: web.Request, call: Call[None, EventQuery]) -> EventPage | web.StreamResponse:
     ctx = context(request)
     job = await _load_job(ctx, call.tenant_id, call.params["id"])
     after = call.query.after or request.headers.get("Last-Event-ID")
@@ -358,7 +259,7 @@ async def list_events(request: web.Request, call: Call) -> EventPage | web.Strea
     has_more = len(rows) > call.query.limit
     rows = rows[: call.query.limit]
     return EventPage(
-        data=[render_event(e) for e in rows],
+        data=[JobEventObject.model_validate(e) for e in rows],
         has_more=has_more,
         next_cursor=rows[-1].id if rows else call.query.after,
     )
@@ -373,7 +274,7 @@ async def _stream_events(request: web.Request, ctx: ApiContext, job: Job, seq: i
     while True:
         events = await _events_after(ctx, job.id, seq, 500)
         for event in events:
-            payload = render_event(event).model_dump_json()
+            payload = JobEventObject.model_validate(event).model_dump_json()
             await response.write(f"id: {event.id}\nevent: {event.type}\ndata: {payload}\n\n".encode())
             seq, last_write = event.seq, time.monotonic()
         if any(_is_terminal_event(e) for e in events):
@@ -396,12 +297,12 @@ async def _stream_events(request: web.Request, ctx: ApiContext, job: Job, seq: i
     response=ArtifactList,
     errors=(404,),
 )
-async def list_artifacts(request: web.Request, call: Call) -> ArtifactList:
+async def list_artifacts(request: web.Request, call: Call[None, None]) -> ArtifactList:
     ctx = context(request)
     job = await _load_job(ctx, call.tenant_id, call.params["id"])
     async with ctx.db() as session:
         rows = await session.scalars(select(Artifact).where(Artifact.job_id == job.id).order_by(Artifact.id))
-        return ArtifactList(data=[render_artifact(r) for r in rows])
+        return ArtifactList(data=[ArtifactObject.model_validate(r) for r in rows])
 
 
 @jobs.get(
@@ -410,7 +311,7 @@ async def list_artifacts(request: web.Request, call: Call) -> ArtifactList:
     response=ArtifactDownload,
     errors=(404,),
 )
-async def get_artifact(request: web.Request, call: Call) -> ArtifactDownload:
+async def get_artifact(request: web.Request, call: Call[None, None]) -> ArtifactDownload:
     ctx = context(request)
     async with ctx.db() as session:
         row = await session.scalar(
@@ -419,9 +320,7 @@ async def get_artifact(request: web.Request, call: Call) -> ArtifactDownload:
     if row is None:
         raise not_found("artifact", call.params["id"])
     url, expires_at = await asyncio.to_thread(ctx.store.presigned_url, row.storage_key, filename=row.name)
-    return ArtifactDownload(
-        **render_artifact(row).model_dump(exclude={"object"}), download_url=url, expires_at=expires_at
-    )
+    return ArtifactDownload.from_row(row, url, expires_at)
 
 
 @jobs.get(
@@ -430,25 +329,11 @@ async def get_artifact(request: web.Request, call: Call) -> ArtifactDownload:
     response=DeliveryList,
     errors=(404,),
 )
-async def list_deliveries(request: web.Request, call: Call) -> DeliveryList:
+async def list_deliveries(request: web.Request, call: Call[None, None]) -> DeliveryList:
     ctx = context(request)
     job = await _load_job(ctx, call.tenant_id, call.params["id"])
     async with ctx.db() as session:
         rows = await session.scalars(
             select(WebhookDelivery).where(WebhookDelivery.subject_id == job.id).order_by(WebhookDelivery.id)
         )
-        return DeliveryList(
-            data=[
-                WebhookDeliveryObject(
-                    id=r.id,
-                    event=r.event,
-                    url=r.url,
-                    status=r.status,
-                    attempts=r.attempts,
-                    created_at=r.created_at,
-                    next_attempt_at=r.next_attempt_at,
-                    delivered_at=r.delivered_at,
-                )
-                for r in rows
-            ]
-        )
+        return DeliveryList(data=[WebhookDeliveryObject.model_validate(r) for r in rows])

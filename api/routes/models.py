@@ -3,7 +3,6 @@ registering an uploaded ONNX file as a new version."""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -16,66 +15,24 @@ from api.pagination import Page, PageQuery, make_page, page_statement
 from api.problems import not_found, validation_problem
 from core.ids import new_id
 from core.models import Artifact, File, Model, ModelVersion
+from core.objects import ModelObject, ModelVersionObject
 from core.registry import NAME_PATTERN, register_version, valid_name
 
 models = Endpoints("models")
 
 
-class ModelObject(BaseModel):
-    id: str
-    object: str = "model"
-    name: str
-    latest_version: int | None
-    created_at: datetime
-
-
-class ArtifactRef(BaseModel):
-    id: str
-    bytes: int
-    sha256: str
-
-
-class ModelVersionObject(BaseModel):
-    id: str
-    object: str = "model_version"
-    model: str
-    version: int
-    sha256: str
-    signature: dict[str, Any]
-    metrics: dict[str, Any]
-    lineage: dict[str, Any]
-    artifact: ArtifactRef
-    source_job_id: str | None
-    created_at: datetime
-
-
 class VersionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     file_id: str = Field(description="an uploaded file with purpose `model` and format .onnx")
-    metrics: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict, description="what you measured of it (accuracy…)")
 
 
 class VersionList(BaseModel):
-    object: str = "list"
-    data: list[ModelVersionObject]
+    object: str = Field(default="list", description="always `list`")
+    data: list[ModelVersionObject] = Field(description="the model's versions, oldest first")
 
 
-def render_version(name: str, version: ModelVersion, artifact: Artifact) -> ModelVersionObject:
-    return ModelVersionObject(
-        id=version.id,
-        model=name,
-        version=version.version,
-        sha256=version.sha256,
-        signature=version.signature,
-        metrics=version.metrics,
-        lineage=version.lineage,
-        artifact=ArtifactRef(id=artifact.id, bytes=artifact.bytes, sha256=artifact.sha256),
-        source_job_id=version.source_job_id,
-        created_at=version.created_at,
-    )
-
-
-def model_name(call: Call) -> str:
+def model_name(call: Call[Any, Any]) -> str:
     """The ``{name}`` of the path; a name no model can have is a 404."""
     name = call.params["name"]
     if not valid_name(name):
@@ -84,7 +41,7 @@ def model_name(call: Call) -> str:
 
 
 @models.get("/v1/models", summary="List models, newest first", query=PageQuery, response=Page[ModelObject])
-async def list_models(request: web.Request, call: Call) -> Page[ModelObject]:
+async def list_models(request: web.Request, call: Call[None, PageQuery]) -> Page[ModelObject]:
     latest = select(func.max(ModelVersion.version)).where(ModelVersion.model_id == Model.id).scalar_subquery()
     statement = page_statement(
         select(Model, latest.label("latest")).where(Model.tenant_id == call.tenant_id), Model.id, call.query
@@ -94,7 +51,7 @@ async def list_models(request: web.Request, call: Call) -> Page[ModelObject]:
     return make_page(
         rows,
         call.query,
-        lambda row: ModelObject(id=row[0].id, name=row[0].name, latest_version=row[1], created_at=row[0].created_at),
+        lambda row: ModelObject.from_row(row[0], latest_version=row[1]),
         cursor=lambda row: row[0].id,
     )
 
@@ -116,23 +73,24 @@ async def _versions(request: web.Request, tenant_id: str, name: str, version: in
 @models.get(
     "/v1/models/{name}/versions", summary="A model's versions, oldest first", response=VersionList, errors=(404,)
 )
-async def list_versions(request: web.Request, call: Call) -> VersionList:
+async def list_versions(request: web.Request, call: Call[None, None]) -> VersionList:
     name = model_name(call)
     rows = await _versions(request, call.tenant_id, name)
     if not rows:
         raise not_found("model", name)
-    return VersionList(data=[render_version(name, v, a) for v, a in rows])
+    return VersionList(data=[ModelVersionObject.from_row(v, name, a) for v, a in rows])
 
 
 @models.get(
     "/v1/models/{name}/versions/{version}", summary="One model version", response=ModelVersionObject, errors=(404,)
 )
-async def get_version(request: web.Request, call: Call) -> ModelVersionObject:
+async def get_version(request: web.Request, call: Call[None, None]) -> ModelVersionObject:
     name, raw = model_name(call), call.params["version"]
     rows = await _versions(request, call.tenant_id, name, int(raw)) if raw.isdigit() else []
     if not rows:
         raise not_found(f"version of model {name!r}", raw)
-    return render_version(name, *rows[0])
+    version, artifact = rows[0]
+    return ModelVersionObject.from_row(version, name, artifact)
 
 
 @models.post(
@@ -144,11 +102,11 @@ async def get_version(request: web.Request, call: Call) -> ModelVersionObject:
     idempotent=True,
     errors=(404,),
 )
-async def create_version(request: web.Request, call: Call) -> ModelVersionObject:
+async def create_version(request: web.Request, call: Call[VersionCreate, None]) -> ModelVersionObject:
     name = call.params["name"]
     if not valid_name(name):
         raise validation_problem([{"pointer": "", "detail": f"model names match {NAME_PATTERN}"}])
-    body: VersionCreate = call.body
+    body = call.body
 
     def register(session) -> ModelVersionObject:
         file = session.scalar(select(File).where(File.id == body.file_id, File.tenant_id == call.tenant_id))
@@ -179,7 +137,7 @@ async def create_version(request: web.Request, call: Call) -> ModelVersionObject
             metrics=body.metrics,
             lineage={"source": {"file_id": file.id, "filename": file.filename}},
         )
-        rendered = render_version(name, version, artifact)
+        rendered = ModelVersionObject.from_row(version, name, artifact)
         if call.idempotency:
             call.idempotency.record(session, 201, rendered.model_dump(mode="json"))
         return rendered

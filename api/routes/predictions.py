@@ -16,6 +16,7 @@ from api.prefer_wait import hold
 from api.problems import Problem, not_found, validation_problem
 from core import predictions as prediction_service
 from core.models import Deployment, Model, ModelVersion, Prediction
+from core.objects import PredictionObject
 from core.registry import find_version
 from core.tensor_codec import CodecError, decode_tensors, validate_against_signature
 from core.webhooks import EVENTS, UnsafeWebhookUrl, check_url
@@ -25,33 +26,21 @@ predictions = Endpoints("predictions")
 
 class PredictionCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    model: str = Field(max_length=64)
-    version: int | None = Field(default=None, ge=1, description="default: the deployed version")
+    model: str = Field(max_length=64, description="the name of a deployed model")
+    version: int | None = Field(default=None, ge=1, description="the version to run; default: the deployed one")
     inputs: list[dict[str, Any]] = Field(min_length=1, max_length=64, description="Open Inference Protocol tensors")
-    timeout_ms: int = Field(default=60_000, ge=1, le=3_600_000)
-    webhook: str | None = Field(default=None, max_length=2048)
-    webhook_events_filter: list[Literal["start", "completed"]] | None = None
-
-
-class PredictionUrls(BaseModel):
-    get: str
-    cancel: str
-
-
-class PredictionObject(BaseModel):
-    id: str
-    object: str
-    status: Literal["queued", "running", "succeeded", "failed", "canceled"]
-    model: str
-    version: int
-    output: dict[str, Any] | None
-    error: dict[str, Any] | None
-    metrics: dict[str, float | None]
-    created_at: str
-    completed_at: str | None
-    webhook: str | None
-    webhook_events_filter: list[str]
-    urls: PredictionUrls
+    timeout_ms: int = Field(
+        default=60_000,
+        ge=1,
+        le=3_600_000,
+        description="how long it may wait in the model server's queue, in milliseconds; past it, it fails",
+    )
+    webhook: str | None = Field(
+        default=None, max_length=2048, description="a URL told of the prediction's events (Standard Webhooks)"
+    )
+    webhook_events_filter: list[Literal["start", "completed"]] | None = Field(
+        default=None, description="the events sent to `webhook`; default: both"
+    )
 
 
 async def _load(ctx: ApiContext, tenant_id: str, prediction_id: str) -> PredictionObject:
@@ -67,12 +56,12 @@ async def _load(ctx: ApiContext, tenant_id: str, prediction_id: str) -> Predicti
     if found is None:
         raise not_found("prediction", prediction_id)
     prediction, name, version = found
-    return PredictionObject.model_validate(
-        prediction_service.prediction_view(prediction, name, version, ctx.settings.public_base_url)
-    )
+    return PredictionObject.from_row(prediction, name, version, ctx.settings.public_base_url)
 
 
-async def _wait(ctx: ApiContext, tenant_id: str, current: PredictionObject, request: web.Request, call: Call):
+async def _wait(
+    ctx: ApiContext, tenant_id: str, current: PredictionObject, request: web.Request, call: Call[Any, Any]
+) -> PredictionObject:
     """The prediction, or its terminal state when the request asked to wait for it."""
     return await hold(
         request, call, ctx.settings.max_wait_s, current, lambda p: p.status, lambda: _load(ctx, tenant_id, current.id)
@@ -96,9 +85,9 @@ def _check_inputs(body: PredictionCreate, version: ModelVersion, max_elements: i
     idempotent=True,
     errors=(404, 409),
 )
-async def create_prediction(request: web.Request, call: Call) -> PredictionObject:
+async def create_prediction(request: web.Request, call: Call[PredictionCreate, None]) -> PredictionObject:
     ctx = context(request)
-    body: PredictionCreate = call.body
+    body = call.body
     if body.webhook:
         try:
             check_url(body.webhook, allow_private=ctx.settings.webhook_allow_private_targets)
@@ -124,11 +113,9 @@ async def create_prediction(request: web.Request, call: Call) -> PredictionObjec
             model_version_id=version.id,
             inputs={"inputs": body.inputs, "timeout_ms": body.timeout_ms},
             webhook=body.webhook,
-            webhook_events_filter=list(body.webhook_events_filter or [e for e in EVENTS if e != "progress"]),
+            webhook_events_filter=[*(body.webhook_events_filter or (e for e in EVENTS if e != "progress"))],
         )
-        rendered = PredictionObject.model_validate(
-            prediction_service.prediction_view(prediction, body.model, version.version, ctx.settings.public_base_url)
-        )
+        rendered = PredictionObject.from_row(prediction, body.model, version.version, ctx.settings.public_base_url)
         if call.idempotency:
             call.idempotency.record(session, 201, rendered.model_dump(mode="json"))
         return rendered
@@ -145,7 +132,7 @@ async def create_prediction(request: web.Request, call: Call) -> PredictionObjec
     response=PredictionObject,
     errors=(404,),
 )
-async def get_prediction(request: web.Request, call: Call) -> PredictionObject:
+async def get_prediction(request: web.Request, call: Call[None, None]) -> PredictionObject:
     ctx = context(request)
     current = await _load(ctx, call.tenant_id, call.params["id"])
     return await _wait(ctx, call.tenant_id, current, request, call)
@@ -157,17 +144,20 @@ async def get_prediction(request: web.Request, call: Call) -> PredictionObject:
     response=PredictionObject,
     errors=(404, 409),
 )
-async def cancel_prediction(request: web.Request, call: Call) -> PredictionObject:
+async def cancel_prediction(request: web.Request, call: Call[None, None]) -> PredictionObject:
     ctx = context(request)
     current = await _load(ctx, call.tenant_id, call.params["id"])
     if current.status == "queued":
 
         def cancel(session) -> None:
             prediction_service.transition(
-                session, current.id, "canceled",
-                view=lambda p: prediction_service.prediction_view(p, current.model, current.version,
-                                                                  ctx.settings.public_base_url),
-            )  # fmt: skip
+                session,
+                current.id,
+                "canceled",
+                view=lambda p: PredictionObject.from_row(
+                    p, current.model, current.version, ctx.settings.public_base_url
+                ),
+            )
 
         async with ctx.db() as session:
             await session.run_sync(cancel)
@@ -177,6 +167,6 @@ async def cancel_prediction(request: web.Request, call: Call) -> PredictionObjec
         raise Problem(
             409,
             f"the prediction is {current.status}; only a queued one can be canceled",
-            prediction=current.model_dump(),
+            prediction=current.model_dump(mode="json"),
         )
     return current
