@@ -1,12 +1,16 @@
 """The OpenAPI 3.1 document, generated from the declared endpoints and their pydantic models.
 
-Routes validate with the same models this document describes, so the two cannot drift.
+Routes validate with the same models this document describes, so the two cannot drift. Request
+bodies are described as pydantic validates them, responses as it serializes them (computed fields
+included). ``components.schemas`` is keyed by class name: two different classes with one name
+would overwrite each other there, so building the document refuses them (``SchemaNameClash``).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel
@@ -42,16 +46,64 @@ PROBLEM_SCHEMA = {
 }
 
 
+Mode = Literal["validation", "serialization"]
+
+
+class SchemaNameClash(ValueError):
+    """Two different classes would share one name in ``components.schemas``."""
+
+
+def schema_name(cls: type) -> str:
+    """The name pydantic gives a class in ``$defs`` (``Page[FileObject]`` → ``Page_FileObject_``)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", cls.__name__)
+
+
+def _described(owner: object) -> str:
+    return f"{owner.__module__}.{owner.__qualname__}" if isinstance(owner, type) else str(owner)
+
+
+def _classes_in(model: type[BaseModel]) -> Iterator[type]:
+    """``model`` and every model, dataclass and enum its schema holds (they become ``$defs``)."""
+    stack: list[Any] = [model.__pydantic_core_schema__]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if node.get("type") in ("model", "dataclass", "enum") and isinstance(node.get("cls"), type):
+                yield node["cls"]
+            stack.extend(node.values())
+        elif isinstance(node, list | tuple):
+            stack.extend(node)
+
+
 class _Components:
     def __init__(self) -> None:
         self.schemas: dict[str, Any] = {"Problem": PROBLEM_SCHEMA, "InferenceError": OIP_ERROR_SCHEMA}
+        # the class each name stands for: two different ones would overwrite each other's schema
+        self.owners: dict[str, object] = {name: "the hand-written schema in api.openapi" for name in self.schemas}
+        self.described: set[tuple[type[BaseModel], Mode]] = set()
 
-    def ref(self, model: type[BaseModel]) -> dict[str, str]:
-        name = model.__name__
-        if name not in self.schemas:
-            schema = model.model_json_schema(ref_template=REF, by_alias=True)
-            self.schemas.update(schema.pop("$defs", {}))
-            self.schemas[name] = schema
+    def _claim(self, cls: type) -> None:
+        name = schema_name(cls)
+        seen = self.owners.setdefault(name, cls)
+        if seen is not cls:
+            raise SchemaNameClash(
+                f"two schemas are named {name!r} in the OpenAPI document: {_described(seen)} and "
+                f"{_described(cls)}; rename one of them"
+            )
+
+    def ref(self, model: type[BaseModel], mode: Mode = "validation") -> dict[str, str]:
+        name = schema_name(model)
+        if (model, mode) not in self.described:
+            for cls in _classes_in(model):
+                self._claim(cls)
+            schema = model.model_json_schema(ref_template=REF, by_alias=True, mode=mode)
+            for def_name, definition in [*schema.pop("$defs", {}).items(), (name, schema)]:
+                if self.schemas.setdefault(def_name, definition) != definition:
+                    raise SchemaNameClash(
+                        f"{_described(self.owners.get(def_name, def_name))} reads differently as a request body "
+                        "and as a response; give each its own model"
+                    )
+            self.described.add((model, mode))
         return {"$ref": REF.format(model=name)}
 
 
@@ -68,9 +120,9 @@ def _parameters(endpoint: Endpoint) -> list[dict[str, Any]]:
     return params
 
 
-def _body_schema(endpoint: Endpoint, components: _Components) -> dict[str, Any]:
+def _body_schema(body: type[BaseModel], endpoint: Endpoint, components: _Components) -> dict[str, Any]:
     """The body model; with variants, one schema per ``type`` whose ``spec`` is that type's model."""
-    base = components.ref(endpoint.body)
+    base = components.ref(body)
     if endpoint.body_variants is None:
         return base
     variants = [
@@ -115,13 +167,13 @@ def _operation(endpoint: Endpoint, components: _Components) -> dict[str, Any]:
     if endpoint.body is not None:
         op["requestBody"] = {
             "required": True,
-            "content": {"application/json": {"schema": _body_schema(endpoint, components)}},
+            "content": {"application/json": {"schema": _body_schema(endpoint.body, endpoint, components)}},
         }
     elif endpoint.request_doc is not None:
         op["requestBody"] = endpoint.request_doc
     ok: dict[str, Any] = {"description": "OK"}
     if endpoint.response is not None:
-        ok["content"] = {"application/json": {"schema": components.ref(endpoint.response)}}
+        ok["content"] = {"application/json": {"schema": components.ref(endpoint.response, "serialization")}}
     elif endpoint.response_doc is not None:
         ok.update(endpoint.response_doc)
     responses = {str(endpoint.status): ok}
