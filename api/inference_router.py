@@ -43,8 +43,8 @@ from api.prediction_recorder import PredictionRecorder, prediction_row
 from api.routing_table import (
     DeployedRow,
     NotReady,
-    Replica,
     ReplicaRow,
+    RoutableReplica,
     RouteError,
     RoutingTable,
     ServedVersion,
@@ -53,9 +53,9 @@ from api.routing_table import (
     build_table,
     pick_replica,
 )
-from api.serving_metrics import ModelServerMetrics
+from api.serving_metrics import ServingMetricsCollector
 from core.deployments import BatchingSettings, live_since
-from core.models import Deployment, Model, ModelReplica, ModelServer, ModelVersion
+from core.models import Deployment, Model, ModelReplica, ModelServerRecord, ModelVersion
 from core.settings import Settings
 from core.tensor_codec import CodecError, InferenceRequest, validate_against_signature
 from core.tensor_wire import CONTENT_TYPE, WireError, pack, unpack
@@ -96,7 +96,7 @@ class InferenceRouter:
     settings: Settings
     db: async_sessionmaker
     table: RoutingTable = field(default_factory=RoutingTable)
-    server_metrics: ModelServerMetrics = field(default_factory=ModelServerMetrics)
+    server_metrics: ServingMetricsCollector = field(default_factory=ServingMetricsCollector)
 
     def __post_init__(self) -> None:
         self.recorder = PredictionRecorder(self.settings, self.db)
@@ -149,7 +149,7 @@ class InferenceRouter:
                 log.warning("could not refresh the routing table: %s", exc)
 
     async def _read_table(self) -> RoutingTable:
-        alive = ModelServer.heartbeat_at > live_since(self.settings)
+        alive = ModelServerRecord.heartbeat_at > live_since(self.settings)
         deployed_q = (
             select(Deployment, ModelVersion.id, ModelVersion.version, Model.tenant_id, Model.name)
             .join(ModelVersion, ModelVersion.id == Deployment.model_version_id)
@@ -157,8 +157,8 @@ class InferenceRouter:
         )
         ready_q = (
             select(
-                ModelServer.id,
-                ModelServer.url,
+                ModelServerRecord.id,
+                ModelServerRecord.url,
                 ModelVersion.id,
                 ModelVersion.version,
                 Model.id,
@@ -166,7 +166,7 @@ class InferenceRouter:
                 Model.name,
             )
             .select_from(ModelReplica)
-            .join(ModelServer, ModelServer.id == ModelReplica.server_id)
+            .join(ModelServerRecord, ModelServerRecord.id == ModelReplica.server_id)
             .join(ModelVersion, ModelVersion.id == ModelReplica.model_version_id)
             .join(Model, Model.id == ModelVersion.model_id)
             .where(ModelReplica.status == "ready", alive)
@@ -174,7 +174,8 @@ class InferenceRouter:
         async with self.db() as session:
             deployed = (await session.execute(deployed_q)).all()
             ready = (await session.execute(ready_q)).all()
-            servers = dict((await session.execute(select(ModelServer.id, ModelServer.url).where(alive))).all())
+            server_urls = select(ModelServerRecord.id, ModelServerRecord.url).where(alive)
+            servers = dict((await session.execute(server_urls)).all())
             version_ids = {row[1] for row in deployed} | {row[2] for row in ready}
             missing = version_ids - self._signatures.keys()
             if missing:
@@ -262,7 +263,7 @@ class InferenceRouter:
         message = f"no replica of model '{name}' could take the request (it is being redeployed); retry"
         raise InferenceFailed(503, message, "unavailable", RETRY_AFTER)
 
-    def _choose(self, target: Target, refused: set[tuple[str, str]]) -> Replica | None:
+    def _choose(self, target: Target, refused: set[tuple[str, str]]) -> RoutableReplica | None:
         version_id = target.version.version_id
         exclude = {server for server, version in refused if version == version_id}
         return pick_replica(target.version.replicas, self._in_flight, next(self._turns), exclude)

@@ -4,7 +4,7 @@ Every synchronous inference request makes this hop, and aiohttp's general-purpos
 third of the API's CPU per request on it (bench/serving.py). This client does what the hop needs and
 no more: a POST whose body has a Content-Length, an answer with a Content-Length, keep-alive
 connections pooled per server, one request at a time on each. The model servers are ours
-(``workers.model_server``, aiohttp); an answer in another shape (no length, chunked) is refused.
+(``serving.data_plane``, aiohttp); an answer in another shape (no length, chunked) is refused.
 
 A pooled connection that the server closed while it sat idle (its keep-alive timeout) fails before
 a byte of the answer arrives; the request is then sent once more, on a new connection, as HTTP

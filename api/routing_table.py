@@ -41,7 +41,9 @@ class NotReady(RouteError):
 
 
 @dataclass(frozen=True)
-class Replica:
+class RoutableReplica:
+    """A live model server where a version is ready: a place the API may send that version's requests."""
+
     server_id: str
     url: str
 
@@ -53,7 +55,7 @@ class ServedVersion:
     version_id: str
     number: int
     signature: Mapping[str, Any]
-    replicas: tuple[Replica, ...] = ()
+    replicas: tuple[RoutableReplica, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -155,12 +157,12 @@ def build_table(
 ) -> RoutingTable:
     """The table from the deployments and the ready replicas of live servers."""
     deployments = {row.version.model_key: row for row in deployed}
-    replicas: dict[str, list[Replica]] = {}
+    replicas: dict[str, list[RoutableReplica]] = {}
     versions: dict[tuple[str, str], dict[int, VersionRow]] = {}
     for row in [d.version for d in deployments.values()] + [r.version for r in ready]:
         versions.setdefault(row.model_key, {})[row.number] = row
     for row in ready:
-        replicas.setdefault(row.version.version_id, []).append(Replica(row.server_id, row.url))
+        replicas.setdefault(row.version.version_id, []).append(RoutableReplica(row.server_id, row.url))
     models = {}
     for key, numbered in versions.items():
         any_row = next(iter(numbered.values()))
@@ -180,8 +182,8 @@ def build_table(
 
 
 def pick_replica(
-    replicas: Iterable[Replica], in_flight: Mapping[str, int], turn: int, exclude: Iterable[str] = ()
-) -> Replica | None:
+    replicas: Iterable[RoutableReplica], in_flight: Mapping[str, int], turn: int, exclude: Iterable[str] = ()
+) -> RoutableReplica | None:
     """The replica with the fewest requests in flight; ``turn`` (a counter) rotates among equals."""
     skipped = set(exclude)
     candidates = [r for r in replicas if r.server_id not in skipped]

@@ -1,7 +1,7 @@
 """The model servers' metrics, re-exported on the API's ``/metrics``.
 
 Each model server exposes its per-model metrics (queue time, batch sizes, inference time,
-rejections; see ``workers.model_server_metrics``) on its own loopback port. The API fetches
+rejections; see ``serving.metrics``) on its own loopback port. The API fetches
 them when it is scraped and this collector merges them into its registry, each sample
 labelled with the ``model_server`` it came from, so one scrape of the API sees every model.
 """
@@ -35,7 +35,7 @@ def merge_expositions(texts: Mapping[str, str]) -> list[Metric]:
     return list(merged.values())
 
 
-class ModelServerMetrics(Collector):
+class ServingMetricsCollector(Collector):
     """Holds the last exposition fetched from each live model server."""
 
     def __init__(self) -> None:

@@ -1,7 +1,7 @@
 """Deployments and the replicas that serve them: the rules the API and the model servers share.
 
 A model has at most one deployment: the version to serve and its batching settings (Triton's
-meanings). Model servers (``workers/model_server.py``) load what is deployed and report every
+meanings). Model servers (``serving/``, ``maas serve``) load what is deployed and report every
 version they hold as a ``model_replicas`` row; a server whose heartbeat is older than
 ``model_server_timeout_s`` is dead and its replicas count for nothing. The session functions run
 on a synchronous Session (the API calls them through ``run_sync``); the rest is pure.
@@ -19,7 +19,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from core.ids import new_id
-from core.models import Deployment, ModelReplica, ModelServer, ModelVersion
+from core.models import Deployment, ModelReplica, ModelServerRecord, ModelVersion
 from core.settings import Settings
 
 PENDING, READY, FAILED = "pending", "ready", "failed"
@@ -99,9 +99,10 @@ def live_replicas(session: Session, settings: Settings, version_ids: Iterable[st
     return list(
         session.scalars(
             select(ModelReplica)
-            .join(ModelServer, ModelServer.id == ModelReplica.server_id)
+            .join(ModelServerRecord, ModelServerRecord.id == ModelReplica.server_id)
             .where(
-                ModelReplica.model_version_id.in_(list(version_ids)), ModelServer.heartbeat_at > live_since(settings)
+                ModelReplica.model_version_id.in_(list(version_ids)),
+                ModelServerRecord.heartbeat_at > live_since(settings),
             )
             .order_by(ModelReplica.created_at)
         )

@@ -220,8 +220,8 @@ class Prediction(Base):
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
-class ModelServer(Base):
-    """A model server inside an inference worker: where its data plane listens, and that it is alive.
+class ModelServerRecord(Base):
+    """A model server (``maas serve``, ``serving.server``): where its data plane listens, and that it is alive.
 
     Rows whose heartbeat is older than ``model_server_timeout_s`` belong to dead servers: they
     are ignored by the API's routing and deleted (with their replicas) by the live servers.

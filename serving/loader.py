@@ -2,10 +2,11 @@
 
 Owns everything ONNX Runtime-specific of serving: fetching the file from the artifact store
 with its recorded sha256 checked, the session options (threads), the warm-up batch and the
-call itself. Synchronous; the model server calls it from a thread.
+call itself. Synchronous; the model server's control loop calls it from a thread, and batch
+inference jobs (``workers.batch_inference``) call it directly.
 
 Threads: each session gets ``inference_threads`` intra-op threads; 0 means the cores this
-process may use divided by ``inference_servers_per_host`` (the inference workers sharing the
+process may use divided by ``inference_servers_per_host`` (the model servers sharing the
 machine), because a batch is one big ONNX Runtime call and should use every core it fairly
 can. Inter-op parallelism stays at 1: our graphs are chains, and batching already keeps the
 cores busy. The intra-op threads spin between ops only while a run is active (``spinning``):

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from core.dynamic_batcher import BatcherObserver
+from serving.batcher import BatcherObserver
 
 LABELS = ("tenant", "model", "version")
 REJECT_REASONS = ("queue_full", "timeout", "closed", "invalid")

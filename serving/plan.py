@@ -1,8 +1,8 @@
 """What a model server does next: the deployments on one side, the versions it holds on the other.
 
-Pure: the server's control loop (``workers.model_server``) gathers both sides every poll, asks
-:func:`plan`, and carries the steps out. The rules that make a version switch lose no request
-live here:
+Pure: the server's control loop (``serving.control_loop``) gathers both sides every poll, asks
+:func:`plan` for the :class:`ReplicaSteps`, and carries them out. The rules that make a version
+switch lose no request live here:
 
 - a version that is no longer deployed is retired only once its model's deployed version is
   ready on this server (or the model has no deployment any more), so a new version that is
@@ -46,7 +46,9 @@ class Held:
 
 
 @dataclass
-class Plan:
+class ReplicaSteps:
+    """What the control loop does next, by version id."""
+
     load: list[str] = field(default_factory=list)  # not held yet, or failed long enough ago
     rebatch: list[str] = field(default_factory=list)  # ready, but the batching settings changed
     retire: list[str] = field(default_factory=list)  # ready and no longer deployed: start draining
@@ -57,10 +59,12 @@ class Plan:
         return any((self.load, self.rebatch, self.retire, self.reinstate, self.unload))
 
 
-def plan(wanted: Iterable[Wanted], held: Mapping[str, Held], now: float, *, grace_s: float, retry_s: float) -> Plan:
+def plan(
+    wanted: Iterable[Wanted], held: Mapping[str, Held], now: float, *, grace_s: float, retry_s: float
+) -> ReplicaSteps:
     wanted_by_version = {w.version_id: w for w in wanted}
     deployed_by_model = {w.model_id: w.version_id for w in wanted_by_version.values()}
-    steps = Plan()
+    steps = ReplicaSteps()
     for version_id, want in wanted_by_version.items():
         have = held.get(version_id)
         if have is None or (have.status == FAILED and now - have.since >= retry_s):

@@ -20,7 +20,7 @@ from core.db import make_engine, session_factory
 from core.settings import Settings
 from migrations import runner
 from tests.support import job_types  # noqa: F401 - registers the test-only job types
-from tests.support.processes import Worker
+from tests.support.processes import ModelServerProcess, Worker
 from tests.support.services import ServiceUrls, running_services, scratch_database
 
 
@@ -124,8 +124,17 @@ def job_worker(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.fixture(scope="session")
+def model_server(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelServerProcess]:
+    """A model server in its own process (``python -m serving``): it loads every deployment of the session."""
+    server = ModelServerProcess(settings, tmp_path_factory.mktemp("serving") / "serving.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def inference_worker(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
-    """A worker consuming the inference queue: its model server loads every deployment of the session."""
+    """A Celery worker consuming the inference queue: batch inference jobs, and asynchronous predictions
+    (which it sends to the model servers: use it with ``model_server``)."""
     worker = Worker(settings, "inference", tmp_path_factory.mktemp("inference") / "worker.log", concurrency=1)
     yield worker
     worker.stop()

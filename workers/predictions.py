@@ -18,7 +18,7 @@ from sqlalchemy import select
 from core.deployments import live_since
 from core.dispatch import commit_and_send
 from core.job_states import QUEUED, RUNNING
-from core.models import Model, ModelReplica, ModelServer, ModelVersion, Prediction
+from core.models import Model, ModelReplica, ModelServerRecord, ModelVersion, Prediction
 from core.objects import PredictionObject
 from core.predictions import RUN_TASK, transition
 from core.tensor_codec import CodecError, decode_tensors, tensor_to_json
@@ -41,12 +41,12 @@ def _server_urls(rt: WorkerRuntime, version_id: str) -> list[str]:
     with rt.db() as session:
         return list(
             session.scalars(
-                select(ModelServer.url)
-                .join(ModelReplica, ModelReplica.server_id == ModelServer.id)
+                select(ModelServerRecord.url)
+                .join(ModelReplica, ModelReplica.server_id == ModelServerRecord.id)
                 .where(
                     ModelReplica.model_version_id == version_id,
                     ModelReplica.status == "ready",
-                    ModelServer.heartbeat_at > live_since(rt.settings),
+                    ModelServerRecord.heartbeat_at > live_since(rt.settings),
                 )
             )
         )

@@ -3,7 +3,7 @@
 ``PUT`` creates or replaces it (a new version switches without dropping requests: the old one
 serves until the new one is ready on each server), ``GET`` shows it with its replicas, ``DELETE``
 undeploys (the replicas drain, then unload). The model servers do the work; see
-``workers.model_server``.
+``serving.control_loop``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Asynchronous predictions against a deployed model: through an inference worker's model server,
+"""Asynchronous predictions against a deployed model: an inference worker sends them to a model server,
 with Prefer: wait, idempotency, signature checks before anything is stored, webhooks, cancel."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from tests.support.eventually import eventually_async
 from tests.support.onnx_models import LINEAR_MODELS, linear_classifier, linear_expected
 from tests.support.webhook_receiver import Receiver
 
-pytestmark = pytest.mark.usefixtures("inference_worker")
+pytestmark = pytest.mark.usefixtures("model_server", "inference_worker")
 
 
 async def predict(api, tenant, body: dict, headers: dict | None = None):

@@ -1,4 +1,4 @@
-"""Serving through real HTTP: the API, a real inference worker (its model server), PostgreSQL and S3.
+"""Serving through real HTTP: the API, a real model server (``python -m serving``), PostgreSQL and S3.
 
 Models are registered from uploaded ONNX files, deployed with ``PUT /v1/models/{name}/deployment``
 and called with the Open Inference Protocol v2, by hand and with a stock tritonclient. Answers
@@ -31,7 +31,7 @@ WEIGHTS = [RNG.normal(size=(4, 3)).astype(np.float32) for _ in range(2)]
 BIASES = [RNG.normal(size=3).astype(np.float32) for _ in range(2)]
 MODELS = [linear_classifier(w, b) for w, b in zip(WEIGHTS, BIASES, strict=True)]
 
-pytestmark = pytest.mark.usefixtures("inference_worker")
+pytestmark = pytest.mark.usefixtures("model_server")
 
 
 def expected(x: np.ndarray, index: int = 0) -> dict[str, np.ndarray]:

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from tests.support.eventually import eventually
@@ -89,3 +90,37 @@ class Worker:
     def stop(self) -> None:
         stop(self.process)
         self.app.close()
+
+
+class ModelServerProcess:
+    """A real model server in a process of its own (``python -m serving``, or ``args`` such as
+    ``-m cli.main serve``), ready once its row is in ``model_servers``: it listens, and APIs route to it."""
+
+    def __init__(self, settings, log_path: Path, args: Sequence[str] = ("-m", "serving")):
+        from sqlalchemy import select
+
+        from core.db import make_engine
+        from core.models import ModelServerRecord
+        from core.settings import to_env
+
+        self.log_path = log_path
+        self.process = start(list(args), to_env(settings), log_path)
+        mine = select(ModelServerRecord.id, ModelServerRecord.url).where(ModelServerRecord.pid == self.process.pid)
+        engine = make_engine(settings)
+
+        def registered():  # the (id, url) row, or True when the process died first
+            with engine.connect() as connection:
+                return self.process.poll() is not None or connection.execute(mine).first()
+
+        try:
+            row = eventually(registered, 60, f"model server {' '.join(args)} to register")
+        finally:
+            engine.dispose()
+        if self.process.poll() is not None:
+            raise RuntimeError(f"model server exited:\n{log_path.read_text()[-3000:]}")
+        self.id, self.url = row.id, row.url
+
+    def stop(self) -> int:
+        """SIGTERM (it drains its replicas first, for two routing refresh periods), then wait; the exit code."""
+        stop(self.process, grace_s=60)
+        return self.process.returncode

@@ -8,8 +8,8 @@ from api.routing_table import (
     DeployedRow,
     NoRoute,
     NotReady,
-    Replica,
     ReplicaRow,
+    RoutableReplica,
     RoutingTable,
     VersionRow,
     build_table,
@@ -84,7 +84,7 @@ def test_readiness_is_per_tenant():
 
 
 def test_the_least_busy_replica_wins_and_equals_take_turns():
-    replicas = [Replica("a", "http://a"), Replica("b", "http://b"), Replica("c", "http://c")]
+    replicas = [RoutableReplica("a", "http://a"), RoutableReplica("b", "http://b"), RoutableReplica("c", "http://c")]
     assert pick_replica(replicas, {"a": 3, "b": 1, "c": 2}, turn=0).server_id == "b"
     picks = {pick_replica(replicas, {}, turn=turn).server_id for turn in range(3)}
     assert picks == {"a", "b", "c"}

@@ -1,21 +1,23 @@
 """DynamicBatcher against a fake model that records every batch it is handed.
 
 Outputs are computed from the inputs, so a request that got another request's rows back
-would fail. Timing is only ever asserted as ordering (what ran, in which batch), never as
-wall-clock numbers; waits have generous ceilings so a broken batcher fails instead of hanging.
+would fail. Timing is asserted as ordering (what ran, in which batch), and durations only as
+lower bounds the test itself sets (a model call that sleeps a known time, a queue delay), never
+as upper bounds; waits have generous ceilings so a broken batcher fails instead of hanging.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import numpy as np
 import pytest
 
-from core.dynamic_batcher import (
+from serving.batcher import (
     BatcherClosed,
     BatcherCounters,
     BatcherObserver,
@@ -25,9 +27,12 @@ from core.dynamic_batcher import (
     QueueFull,
     QueueTimeout,
 )
+from tests.support.eventually import eventually_async
 
 T = TypeVar("T")
 CEILING_S = 10.0
+SLOW_S = 0.05  # how long SlowModel's call takes, at least
+ROUNDING_S = 1e-6  # a duration computed as (start + delay) - start may come out a float rounding short
 
 
 async def within(awaitable: Awaitable[T]) -> T:
@@ -73,6 +78,18 @@ class FakeModel:
         return any((batch == value).any() for batch in self.batches)
 
 
+class SlowModel:
+    """A plain function model (the batcher runs it in a thread) that takes at least ``SLOW_S`` per batch."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.sizes.append(len(inputs["x"]))
+        time.sleep(SLOW_S)
+        return {"y": inputs["x"] * 2 + 1, "sum": inputs["x"].sum(axis=1)}
+
+
 def row(value: float, rows: int = 1) -> dict[str, np.ndarray]:
     """A request whose every element identifies it."""
     return {"x": np.full((rows, 2), value, dtype=np.float32)}
@@ -89,8 +106,10 @@ def batcher_for(model: Any, **settings: Any) -> DynamicBatcher:
 
 
 async def until_queued(batcher: DynamicBatcher, depth: int) -> None:
-    while batcher.queue_depth < depth:
-        await asyncio.sleep(0)
+    async def queued() -> bool:
+        return batcher.queue_depth >= depth
+
+    await eventually_async(queued, CEILING_S, f"{depth} queued requests", interval_s=0)
 
 
 async def start_batch(batcher: DynamicBatcher, model: FakeModel, *values: float) -> list[asyncio.Future[Any]]:
@@ -211,8 +230,11 @@ async def test_max_concurrent_batches_lets_batches_overlap() -> None:
     model = FakeModel(hold=True)
     batcher = batcher_for(model, max_batch_size=1, max_queue_delay_us=0, max_concurrent_batches=2)
     tasks = [asyncio.ensure_future(batcher.submit(row(i))) for i in range(3)]
-    while model.active < 2:
-        await asyncio.sleep(0)
+
+    async def two_running() -> bool:
+        return model.active >= 2
+
+    await eventually_async(two_running, CEILING_S, "two batches running at once", interval_s=0)
     assert batcher.queue_depth == 1
     model.release.set()
     await within(asyncio.gather(*tasks))
@@ -357,24 +379,33 @@ async def test_a_cancelled_request_leaves_the_queue_and_is_never_run() -> None:
 
 async def test_counters_see_queue_time_batches_and_rows() -> None:
     counters = BatcherCounters()
-    batcher = batcher_for(FakeModel(), max_batch_size=4, max_queue_delay_us=0, observer=counters)
+    model = SlowModel()
+    batcher = batcher_for(model, max_batch_size=4, max_queue_delay_us=0, observer=counters)
     await within(asyncio.gather(*(batcher.submit(row(i)) for i in range(6))))
     assert counters.queued == 6
     assert counters.rows == 6
-    assert counters.batches == 2
+    assert counters.batches == 2 and model.sizes == [4, 2]
     assert counters.failed_batches == 0
-    assert counters.queue_s_total >= 0 and counters.run_s_total >= 0
+    # the last two requests waited in the queue while the first batch ran its slow call
+    assert counters.queue_s_total >= 2 * SLOW_S
+    # and each of the two batches took at least the slow call
+    assert counters.run_s_total >= 2 * SLOW_S
 
 
-async def test_info_names_the_batch_each_request_rode_in() -> None:
-    batcher = batcher_for(FakeModel(), max_batch_size=4, max_queue_delay_us=50_000)
+async def test_info_names_the_batch_each_request_rode_in_and_its_times() -> None:
+    delay_s = 0.05
+    batcher = batcher_for(SlowModel(), max_batch_size=4, max_queue_delay_us=int(delay_s * 1_000_000))
     together = await within(asyncio.gather(*(batcher.submit_with_info(row(v)) for v in (1.0, 2.0, 3.0))))
     _, alone = await within(batcher.submit_with_info(row(5.0)))
     numbers = {info.number for _, info in together}
     assert len(numbers) == 1 and alone.number not in numbers
     assert all(info.rows == info.items == 3 for _, info in together)
     assert alone.rows == alone.items == 1
-    assert all(info.queue_s >= 0 and info.run_s >= 0 for _, info in together)
+    # one batch, one run time, and it covers the slow model call; so does the lone request's
+    assert len({info.run_s for _, info in together}) == 1
+    assert together[0][1].run_s >= SLOW_S and alone.run_s >= SLOW_S
+    # a batch that is not full leaves once its oldest request has waited the whole queue delay
+    assert together[0][1].queue_s >= delay_s - ROUNDING_S and alone.queue_s >= delay_s - ROUNDING_S
     assert_outputs_for(together[2][0], 3.0)
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from workers.model_server import Lanes
+from serving.lanes import Lanes
+from tests.support.eventually import eventually_async
 
 
 class Model:
@@ -41,8 +42,11 @@ async def test_concurrent_batches_take_the_free_lanes_are_crowded_and_a_third_sh
     lanes = Lanes(model.run, 2, "m")
     try:
         running = [asyncio.ensure_future(lanes({"x": i})) for i in range(3)]
-        while len(model.threads) < 2:
-            await asyncio.sleep(0.01)
+
+        async def two_started() -> bool:
+            return len(model.threads) >= 2
+
+        await eventually_async(two_started, 10, "two batches to start", interval_s=0.01)
         assert sorted(name.split("_")[0] for name in model.threads) == ["m-0", "m-1"]
         assert model.crowded == [False, True]  # the second started while the first ran
         model.release.set()

@@ -6,8 +6,8 @@ import numpy as np
 import onnxruntime as ort
 
 from core.settings import Settings
+from serving.loader import OnnxModel, inference_threads, session_options, warmup_inputs
 from tests.support.onnx_models import linear_classifier
-from workers.model_loader import OnnxModel, inference_threads, session_options, warmup_inputs
 
 
 def test_threads_are_the_cores_shared_among_the_servers_of_the_host():

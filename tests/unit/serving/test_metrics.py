@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, generate_latest
 
-from api.serving_metrics import ModelServerMetrics as Merged
-from api.serving_metrics import merge_expositions
-from workers.model_server_metrics import ModelLabels, ModelServerMetrics
+from api.serving_metrics import ServingMetricsCollector, merge_expositions
+from serving.metrics import ModelLabels, ModelServerMetrics
 
 LABELS = ModelLabels("ten_1", "digits", "3")
 
@@ -51,7 +50,7 @@ def test_forgetting_a_version_removes_its_series():
 
 def test_the_api_reexports_every_servers_metrics_labelled_by_server():
     registry = CollectorRegistry()
-    merged = Merged()
+    merged = ServingMetricsCollector()
     registry.register(merged)
     merged.update({"msrv_a": exposition([1]), "msrv_b": exposition([2, 2]), "msrv_bad": "not { an exposition"})
     text = generate_latest(registry).decode()
