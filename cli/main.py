@@ -3,6 +3,7 @@
 maas up                                  run the whole platform locally (embedded servers when
                                          MAAS_DATABASE_URL / MAAS_BROKER_URL / MAAS_S3_ENDPOINT_URL are unset)
 maas api | maas worker                   run one API server or one Celery worker
+maas serve [--host H] [--port P]         run one model server (python -m serving)
 maas db upgrade [REV] | downgrade [REV] | current
 maas admin tenants create NAME | list
 maas admin keys create --tenant T [--name N] | revoke KEY_ID_OR_PREFIX | list [--tenant T]
@@ -41,6 +42,12 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
     worker_main(args.worker_args)
     return 0
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from serving.__main__ import run, with_options
+
+    return run(with_options(settings, args))
 
 
 def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
@@ -95,6 +102,8 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from serving import __main__ as serving_main
+
     parser = argparse.ArgumentParser(
         prog="maas", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -105,6 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run a Celery worker (options as python -m workers)")
     worker.add_argument("worker_args", nargs=argparse.REMAINDER)
     worker.set_defaults(func=cmd_worker)
+    serve = sub.add_parser(
+        "serve",
+        help="run a model server (python -m serving)",
+        description=serving_main.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serving_main.add_options(serve)
+    serve.set_defaults(func=cmd_serve)
 
     db = sub.add_parser("db", help="database migrations")
     db.add_argument("action", choices=["upgrade", "downgrade", "current"])

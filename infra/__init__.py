@@ -1,2 +1,3 @@
-"""Infrastructure: the embedded local stack launcher behind ``maas up`` (``infra.local_stack``,
-``infra.embedded``), the docker-compose file, and the Kubernetes manifests."""
+"""Infrastructure: ``maas up``, the whole platform on one machine (``infra.local_stack``): the
+embedded PostgreSQL, Redis and S3 servers it starts (``infra.embedded``), then the API, a Celery
+worker and a model server as supervised child processes."""

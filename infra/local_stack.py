@@ -3,9 +3,10 @@
 For each service the settings leave unset (database, broker, S3 endpoint) an embedded
 server is started under ``settings.data_dir``; then the database is migrated, the bucket
 created and, on the first start, a tenant "default" with an API key whose key is printed
-once. The API and one Celery worker run as child processes configured through MAAS_*
-variables. Ctrl-C or SIGTERM stops everything in order: the API and the worker first, then
-the servers. This module owns that orchestration and what it prints.
+once. The API, one Celery worker and one model server (``python -m serving``) run as child
+processes configured through MAAS_* variables. Ctrl-C or SIGTERM stops everything in order: the
+API, the worker (it finishes its running tasks, which may call the model server), the model
+server (it drains), then the servers. This module owns that orchestration and what it prints.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from types import FrameType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from core import ports
 from core.settings import ENV_PREFIX, SERVICE_FIELDS, STACK_FILE, Settings, to_env
-from infra import ports
 from infra.embedded import EmbeddedServer, EmbeddedServerError, read_tail, stop_process_tree, write_private
 from infra.embedded.postgres import EmbeddedPostgres
 from infra.embedded.redis import EmbeddedRedis
@@ -48,6 +49,8 @@ CHILD_READY_TIMEOUT_S = 60
 API_STOP_TIMEOUT_S = 10
 # a worker finishes its running tasks on SIGTERM; unfinished ones go back to the queue when killed
 WORKER_STOP_TIMEOUT_S = 30
+# a model server drains on SIGTERM: its replicas serve while the APIs re-route, then finish their queues
+SERVING_STOP_TIMEOUT_S = 30
 POLL_S = 0.25
 HEALTH_TIMEOUT_S = 2
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -153,7 +156,7 @@ class LocalStack:
         return self._first_key(settings)
 
     def start_children(self, settings: Settings) -> Settings:
-        """Start the API and the worker; return the settings with the API port actually used."""
+        """Start the API, the worker and the model server; return the settings with the API port actually used."""
         settings = self._with_free_api_port(settings)
         api = self._spawn("api", [sys.executable, "-m", "api"], settings, API_STOP_TIMEOUT_S)
         self._wait_ready(api, lambda: _healthy(_api_url(settings)), required=True)
@@ -162,6 +165,9 @@ class LocalStack:
         worker = self._spawn("worker", worker_argv, settings, WORKER_STOP_TIMEOUT_S)
         with _celery_control(settings) as control:
             self._wait_ready(worker, partial(_answers_ping, control, node), required=False)
+        serving = self._spawn("serving", [sys.executable, "-m", "serving"], settings, SERVING_STOP_TIMEOUT_S)
+        with _model_server_rows(settings) as registered:
+            self._wait_ready(serving, partial(registered, serving.process.pid), required=False)
         return settings
 
     def watch(self) -> int:
@@ -186,7 +192,7 @@ class LocalStack:
         write_private(self.settings.data_dir / STACK_FILE, json.dumps(services, indent=2))
 
     def stop_all(self) -> None:
-        """Stop the children (API first), then the servers in reverse start order."""
+        """Stop the children in start order (API first, model server last), then the servers in reverse start order."""
         self._ignore_signals()
         (self.settings.data_dir / STACK_FILE).unlink(missing_ok=True)
         if self.children or self.servers:
@@ -355,13 +361,41 @@ def _child_env(settings: Settings) -> dict[str, str]:
 
 @contextmanager
 def _celery_control(settings: Settings) -> Iterator[Any]:
-    from workers.celery_app import create_celery
+    from core.broker import create_celery
 
     app = create_celery(settings)
     try:
         yield app.control
     finally:
         app.close()
+
+
+@contextmanager
+def _model_server_rows(settings: Settings) -> Iterator[Callable[[int], bool]]:
+    """``registered(pid)``: whether the model server of process ``pid`` on this machine has its row in
+    ``model_servers`` (it listens, and the APIs can route to it)."""
+    from sqlalchemy import select
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from core.db import make_engine
+    from core.models import ModelServerRecord
+
+    engine = make_engine(settings)
+
+    def registered(pid: int) -> bool:
+        mine = select(ModelServerRecord.id).where(
+            ModelServerRecord.pid == pid, ModelServerRecord.hostname == socket.gethostname()
+        )
+        try:
+            with engine.connect() as connection:
+                return connection.execute(mine).first() is not None
+        except SQLAlchemyError:
+            return False
+
+    try:
+        yield registered
+    finally:
+        engine.dispose()
 
 
 def _exit_description(code: int) -> str:
