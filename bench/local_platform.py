@@ -1,6 +1,7 @@
-"""A throwaway ``maas up`` for benchmarks: every service embedded under a temporary folder, its URL
-and API key read from its output, and everything stopped afterwards. Benchmarks then measure the
-platform the way a user meets it: over HTTP."""
+"""A throwaway ``maas up`` for benchmarks: every service embedded under a temporary folder, the API,
+a Celery worker and a model server (``maas serve``) each in a process of its own, its URL and API
+key read from its output, and everything stopped afterwards. Benchmarks then measure the platform
+the way a user meets it: over HTTP."""
 
 from __future__ import annotations
 

@@ -6,12 +6,14 @@ and one process tree:
 
 - (a) the ceiling: ONNX Runtime called in this process on full batches (``--batch``), with the intra-op
   threads the platform's model server gets; items/s and per-batch latency, and the batch-1 latency;
-- (b) the floor: the seed's approach (shared/seed: a web server running torch on one request at a time,
-  JSON in and out), as a plain aiohttp server in a child process, with the same torch thread count. For
-  int8 both torch fp32 and torch dynamic int8 (``torch.ao.quantization.quantize_dynamic``) are measured
-  and the faster one is the floor, so the floor is the best the seed's approach gets;
-- (c) the platform as a user runs it: a throwaway ``maas up`` (bench/local_platform.py) with its default
-  serving settings, each model uploaded, registered and deployed over HTTP (``max_batch_size`` ``--batch``,
+- (b) the floor: the seed's approach (the source material's serving sketch: a web server running torch
+  on one request at a time, JSON in and out), as a plain aiohttp server in a child process, with the same
+  torch thread count. For int8 both torch fp32 and torch dynamic int8
+  (``torch.ao.quantization.quantize_dynamic``) are measured and the faster one is the floor, so the floor
+  is the best the seed's approach gets;
+- (c) the platform as a user runs it: a throwaway ``maas up`` (bench/local_platform.py: the API, a Celery
+  worker and a model server, ``maas serve``, each a process of its own) with its default serving
+  settings, each model uploaded, registered and deployed over HTTP (``max_batch_size`` ``--batch``,
   ``max_queue_delay_us`` ``--queue-delay-us``), then ``POST /v2/models/{name}/infer`` with the OIP binary
   tensor extension (the request ``tritonclient.http`` sends: a JSON header, raw little-endian tensors,
   binary outputs). Also with one client, against (a)'s batch-1 latency. The outputs are first checked
@@ -444,8 +446,9 @@ ROLES = (
     ("--serve-floor", "floor server"),
     ("cli.main up", "maas up (supervisor)"),
     ("-m api", "api"),
-    ("-m workers", "worker (model server)"),
-    ("celery", "worker (model server)"),
+    ("-m serving", "model server"),
+    ("-m workers", "worker"),
+    ("celery", "worker"),
     ("postgres", "postgres"),
     ("redis", "redis"),
     ("weed", "seaweedfs"),
@@ -635,7 +638,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from core.settings import Settings
-    from workers.model_loader import inference_threads
+    from serving.loader import inference_threads
 
     threads = args.threads or inference_threads(Settings())
     if args.serve_floor:
@@ -689,7 +692,7 @@ def main() -> None:
             row["c_over_each_floor"] = {f["server"]: round(c_rate / f["items_per_s"], 3) for f in candidates}
         if a and b:
             row["a_over_b"] = round(a["items_per_s"] / b["items_per_s"], 3)  # what c/b would be at the ceiling
-            if a:
+            if c:
                 gap = c["one_client"]["latency_ms"]["p50"] - a["batch1_latency_ms"]["p50"]
                 row["one_client_p50_minus_a_batch1_p50_ms"] = round(gap, 2)
         rows[model.name] = row
@@ -751,8 +754,8 @@ def setup(args: argparse.Namespace, threads: int, load: tuple[float, float, floa
         "sequence_length": SEQUENCE_LENGTH,
         "load_generator": "one asyncio process (this one), one aiohttp ClientSession with keep-alive connections, "
         f"{args.clients} client loops each with one request in flight; each run's cpu_cores says what it used",
-        "shared_cores": "the load generator, (b)'s server and every process of the platform (API, worker with the "
-        "model server, Postgres, Redis, SeaweedFS) run on the same cores; (a) runs alone in this process",
+        "shared_cores": "the load generator, (b)'s server and every process of the platform (API, worker, model "
+        "server, Postgres, Redis, SeaweedFS) run on the same cores; (a) runs alone in this process",
         "ceiling": "ONNX Runtime in this process with the platform's thread count, ORT's defaults otherwise (its "
         "threads spin), on full batches back to back; the better of two layouts (one batch on every thread, or one "
         "batch per thread at once). Its batch-1 latency is the better layout's, also back to back (warm caches)",
@@ -761,8 +764,8 @@ def setup(args: argparse.Namespace, threads: int, load: tuple[float, float, floa
         "(the seed's approach as written) and torch dynamic int8 are measured; b is the faster",
         "platform": {
             "how": "bench/local_platform.py: `maas up` with every service embedded, one API process, one Celery "
-            "worker whose model server runs the models; the settings below are the platform's defaults unless "
-            "--setting changed them",
+            "worker and one model server process (`maas serve`) that runs the models; the settings below are the "
+            "platform's defaults unless --setting changed them",
             "settings": platform_settings(args),
         },
     }
