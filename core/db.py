@@ -32,16 +32,14 @@ def _connect_args(settings: Settings) -> dict:
 
 
 def make_engine(settings: Settings) -> Engine:
-    settings.require("database_url")
     return create_engine(
-        sqlalchemy_url(settings.database_url), pool_pre_ping=True, connect_args=_connect_args(settings)
+        sqlalchemy_url(settings.service("database_url")), pool_pre_ping=True, connect_args=_connect_args(settings)
     )
 
 
 def make_async_engine(settings: Settings) -> AsyncEngine:
-    settings.require("database_url")
     return create_async_engine(
-        sqlalchemy_url(settings.database_url),
+        sqlalchemy_url(settings.service("database_url")),
         pool_pre_ping=True,
         pool_size=10,
         max_overflow=10,

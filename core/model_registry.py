@@ -29,7 +29,9 @@ def valid_name(name: str) -> bool:
 
 def get_or_create_model(session: Session, tenant_id: str, name: str) -> Model:
     session.execute(insert(Model).values(id=new_id("model"), tenant_id=tenant_id, name=name).on_conflict_do_nothing())
-    return session.scalar(select(Model).where(Model.tenant_id == tenant_id, Model.name == name).with_for_update())
+    return session.scalars(
+        select(Model).where(Model.tenant_id == tenant_id, Model.name == name).with_for_update()
+    ).one()
 
 
 def register_version(

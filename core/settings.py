@@ -150,6 +150,11 @@ class Settings(BaseSettings):
         if missing:
             raise MissingSetting(f"{', '.join(missing)} not set: point it at a running service, or run `maas up`")
 
+    def service(self, name: str) -> str:
+        """The service URL ``name`` (``database_url``, ``broker_url``…); ``MissingSetting`` when unset."""
+        self.require(name)
+        return str(getattr(self, name))
+
     def with_services(self, **urls: str | None) -> Settings:
         """A copy with some service settings replaced (used by the local stack and the tests)."""
         return self.model_copy(update=urls)

@@ -13,8 +13,9 @@ from sqlalchemy import ColumnElement, update
 from sqlalchemy.orm import Session
 
 from core.job_states import sources
+from core.models import Job, Prediction
 
-T = TypeVar("T")
+T = TypeVar("T", Job, Prediction)
 
 
 def guarded_update(

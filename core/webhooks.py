@@ -58,8 +58,10 @@ def signature_header(secrets_: list[str], msg_id: str, timestamp: int, body: byt
 
 def signing_secrets(row: WebhookSecret, now: datetime | None = None) -> list[str]:
     now = now or datetime.now(UTC)
-    keep_previous = row.previous_secret and row.rotated_at and now - row.rotated_at < ROTATION_OVERLAP
-    return [row.secret, row.previous_secret] if keep_previous else [row.secret]
+    previous = row.previous_secret
+    if previous and row.rotated_at and now - row.rotated_at < ROTATION_OVERLAP:
+        return [row.secret, previous]
+    return [row.secret]
 
 
 def get_or_create_secret(session: Session, tenant_id: str) -> WebhookSecret:
@@ -114,7 +116,7 @@ def _is_ip(host: str) -> bool:
 
 
 def _resolve(host: str) -> list[str]:
-    return sorted({info[4][0] for info in socket.getaddrinfo(host, None)})
+    return sorted({str(info[4][0]) for info in socket.getaddrinfo(host, None)})
 
 
 def wants(event: str, webhook: str | None, events_filter: list[str] | None) -> bool:

@@ -54,14 +54,14 @@ def read_chunks(path: Path, file_format: str, plan: FeedPlan, chunk_rows: int, w
 
 
 def _npz_chunks(path: Path, plan: FeedPlan, chunk_rows: int, work: Path) -> Iterator[Arrays]:
+    sources = {feed.input: feed.array for feed in plan.feeds if feed.array is not None}
     arrays: dict[str, np.ndarray] = {}
     with zipfile.ZipFile(path) as archive:
-        for feed in plan.feeds:
-            if feed.array not in arrays:
-                extracted = archive.extract(f"{feed.array}.npy", work / "npz")
-                arrays[feed.array] = np.load(extracted, mmap_mode="r", allow_pickle=False)
+        for name in set(sources.values()):
+            arrays[name] = np.load(archive.extract(f"{name}.npy", work / "npz"), mmap_mode="r", allow_pickle=False)
+    dtypes = {feed.input: feed.dtype for feed in plan.feeds}
     for start, stop in chunk_bounds(plan.rows, chunk_rows):
-        yield {feed.input: _as_input(arrays[feed.array][start:stop], feed.dtype) for feed in plan.feeds}
+        yield {name: _as_input(arrays[array][start:stop], dtypes[name]) for name, array in sources.items()}
 
 
 def _as_input(array: np.ndarray, dtype: str) -> np.ndarray:
@@ -139,7 +139,7 @@ class NpzWriter:
     def __init__(self, path: Path, rows: int, work: Path) -> None:
         self.path, self.rows, self.folder = path, rows, work / "npz-out"
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.arrays: dict[str, np.ndarray] = {}
+        self.arrays: dict[str, np.memmap] = {}
         self.objects: dict[str, list[np.ndarray]] = {}  # string outputs cannot be memory-mapped
         self.trailing: dict[str, tuple[int, ...]] = {}
         self.written = 0

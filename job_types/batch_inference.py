@@ -75,7 +75,7 @@ def find_batch_sources(
         plan = plan_inputs(version.signature, file.format, file.details, spec)
     except PlanError as exc:
         return None, [exc.problem]
-    return BatchSources(version, session.get(Artifact, version.artifact_id), file, plan), []
+    return BatchSources(version, session.get_one(Artifact, version.artifact_id), file, plan), []
 
 
 def check_batch_inference(

@@ -146,11 +146,11 @@ def _npz_feeds(
     arrays: Mapping[str, StoredArray] = stored.arrays or {}
     names = [i["name"] for i in inputs]
     mapping = dataset.inputs or {}
-    for input_name, array in mapping.items():
+    for input_name, mapped in mapping.items():
         if input_name not in names:
             raise PlanError(f"/dataset/inputs/{input_name}", f"the model has no input '{input_name}'")
-        if array not in arrays:
-            raise PlanError(f"/dataset/inputs/{input_name}", f"the file has no array '{array}'; {_arrays(arrays)}")
+        if mapped not in arrays:
+            raise PlanError(f"/dataset/inputs/{input_name}", f"the file has no array '{mapped}'; {_arrays(arrays)}")
     feeds, rows_by_array = [], {}
     for spec_input in inputs:
         name = spec_input["name"]
@@ -216,9 +216,9 @@ def _table_feeds(
             raise PlanError("/dataset/columns", "the file has no column besides the label column")
     else:
         chosen = dataset.columns
-        for index, column in enumerate(chosen):
-            if column not in present:
-                raise PlanError(f"/dataset/columns/{index}", f"the file has no column '{column}'")
+        for index, name in enumerate(chosen):
+            if name not in present:
+                raise PlanError(f"/dataset/columns/{index}", f"the file has no column '{name}'")
     dtype = _input_dtype(spec_input)
     if dtype == "object":
         raise PlanError("/dataset/file_id", f"model input '{spec_input['name']}' takes strings: give a .npz")

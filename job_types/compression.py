@@ -86,7 +86,7 @@ def _io_sizes(signature: dict[str, Any]) -> tuple[int | None, int | None]:
     """(features, classes) of a model mapping ``[batch, features]`` to ``[batch, classes]``."""
     inputs, outputs = signature.get("inputs") or [], signature.get("outputs") or []
 
-    def width(values: list[FieldProblem]) -> int | None:
+    def width(values: list[dict[str, Any]]) -> int | None:
         shape = values[0].get("shape") if len(values) == 1 else None
         return shape[1] if shape and len(shape) == 2 and shape[1] > 0 else None
 
@@ -102,8 +102,8 @@ def _training_origin(
     if isinstance(lineage.get("model"), dict):
         data = lineage.get("training_data") or {}
         dataset = DataSpec.model_validate(data["dataset"]) if data.get("dataset") else None
-        split = tuple(data["split"]) if data.get("split") else None
-        return _model_spec(lineage["model"]), dataset, split  # type: ignore[return-value]
+        split = (float(data["split"][0]), int(data["split"][1])) if data.get("split") else None
+        return _model_spec(lineage["model"]), dataset, split
     job = session.get(Job, version.source_job_id) if version.source_job_id else None
     if lineage.get("kind") != "training" or job is None or job.type != "training":
         return None, None, None
@@ -116,13 +116,11 @@ def _training_origin(
 
 
 def _version_source(
-    session: Session, tenant_id: str, source: SourceSpec
+    session: Session, tenant_id: str, name: str, number: int | None
 ) -> tuple[ResolvedSource | None, list[FieldProblem]]:
-    version = find_version(session, tenant_id, source.model, source.version)
+    version = find_version(session, tenant_id, name, number)
     if version is None:
-        return None, [
-            model_not_found(session, tenant_id, source.model, source.version, "/source/model", "/source/version")
-        ]
+        return None, [model_not_found(session, tenant_id, name, number, "/source/model", "/source/version")]
     zoo, dataset, split = _training_origin(session, version)
     weights = None
     if zoo is not None and version.source_job_id:
@@ -134,7 +132,7 @@ def _version_source(
         )
     features, classes = _io_sizes(version.signature)
     facts = SourceFacts(
-        describe=f"model {source.model!r} version {version.version}",
+        describe=f"model {name!r} version {version.version}",
         zoo=zoo if weights is not None else None,
         features=features,
         classes=classes,
@@ -143,7 +141,7 @@ def _version_source(
         classes_list=(version.lineage or {}).get("classes"),
     )
     onnx_artifact = session.get(Artifact, version.artifact_id)
-    return ResolvedSource(facts, onnx_artifact, weights, version, source.model, split), []
+    return ResolvedSource(facts, onnx_artifact, weights, version, name, split), []
 
 
 def _file_source(
@@ -201,7 +199,7 @@ def resolve_compression_source(
     """The spec's source for ``tenant_id``, or the problems that say why there is none usable.
     ``eval_features`` (values per eval row) sizes a .safetensors source's input."""
     if spec.source.model is not None:
-        return _version_source(session, tenant_id, spec.source)
+        return _version_source(session, tenant_id, spec.source.model, spec.source.version)
     return _file_source(session, tenant_id, spec.source, eval_features)
 
 
@@ -385,8 +383,10 @@ def run_passes(
 def summary(report: dict[str, Any]) -> dict[str, Any]:
     """The job's metrics: the last stage's numbers and its change against the source."""
     source, last = report["stages"][0], report["stages"][-1]
-    keys = ("accuracy", "mean_cosine", "min_cosine", "max_abs_error", "parameters", "nonzero_parameters")
-    keys += ("onnx_bytes", "onnx_gzip_bytes", "latency_p50_ms", "throughput_items_per_s")
+    keys = (
+        *("accuracy", "mean_cosine", "min_cosine", "max_abs_error", "parameters", "nonzero_parameters"),
+        *("onnx_bytes", "onnx_gzip_bytes", "latency_p50_ms", "throughput_items_per_s"),
+    )
     return {
         **{key: last[key] for key in keys},
         "source_accuracy": source["accuracy"],
@@ -412,7 +412,7 @@ def lineage(
         "source_job_id": ctx.job_id,
         "classes": resolved.facts.classes_list,
     }
-    if final.has_torch:
+    if final.has_torch and final.zoo is not None:
         made["arch"] = final.zoo.arch
         made["model"] = final.zoo.model_dump(mode="json")
         made["training_data"] = {

@@ -377,7 +377,7 @@ def _untagged(error: Any) -> InitErrorDetails:
 
 def check_limits(spec: TrainingSpec, max_nproc_per_node: int, max_nnodes: int) -> list[FieldProblem]:
     """Where the spec asks for more processes than this platform offers."""
-    problems = []
+    problems: list[FieldProblem] = []
     if spec.strategy.nproc_per_node > max_nproc_per_node:
         problems.append(
             {
