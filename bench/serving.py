@@ -637,8 +637,8 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
+    from core.onnx_model import inference_threads
     from core.settings import Settings
-    from serving.loader import inference_threads
 
     threads = args.threads or inference_threads(Settings())
     if args.serve_floor:

@@ -34,8 +34,7 @@ from job_types.batch_spec import BatchInferenceSpec, FeedPlan, PlanError, plan_i
 from job_types.lookups import dataset_file, model_not_found
 
 if TYPE_CHECKING:
-    from serving.loader import OnnxModel
-
+    from core.onnx_model import OnnxModel
 
 # --- what the job reads, before it is created and on the worker ---------------------------------
 
@@ -101,7 +100,7 @@ def sources(ctx: JobContext, spec: BatchInferenceSpec) -> BatchSources:
 
 
 def open_model(ctx: JobContext, found: BatchSources) -> OnnxModel:
-    from serving.loader import inference_threads, load_model
+    from core.onnx_model import inference_threads, load_model  # ONNX Runtime: not in the API process
 
     artifact = found.model_artifact
     try:

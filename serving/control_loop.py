@@ -38,10 +38,10 @@ from core.artifact_store import ArtifactStore
 from core.db import async_session_factory, make_async_engine
 from core.deployments import BatchingSettings, live_since
 from core.models import Artifact, Deployment, Model, ModelReplica, ModelServerRecord, ModelVersion
+from core.onnx_model import inference_threads, load_model
 from core.settings import Settings
 from serving.batcher import DynamicBatcher
 from serving.lanes import Lanes
-from serving.loader import inference_threads, load_model
 from serving.metrics import ModelLabels, ModelServerMetrics
 from serving.plan import DRAINING, FAILED, LOADING, READY, UNLOADING, Wanted, plan
 from serving.replica import LoadedReplica

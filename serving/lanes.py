@@ -2,7 +2,7 @@
 
 Owns which thread runs a batch and whether that batch is ``crowded`` (another batch of the
 same model runs at the same time); knows nothing of HTTP, the database or ONNX Runtime: the
-model call is injected (``serving.loader.OnnxModel.run``).
+model call is injected (``core.onnx_model.OnnxModel.run``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ class Lanes:
     The batcher runs up to ``count`` batches at once (one forms while another runs), each on a lane
     of its own; at low load every batch runs on lane 0, so one thread keeps the model's caches warm.
     A batch that starts while another runs is called ``crowded`` (the model then runs it on one
-    thread, see ``serving.loader.OnnxModel``). While a replaced batcher drains next to its
+    thread, see ``core.onnx_model.OnnxModel``). While a replaced batcher drains next to its
     successor, a lane may take a second batch.
     """
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from core.deployments import BatchingSettings
+from core.onnx_model import OnnxModel
 from serving.batcher import DynamicBatcher
 from serving.lanes import Lanes
-from serving.loader import OnnxModel
 from serving.metrics import ModelLabels
 from serving.plan import Held
 

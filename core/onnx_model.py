@@ -1,9 +1,9 @@
 """Turns a registered ONNX artifact into a warm ONNX Runtime session, ready for batches.
 
-Owns everything ONNX Runtime-specific of serving: fetching the file from the artifact store
-with its recorded sha256 checked, the session options (threads), the warm-up batch and the
-call itself. Synchronous; the model server's control loop calls it from a thread, and batch
-inference jobs (``workers.batch_inference``) call it directly.
+Owns everything ONNX Runtime-specific of running a model: fetching the file from the artifact
+store with its recorded sha256 checked, the session options (threads), the warm-up batch and
+the call itself. Synchronous; the model server's control loop (``serving``) calls it from a
+thread, and batch inference jobs (``job_types.batch_inference``) call it directly.
 
 Threads: each session gets ``inference_threads`` intra-op threads; 0 means the cores this
 process may use divided by ``inference_servers_per_host`` (the model servers sharing the

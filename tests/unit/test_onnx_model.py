@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
+from core.onnx_model import OnnxModel, inference_threads, session_options, warmup_inputs
 from core.settings import Settings
-from serving.loader import OnnxModel, inference_threads, session_options, warmup_inputs
 from tests.support.onnx_models import linear_classifier
 
 
