@@ -19,7 +19,6 @@ from core.artifact_store import ArtifactStore
 from core.db import make_engine, session_factory
 from core.settings import Settings
 from migrations import runner
-from tests.support import job_types  # noqa: F401 - registers the test-only job types
 from tests.support.processes import ModelServerProcess, Worker
 from tests.support.services import ServiceUrls, running_services, scratch_database
 
@@ -49,6 +48,8 @@ def settings(services: ServiceUrls, database_url: str, tmp_path_factory: pytest.
         data_dir=tmp_path_factory.mktemp("data"),
         api_key_touch_interval_s=0,
         log_format="text",
+        # the test-only job types, and the README's "Add a job type" example, next to the product's
+        job_type_modules="tests.support.job_types,tests.support.dataset_stats",
         # fast clocks, so recovery paths run in seconds
         heartbeat_interval_s=0.2,
         heartbeat_timeout_s=3,
@@ -110,11 +111,12 @@ async def api(aiohttp_client, settings: Settings) -> AsyncIterator[TestClient]:
 @pytest.fixture(scope="session")
 def job_worker(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
     """The shared worker: runs the test job types' queue and the webhooks queue."""
-    from workers.celery_app import QUEUES, create_celery
+    from core.broker import create_celery
+    from job_types.registry import load_job_types
 
     app = create_celery(settings)
     with app.connection_for_write() as conn:  # messages of earlier runs must not reach this database
-        for queue in (*QUEUES, "test-shared", "test-recovery", "test-unclaimed"):
+        for queue in load_job_types(settings).queues:
             with contextlib.suppress(Exception):
                 conn.default_channel.queue_purge(queue)
     app.close()

@@ -18,7 +18,7 @@ import redis
 from botocore.exceptions import ClientError
 from sqlalchemy import create_engine, text
 
-from infra import ports
+from core import ports
 from infra.embedded import EmbeddedServer, EmbeddedServerError
 from infra.embedded.postgres import EmbeddedPostgres
 from infra.embedded.redis import EmbeddedRedis

@@ -52,7 +52,7 @@ class Worker:
         import secrets
 
         from core.settings import to_env
-        from workers.celery_app import create_celery
+        from core.broker import create_celery
 
         self.hostname = f"test-{secrets.token_hex(4)}@localhost"
         self.log_path = log_path
@@ -66,7 +66,7 @@ class Worker:
                 "--concurrency",
                 str(concurrency),
                 "--include",
-                "tests.support.worker_tasks,tests.support.job_types",
+                "tests.support.worker_tasks",
                 "--hostname",
                 self.hostname,
             ],
