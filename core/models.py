@@ -211,9 +211,9 @@ class Prediction(Base):
     inference_ms: Mapped[float | None]
     webhook: Mapped[str | None] = mapped_column(Text)
     webhook_events_filter: Mapped[list[Any]] = mapped_column(default=list)
-    # the ONNX Runtime call that served it: requests sharing a batch_id ran together
     # an asynchronous prediction's last message to the inference queue (the reconciler re-sends lost ones)
     dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # the ONNX Runtime call that served it: requests sharing a batch_id ran together
     batch_id: Mapped[str | None] = mapped_column(String(64))
     batch_size: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = _now()
