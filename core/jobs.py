@@ -18,7 +18,6 @@ from core import webhooks
 from core.dispatch import later
 from core.ids import new_id
 from core.job_states import QUEUED, RUNNING, TERMINAL
-from core.job_types import get_job_type
 from core.models import Job, JobEvent
 from core.objects import JobObject
 from core.settings import Settings
@@ -57,10 +56,10 @@ def notify(session: Session, job: Job, event: str, base_url: str) -> None:
         )
 
 
-def dispatch(session: Session, job: Job) -> None:
-    """Ask a worker to run the job, after commit."""
+def dispatch(session: Session, job: Job, queue: str) -> None:
+    """Ask a worker of ``queue`` (the job type's) to run the job, after commit."""
     job.dispatched_at = now()
-    later(session, RUN_TASK, job.id, queue=get_job_type(job.type).queue)
+    later(session, RUN_TASK, job.id, queue=queue)
 
 
 def create_job(
@@ -68,6 +67,8 @@ def create_job(
     *,
     tenant_id: str,
     type_: str,
+    queue: str,
+    max_attempts: int,
     spec: dict[str, Any],
     webhook: str | None,
     webhook_events_filter: list[str],
@@ -82,7 +83,7 @@ def create_job(
         progress={},
         metrics={},
         attempts=0,
-        max_attempts=get_job_type(type_).max_attempts,
+        max_attempts=max_attempts,
         webhook=webhook,
         webhook_events_filter=webhook_events_filter,
         metadata_=metadata,
@@ -90,7 +91,7 @@ def create_job(
     session.add(job)
     session.flush()
     add_event(session, job.id, "status", "queued", {"status": QUEUED})
-    dispatch(session, job)
+    dispatch(session, job, queue)
     session.flush()
     session.refresh(job)
     return job

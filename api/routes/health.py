@@ -21,7 +21,6 @@ from api.inference_router import ROUTER
 from api.openapi import ENDPOINT_TABLES, openapi_document
 from api.problems import Problem
 from core.jobs import counts_by_status as job_counts_by_status
-from workers.celery_app import QUEUES
 
 log = logging.getLogger("maas.api")
 
@@ -66,7 +65,7 @@ def _queue_depths(ctx: ApiContext) -> dict[str, int]:
     timeout = ctx.settings.readiness_timeout_s
     depths = {}
     with Connection(ctx.settings.broker_url, connect_timeout=timeout) as conn:
-        for queue in QUEUES:
+        for queue in ctx.job_types.queues:
             channel = conn.channel()  # a failed passive declare closes the channel on AMQP
             try:
                 depths[queue] = channel.queue_declare(queue=queue, passive=True).message_count

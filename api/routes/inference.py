@@ -26,8 +26,8 @@ from api.endpoints import Call, Endpoints
 from api.inference_router import RETRY_AFTER, ROUTER, InferenceFailed, InferenceRouter
 from api.problems import Problem
 from api.routing_table import NotReady, RouteError
+from core.model_registry import valid_name
 from core.models import Deployment, Model, ModelVersion
-from core.registry import valid_name
 from core.tensor_codec import HEADER_LENGTH_HEADER, CodecError, InferenceRequest, decode_request, encode_response
 
 inference = Endpoints("inference")

@@ -12,18 +12,22 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from api.context import ApiContext, commit_and_send, context
-from api.endpoints import Call, Endpoints, body_errors
+from api.endpoints import Call, Endpoints
 from api.pagination import Page, PageQuery, make_page, page_statement
 from api.prefer_wait import hold
 from api.problems import Problem, not_found, validation_problem
 from core import jobs as job_service
 from core.job_states import TERMINAL
-from core.job_types import JOB_TYPES, JobType
 from core.models import Artifact, Job, JobEvent, WebhookDelivery
 from core.objects import ArtifactDownload, ArtifactObject, JobEventObject, JobObject, Status, WebhookDeliveryObject
+from core.settings import Settings
+from core.spec_kit import validation_problems
 from core.webhooks import EVENTS, UnsafeWebhookUrl, check_url
+from job_types.base import JobType
+from job_types.registry import BUILT_IN
 
 jobs = Endpoints("jobs")
 
@@ -104,14 +108,14 @@ async def _hold(request: web.Request, call: Call[Any, Any], job: JobObject) -> J
 
 
 def _validate_create(ctx: ApiContext, body: JobCreate) -> tuple[JobType, BaseModel]:
-    job_type = JOB_TYPES.get(body.type)
+    job_type = ctx.job_types.get(body.type)
     if job_type is None:
-        known = ", ".join(sorted(JOB_TYPES)) or "none are installed"
+        known = ", ".join(ctx.job_types.names())
         raise validation_problem([{"pointer": "/type", "detail": f"unknown job type; known: {known}"}])
     try:
         spec = job_type.spec.model_validate(body.spec)
     except ValidationError as exc:
-        raise validation_problem([{**e, "pointer": "/spec" + e["pointer"]} for e in body_errors(exc)]) from None
+        raise validation_problem(validation_problems(exc, "/spec")) from None
     if body.webhook:
         try:
             check_url(body.webhook, allow_private=ctx.settings.webhook_allow_private_targets)
@@ -120,16 +124,16 @@ def _validate_create(ctx: ApiContext, body: JobCreate) -> tuple[JobType, BaseMod
     return job_type, spec
 
 
-def _check_world(session, job_type: JobType, tenant_id: str, spec: BaseModel, settings) -> None:
+def _check_world(session: Session, job_type: JobType, tenant_id: str, spec: BaseModel, settings: Settings) -> None:
     """The job type's checks against files and limits; a 422 before anything is created."""
-    if job_type.validate is not None:
-        errors = job_type.validate(session, tenant_id, spec, settings)
+    if job_type.check is not None:
+        errors = job_type.check(session, tenant_id, spec, settings)
         if errors:
             raise validation_problem([{**e, "pointer": "/spec" + e["pointer"]} for e in errors])
 
 
 def _spec_variants() -> dict[str, type[BaseModel]]:
-    return {name: job_type.spec for name, job_type in sorted(JOB_TYPES.items())}
+    return {job_type.name: job_type.spec for job_type in sorted(BUILT_IN, key=lambda t: t.name)}
 
 
 @jobs.post(
@@ -153,6 +157,8 @@ async def create_job(request: web.Request, call: Call[JobCreate, None]) -> JobOb
             session,
             tenant_id=call.tenant_id,
             type_=body.type,
+            queue=job_type.queue,
+            max_attempts=job_type.max_attempts,
             spec=spec.model_dump(mode="json"),
             webhook=body.webhook,
             webhook_events_filter=list(body.webhook_events_filter or EVENTS),

@@ -14,9 +14,10 @@ from api.endpoints import Call, Endpoints
 from api.pagination import Page, PageQuery, make_page, page_statement
 from api.problems import not_found, validation_problem
 from core.ids import new_id
+from core.model_registry import register_version, valid_name
 from core.models import Artifact, File, Model, ModelVersion
 from core.objects import ModelObject, ModelVersionObject
-from core.registry import NAME_PATTERN, register_version, valid_name
+from core.spec_kit import MODEL_NAME_PATTERN
 
 models = Endpoints("models")
 
@@ -95,7 +96,7 @@ async def get_version(request: web.Request, call: Call[None, None]) -> ModelVers
 
 @models.post(
     "/v1/models/{name}/versions",
-    summary=f"Register an uploaded ONNX file as the model's next version (names match {NAME_PATTERN})",
+    summary=f"Register an uploaded ONNX file as the model's next version (names match {MODEL_NAME_PATTERN})",
     body=VersionCreate,
     response=ModelVersionObject,
     status=201,
@@ -105,7 +106,7 @@ async def get_version(request: web.Request, call: Call[None, None]) -> ModelVers
 async def create_version(request: web.Request, call: Call[VersionCreate, None]) -> ModelVersionObject:
     name = call.params["name"]
     if not valid_name(name):
-        raise validation_problem([{"pointer": "", "detail": f"model names match {NAME_PATTERN}"}])
+        raise validation_problem([{"pointer": "", "detail": f"model names match {MODEL_NAME_PATTERN}"}])
     body = call.body
 
     def register(session) -> ModelVersionObject:

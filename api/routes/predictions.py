@@ -15,9 +15,9 @@ from api.endpoints import Call, Endpoints
 from api.prefer_wait import hold
 from api.problems import Problem, not_found, validation_problem
 from core import predictions as prediction_service
+from core.model_registry import find_version
 from core.models import Deployment, Model, ModelVersion, Prediction
 from core.objects import PredictionObject
-from core.registry import find_version
 from core.tensor_codec import CodecError, decode_tensors, validate_against_signature
 from core.webhooks import EVENTS, UnsafeWebhookUrl, check_url
 
