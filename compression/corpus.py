@@ -15,6 +15,7 @@ import inspect
 import re
 import warnings
 from collections.abc import Iterable, Iterator
+from types import ModuleType
 
 # Modules whose docstrings are written as prose; the order fixes the corpus order.
 STDLIB_MODULES: tuple[str, ...] = (
@@ -124,11 +125,11 @@ def stdlib_docstrings(modules: Iterable[str] = STDLIB_MODULES) -> Iterator[str]:
         yield from (doc for doc in docs if doc)
 
 
-def _public_doc(module: object, name: str) -> str | None:
+def _public_doc(module: ModuleType, name: str) -> str | None:
     member = vars(module)[name]
     if not (inspect.isclass(member) or inspect.isfunction(member)):
         return None
-    if getattr(member, "__module__", None) != module.__name__:  # type: ignore[attr-defined]
+    if getattr(member, "__module__", None) != module.__name__:
         return None
     return inspect.getdoc(member)
 

@@ -15,7 +15,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 import numpy as np
 import onnxruntime as ort
@@ -30,7 +30,7 @@ from training.spec import CNNSpec, MLPSpec, TransformerSpec
 from training.zoo import build_model
 
 Mode = Literal["kd", "mse", "cosine"]
-Teacher = nn.Module | ort.InferenceSession | str | Path
+Teacher: TypeAlias = nn.Module | ort.InferenceSession | str | Path
 StudentSpec = MLPSpec | CNNSpec | TransformerSpec
 
 MODES: tuple[Mode, ...] = ("kd", "mse", "cosine")

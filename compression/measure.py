@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import onnx
@@ -28,7 +28,7 @@ from torch import nn
 
 from compression.fidelity import Fidelity, accuracy, compare_outputs, make_session
 
-OnnxModel = str | Path | bytes | ort.InferenceSession
+OnnxModel: TypeAlias = str | Path | bytes | ort.InferenceSession
 Inputs = np.ndarray | Mapping[str, np.ndarray]
 
 _ORIG_SUFFIX = "_orig"  # torch.nn.utils.prune keeps the dense weight as <name>_orig

@@ -22,7 +22,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeGuard
 
 import numpy as np
 import onnx
@@ -44,6 +44,7 @@ from compression.measure import ParameterCounts, onnx_parameter_counts, paramete
 from compression.prune import PruneOptions, plan_channels, prune_model, resized_spec, sparsity
 from compression.quantize import (
     ArrayCalibrationReader,
+    Dim,
     Int8Recipe,
     convert_fp16,
     model_input_specs,
@@ -101,8 +102,8 @@ class ModelState:
     def from_onnx(cls, onnx_path: Path) -> ModelState:
         specs = list(model_input_specs(onnx_path).values())
         features = None
-        if len(specs) == 1 and len(specs[0].shape) >= 2 and all(isinstance(d, int) for d in specs[0].shape[1:]):
-            features = math.prod(specs[0].shape[1:])  # type: ignore[arg-type]
+        if len(specs) == 1 and len(specs[0].shape) >= 2 and _fixed_dims(dims := specs[0].shape[1:]):
+            features = math.prod(dims)
         return cls(onnx_path, onnx_parameter_counts(onnx_path), features)
 
 
@@ -235,7 +236,7 @@ class PrunePass(Pass):
         if o.structured:
             details["channels_kept"] = plan_channels(state.torch_model, o.amount, o.norm).sizes()
         pruned = prune_model(state.torch_model, options)
-        zoo = resized_spec(state.zoo, pruned) if o.structured else state.zoo  # type: ignore[arg-type]
+        zoo = resized_spec(state.zoo, pruned) if o.structured else state.zoo
         details["sparsity_after_pruning"] = sparsity(pruned)
         if o.fine_tune_epochs:
             x, y = ctx.rows("fine-tuning", labels=True)
@@ -409,6 +410,11 @@ def _check_nodes(model: Path, names: list[str]) -> None:
         raise PassError("exclude_nodes", f"the model has no nodes {missing}")
 
 
+def _fixed_dims(dims: tuple[Dim, ...]) -> TypeGuard[tuple[int, ...]]:
+    """Whether every dim is a fixed size (none is a name or None)."""
+    return all(isinstance(d, int) for d in dims)
+
+
 def fit_to_inputs(model: Path, rows: np.ndarray) -> dict[str, np.ndarray]:
     """Flat rows shaped for the model's single input (``[batch, 64]`` or ``[batch, 1, 8, 8]``)."""
     specs = list(model_input_specs(model).values())
@@ -416,8 +422,8 @@ def fit_to_inputs(model: Path, rows: np.ndarray) -> dict[str, np.ndarray]:
         raise PassError("calibration", f"a model with {len(specs)} inputs cannot be fed rows of one array")
     spec = specs[0]
     rest = spec.shape[1:]
-    if all(isinstance(d, int) for d in rest) and math.prod(rest) == rows.shape[1]:  # type: ignore[arg-type]
-        return {spec.name: rows.reshape(rows.shape[0], *rest).astype(spec.dtype)}  # type: ignore[misc]
+    if _fixed_dims(rest) and math.prod(rest) == rows.shape[1]:
+        return {spec.name: rows.reshape(rows.shape[0], *rest).astype(spec.dtype)}
     raise PassError(
         "calibration", f"rows of {rows.shape[1]} values do not fit input {spec.name!r} of shape {list(spec.shape)}"
     )

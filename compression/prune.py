@@ -18,7 +18,7 @@ import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias, cast
 
 import torch
 from torch import nn
@@ -26,9 +26,15 @@ from torch.nn.utils import prune
 
 from compression.measure import ParameterCounts, count_tensors, parameter_counts
 from core.spec_kit import OptionError
-from training.spec import CNNSpec, MLPSpec
+from training.spec import CNNSpec, MLPSpec, TransformerSpec
 
-PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+PrunableLayer: TypeAlias = nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d
+PRUNABLE_TYPES: tuple[type[nn.Linear], type[nn.Conv1d], type[nn.Conv2d], type[nn.Conv3d]] = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+)
 
 Scope = Literal["layer", "global"]
 Norm = Literal["l1", "l2"]
@@ -112,7 +118,7 @@ class PruneOptions:
 # --- measurements ------------------------------------------------------------------------------
 
 
-def prunable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+def prunable_layers(model: nn.Module) -> list[tuple[str, PrunableLayer]]:
     """(qualified name, module) of every Linear/Conv layer, in definition order."""
     return [(name, module) for name, module in model.named_modules() if isinstance(module, PRUNABLE_TYPES)]
 
@@ -124,7 +130,7 @@ def sparsity(model: nn.Module) -> float:
     return counts.sparsity
 
 
-def _weight(module: nn.Module) -> torch.Tensor:
+def _weight(module: PrunableLayer) -> torch.Tensor:
     # under an active reparametrisation ``weight`` is the masked tensor, as the forward sees it
     return module.weight.detach()
 
@@ -196,6 +202,9 @@ class _Slot:
     name: str  # qualified
 
 
+_Layer: TypeAlias = nn.Linear | nn.Conv2d  # what structured pruning rebuilds
+_Pair: TypeAlias = tuple[int, int]
+
 _ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.GELU, nn.Tanh, nn.Dropout, nn.Identity, nn.MaxPool2d)
 
 
@@ -216,7 +225,13 @@ def _leaves(model: nn.Module, prefix: str = "") -> list[_Slot]:
 
 
 def _module(slot: _Slot) -> nn.Module:
-    return slot.parent._modules[slot.key]  # type: ignore[return-value]
+    return cast(nn.Module, slot.parent._modules[slot.key])  # a slot comes from named_children, which skips None
+
+
+def _layer(slot: _Slot) -> _Layer:
+    """The module in a slot ``_layers`` returned, which holds a Linear or a Conv2d. Read when
+    needed, not kept: ``shrink`` replaces modules in their slots as it goes."""
+    return cast(_Layer, _module(slot))
 
 
 def _chain(model: nn.Module) -> list[_Slot]:
@@ -263,7 +278,7 @@ def plan_channels(model: nn.Module, amount: float, norm: Norm = "l1") -> Channel
     kept: dict[str, tuple[int, ...]] = {}
     original: dict[str, int] = {}
     for slot in _layers(model)[:-1]:
-        weight = _module(slot).weight
+        weight = _layer(slot).weight
         original[slot.name] = weight.shape[0]
         kept[slot.name] = strongest(channel_norms(weight, norm), remaining_after(weight.shape[0], amount))
     return ChannelPlan(kept=kept, original=original)
@@ -278,7 +293,7 @@ def mask_channels(model: nn.Module, plan: ChannelPlan) -> nn.Module:
     masked = copy.deepcopy(model)
     with torch.no_grad():
         for slot in _layers(masked)[:-1]:
-            layer = _module(slot)
+            layer = _layer(slot)
             dropped = _dropped(plan, slot.name, layer.weight.shape[0])
             layer.weight[dropped] = 0
             if layer.bias is not None:
@@ -300,7 +315,7 @@ def shrink(model: nn.Module, plan: ChannelPlan) -> nn.Module:
     shrunk = copy.deepcopy(model)
     layers = _layers(shrunk)
     for slot, following in itertools.pairwise(layers):
-        layer, nxt = _module(slot), _module(following)
+        layer, nxt = _layer(slot), _layer(following)
         keep = torch.tensor(plan.kept[slot.name], dtype=torch.long)
         inputs = _input_index(layer, nxt, keep)
         slot.parent._modules[slot.key] = _take(layer, outputs=keep)
@@ -308,7 +323,7 @@ def shrink(model: nn.Module, plan: ChannelPlan) -> nn.Module:
     return shrunk
 
 
-def _input_index(layer: nn.Module, nxt: nn.Module, keep: torch.Tensor) -> torch.Tensor:
+def _input_index(layer: _Layer, nxt: _Layer, keep: torch.Tensor) -> torch.Tensor:
     """Input positions of ``nxt`` fed by the kept outputs of ``layer``."""
     channels = layer.weight.shape[0]
     if isinstance(layer, nn.Conv2d) and isinstance(nxt, nn.Linear):
@@ -320,7 +335,7 @@ def _input_index(layer: nn.Module, nxt: nn.Module, keep: torch.Tensor) -> torch.
     return keep
 
 
-def _take(layer: nn.Module, outputs: torch.Tensor | None = None, inputs: torch.Tensor | None = None) -> nn.Module:
+def _take(layer: _Layer, outputs: torch.Tensor | None = None, inputs: torch.Tensor | None = None) -> nn.Module:
     """A new layer of the same kind holding the selected output rows and input columns."""
     weight = layer.weight.detach()
     bias = layer.bias.detach() if layer.bias is not None else None
@@ -330,21 +345,22 @@ def _take(layer: nn.Module, outputs: torch.Tensor | None = None, inputs: torch.T
     if inputs is not None:
         weight = weight[:, inputs]
     if isinstance(layer, nn.Linear):
-        new: nn.Module = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+        new: _Layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
     else:
+        # a Conv2d holds 2-tuples here; torch annotates them on _ConvNd as tuple[int, ...]
         new = nn.Conv2d(
             weight.shape[1],
             weight.shape[0],
-            layer.kernel_size,
-            stride=layer.stride,
-            padding=layer.padding,
-            dilation=layer.dilation,
+            cast(_Pair, layer.kernel_size),
+            stride=cast(_Pair, layer.stride),
+            padding=cast(str | _Pair, layer.padding),
+            dilation=cast(_Pair, layer.dilation),
             bias=bias is not None,
             padding_mode=layer.padding_mode,
         )
     with torch.no_grad():
         new.weight.copy_(weight)
-        if bias is not None:
+        if bias is not None and new.bias is not None:  # new has a bias exactly when bias is set
             new.bias.copy_(bias)
     return new.to(dtype=layer.weight.dtype)
 
@@ -355,10 +371,10 @@ def prune_structured(model: nn.Module, amount: float, norm: Norm = "l1") -> nn.M
     return shrink(model, plan_channels(model, amount, norm))
 
 
-def resized_spec(spec: MLPSpec | CNNSpec, model: nn.Module) -> MLPSpec | CNNSpec:
+def resized_spec(spec: MLPSpec | CNNSpec | TransformerSpec, model: nn.Module) -> MLPSpec | CNNSpec:
     """The zoo spec of a structurally pruned ``model`` that started from ``spec``: the hidden
     widths (mlp) or channels (cnn) it now has."""
-    sizes = [_module(s).weight.shape[0] for s in _layers(model)[:-1]]
+    sizes = [_layer(s).weight.shape[0] for s in _layers(model)[:-1]]
     if isinstance(spec, MLPSpec):
         return spec.model_copy(update={"hidden": sizes})
     if isinstance(spec, CNNSpec):

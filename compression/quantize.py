@@ -509,7 +509,7 @@ def quantize_embedding_tables(
             and int(np.prod(table.dims)) >= min_elements
             and len(_consumers(graph, table.name)) == 1
         )
-        if not eligible:
+        if table is None or not eligible:
             new_nodes.append(node)
             continue
         q, scale = per_row_int8(numpy_helper.to_array(table))

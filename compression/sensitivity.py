@@ -451,5 +451,5 @@ def int8_within_budget(
         progress=progress,
     )
     dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(search.path, dst)  # type: ignore[arg-type]
+    shutil.copyfile(search.path, dst)  # type: ignore[arg-type]  # search_float_nodes always sets path; the field is optional
     return BudgetedInt8(dst, recipe, reference_bytes, budget, pre.symbolic_shapes, best_alpha, alpha_probes, search)

@@ -244,8 +244,13 @@ def shard_batches(train_rows: int, global_batch: int, replicas: int, rank: int, 
     """This replica's row indices for every step of ``epoch``, shape (steps, global_batch /
     replicas). Replica r takes every replicas-th row of the epoch's shuffled order, so at
     each step the replicas together see exactly the rows one process would see."""
-    sampler = DistributedSampler(
-        range(train_rows), num_replicas=replicas, rank=rank, shuffle=True, seed=seed, drop_last=True
+    sampler: DistributedSampler[int] = DistributedSampler(
+        range(train_rows),  # type: ignore[arg-type]  # the sampler only takes len(); torch's stub says Dataset
+        num_replicas=replicas,
+        rank=rank,
+        shuffle=True,
+        seed=seed,
+        drop_last=True,
     )
     sampler.set_epoch(epoch)
     local = global_batch // replicas

@@ -174,7 +174,7 @@ class Job:
         started = time.perf_counter()
         while progress.step < self.plan.total_steps:
             epoch, index = divmod(progress.step, self.plan.steps_per_epoch)
-            if epoch != rows_epoch:
+            if epoch_rows is None or epoch != rows_epoch:
                 replicas, rank = self.trainable.data_replicas, self.trainable.data_rank
                 epoch_rows = shard_batches(len(y), hp.batch_size, replicas, rank, hp.seed, epoch)
                 rows_epoch = epoch

@@ -15,6 +15,8 @@ from training.strategies.base import ModelFactory, WholeModelTrainable, build_op
 
 
 class DDPTrainable(WholeModelTrainable):
+    model: DistributedDataParallel
+
     def __init__(self, model: nn.Module, ctx: DistContext, spec: TrainingSpec) -> None:
         device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
         wrapped = DistributedDataParallel(model.to(ctx.device), device_ids=device_ids)

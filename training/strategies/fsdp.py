@@ -5,6 +5,9 @@ is gathered whole at a time."""
 
 from __future__ import annotations
 
+from typing import cast
+
+import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
@@ -30,7 +33,8 @@ class FSDPTrainable(WholeModelTrainable):
     def full_model_on_rank0(self) -> nn.Module | None:
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         state = get_model_state_dict(self.model, options=options)  # collective; rank 0 gets it all
-        return materialize(self.factory, state) if self.ctx.is_rank0 else None
+        # a full state dict holds one plain tensor per name
+        return materialize(self.factory, cast(dict[str, torch.Tensor], state)) if self.ctx.is_rank0 else None
 
 
 def prepare(factory: ModelFactory, ctx: DistContext, spec: TrainingSpec) -> FSDPTrainable:
