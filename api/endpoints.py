@@ -31,6 +31,7 @@ from api.auth import authenticate
 from api.context import context
 from api.idempotency import Claim
 from api.problems import Problem, validation_problem
+from core.spec_kit import validation_problems
 
 BodyT = TypeVar("BodyT")
 QueryT = TypeVar("QueryT")
@@ -72,7 +73,8 @@ class Endpoint:
     # creates: honour Idempotency-Key (replay, 422 on another body, 409 while in flight)
     idempotent: bool = False
     # a body field whose schema depends on another field (the job spec on the job type)
-    body_variants: Callable[[], dict[str, type[BaseModel]]] | None = None
+    # (documented for the app's own job types, so it is asked of the running app)
+    body_variants: Callable[[web.Application], dict[str, type[BaseModel]]] | None = None
 
     @property
     def operation_id(self) -> str:
@@ -104,15 +106,6 @@ class Endpoints:
 
     def delete(self, path: str, **options: Any) -> Callable[[Handler], Handler]:
         return self.route("DELETE", path, **options)
-
-
-def pointer(loc: tuple[Any, ...]) -> str:
-    """A JSON pointer (RFC 6901) for a pydantic error location."""
-    return "".join("/" + str(part).replace("~", "~0").replace("/", "~1") for part in loc)
-
-
-def body_errors(exc: ValidationError) -> list[dict[str, str]]:
-    return [{"pointer": pointer(e["loc"]), "detail": e["msg"]} for e in exc.errors(include_url=False)]
 
 
 def _parse_query(endpoint: Endpoint, request: web.Request) -> Any:
@@ -148,7 +141,7 @@ async def _parse_body(endpoint: Endpoint, request: web.Request) -> tuple[Any, by
     try:
         return endpoint.body.model_validate(data), raw
     except ValidationError as exc:
-        raise validation_problem(body_errors(exc)) from None
+        raise validation_problem(validation_problems(exc)) from None
 
 
 def render(model: BaseModel, status: int = 200) -> web.Response:

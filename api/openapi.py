@@ -120,10 +120,12 @@ def _parameters(endpoint: Endpoint) -> list[dict[str, Any]]:
     return params
 
 
-def _body_schema(body: type[BaseModel], endpoint: Endpoint, components: _Components) -> dict[str, Any]:
-    """The body model; with variants, one schema per ``type`` whose ``spec`` is that type's model."""
+def _body_schema(
+    body: type[BaseModel], endpoint: Endpoint, components: _Components, app: web.Application | None
+) -> dict[str, Any]:
+    """The body model; with variants (asked of ``app``), one schema per ``type`` whose ``spec`` is that type's model."""
     base = components.ref(body)
-    if endpoint.body_variants is None:
+    if endpoint.body_variants is None or app is None:
         return base
     variants = [
         {
@@ -132,7 +134,7 @@ def _body_schema(body: type[BaseModel], endpoint: Endpoint, components: _Compone
                 {"properties": {"type": {"const": name}, "spec": components.ref(model)}},
             ]
         }
-        for name, model in endpoint.body_variants().items()
+        for name, model in endpoint.body_variants(app).items()
     ]
     return {"oneOf": variants} if variants else base
 
@@ -157,7 +159,7 @@ def _problem(status: int, path: str) -> dict[str, Any]:
     }
 
 
-def _operation(endpoint: Endpoint, components: _Components) -> dict[str, Any]:
+def _operation(endpoint: Endpoint, components: _Components, app: web.Application | None) -> dict[str, Any]:
     op: dict[str, Any] = {
         "operationId": endpoint.operation_id,
         "summary": endpoint.summary,
@@ -167,7 +169,7 @@ def _operation(endpoint: Endpoint, components: _Components) -> dict[str, Any]:
     if endpoint.body is not None:
         op["requestBody"] = {
             "required": True,
-            "content": {"application/json": {"schema": _body_schema(endpoint.body, endpoint, components)}},
+            "content": {"application/json": {"schema": _body_schema(endpoint.body, endpoint, components, app)}},
         }
     elif endpoint.request_doc is not None:
         op["requestBody"] = endpoint.request_doc
@@ -192,12 +194,14 @@ def _operation(endpoint: Endpoint, components: _Components) -> dict[str, Any]:
     return op
 
 
-def openapi_document(tables: list[Endpoints]) -> dict[str, Any]:
+def openapi_document(tables: list[Endpoints], app: web.Application | None = None) -> dict[str, Any]:
+    """The document of ``tables``; with the running ``app``, bodies whose schema depends on it (the job
+    spec per job type) are described in full."""
     components = _Components()
     paths: dict[str, dict[str, Any]] = {}
     for table in tables:
         for endpoint in table.items:
-            paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = _operation(endpoint, components)
+            paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = _operation(endpoint, components, app)
     return {
         "openapi": "3.1.0",
         "info": {"title": "maas", "version": "1", "description": "Models as a service"},

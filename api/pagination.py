@@ -9,14 +9,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from sqlalchemy import Select
+
+from core.spec_kit import StrictModel
 
 T = TypeVar("T")
 
 
-class PageQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class PageQuery(StrictModel):
     limit: int = Field(default=20, ge=1, le=100, description="most items in the page")
     after: str | None = Field(default=None, max_length=40, description="a `next_cursor`: the page after it")
 

@@ -6,7 +6,7 @@ The whole key is in the response to its creation and nowhere else, ever.
 from __future__ import annotations
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from sqlalchemy import select
 
 from api.context import context
@@ -16,12 +16,12 @@ from api.problems import not_found
 from core.api_keys import mark_revoked, new_key_row, revocation_notice
 from core.models import ApiKey
 from core.objects import ApiKeyObject, CreatedApiKey
+from core.spec_kit import StrictModel
 
 api_keys = Endpoints("api keys")
 
 
-class ApiKeyCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ApiKeyCreate(StrictModel):
     name: str = Field(min_length=1, max_length=200, description="a label to tell keys apart")
 
 

@@ -9,7 +9,7 @@ undeploys (the replicas drain, then unload). The model servers do the work; see
 from __future__ import annotations
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -28,12 +28,12 @@ from core.deployments import (
 from core.models import Deployment, Model, ModelVersion
 from core.objects import DeploymentObject, ReplicaObject
 from core.settings import Settings
+from core.spec_kit import StrictModel
 
 deployments = Endpoints("deployments")
 
 
-class DeploymentPut(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class DeploymentPut(StrictModel):
     version: int = Field(ge=1, description="the version to serve")
     max_batch_size: int = Field(default=32, ge=1, le=1024, description="most rows merged into one model call")
     max_queue_delay_us: int = Field(

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from aiohttp import BodyPartReader, MultipartReader, web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from sqlalchemy import select
 
 from api.context import ApiContext, context
@@ -29,14 +29,14 @@ from core.file_validation import FORMATS_BY_PURPOSE, InvalidFile, detect_format,
 from core.ids import new_id
 from core.models import File
 from core.objects import FileObject
+from core.spec_kit import StrictModel
 
 files = Endpoints("files")
 
 SINK_CHUNK = 1 << 20
 
 
-class UploadQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class UploadQuery(StrictModel):
     purpose: str | None = Field(default=None, description="dataset or model (or a multipart field)")
     filename: str | None = Field(default=None, max_length=255, description="for a raw body")
 

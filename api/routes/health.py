@@ -147,4 +147,4 @@ async def metrics(request: web.Request, call: Call[None, None]) -> web.Response:
     response_doc={"content": {"application/json": {"schema": {"type": "object"}}}},
 )
 async def openapi(request: web.Request, call: Call[None, None]) -> web.Response:
-    return web.json_response(openapi_document(request.app[ENDPOINT_TABLES]))
+    return web.json_response(openapi_document(request.app[ENDPOINT_TABLES], request.app))

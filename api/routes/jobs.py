@@ -10,11 +10,11 @@ import time
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.context import ApiContext, commit_and_send, context
+from api.context import CONTEXT, ApiContext, commit_and_send, context
 from api.endpoints import Call, Endpoints
 from api.pagination import Page, PageQuery, make_page, page_statement
 from api.prefer_wait import hold
@@ -24,10 +24,9 @@ from core.job_states import TERMINAL
 from core.models import Artifact, Job, JobEvent, WebhookDelivery
 from core.objects import ArtifactDownload, ArtifactObject, JobEventObject, JobObject, Status, WebhookDeliveryObject
 from core.settings import Settings
-from core.spec_kit import validation_problems
+from core.spec_kit import StrictModel, validation_problems
 from core.webhooks import EVENTS, UnsafeWebhookUrl, check_url
 from job_types.base import JobType
-from job_types.registry import BUILT_IN
 
 jobs = Endpoints("jobs")
 
@@ -36,8 +35,7 @@ SSE_KEEPALIVE_S = 15.0
 MAX_METADATA_KEYS = 16
 
 
-class JobCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class JobCreate(StrictModel):
     type: str = Field(description="a registered job type; its `spec` schema is listed in the document")
     spec: dict[str, Any] = Field(description="what to run: the schema of the job type's spec")
     webhook: str | None = Field(
@@ -66,8 +64,7 @@ class JobListQuery(PageQuery):
     status: Status | None = Field(default=None, description="only jobs in this status")
 
 
-class EventQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class EventQuery(StrictModel):
     after: str | None = Field(default=None, max_length=40, description="an event id: only later events")
     limit: int = Field(default=100, ge=1, le=1000, description="most events in the page")
 
@@ -132,8 +129,9 @@ def _check_world(session: Session, job_type: JobType, tenant_id: str, spec: Base
             raise validation_problem([{**e, "pointer": "/spec" + e["pointer"]} for e in errors])
 
 
-def _spec_variants() -> dict[str, type[BaseModel]]:
-    return {job_type.name: job_type.spec for job_type in sorted(BUILT_IN, key=lambda t: t.name)}
+def _spec_variants(app: web.Application) -> dict[str, type[BaseModel]]:
+    job_types = app[CONTEXT].job_types
+    return {name: job_types[name].spec for name in job_types.names()}
 
 
 @jobs.post(

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 
 from api.context import context
@@ -17,13 +17,12 @@ from core.ids import new_id
 from core.model_registry import register_version, valid_name
 from core.models import Artifact, File, Model, ModelVersion
 from core.objects import ModelObject, ModelVersionObject
-from core.spec_kit import MODEL_NAME_PATTERN
+from core.spec_kit import MODEL_NAME_PATTERN, StrictModel
 
 models = Endpoints("models")
 
 
-class VersionCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class VersionCreate(StrictModel):
     file_id: str = Field(description="an uploaded file with purpose `model` and format .onnx")
     metrics: dict[str, Any] = Field(default_factory=dict, description="what you measured of it (accuracy…)")
 

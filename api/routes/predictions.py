@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from sqlalchemy import select
 
 from api.context import ApiContext, commit_and_send, context
@@ -18,14 +18,14 @@ from core import predictions as prediction_service
 from core.model_registry import find_version
 from core.models import Deployment, Model, ModelVersion, Prediction
 from core.objects import PredictionObject
+from core.spec_kit import StrictModel
 from core.tensor_codec import CodecError, decode_tensors, validate_against_signature
 from core.webhooks import EVENTS, UnsafeWebhookUrl, check_url
 
 predictions = Endpoints("predictions")
 
 
-class PredictionCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class PredictionCreate(StrictModel):
     model: str = Field(max_length=64, description="the name of a deployed model")
     version: int | None = Field(default=None, ge=1, description="the version to run; default: the deployed one")
     inputs: list[dict[str, Any]] = Field(min_length=1, max_length=64, description="Open Inference Protocol tensors")
