@@ -11,84 +11,23 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import time
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 from sqlalchemy import func, select
 
 from core.artifact_store import ArtifactStore
 from core.models import Artifact, Model, ModelReplica, ModelVersion, Prediction
-from tests.support.api import upload_raw
-from tests.support.onnx_models import linear_classifier
+from tests.support.api import deploy, deployed_model, infer, json_request, register_version, wait_ready
+from tests.support.eventually import eventually_async
+from tests.support.onnx_models import LINEAR_MODELS, linear_classifier, linear_expected
 
 HEADER = "Inference-Header-Content-Length"
 WAIT_S = 90.0
-RNG = np.random.default_rng(0)
-WEIGHTS = [RNG.normal(size=(4, 3)).astype(np.float32) for _ in range(2)]
-BIASES = [RNG.normal(size=3).astype(np.float32) for _ in range(2)]
-MODELS = [linear_classifier(w, b) for w, b in zip(WEIGHTS, BIASES, strict=True)]
+RNG = np.random.default_rng(0)  # the inputs sent to the models
 
 pytestmark = pytest.mark.usefixtures("model_server")
-
-
-def expected(x: np.ndarray, index: int = 0) -> dict[str, np.ndarray]:
-    session = ort.InferenceSession(MODELS[index], providers=["CPUExecutionProvider"])
-    scores, label = session.run(["scores", "label"], {"x": x})
-    return {"scores": scores, "label": label}
-
-
-async def register(api, tenant, name: str, onnx_bytes: bytes) -> dict[str, Any]:
-    upload = await upload_raw(api, tenant, onnx_bytes, f"{name}.onnx", purpose="model")
-    assert upload.status == 201, await upload.text()
-    file_id = (await upload.json())["id"]
-    created = await api.post(f"/v1/models/{name}/versions", json={"file_id": file_id}, headers=tenant.headers)
-    assert created.status == 201, await created.text()
-    return await created.json()
-
-
-async def deploy(api, tenant, name: str, version: int, **batching: int) -> dict[str, Any]:
-    response = await api.put(
-        f"/v1/models/{name}/deployment", json={"version": version, **batching}, headers=tenant.headers
-    )
-    assert response.status == 200, await response.text()
-    return await response.json()
-
-
-async def wait_until(condition, what: str, timeout_s: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if await condition():
-            return
-        await asyncio.sleep(0.1)
-    raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
-
-
-async def wait_ready(api, tenant, name: str, version: int) -> None:
-    async def ready() -> bool:
-        response = await api.get(f"/v2/models/{name}/versions/{version}/ready", headers=tenant.headers)
-        return response.status == 200
-
-    await wait_until(ready, f"version {version} of {name} to be ready")
-
-
-async def deployed_model(api, tenant, index: int = 0, **batching: int) -> str:
-    name = f"lin-{secrets.token_hex(3)}"
-    await register(api, tenant, name, MODELS[index])
-    await deploy(api, tenant, name, 1, **batching)
-    await wait_ready(api, tenant, name, 1)
-    return name
-
-
-def json_request(x: np.ndarray, **extra: Any) -> dict[str, Any]:
-    return {"inputs": [{"name": "x", "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}], **extra}
-
-
-async def infer(api, tenant, name: str, body: dict[str, Any], version: int | None = None):
-    path = f"/v2/models/{name}" + (f"/versions/{version}" if version else "") + "/infer"
-    return await api.post(path, json=body, headers=tenant.headers)
 
 
 def binary_body(x: np.ndarray, outputs: list[dict[str, Any]]) -> tuple[bytes, int]:
@@ -124,11 +63,11 @@ def predictions(db, tenant_id: str) -> list[Prediction]:
 
 
 async def recorded(db, tenant_id: str, count: int) -> list[Prediction]:
-    async def enough() -> bool:
-        return len(await asyncio.to_thread(predictions, db, tenant_id)) >= count
+    async def enough() -> list[Prediction]:  # the API writes them in bulk, on this event loop: do not block it
+        rows = await asyncio.to_thread(predictions, db, tenant_id)
+        return rows if len(rows) >= count else []
 
-    await wait_until(enough, f"{count} recorded predictions")
-    return await asyncio.to_thread(predictions, db, tenant_id)
+    return await eventually_async(enough, WAIT_S, f"{count} recorded predictions")
 
 
 # ---------------------------------------------------------------- deployments
@@ -136,7 +75,7 @@ async def recorded(db, tenant_id: str, count: int) -> list[Prediction]:
 
 async def test_a_deployment_becomes_ready_and_shows_its_replica(api, tenant):
     name = f"lin-{secrets.token_hex(3)}"
-    await register(api, tenant, name, MODELS[0])
+    await register_version(api, tenant, name, LINEAR_MODELS[0])
     first = await deploy(api, tenant, name, 1)
     assert first["status"] in ("pending", "ready")
     assert (first["version"], first["max_batch_size"], first["max_queue_delay_us"]) == (1, 32, 500)
@@ -150,7 +89,7 @@ async def test_a_deployment_becomes_ready_and_shows_its_replica(api, tenant):
 
 async def test_bad_deployments_are_refused(api, tenant):
     name = f"lin-{secrets.token_hex(3)}"
-    await register(api, tenant, name, MODELS[0])
+    await register_version(api, tenant, name, LINEAR_MODELS[0])
     unknown_model = await api.put("/v1/models/nope/deployment", json={"version": 1}, headers=tenant.headers)
     assert unknown_model.status == 404
     unknown_version = await api.put(f"/v1/models/{name}/deployment", json={"version": 7}, headers=tenant.headers)
@@ -162,7 +101,8 @@ async def test_bad_deployments_are_refused(api, tenant):
     assert (await api.get(f"/v1/models/{name}/deployment", headers=tenant.headers)).status == 404
 
     fixed = f"fixed-{secrets.token_hex(3)}"
-    await register(api, tenant, fixed, linear_classifier(WEIGHTS[0], BIASES[0], batch=1))
+    # the weights do not matter: only its batch dimension, fixed at 1, is checked
+    await register_version(api, tenant, fixed, linear_classifier(np.eye(4, 3), np.zeros(3), batch=1))
     batched = await api.put(
         f"/v1/models/{fixed}/deployment", json={"version": 1, "max_batch_size": 8}, headers=tenant.headers
     )
@@ -177,19 +117,18 @@ async def test_bad_deployments_are_refused(api, tenant):
 
 async def test_a_model_whose_artifact_changed_fails_its_load_with_the_reason(api, tenant, settings, db):
     name = f"lin-{secrets.token_hex(3)}"
-    version = await register(api, tenant, name, MODELS[0])
+    version = await register_version(api, tenant, name, LINEAR_MODELS[0])
     with db() as session:
         key = session.scalar(select(Artifact.storage_key).where(Artifact.id == version["artifact"]["id"]))
     # other bytes behind the registered version: its recorded sha256 no longer matches
-    await asyncio.to_thread(ArtifactStore(settings).upload_chunks, key, [MODELS[1]])
+    await asyncio.to_thread(ArtifactStore(settings).upload_chunks, key, [LINEAR_MODELS[1]])
     await deploy(api, tenant, name, 1)
 
-    async def failed() -> bool:
+    async def failed() -> dict | None:
         shown = await (await api.get(f"/v1/models/{name}/deployment", headers=tenant.headers)).json()
-        return shown["status"] == "failed"
+        return shown if shown["status"] == "failed" else None
 
-    await wait_until(failed, "the load to fail")
-    shown = await (await api.get(f"/v1/models/{name}/deployment", headers=tenant.headers)).json()
+    shown = await eventually_async(failed, WAIT_S, "the load to fail")
     assert "sha256" in shown["replicas"][0]["error"]
     answer = await infer(api, tenant, name, json_request(np.zeros((1, 4), np.float32)))
     assert answer.status == 503 and answer.headers["Retry-After"] == "1"
@@ -199,9 +138,9 @@ async def test_a_model_whose_artifact_changed_fails_its_load_with_the_reason(api
 
 
 async def test_json_and_binary_requests_give_onnxruntime_outputs(api, tenant):
-    name = await deployed_model(api, tenant)
+    name = await deployed_model(api, tenant, LINEAR_MODELS[0])
     x = RNG.normal(size=(5, 4)).astype(np.float32)
-    want = expected(x)
+    want = linear_expected(x)
 
     answer = await infer(api, tenant, name, json_request(x, id="req-1"))
     assert answer.status == 200, await answer.text()
@@ -233,9 +172,9 @@ async def test_json_and_binary_requests_give_onnxruntime_outputs(api, tenant):
 async def test_tritonclient_works_unchanged(api, tenant):
     import tritonclient.http as triton
 
-    name = await deployed_model(api, tenant)
+    name = await deployed_model(api, tenant, LINEAR_MODELS[0])
     x = RNG.normal(size=(3, 4)).astype(np.float32)
-    want = expected(x)
+    want = linear_expected(x)
     url = str(api.make_url("")).removeprefix("http://").rstrip("/")
 
     def session() -> dict[str, Any]:
@@ -314,7 +253,7 @@ BAD_INPUTS = [
 
 
 async def test_every_bad_input_is_400_naming_the_input(api, tenant):
-    name = await deployed_model(api, tenant)
+    name = await deployed_model(api, tenant, LINEAR_MODELS[0])
     for body, words in BAD_INPUTS:
         answer = await infer(api, tenant, name, body)
         assert answer.status == 400, (body, await answer.text())
@@ -340,7 +279,7 @@ async def test_every_bad_input_is_400_naming_the_input(api, tenant):
 
 
 async def test_another_tenant_gets_404(api, tenant, other_tenant):
-    name = await deployed_model(api, tenant)
+    name = await deployed_model(api, tenant, LINEAR_MODELS[0])
     body = json_request(np.zeros((1, 4), np.float32))
     for answer in (
         await infer(api, other_tenant, name, body),
@@ -353,11 +292,11 @@ async def test_another_tenant_gets_404(api, tenant, other_tenant):
 
 
 async def test_concurrent_single_item_requests_share_onnxruntime_calls(api, tenant, db):
-    name = await deployed_model(api, tenant, max_batch_size=64, max_queue_delay_us=200_000)
+    name = await deployed_model(api, tenant, LINEAR_MODELS[0], max_batch_size=64, max_queue_delay_us=200_000)
     rows = RNG.normal(size=(64, 4)).astype(np.float32)
     answers = await asyncio.gather(*(infer(api, tenant, name, json_request(rows[i : i + 1])) for i in range(64)))
     bodies = [await a.json() for a in answers]
-    want = expected(rows)
+    want = linear_expected(rows)
     for i, body in enumerate(bodies):
         scores = next(o for o in body["outputs"] if o["name"] == "scores")
         np.testing.assert_allclose(scores["data"], want["scores"][i], rtol=1e-6)
@@ -378,7 +317,9 @@ async def test_concurrent_single_item_requests_share_onnxruntime_calls(api, tena
 
 async def test_a_full_queue_answers_503_at_once_and_runs_nothing(api, tenant, db):
     # the batch waits 3 s for more requests, and only 2 may wait: the rest are refused
-    name = await deployed_model(api, tenant, max_batch_size=8, max_queue_delay_us=3_000_000, max_queue_size=2)
+    name = await deployed_model(
+        api, tenant, LINEAR_MODELS[0], max_batch_size=8, max_queue_delay_us=3_000_000, max_queue_size=2
+    )
     x = np.ones((1, 4), np.float32)
     answers = await asyncio.gather(*(infer(api, tenant, name, json_request(x)) for _ in range(5)))
     statuses = sorted(a.status for a in answers)
@@ -404,7 +345,9 @@ async def test_a_full_queue_answers_503_at_once_and_runs_nothing(api, tenant, db
 
 async def test_a_request_past_its_timeout_is_answered_504_and_never_run(api, tenant, db):
     # nothing would leave the queue for 3 s; the deployment's 300 ms, or the request's own 100 ms, end it first
-    name = await deployed_model(api, tenant, max_batch_size=8, max_queue_delay_us=3_000_000, timeout_ms=300)
+    name = await deployed_model(
+        api, tenant, LINEAR_MODELS[0], max_batch_size=8, max_queue_delay_us=3_000_000, timeout_ms=300
+    )
     x = np.ones((1, 4), np.float32)
     answers = [
         await infer(api, tenant, name, json_request(x)),
@@ -417,7 +360,7 @@ async def test_a_request_past_its_timeout_is_answered_504_and_never_run(api, ten
 
 
 async def test_undeploy_drains_and_readiness_follows(api, tenant, db):
-    name = await deployed_model(api, tenant)
+    name = await deployed_model(api, tenant, LINEAR_MODELS[0])
     assert (await api.get("/v2/health/ready", headers=tenant.headers)).status == 200
     removed = await api.delete(f"/v1/models/{name}/deployment", headers=tenant.headers)
     assert removed.status == 204
@@ -427,7 +370,7 @@ async def test_undeploy_drains_and_readiness_follows(api, tenant, db):
         return (await api.get("/v2/health/ready", headers=tenant.headers)).status == 503
 
     # readiness turns first; requests routed by a table that still lists the replica are served until it retires
-    await wait_until(not_ready, "the tenant to be not ready")
+    await eventually_async(not_ready, WAIT_S, "the tenant to be not ready")
 
     def replicas_left() -> int:
         with db() as session:
@@ -442,12 +385,12 @@ async def test_undeploy_drains_and_readiness_follows(api, tenant, db):
     async def unloaded() -> bool:
         return await asyncio.to_thread(replicas_left) == 0
 
-    await wait_until(unloaded, "the replica to be unloaded")
+    await eventually_async(unloaded, WAIT_S, "the replica to be unloaded")
 
     async def refused() -> bool:
         return (await infer(api, tenant, name, json_request(np.zeros((1, 4), np.float32)))).status == 404
 
-    await wait_until(refused, "the API to stop routing to the unloaded replica")
+    await eventually_async(refused, WAIT_S, "the API to stop routing to the unloaded replica")
     answer = await infer(api, tenant, name, json_request(np.zeros((1, 4), np.float32)))
     assert answer.status == 404 and "not deployed" in (await answer.json())["error"]
     assert (await api.get(f"/v2/models/{name}/ready", headers=tenant.headers)).status == 404
@@ -457,10 +400,10 @@ async def test_undeploy_drains_and_readiness_follows(api, tenant, db):
 
 @pytest.mark.slow
 async def test_a_version_switch_under_continuous_load_answers_every_request(api, tenant):
-    name = await deployed_model(api, tenant, max_batch_size=16, max_queue_delay_us=1_000)
-    await register(api, tenant, name, MODELS[1])
+    name = await deployed_model(api, tenant, LINEAR_MODELS[0], max_batch_size=16, max_queue_delay_us=1_000)
+    await register_version(api, tenant, name, LINEAR_MODELS[1])
     x = RNG.normal(size=(1, 4)).astype(np.float32)
-    by_version = {"1": expected(x, 0)["scores"], "2": expected(x, 1)["scores"]}
+    by_version = {"1": linear_expected(x, 0)["scores"], "2": linear_expected(x, 1)["scores"]}
     seen: list[tuple[int, str | None]] = []
     stop = asyncio.Event()
 
@@ -474,20 +417,28 @@ async def test_a_version_switch_under_continuous_load_answers_every_request(api,
                 scores = next(o for o in body["outputs"] if o["name"] == "scores")
                 np.testing.assert_allclose(scores["data"], by_version[version].ravel(), rtol=1e-6)
 
+    async def replica_versions() -> list[int]:
+        shown = await (await api.get(f"/v1/models/{name}/deployment", headers=tenant.headers)).json()
+        return [r["version"] for r in shown["replicas"]]
+
     clients = [asyncio.create_task(client()) for _ in range(8)]
     try:
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(1.0)  # not a wait for anything: the switch must start under a second of steady load
         await deploy(api, tenant, name, 2)
 
         async def switched() -> bool:
-            shown = await (await api.get(f"/v1/models/{name}/deployment", headers=tenant.headers)).json()
-            return [r["version"] for r in shown["replicas"]] == [2] and seen[-1][1] == "2"
+            return await replica_versions() == [2] and seen[-1][1] == "2"
 
-        await wait_until(switched, "version 1 to be unloaded")
-        await asyncio.sleep(1.0)
+        await eventually_async(switched, WAIT_S, "version 1 to be unloaded")
+        await asyncio.sleep(1.0)  # likewise: load on version 2 alone for a second before switching back under it
         await deploy(api, tenant, name, 1)  # and back, with the old version loaded again from scratch
-        await wait_until(lambda: asyncio.sleep(0, result=bool(seen) and seen[-1][1] == "1"), "version 1 to serve again")
-        await asyncio.sleep(1.0)
+        await eventually_async(lambda: bool(seen) and seen[-1][1] == "1", WAIT_S, "version 1 to serve again")
+
+        async def switched_back() -> bool:
+            return await replica_versions() == [1]
+
+        # the load runs on until version 2 has drained and is unloaded, as version 1 was on the way there
+        await eventually_async(switched_back, WAIT_S, "version 2 to be unloaded")
     finally:
         stop.set()
         await asyncio.gather(*clients)
