@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
+from api.inference_router import ROUTER
 from core.models import ModelServerRecord, Prediction
 from tests.support.api import deploy, infer, json_request, register_version, wait_ready
 from tests.support.eventually import eventually_async
@@ -60,6 +61,13 @@ async def test_a_model_deployed_through_the_api_is_served_by_maas_serve(api, ten
 
     await eventually_async(ready_on_maas_serve, 90, f"{name} to be ready on {maas_serve.id}")
     await wait_ready(api, tenant, name, 1)
+
+    def routed_to_maas_serve() -> bool:  # the API re-reads its routing table every routing_refresh_s
+        route = api.app[ROUTER].table.models.get((tenant.id, name))
+        return route is not None and any(r.server_id == maas_serve.id for r in route.versions[1].replicas)
+
+    # with another model server up (the session's), the API may otherwise route every request there
+    await eventually_async(routed_to_maas_serve, 30, f"the API to route {name} to {maas_serve.id}")
 
     x = np.random.default_rng(5).normal(size=(3, 4)).astype(np.float32)
     want = linear_expected(x)
