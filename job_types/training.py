@@ -38,7 +38,6 @@ from job_types.lookups import dataset_file
 from training.spec import TrainingSpec, check_dataset_fits, check_limits
 
 PROTOCOL = {"progress", "checkpoint", "result", "error"}
-NODE_TASK = "workers.training.node"
 LOG_TAIL_LINES = 40
 MAX_LOG_EVENTS = 500
 
