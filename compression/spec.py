@@ -47,6 +47,7 @@ from core.spec_kit import (
     error_at,
     error_details,
     relocated,
+    relocating,
     stored_dataset,
 )
 from training.spec import (
@@ -330,10 +331,7 @@ class CompressionSpec(StrictModel):
     def _pointers_without_union_tags(
         cls, data: Any, handler: ModelWrapValidatorHandler[CompressionSpec]
     ) -> CompressionSpec:
-        try:
-            return handler(data)
-        except ValidationError as exc:
-            raise ValidationError.from_exception_data(exc.title, [_untagged(e) for e in exc.errors()]) from None
+        return relocating(handler, data, _untagged)
 
     @model_validator(mode="after")
     def _pass_order(self) -> CompressionSpec:

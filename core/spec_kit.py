@@ -9,14 +9,15 @@ the ORM and the web stack: ``training`` and ``compression`` import it without th
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 Loc = tuple[str | int, ...]
+T = TypeVar("T")
 
 FILE_ID_PATTERN = r"^file_[0-9A-Za-z]{1,64}$"
 # a registered model's name (``core.model_registry`` enforces it on every write)
@@ -82,6 +83,15 @@ def relocated(error: Mapping[str, Any], loc: Loc) -> InitErrorDetails:
     """The pydantic error ``error`` (as ``ValidationError.errors()`` lists it) moved to ``loc``."""
     template = error["msg"].replace("{", "{{").replace("}", "}}")
     return InitErrorDetails(type=PydanticCustomError(error["type"], template), loc=loc, input=error.get("input"))
+
+
+def relocating(validate: Callable[[Any], T], data: Any, locate: Callable[[Any], InitErrorDetails]) -> T:
+    """``validate(data)``, with each error it raises moved by ``locate``: how a spec takes the union
+    tags pydantic puts in error locations (``model.mlp.hidden``) out of its pointers."""
+    try:
+        return validate(data)
+    except ValidationError as exc:
+        raise ValidationError.from_exception_data(exc.title, [locate(e) for e in exc.errors()]) from None
 
 
 def error_at(loc: Loc, message: str) -> ValidationError:

@@ -42,6 +42,7 @@ from core.spec_kit import (
     numeric_column,
     numeric_dtype,
     relocated,
+    relocating,
     stored_dataset,
 )
 
@@ -259,10 +260,7 @@ class TrainingSpec(StrictModel):
     @model_validator(mode="wrap")
     @classmethod
     def _pointers_without_union_tags(cls, data: Any, handler: ModelWrapValidatorHandler[TrainingSpec]) -> TrainingSpec:
-        try:
-            return handler(data)
-        except ValidationError as exc:
-            raise ValidationError.from_exception_data(exc.title, [_untagged(e) for e in exc.errors()]) from None
+        return relocating(handler, data, _untagged)
 
     @model_validator(mode="after")
     def _cross_field(self) -> TrainingSpec:
