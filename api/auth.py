@@ -163,7 +163,7 @@ class KnownKeys:
             try:
                 if self._connection is None:
                     connection = await psycopg.AsyncConnection.connect(
-                        libpq_url(self.settings.database_url),
+                        libpq_url(self.settings.service("database_url")),
                         autocommit=True,
                         connect_timeout=max(1, int(self.settings.readiness_timeout_s)),
                     )

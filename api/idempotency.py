@@ -56,8 +56,9 @@ def _fingerprint(method: str, path: str, body: bytes | None) -> str:
     return digest.hexdigest()
 
 
-def replay(row: IdempotencyKey) -> web.Response:
-    return web.json_response(row.response_body, status=row.response_status, headers={"Idempotent-Replayed": "true"})
+def replay(status: int, body: dict[str, Any] | None) -> web.Response:
+    """The recorded first response (``status`` and ``body`` of an IdempotencyKey row), again."""
+    return web.json_response(body, status=status, headers={"Idempotent-Replayed": "true"})
 
 
 async def claim(
@@ -116,7 +117,7 @@ async def claim(
             f"a request with this {HEADER} is still being handled; retry shortly",
             headers={"Retry-After": "1"},
         )
-    return replay(row)
+    return replay(row.response_status, row.response_body)
 
 
 async def finish(ctx: ApiContext, claim_: Claim, response: web.StreamResponse | None, body: Any) -> None:

@@ -316,11 +316,12 @@ class InferenceRouter:
     async def scrape_model_servers(self) -> None:
         """Fetch every live model server's metrics into :attr:`server_metrics`."""
         assert self._client is not None, "the router is not started"
+        client = self._client
         servers = dict(self.table.servers)
 
         async def fetch(url: str) -> str | None:
             try:
-                async with self._client.get(f"{url}/metrics", timeout=aiohttp.ClientTimeout(METRICS_TIMEOUT_S)) as r:
+                async with client.get(f"{url}/metrics", timeout=aiohttp.ClientTimeout(METRICS_TIMEOUT_S)) as r:
                     return await r.text() if r.status == 200 else None
             except (aiohttp.ClientError, TimeoutError):
                 return None

@@ -67,7 +67,7 @@ def prediction_row(
     tenant_id: str,
     model_version_id: str,
     started_at: datetime,
-    error: dict[str, str] | None = None,
+    error: dict[str, Any] | None = None,
     stats: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``predictions`` row of one synchronous request: succeeded, or failed with ``error``."""

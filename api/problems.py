@@ -9,9 +9,12 @@ except under ``/v2``, the Open Inference Protocol, whose clients (tritonclientâ€
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
+
+from core.spec_kit import FieldProblem
 
 PROBLEM_JSON = "application/problem+json"
 OIP_PREFIX = "/v2"
@@ -42,7 +45,7 @@ class Problem(Exception):
         detail: str,
         *,
         type_: str | None = None,
-        errors: list[dict[str, str]] | None = None,
+        errors: Sequence[Mapping[str, object]] | None = None,
         headers: dict[str, str] | None = None,
         **extra: Any,
     ):
@@ -88,7 +91,7 @@ def _default_type(status: int) -> str:
     return TYPE_BASE + TITLES.get(status, "error").lower().replace(" ", "-")
 
 
-def validation_problem(errors: list[dict[str, str]], detail: str | None = None) -> Problem:
+def validation_problem(errors: Sequence[FieldProblem], detail: str | None = None) -> Problem:
     return Problem(
         422,
         detail or "; ".join(f"{e['pointer'] or '/'}: {e['detail']}" for e in errors),

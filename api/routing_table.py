@@ -161,8 +161,8 @@ def build_table(
     versions: dict[tuple[str, str], dict[int, VersionRow]] = {}
     for row in [d.version for d in deployments.values()] + [r.version for r in ready]:
         versions.setdefault(row.model_key, {})[row.number] = row
-    for row in ready:
-        replicas.setdefault(row.version.version_id, []).append(RoutableReplica(row.server_id, row.url))
+    for replica in ready:
+        replicas.setdefault(replica.version.version_id, []).append(RoutableReplica(replica.server_id, replica.url))
     models = {}
     for key, numbered in versions.items():
         any_row = next(iter(numbered.values()))

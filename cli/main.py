@@ -53,12 +53,12 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
     from migrations import runner
 
-    settings.require("database_url")
+    database_url = settings.service("database_url")
     if args.action == "upgrade":
-        runner.upgrade(settings.database_url, args.revision or "head")
+        runner.upgrade(database_url, args.revision or "head")
     elif args.action == "downgrade":
-        runner.downgrade(settings.database_url, args.revision or "base")
-    print(f"database at revision: {runner.current(settings.database_url) or '(empty)'}")
+        runner.downgrade(database_url, args.revision or "base")
+    print(f"database at revision: {runner.current(database_url) or '(empty)'}")
     return 0
 
 

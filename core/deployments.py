@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, delete, func, select
+from sqlalchemy import ColumnElement, CursorResult, delete, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -84,14 +84,16 @@ def upsert_deployment(session: Session, model_id: str, version: ModelVersion, ba
         .values(id=new_id("deployment"), model_id=model_id, **values)
         .on_conflict_do_update(index_elements=[Deployment.model_id], set_=values)
     )
-    return session.scalar(
+    return session.scalars(
         select(Deployment).where(Deployment.model_id == model_id).execution_options(populate_existing=True)
-    )
+    ).one()
 
 
 def delete_deployment(session: Session, model_id: str) -> bool:
     """Undeploy; the model servers drain and unload the version on their next poll."""
-    return bool(session.execute(delete(Deployment).where(Deployment.model_id == model_id)).rowcount)
+    # a DELETE's result is a CursorResult; Session.execute is typed as returning a plain Result
+    result = cast(CursorResult[Any], session.execute(delete(Deployment).where(Deployment.model_id == model_id)))
+    return bool(result.rowcount)
 
 
 def live_replicas(session: Session, settings: Settings, version_ids: Iterable[str]) -> list[ModelReplica]:

@@ -45,7 +45,7 @@ def add_event(
 
 def notify(session: Session, job: Job, event: str, base_url: str) -> None:
     """Queue the job's webhook for ``event`` when it wants it."""
-    if webhooks.wants(event, job.webhook, job.webhook_events_filter):
+    if job.webhook and webhooks.wants(event, job.webhook, job.webhook_events_filter):
         webhooks.enqueue(
             session,
             job.tenant_id,

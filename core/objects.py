@@ -68,7 +68,7 @@ class JobProgress(ApiObject):
     )
     total_steps: int | None = Field(default=None, description="steps in the whole job; null while unknown")
 
-    @computed_field(  # type: ignore[prop-decorator]
+    @computed_field(  # type: ignore[prop-decorator]  # pydantic's documented idiom; mypy rejects decorated properties
         description="step / total_steps, from 0 to 1, rounded to 4 digits; null while total_steps is unknown"
     )
     @property
@@ -372,7 +372,7 @@ class WebhookSecretObject(ApiObject):
     created_at: Timestamp = Field(description="when the tenant's first secret was made")
     rotated_at: Timestamp | None = Field(description="when it was last rotated; null: never")
 
-    @computed_field(  # type: ignore[prop-decorator]
+    @computed_field(  # type: ignore[prop-decorator]  # pydantic's documented idiom; mypy rejects decorated properties
         description="after a rotation, deliveries carry a signature with the old key too until then; null: no old key"
     )
     @property

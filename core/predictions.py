@@ -77,7 +77,7 @@ def transition(
     if prediction is None:
         return None
     event = webhooks.EVENT_FOR_STATUS.get(target)
-    if event and webhooks.wants(event, prediction.webhook, prediction.webhook_events_filter):
+    if event and prediction.webhook and webhooks.wants(event, prediction.webhook, prediction.webhook_events_filter):
         webhooks.enqueue(
             session,
             prediction.tenant_id,

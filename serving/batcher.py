@@ -397,9 +397,10 @@ def _as_coroutine_function(
     run_batch: RunBatch, executor: Executor | None
 ) -> Callable[[Arrays], Awaitable[Mapping[str, np.ndarray]]]:
     if inspect.iscoroutinefunction(run_batch) or inspect.iscoroutinefunction(type(run_batch).__call__):
-        return run_batch  # type: ignore[return-value]
+        return run_batch  # type: ignore[return-value]  # checked above: calling it returns an awaitable
 
     async def in_thread(inputs: Arrays) -> Mapping[str, np.ndarray]:
+        result: Awaitable[Mapping[str, np.ndarray]] | Mapping[str, np.ndarray]  # run_batch is sync or async
         result = await asyncio.get_running_loop().run_in_executor(executor, run_batch, inputs)
         return await result if inspect.isawaitable(result) else result
 

@@ -26,13 +26,13 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from core.artifact_store import ArtifactStore
 from core.db import async_session_factory, make_async_engine
@@ -83,7 +83,7 @@ class ControlLoop:
         self.replicas = {}
         self.url = ""
         self._engine: AsyncEngine | None = None
-        self._db: async_sessionmaker | None = None
+        self._sessions: async_sessionmaker[AsyncSession] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._resync = False
 
@@ -92,7 +92,7 @@ class ControlLoop:
     def open(self) -> None:
         """Create the database engine (it connects on first use)."""
         self._engine = make_async_engine(self.settings)
-        self._db = async_session_factory(self._engine)
+        self._sessions = async_session_factory(self._engine)
 
     async def start(self, url: str) -> None:
         """Register as serving at ``url``, then heartbeat and follow the deployments until :meth:`stop`."""
@@ -126,7 +126,13 @@ class ControlLoop:
         if self._engine is not None:
             await self._engine.dispose()
 
-    def _spawn(self, coroutine: Awaitable[Any], name: str) -> asyncio.Task[Any]:
+    def _db(self) -> AsyncSession:
+        """A new database session, from the engine :meth:`open` created."""
+        if self._sessions is None:
+            raise RuntimeError("the control loop's database is not open: call open() first")
+        return self._sessions()
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         task = asyncio.get_running_loop().create_task(coroutine, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -159,7 +165,8 @@ class ControlLoop:
             beat = (
                 update(ModelServerRecord).where(ModelServerRecord.id == self.server_id).values(heartbeat_at=func.now())
             )
-            alive = (await session.execute(beat)).rowcount
+            # an UPDATE's result is a CursorResult; Session.execute is typed as returning a plain Result
+            alive = cast(CursorResult[Any], await session.execute(beat)).rowcount
             await session.execute(
                 delete(ModelServerRecord).where(ModelServerRecord.heartbeat_at < live_since(self.settings))
             )

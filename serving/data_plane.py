@@ -56,7 +56,7 @@ class DataPlane:
         for _ in range(2):  # a batcher swapped for new settings refuses; its successor takes the request
             replica = self.replicas.get(version_id)
             batcher = replica.batcher if replica is not None and replica.status != UNLOADING else None
-            if batcher is None:
+            if replica is None or batcher is None:
                 break
             try:
                 outputs, info = await batcher.submit_with_info(arrays, timeout_ms)

@@ -51,7 +51,7 @@ class _Run:
         self._children: list[ChildProcess] = []
         self._lock = threading.Lock()
 
-    def _write(self, fn: Callable[[Session], None]) -> None:
+    def _write(self, fn: Callable[[Session], object]) -> None:
         with self.db() as session:
             fn(session)
             session.commit()
@@ -111,7 +111,7 @@ class JobRun(_Run):
         self._last_progress_webhook = 0.0
 
     # -- reporting ----------------------------------------------------------------------------
-    def _write(self, fn: Callable[[Session], None]) -> None:
+    def _write(self, fn: Callable[[Session], object]) -> None:
         with self.db() as session:
             fn(session)
             commit_and_send(session, self._sender)
