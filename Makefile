@@ -18,6 +18,8 @@ up: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 test-fast: install
 	$(PY) -m pytest -m "not slow"
