@@ -32,9 +32,8 @@ def check(session: Session, tenant_id: str, spec: DatasetStatsSpec, settings: Se
 def run(ctx: JobContext) -> dict:
     """Runs on a worker of the job type's queue; what it returns is the job's result."""
     spec: DatasetStatsSpec = ctx.spec
-    with tempfile.TemporaryDirectory() as tmp:
-        with np.load(ctx.fetch_file(spec.file_id, Path(tmp) / "data.npz")) as data:
-            x = data["X"].reshape(len(data["X"]), -1).astype(np.float64)
+    with tempfile.TemporaryDirectory() as tmp, np.load(ctx.fetch_file(spec.file_id, Path(tmp) / "data.npz")) as data:
+        x = data["X"].reshape(len(data["X"]), -1).astype(np.float64)
     if not np.isfinite(x).all():
         raise JobFailed("bad_dataset", "X holds NaN or infinite values")
     ctx.progress(1, 1)

@@ -51,8 +51,8 @@ class Worker:
     def __init__(self, settings, queues: str, log_path: Path, concurrency: int = 2):
         import secrets
 
-        from core.settings import to_env
         from core.broker import create_celery
+        from core.settings import to_env
 
         self.hostname = f"test-{secrets.token_hex(4)}@localhost"
         self.log_path = log_path

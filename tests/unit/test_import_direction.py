@@ -66,7 +66,8 @@ def test_training_and_compression_import_without_the_orm_the_web_stack_or_celery
         "    for info in pkgutil.walk_packages(package.__path__, package.__name__ + '.'):\n"
         "        if not info.name.endswith('__main__'):\n"
         "            importlib.import_module(info.name)\n"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'sqlalchemy', 'aiohttp', 'celery', 'api', 'workers'}))\n"
+        "loaded = {m.split('.')[0] for m in sys.modules}\n"
+        "print(sorted(loaded & {'sqlalchemy', 'aiohttp', 'celery', 'api', 'workers'}))\n"
     )
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
