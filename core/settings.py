@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     # the base of the URLs in job objects and webhooks (default: http://api_host:api_port)
     public_url: str | None = None
     log_format: str = Field(default="json", pattern="^(json|text)$")
+    metrics_token: str | None = Field(
+        default=None,
+        repr=False,
+        description="a secret: GET /metrics then needs `Authorization: Bearer <it>` (Prometheus' bearer "
+        "credentials; tenants' API keys never open it); unset, /metrics answers only clients on loopback",
+    )
 
     # limits
     max_request_body_bytes: int = Field(default=1 << 20, gt=0)

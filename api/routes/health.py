@@ -1,13 +1,23 @@
 """Operations endpoints: ``/healthz`` (process up), ``/readyz`` (dependencies reachable),
 ``/metrics`` (Prometheus) and ``/openapi.json``.
+
+None takes a tenant's API key. ``/healthz`` and ``/readyz`` stay open and say nothing
+tenant-specific (a failed check's error is sanitized: no URL credentials, no password, no
+tenant id). ``/metrics`` names every tenant and model, so it is guarded (:func:`metrics_access`):
+with ``MAAS_METRICS_TOKEN`` set it needs ``Authorization: Bearer <that token>``; without one
+it answers only clients on loopback.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
+import ipaddress
 import logging
+import re
 import time
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from kombu import Connection
@@ -21,6 +31,7 @@ from api.inference_router import ROUTER
 from api.openapi import ENDPOINT_TABLES, openapi_document
 from api.problems import Problem
 from core.jobs import counts_by_status as job_counts_by_status
+from core.settings import Settings
 
 log = logging.getLogger("maas.api")
 
@@ -77,6 +88,75 @@ def _queue_depths(ctx: ApiContext) -> dict[str, int]:
     return depths
 
 
+METRICS_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="maas-metrics"'}
+MAX_CHECK_ERROR_CHARS = 300
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/@]*@")
+_PASSWORD_PAIR = re.compile(r"(?i)\b(\w*(?:password|passwd|pwd|secret|token)\w*)(\s*[=:]\s*)[^\s,;&]+")
+_TENANT_ID = re.compile(r"\bten_[0-9a-z]{26}\b")
+MIN_REDACTED_SECRET = 4  # shorter secret values are not searched for (they would mangle every word)
+
+
+def is_loopback(remote: str | None) -> bool:
+    """Whether the peer address ``remote`` (``request.remote``) is on loopback (127.0.0.0/8, ::1)."""
+    try:
+        address = ipaddress.ip_address((remote or "").split("%", 1)[0])
+    except ValueError:  # a unix socket, or nothing known
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def metrics_access(remote: str | None, authorization: str | None, token: str | None) -> Problem | None:
+    """Who may read ``/metrics``: None to answer, else the Problem to answer instead.
+
+    With a ``token`` (``MAAS_METRICS_TOKEN``): exactly ``Authorization: Bearer <token>``, compared
+    in constant time, from anywhere (401 otherwise; a tenant's API key is just a wrong token).
+    Without one: clients on loopback only (403 otherwise, asking for the token to be set).
+    """
+    if token:
+        scheme, _, credentials = (authorization or "").strip().partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(
+            credentials.strip().encode("utf-8"), token.encode("utf-8")
+        ):
+            return None
+        return Problem(
+            401,
+            "/metrics needs 'Authorization: Bearer <metrics token>' (the value of MAAS_METRICS_TOKEN); "
+            "API keys do not open it",
+            headers=METRICS_CHALLENGE,
+        )
+    if is_loopback(remote):
+        return None
+    return Problem(
+        403,
+        "/metrics answers only clients on loopback while no metrics token is configured: set "
+        "MAAS_METRICS_TOKEN on the API and scrape with 'Authorization: Bearer <that token>'",
+    )
+
+
+def _secret_values(settings: Settings) -> list[str]:
+    """The configured secrets an error message could quote: keys, tokens, and URL passwords."""
+    values = [settings.s3_access_key, settings.s3_secret_key, settings.metrics_token]
+    for url in (settings.database_url, settings.broker_url, settings.s3_endpoint_url):
+        with contextlib.suppress(ValueError):
+            values.append(urlsplit(url or "").password)
+    return sorted({v for v in values if v and len(v) >= MIN_REDACTED_SECRET}, key=len, reverse=True)
+
+
+def sanitize_check_error(message: str, settings: Settings) -> str:
+    """A failed check's error as ``/readyz`` shows it to anyone: one line, at most
+    MAX_CHECK_ERROR_CHARS, without URL credentials, ``password=…`` pairs, configured secrets or
+    tenant ids."""
+    for secret in _secret_values(settings):
+        message = message.replace(secret, "***")
+    message = _URL_USERINFO.sub(r"\1***@", message)
+    message = _PASSWORD_PAIR.sub(r"\1\2***", message)
+    message = _TENANT_ID.sub("ten_***", message)
+    lines = message.strip().splitlines()
+    return (lines[0] if lines else "")[:MAX_CHECK_ERROR_CHARS]
+
+
 CHECKS = {"database": _check_database, "broker": _check_broker, "store": _check_store}
 
 
@@ -88,7 +168,7 @@ async def _run_check(name: str, ctx: ApiContext) -> Check:
     except TimeoutError:
         error = "timed out"
     except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        error = sanitize_check_error(f"{type(exc).__name__}: {exc}", ctx.settings)
     return Check(ok=error is None, latency_ms=round((time.perf_counter() - started) * 1000, 2), error=error)
 
 
@@ -120,12 +200,17 @@ async def readyz(request: web.Request, call: Call[None, None]) -> Readiness:
 
 @health.get(
     "/metrics",
-    summary="Prometheus metrics",
+    summary="Prometheus metrics: with MAAS_METRICS_TOKEN set, send 'Authorization: Bearer <it>' "
+    "(API keys do not open it); without, loopback clients only",
     auth=False,
     response_doc={"content": {"text/plain": {"schema": {"type": "string"}}}},
+    errors=(401, 403),
 )
 async def metrics(request: web.Request, call: Call[None, None]) -> web.Response:
     ctx = context(request)
+    refused = metrics_access(request.remote, request.headers.get("Authorization"), ctx.settings.metrics_token)
+    if refused is not None:
+        raise refused
     metrics = ctx.metrics
     async with ctx.db() as session:
         metrics.set_job_counts(await session.run_sync(job_counts_by_status))
