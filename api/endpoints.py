@@ -19,6 +19,7 @@ the annotations to the declarations.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -31,7 +32,11 @@ from api.auth import authenticate
 from api.context import context
 from api.idempotency import Claim
 from api.problems import Problem, validation_problem
-from core.spec_kit import validation_problems
+from core.spec_kit import FieldProblem, json_pointer, validation_problems
+
+# what a PostgreSQL text column cannot hold: NUL, and lone surrogates (JSON's "\ud800", which
+# is no UTF-8); refused in every string the API parses, before anything reaches the database
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 BodyT = TypeVar("BodyT")
 QueryT = TypeVar("QueryT")
@@ -108,6 +113,52 @@ class Endpoints:
         return self.route("DELETE", path, **options)
 
 
+def _unstorable(text: str) -> str | None:
+    """Why ``text`` cannot be stored as PostgreSQL text, or None when it can."""
+    found = _UNSTORABLE.search(text)
+    if found is None:
+        return None
+    return "must not contain NUL characters" if found.group() == "\x00" else "must not contain unpaired surrogates"
+
+
+def _check_parameters(request: web.Request) -> None:
+    """400 naming the path or query parameter that holds text PostgreSQL cannot store."""
+    errors = []
+    for source in (request.match_info, request.query):
+        for name, value in source.items():
+            if (detail := _unstorable(name)) is not None:
+                errors.append({"parameter": name, "detail": "its name " + detail})
+            elif (detail := _unstorable(value)) is not None:
+                errors.append({"parameter": name, "detail": detail})
+    if errors:
+        raise Problem(400, "; ".join(f"parameter {e['parameter']}: {e['detail']}" for e in errors), errors=errors)
+
+
+def _check_strings(data: Any) -> list[FieldProblem]:
+    """Every string of a parsed JSON document (keys too) that PostgreSQL text cannot hold, as field
+    problems: one walk without recursion (the parser already bounds the depth), that builds a
+    location only for containers, so a long list of numbers costs a type check per number."""
+    if isinstance(data, str):
+        detail = _unstorable(data)
+        return [] if detail is None else [{"pointer": "", "detail": detail}]
+    if not isinstance(data, dict | list):
+        return []
+    problems: list[FieldProblem] = []
+    stack: list[tuple[tuple[str | int, ...], Any]] = [((), data)]
+    while stack:
+        loc, container = stack.pop()
+        items = container.items() if isinstance(container, dict) else enumerate(container)
+        for key, item in items:
+            if isinstance(key, str) and (detail := _unstorable(key)) is not None:
+                problems.append({"pointer": json_pointer(loc), "detail": "a key " + detail})
+            elif isinstance(item, str):
+                if (detail := _unstorable(item)) is not None:
+                    problems.append({"pointer": json_pointer((*loc, key)), "detail": detail})
+            elif isinstance(item, dict | list):
+                stack.append(((*loc, key), item))
+    return sorted(problems, key=lambda p: p["pointer"])
+
+
 def _parse_query(endpoint: Endpoint, request: web.Request) -> Any:
     if endpoint.query is None:
         return None
@@ -138,6 +189,10 @@ async def _parse_body(endpoint: Endpoint, request: web.Request) -> tuple[Any, by
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise Problem(400, f"the body is not valid JSON: {exc}") from None
+    except RecursionError:  # as /v2 infer (core.tensor_codec): too deep for the parser is malformed
+        raise Problem(400, "the body is not valid JSON: nested too deep") from None
+    if problems := _check_strings(data):
+        raise validation_problem(problems)
     try:
         return endpoint.body.model_validate(data), raw
     except ValidationError as exc:
@@ -151,6 +206,7 @@ def render(model: BaseModel, status: int = 200) -> web.Response:
 def wrap(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handle(request: web.Request) -> web.StreamResponse:
         tenant_id = await authenticate(request) if endpoint.auth else ""
+        _check_parameters(request)
         query = _parse_query(endpoint, request)
         body, raw = await _parse_body(endpoint, request)
         call: Call[Any, Any] = Call(

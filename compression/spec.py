@@ -39,6 +39,7 @@ from pydantic_core import InitErrorDetails
 
 from core.spec_kit import (
     FILE_ID_PATTERN,
+    INT4_MAX,
     MODEL_NAME_PATTERN,
     REGISTER_AS_PATTERN,
     FieldProblem,
@@ -95,7 +96,7 @@ class SourceSpec(StrictModel):
     (an uploaded ``.onnx``, or a ``.safetensors`` state dict of the zoo architecture ``arch``)."""
 
     model: str | None = Field(None, pattern=MODEL_NAME_PATTERN)
-    version: int | None = Field(None, ge=1)
+    version: int | None = Field(None, ge=1, le=INT4_MAX)
     file_id: str | None = Field(None, pattern=FILE_ID_PATTERN)
     arch: ModelSpec | None = None
 

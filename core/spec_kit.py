@@ -24,6 +24,17 @@ FILE_ID_PATTERN = r"^file_[0-9A-Za-z]{1,64}$"
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 # what a job may register its result as: a model name without dots or a trailing dash
 REGISTER_AS_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$"
+# the largest PostgreSQL ``integer``: the bound of every input that reaches an int4 column
+# (a model version number), so that a larger one is a 422, not a database error
+INT4_MAX = 2**31 - 1
+
+
+def version_number(text: str) -> int | None:
+    """A model version number as a path gives it (ASCII digits, 1 to ``INT4_MAX``), or None."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    number = int(text)
+    return number if 1 <= number <= INT4_MAX else None
 
 
 class StrictModel(BaseModel):

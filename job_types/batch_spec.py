@@ -27,7 +27,7 @@ import numpy as np
 from pydantic import Field
 
 from core.onnx_signature import OIP_TO_NUMPY
-from core.spec_kit import FieldError, StoredArray, StoredDataset, StrictModel, numeric_column, stored_dataset
+from core.spec_kit import INT4_MAX, FieldError, StoredArray, StoredDataset, StrictModel, numeric_column, stored_dataset
 
 MAX_CHUNK_ROWS = 65_536
 SINGLE_INPUT_ARRAY = "X"  # the features array of a training .npz
@@ -35,7 +35,9 @@ SINGLE_INPUT_ARRAY = "X"  # the features array of a training .npz
 
 class ModelRef(StrictModel):
     name: str = Field(min_length=1, max_length=128)
-    version: int | None = Field(None, ge=1, description="the version to run; default: the one deployed when it starts")
+    version: int | None = Field(
+        None, ge=1, le=INT4_MAX, description="the version to run; default: the one deployed when it starts"
+    )
 
 
 class BatchDataset(StrictModel):

@@ -28,13 +28,13 @@ from core.deployments import (
 from core.models import Deployment, Model, ModelVersion
 from core.objects import DeploymentObject, ReplicaObject
 from core.settings import Settings
-from core.spec_kit import StrictModel
+from core.spec_kit import INT4_MAX, StrictModel
 
 deployments = Endpoints("deployments")
 
 
 class DeploymentPut(StrictModel):
-    version: int = Field(ge=1, description="the version to serve")
+    version: int = Field(ge=1, le=INT4_MAX, description="the version to serve")
     max_batch_size: int = Field(default=32, ge=1, le=1024, description="most rows merged into one model call")
     max_queue_delay_us: int = Field(
         default=500,

@@ -13,10 +13,12 @@ import asyncio
 import os
 import re
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from aiohttp import BodyPartReader, MultipartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import Field
 from sqlalchemy import select
 
@@ -114,8 +116,30 @@ async def _body_chunks(request: web.Request) -> AsyncIterator[bytes]:
         yield chunk
 
 
+@contextmanager
+def _multipart_errors() -> Iterator[None]:
+    """What aiohttp raises on a multipart body it cannot read (a part header that is not ASCII, an
+    unknown charset or transfer encoding, text that is not UTF-8…) as a 400, not a 500."""
+    try:
+        yield
+    except (HttpProcessingError, ValueError, LookupError, RuntimeError) as exc:  # UnicodeError is a ValueError
+        raise Problem(400, f"malformed multipart body: {exc}") from None
+
+
+def _header_text(part: BodyPartReader) -> None:
+    """400 when the part's name or filename held bytes that are not UTF-8 (aiohttp keeps them as
+    surrogates, which no later step could encode)."""
+    for value in (part.name, part.filename):
+        if value is not None and re.search("[\ud800-\udfff]", value):
+            raise Problem(400, f"malformed multipart body: a part header is not UTF-8: {value!r}")
+
+
 async def _part_chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
-    while chunk := await part.read_chunk(SINK_CHUNK):
+    while True:
+        with _multipart_errors():
+            chunk = await part.read_chunk(SINK_CHUNK)
+        if not chunk:
+            return
         yield chunk
 
 
@@ -127,13 +151,20 @@ async def _receive(request: web.Request, query: UploadQuery, upload: _Upload) ->
             clean_filename(filename)
         await upload.feed(_body_chunks(request))
         return purpose, filename
-    reader: MultipartReader = await request.multipart()
+    with _multipart_errors():
+        reader: MultipartReader = await request.multipart()
     got_file = False
-    while (part := await reader.next()) is not None:
+    while True:
+        with _multipart_errors():
+            part = await reader.next()
+        if part is None:
+            break
         if not isinstance(part, BodyPartReader):
             raise Problem(400, "nested multipart bodies are not accepted")
+        _header_text(part)
         if part.name == "purpose":
-            purpose = (await part.text()).strip()
+            with _multipart_errors():
+                purpose = (await part.text()).strip()
         elif part.name == "file" and not got_file:
             filename = part.filename or filename
             clean_filename(filename)

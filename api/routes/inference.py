@@ -28,6 +28,7 @@ from api.problems import Problem
 from api.routing_table import NotReady, RouteError
 from core.model_registry import valid_name
 from core.models import Deployment, Model, ModelVersion
+from core.spec_kit import version_number
 from core.tensor_codec import HEADER_LENGTH_HEADER, CodecError, InferenceRequest, decode_request, encode_response
 
 inference = Endpoints("inference")
@@ -100,9 +101,10 @@ def _target(call: Call[None, None]) -> tuple[str, int | None]:
         raise Problem(404, f"unknown model '{name}'")
     if raw is None:
         return name, None
-    if not raw.isdigit() or int(raw) < 1:
+    number = version_number(raw)
+    if number is None:
         raise Problem(404, f"model '{name}' has no version '{raw}'")
-    return name, int(raw)
+    return name, number
 
 
 async def _why_no_route(

@@ -17,7 +17,7 @@ from core.ids import new_id
 from core.model_registry import register_version, valid_name
 from core.models import Artifact, File, Model, ModelVersion
 from core.objects import ModelObject, ModelVersionObject
-from core.spec_kit import MODEL_NAME_PATTERN, StrictModel
+from core.spec_kit import MODEL_NAME_PATTERN, StrictModel, version_number
 
 models = Endpoints("models")
 
@@ -86,7 +86,8 @@ async def list_versions(request: web.Request, call: Call[None, None]) -> Version
 )
 async def get_version(request: web.Request, call: Call[None, None]) -> ModelVersionObject:
     name, raw = model_name(call), call.params["version"]
-    rows = await _versions(request, call.tenant_id, name, int(raw)) if raw.isdigit() else []
+    number = version_number(raw)
+    rows = await _versions(request, call.tenant_id, name, number) if number is not None else []
     if not rows:
         raise not_found(f"version of model {name!r}", raw)
     version, artifact = rows[0]
