@@ -152,6 +152,9 @@ class Artifact(Base):
     storage_key: Mapped[str] = mapped_column(Text)
     content_type: Mapped[str] = mapped_column(String(100), default="application/octet-stream")
     created_at: Mapped[datetime] = _now()
+    # set when the object was removed from the store (checkpoint retention); the row stays as a record
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    deleted_reason: Mapped[str | None] = mapped_column(Text)
 
 
 class Model(Base):

@@ -138,6 +138,12 @@ class ArtifactObject(ApiObject):
     bytes: int = Field(description="its size, in bytes")
     sha256: str = Field(description="the SHA-256 of its content, hex")
     created_at: Timestamp = Field(description="when it was stored")
+    deleted_at: Timestamp | None = Field(
+        None,
+        description="when its content was deleted from the store (an old checkpoint the job's `checkpoints` "
+        "retention let go); null while it can be downloaded. `GET /v1/artifacts/{id}` of a deleted one is 410",
+    )
+    deleted_reason: str | None = Field(None, description="why its content was deleted; null while it is kept")
 
 
 class ArtifactDownload(ArtifactObject):

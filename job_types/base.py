@@ -7,7 +7,8 @@ gets. ``job_types.registry`` lists them.
 
 The handler runs in a worker and sees the job through a ``JobContext``: it reports progress,
 metrics, log lines, checkpoints and artifacts (each an event row), starts child processes that
-are stopped as a tree on cancel, finds the checkpoints of earlier attempts, and raises
+are stopped as a tree on cancel, finds the checkpoints of earlier attempts, deletes the ones it
+no longer keeps, and raises
 ``JobFailed`` to fail with a machine-readable code. The runner in ``workers.job_runner``
 implements the context; a job type never imports the worker side.
 
@@ -98,7 +99,18 @@ class JobContext(RunContext, Protocol):
     def checkpoint(self, path: Path, step: int, **data: Any) -> Artifact: ...
 
     def checkpoints(self) -> list[Artifact]:
-        """This job's checkpoints from every attempt, oldest first: the last one is where to resume."""
+        """This job's live (not deleted) checkpoints from every attempt, oldest first: the last one
+        is where to resume."""
+        ...
+
+    def checkpoint_data(self) -> dict[str, dict[str, Any]]:
+        """What each checkpoint of this job was recorded with (``checkpoint``'s ``step`` and
+        ``data``), by artifact id."""
+        ...
+
+    def delete_artifact(self, artifact: Artifact, reason: str) -> None:
+        """Delete an artifact of this job from the store; its row stays, marked deleted with
+        ``reason`` (its download answers 410), and a job event says so."""
         ...
 
     def start_node(self, node_rank: int, payload: dict[str, Any]) -> None:

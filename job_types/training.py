@@ -34,6 +34,7 @@ from core.ports import pick_port
 from core.settings import Settings
 from core.spec_kit import FieldProblem
 from job_types.base import JobContext, JobFailed, JobType, NodeContext, RunContext
+from job_types.checkpoint_retention import prune_checkpoints
 from job_types.lookups import dataset_file
 from training.spec import TrainingSpec, check_dataset_fits, check_limits
 
@@ -120,7 +121,8 @@ class RankZeroOutput:
             values = {k: v for k, v in message.items() if k not in ("type", "step", "total_steps")}
             self.ctx.progress(message["step"], message.get("total_steps"), **values)
         elif message["type"] == "checkpoint":
-            self._upload_checkpoint(Path(message["path"]), message["step"])
+            metrics = {k: v for k, v in message.items() if k not in ("type", "path", "step")}
+            self._upload_checkpoint(Path(message["path"]), message["step"], metrics)
         elif message["type"] == "result":
             self.result = message
         else:
@@ -136,14 +138,16 @@ class RankZeroOutput:
             self.logged += 1
             self.ctx.log(line, level="warning" if "Error" in line or "Traceback" in line else "info")
 
-    def _upload_checkpoint(self, directory: Path, step: int) -> None:
+    def _upload_checkpoint(self, directory: Path, step: int, metrics: dict[str, Any]) -> None:
         archive = self.work / f"{directory.name}.tar"
         with tarfile.open(archive, "w") as tar:
             tar.add(directory, arcname=directory.name)
         try:
-            self.ctx.checkpoint(archive, step)
+            self.ctx.checkpoint(archive, step, **metrics)
         finally:
             archive.unlink(missing_ok=True)
+        # the newest stays (a resume starts there); older ones beyond the spec's retention go
+        prune_checkpoints(self.ctx, self.ctx.spec.checkpoints)
 
 
 # torchrun's summary of a rank that died from a signal: "exitcode  : -9 (pid: 123)"

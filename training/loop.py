@@ -198,7 +198,7 @@ class Job:
         if self.plan.checkpoint_due(step):
             meta = progress.to_meta(self.ctx.world_size)
             path = save_checkpoint(checkpoint_dir(self.out, step), self.trainable, meta, self.ctx)
-            self.say({"type": "checkpoint", "path": str(path), "step": step})
+            self.say({"type": "checkpoint", "path": str(path), "step": step, **_latest_validation(progress)})
 
     def end_epoch(self, progress: Progress) -> dict[str, float]:
         """Close the epoch's training counters and evaluate (collective); the validation
@@ -278,6 +278,14 @@ class Job:
             },
             "output": {"name": OUTPUT_NAME, "shape": [None, len(splits.classes)]},
         }
+
+
+def _latest_validation(progress: Progress) -> dict[str, Any]:
+    """The metrics of the latest validation (what a checkpoint is ranked by); {} before the first."""
+    for entry in reversed(progress.history):
+        if entry["kind"] == "val":
+            return {"val_loss": entry["loss"], "val_accuracy": entry["accuracy"], "val_step": entry["step"]}
+    return {}
 
 
 def _check_finite(progress: Progress) -> None:

@@ -11,7 +11,8 @@ one. Rank 0 writes one JSON object per line to stdout, and only those:
 
     {"type": "progress", "step", "total_steps", "epoch", "loss", "accuracy", "samples_per_s"
                          [, "val_loss", "val_accuracy" at the end of an epoch]}
-    {"type": "checkpoint", "path": "OUT/checkpoints/step-N", "step": N}
+    {"type": "checkpoint", "path": "OUT/checkpoints/step-N", "step": N
+                           [, "val_loss", "val_accuracy", "val_step" of the latest validation]}
     {"type": "result", "metrics": {...}, "files": {"model", "curves", "state_dict"}, "classes", ...}
     {"type": "error", "code": "bad_spec"|"bad_launch"|"bad_dataset"|"bad_checkpoint"|"nan_loss"|
                       "out_of_memory"|"onnx_parity"|"internal", "message" [, "pointer", "rank"]}

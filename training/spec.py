@@ -245,6 +245,36 @@ class HyperparametersSpec(StrictModel):
         return self
 
 
+# --- checkpoint retention ------------------------------------------------------------------------
+
+# which way is better for each metric a checkpoint can be ranked by
+BEST_MODES: dict[str, Literal["min", "max"]] = {"val_loss": "min", "val_accuracy": "max"}
+
+
+class KeepBestSpec(StrictModel):
+    """Which checkpoint counts as the best: the lowest ``val_loss`` or the highest ``val_accuracy``."""
+
+    metric: Literal["val_loss", "val_accuracy"] = Field(
+        description="the validation metric a checkpoint is ranked by (the latest validation before it was "
+        "written): `val_loss` keeps the lowest, `val_accuracy` the highest"
+    )
+
+    @property
+    def mode(self) -> Literal["min", "max"]:
+        return BEST_MODES[self.metric]
+
+
+class CheckpointsSpec(StrictModel):
+    """Which of a job's checkpoints are kept; the others are deleted as new ones are uploaded."""
+
+    keep_last: int = Field(
+        3, ge=1, le=1000, description="how many of the newest checkpoints to keep, across all attempts of the job"
+    )
+    keep_best: KeepBestSpec | None = Field(
+        None, description="also keep the best checkpoint by a validation metric; null keeps only the newest"
+    )
+
+
 # --- the spec ----------------------------------------------------------------------------------
 
 
@@ -255,6 +285,9 @@ class TrainingSpec(StrictModel):
     strategy: StrategySpec = Field(default_factory=StrategySpec)
     hyperparameters: HyperparametersSpec = Field(default_factory=HyperparametersSpec)
     checkpoint_every_steps: int = Field(100, ge=1, le=10_000_000)
+    checkpoints: CheckpointsSpec = Field(
+        default_factory=CheckpointsSpec, description="how many checkpoints to keep (the others are deleted)"
+    )
     register_as: str | None = Field(None, pattern=REGISTER_AS_PATTERN)
 
     @model_validator(mode="wrap")

@@ -30,7 +30,7 @@ from core.dispatch import Sender, commit_and_send
 from core.ids import new_id
 from core.job_states import QUEUED, RUNNING, TERMINAL
 from core.model_registry import register_version
-from core.models import Artifact, File, Job, ModelVersion
+from core.models import Artifact, File, Job, JobEvent, ModelVersion
 from job_types.base import JobCanceled, JobFailed, JobType
 from workers.process_tree import ChildProcess
 from workers.runtime import WorkerRuntime, holder_is_gone
@@ -203,14 +203,55 @@ class JobRun(_Run):
         return self.artifact("checkpoint", path.name, path, step=step, **data)
 
     def checkpoints(self) -> list[Artifact]:
-        """This job's checkpoints from every attempt, oldest first: the last one is where to resume."""
+        """This job's live checkpoints from every attempt, oldest first: the last one is where to resume."""
         with self.db() as session:
             return list(
                 session.scalars(
                     select(Artifact)
-                    .where(Artifact.job_id == self.job_id, Artifact.kind == "checkpoint")
+                    .where(
+                        Artifact.job_id == self.job_id,
+                        Artifact.kind == "checkpoint",
+                        Artifact.deleted_at.is_(None),
+                    )
                     .order_by(Artifact.id)
                 )
+            )
+
+    def checkpoint_data(self) -> dict[str, dict[str, Any]]:
+        """What each checkpoint was recorded with (its checkpoint event's data), by artifact id."""
+        with self.db() as session:
+            rows = session.scalars(
+                select(JobEvent.data).where(JobEvent.job_id == self.job_id, JobEvent.type == "checkpoint")
+            )
+            return {data["artifact_id"]: data for data in rows if data.get("artifact_id")}
+
+    def delete_artifact(self, artifact: Artifact, reason: str) -> None:
+        """Mark the row deleted first (a resume never picks a checkpoint whose object is going),
+        then remove the object; a store that fails to delete leaves a warning, not a failed job."""
+
+        def write(session) -> None:
+            session.execute(
+                update(Artifact)
+                .where(Artifact.id == artifact.id, Artifact.deleted_at.is_(None))
+                .values(deleted_at=func.now(), deleted_reason=reason)
+            )
+            job_service.add_event(
+                session,
+                self.job_id,
+                "artifact_deleted",
+                f"deleted {artifact.kind} {artifact.name}: {reason}",
+                {"artifact_id": artifact.id, "kind": artifact.kind, "name": artifact.name, "reason": reason},
+            )
+
+        self._write(write)
+        try:
+            self.store.delete(artifact.storage_key)
+        except Exception as exc:  # the row says deleted either way; the object is only wasted space
+            log.warning("job %s: deleting %s from the store failed: %s", self.job_id, artifact.storage_key, exc)
+            self.log(
+                f"the store did not delete {artifact.kind} {artifact.name}: {exc}",
+                level="warning",
+                artifact_id=artifact.id,
             )
 
     def start_node(self, node_rank: int, payload: dict[str, Any]) -> None:

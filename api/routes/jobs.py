@@ -25,6 +25,7 @@ from core.models import Artifact, Job, JobEvent, WebhookDelivery
 from core.objects import ArtifactDownload, ArtifactObject, JobEventObject, JobObject, Status, WebhookDeliveryObject
 from core.settings import Settings
 from core.spec_kit import StrictModel, validation_problems
+from core.status_update import rfc3339
 from core.webhooks import EVENTS, UnsafeWebhookUrl, check_url
 from job_types.base import JobType
 
@@ -311,9 +312,9 @@ async def list_artifacts(request: web.Request, call: Call[None, None]) -> Artifa
 
 @jobs.get(
     "/v1/artifacts/{id}",
-    summary="An artifact with a short-lived presigned download URL",
+    summary="An artifact with a short-lived presigned download URL (410 once its content was deleted)",
     response=ArtifactDownload,
-    errors=(404,),
+    errors=(404, 410),
 )
 async def get_artifact(request: web.Request, call: Call[None, None]) -> ArtifactDownload:
     ctx = context(request)
@@ -323,6 +324,15 @@ async def get_artifact(request: web.Request, call: Call[None, None]) -> Artifact
         )
     if row is None:
         raise not_found("artifact", call.params["id"])
+    if row.deleted_at is not None:
+        deleted_at = rfc3339(row.deleted_at)
+        raise Problem(
+            410,
+            f"the content of artifact {row.id!r} was deleted at {deleted_at}: {row.deleted_reason or 'no reason'}",
+            artifact_id=row.id,
+            deleted_at=deleted_at,
+            deleted_reason=row.deleted_reason,
+        )
     url, expires_at = await asyncio.to_thread(ctx.store.presigned_url, row.storage_key, filename=row.name)
     return ArtifactDownload.from_row(row, url, expires_at)
 

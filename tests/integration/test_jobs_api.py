@@ -15,7 +15,8 @@ from sqlalchemy.exc import DBAPIError
 from api.app import create_app
 from api.idempotency import _fingerprint
 from core import jobs as job_service
-from core.models import IdempotencyKey, Job
+from core.ids import new_id
+from core.models import Artifact, IdempotencyKey, Job
 from core.settings import Settings
 from tests.support.api import create_job, job_events, upload_raw, wait_done
 from tests.support.eventually import eventually_async
@@ -390,3 +391,35 @@ async def test_job_counts_are_on_metrics(api, tenant):
     metrics = await (await api.get("/metrics")).text()
     assert 'maas_jobs{status="queued",type="test.unclaimed"}' in metrics
     assert 'maas_queue_depth{queue="inference"}' in metrics
+
+
+async def test_a_deleted_artifact_is_gone_saying_when_and_why(api, tenant, other_tenant, db):
+    deleted_at = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+    rows = {
+        name: Artifact(
+            id=new_id("artifact"),
+            tenant_id=tenant.id,
+            kind="checkpoint",
+            name=f"{name}.tar",
+            bytes=1,
+            sha256="0" * 64,
+            storage_key=f"jobs/{tenant.id}/none/{name}.tar",
+            deleted_at=deleted_at if name == "old" else None,
+            deleted_reason="checkpoint retention: not among the newest 1" if name == "old" else None,
+        )
+        for name in ("old", "new")
+    }
+    ids = {name: row.id for name, row in rows.items()}
+    with db() as session:
+        session.add_all(rows.values())
+        session.commit()
+    gone = await api.get(f"/v1/artifacts/{ids['old']}", headers=tenant.headers)
+    assert gone.status == 410 and gone.content_type == PROBLEM
+    body = await gone.json()
+    assert body["title"] == "Gone" and body["deleted_at"] == "2026-11-29T12:00:00Z"
+    assert body["deleted_reason"] == "checkpoint retention: not among the newest 1"
+    assert "2026-11-29T12:00:00Z" in body["detail"] and "newest 1" in body["detail"]
+    live = await api.get(f"/v1/artifacts/{ids['new']}", headers=tenant.headers)
+    assert live.status == 200 and (await live.json())["deleted_at"] is None
+    # another tenant learns nothing of it
+    assert (await api.get(f"/v1/artifacts/{ids['old']}", headers=other_tenant.headers)).status == 404
