@@ -6,6 +6,10 @@ to use it later. The API streams an upload to a temporary file, calls
 :func:`detect_format` and :func:`validate_file`, and turns an :class:`InvalidFile`
 into a 422 problem naming the request field at fault; the details returned on
 success are stored with the file.
+
+A dataset's details include ``uncompressed_bytes``: about what it takes in memory once read,
+from what validation parses anyway (never by decompressing it to measure it), so that a small
+compressed upload cannot claim terabytes. A dataset over the caller's limit is refused.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import struct
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -39,6 +44,8 @@ _CHUNK = 1 << 20
 # The safetensors reference implementation refuses headers above this size too.
 _MAX_SAFETENSORS_HEADER = 100_000_000
 _NUMERIC_OR_STRING_KINDS = "biufcSU"
+# what one csv or parquet value takes once read: a float64
+_VALUE_BYTES = 8
 # Version 3.0 differs from 2.0 only in allowing UTF-8 field names, which belong to structured
 # dtypes; those are refused anyway, so reading its header as 2.0 is enough.
 _NPY_HEADER_READERS = {
@@ -83,20 +90,54 @@ def detect_format(filename: str, purpose: str) -> str:
     raise InvalidFile(f"filename '{filename}' has {found}; purpose '{purpose}' accepts {extensions}", "/filename")
 
 
-def validate_file(path: Path, fmt: str) -> dict[str, Any]:
-    """Check the file at ``path`` as format ``fmt``; return the JSON-serialisable details to store."""
+def validate_file(path: Path, fmt: str, max_dataset_bytes: int | None = None) -> dict[str, Any]:
+    """Check the file at ``path`` as format ``fmt``; return the JSON-serialisable details to store.
+
+    A dataset (npz, csv, parquet) whose ``uncompressed_bytes`` are over ``max_dataset_bytes``
+    is refused; an npz before any array is decompressed."""
+    dataset_validator = _DATASET_VALIDATORS.get(fmt)
     validator = _VALIDATORS.get(fmt)
-    if validator is None:
+    if dataset_validator is None and validator is None:
         raise ValueError(f"no validator for format {fmt!r}")
     if path.stat().st_size == 0:
         raise InvalidFile("the file is empty")
+    if dataset_validator is not None:
+        return dataset_validator(path, _SizeLimit(max_dataset_bytes))
+    assert validator is not None
     return validator(path)
+
+
+def format_bytes(count: float) -> str:
+    """A byte count in decimal units, one decimal: ``1.6 GB``."""
+    if count < 1000:
+        return f"{count:.0f} bytes"
+    for unit in ("kB", "MB", "GB", "TB", "PB"):
+        count /= 1000
+        if count < 999.95 or unit == "PB":
+            break
+    return f"{count:.1f} {unit}"
+
+
+class _SizeLimit:
+    """The most bytes a dataset may take once read (None: no limit)."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.limit = limit
+
+    def check(self, size: int, what: str, how: str = "uncompressed") -> int:
+        """``size`` when within the limit; else an InvalidFile saying ``what`` takes ``size`` (``how``)."""
+        if self.limit is None or size <= self.limit:
+            return size
+        found, limit = format_bytes(size), format_bytes(self.limit)
+        if found == limit:  # just over: rounding would hide the difference
+            found, limit = f"{size} bytes", f"{self.limit}-byte"
+        raise InvalidFile(f"{what} take {found} {how}, over the {limit} limit (MAAS_MAX_DATASET_BYTES)")
 
 
 # --- npz ---------------------------------------------------------------------------------------
 
 
-def _validate_npz(path: Path) -> dict[str, Any]:
+def _validate_npz(path: Path, limit: _SizeLimit) -> dict[str, Any]:
     with path.open("rb") as f:
         head = f.read(len(np.lib.format.MAGIC_PREFIX))
     if head == np.lib.format.MAGIC_PREFIX:
@@ -106,39 +147,58 @@ def _validate_npz(path: Path) -> dict[str, Any]:
         raise InvalidFile("not a .npz file: it is not a zip archive")
     try:
         with np.load(path, allow_pickle=False) as npz:
-            arrays = dict(_check_npy_member(npz.zip, info) for info in npz.zip.infolist())
+            # every header first, so that arrays over the limit are refused before any is inflated
+            headers = [(info, *_check_npy_header(npz.zip, info)) for info in npz.zip.infolist()]
+            if not headers:
+                raise InvalidFile("the .npz file holds no arrays")
+            total = limit.check(sum(dtype.itemsize * math.prod(shape) for _, _, dtype, shape in headers), "the arrays")
+            for info, name, dtype, shape in headers:
+                _check_npy_data(npz.zip, info, name, dtype, shape)
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise InvalidFile(f"not a .npz file: the zip archive is corrupt ({_message(exc)})") from exc
-    if not arrays:
-        raise InvalidFile("the .npz file holds no arrays")
-    return {"arrays": arrays}
+    arrays = {name: {"dtype": str(dtype), "shape": list(shape)} for _, name, dtype, shape in headers}
+    return {"arrays": arrays, "uncompressed_bytes": total}
 
 
-def _check_npy_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[str, dict[str, Any]]:
-    """Read one member through to its end, so that a bad CRC or a short payload is caught
-    without holding the array in memory."""
+@contextmanager
+def _npy_member(archive: zipfile.ZipFile, name: str, info: zipfile.ZipInfo) -> Iterator[IO[bytes]]:
+    try:
+        with archive.open(info) as member:
+            yield member
+    except InvalidFile:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError) as exc:
+        raise InvalidFile(f"array '{name}' is corrupt: {_message(exc)}") from exc
+
+
+def _check_npy_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> tuple[str, np.dtype[Any], tuple[int, ...]]:
+    """One member's name, dtype and shape, from its header alone (the data is not inflated)."""
     if info.is_dir() or not info.filename.endswith(".npy"):
         raise InvalidFile(
             f"not a .npz file: zip member '{info.filename}' is not a .npy array; "
             "a .npz holds only arrays written by numpy.savez"
         )
     name = info.filename.removesuffix(".npy")
-    try:
-        with archive.open(info) as member:
-            dtype, shape = _read_npy_header(member, name)
-            _check_dtype(name, dtype)
-            actual = _drain(member)
-    except InvalidFile:
-        raise
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError) as exc:
-        raise InvalidFile(f"array '{name}' is corrupt: {_message(exc)}") from exc
+    with _npy_member(archive, name, info) as member:
+        dtype, shape = _read_npy_header(member, name)
+    _check_dtype(name, dtype)
+    return name, dtype, shape
+
+
+def _check_npy_data(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, dtype: np.dtype[Any], shape: tuple[int, ...]
+) -> None:
+    """Read one member through to its end, so that a bad CRC or a short payload is caught
+    without holding the array in memory."""
+    with _npy_member(archive, name, info) as member:
+        _read_npy_header(member, name)
+        actual = _drain(member)
     expected = dtype.itemsize * math.prod(shape)
     if actual != expected:
         raise InvalidFile(
             f"array '{name}' is corrupt: it holds {actual} bytes of data, expected {expected} "
             f"for {dtype} with shape {list(shape)}"
         )
-    return name, {"dtype": str(dtype), "shape": list(shape)}
 
 
 def _read_npy_header(member: IO[bytes], name: str) -> tuple[np.dtype[Any], tuple[int, ...]]:
@@ -177,7 +237,7 @@ class _CsvReader(Protocol):
     def __next__(self) -> list[str]: ...
 
 
-def _validate_csv(path: Path) -> dict[str, Any]:
+def _validate_csv(path: Path, limit: _SizeLimit) -> dict[str, Any]:
     with path.open("rb") as f:
         reader = csv.reader(_utf8_lines(f))
         try:
@@ -190,7 +250,8 @@ def _validate_csv(path: Path) -> dict[str, Any]:
             raise InvalidFile(f"not a valid CSV: line {reader.line_num}: {_message(exc)}") from exc
     if rows == 0:
         raise InvalidFile("the CSV has a header but no data rows")
-    return {"columns": header, "rows": rows}
+    size = limit.check(rows * len(header) * _VALUE_BYTES, f"the {rows} rows of {len(header)} columns", "as float64")
+    return {"columns": header, "rows": rows, "uncompressed_bytes": size}
 
 
 def _utf8_lines(f: IO[bytes]) -> Iterator[str]:
@@ -238,18 +299,27 @@ def _count_rows(reader: _CsvReader, width: int) -> int:
 # --- parquet -----------------------------------------------------------------------------------
 
 
-def _validate_parquet(path: Path) -> dict[str, Any]:
+def _validate_parquet(path: Path, limit: _SizeLimit) -> dict[str, Any]:
     try:
         with pq.ParquetFile(path) as parquet:
             schema = parquet.schema_arrow
-            rows = parquet.metadata.num_rows
+            metadata = parquet.metadata
+            rows = metadata.num_rows
+            stored = sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups))
     except (pa.ArrowException, OSError) as exc:
         raise InvalidFile(f"not a valid Parquet file: {_message(exc)}") from exc
     if len(schema) == 0:
         raise InvalidFile("the Parquet file has no columns")
     if rows == 0:
         raise InvalidFile("the Parquet file has no rows")
-    return {"columns": [{"name": f.name, "type": str(f.type)} for f in schema], "rows": rows}
+    # The metadata's uncompressed size is still dictionary- and run-length-encoded: a column of
+    # repeats takes almost nothing there, and 8 bytes a value once read.
+    size = limit.check(max(stored, rows * len(schema) * _VALUE_BYTES), "the columns")
+    return {
+        "columns": [{"name": f.name, "type": str(f.type)} for f in schema],
+        "rows": rows,
+        "uncompressed_bytes": size,
+    }
 
 
 # --- onnx --------------------------------------------------------------------------------------
@@ -419,10 +489,12 @@ def _check_layout(header: dict[str, Any], data_len: int) -> None:
         raise InvalidFile(f"the .safetensors data section is {data_len} bytes but its tensors cover only {position}")
 
 
-_VALIDATORS: dict[str, Callable[[Path], dict[str, Any]]] = {
+_DATASET_VALIDATORS: dict[str, Callable[[Path, _SizeLimit], dict[str, Any]]] = {
     "npz": _validate_npz,
     "csv": _validate_csv,
     "parquet": _validate_parquet,
+}
+_VALIDATORS: dict[str, Callable[[Path], dict[str, Any]]] = {
     "onnx": _validate_onnx,
     "safetensors": _validate_safetensors,
 }

@@ -60,6 +60,13 @@ class Settings(BaseSettings):
     # limits
     max_request_body_bytes: int = Field(default=1 << 20, gt=0)
     max_upload_bytes: int = Field(default=1 << 30, gt=0)
+    max_dataset_bytes: int = Field(
+        default=4 << 30,
+        gt=0,
+        description="an uploaded dataset may take this much once read (npz: its arrays uncompressed, from their "
+        "headers; csv: 8 bytes a value, as float64; parquet: that or its metadata's uncompressed size, the larger); "
+        "a compressed upload that claims more is refused with 422",
+    )
     max_tensor_elements: int = Field(default=10_000_000, gt=0)
     presigned_url_ttl_s: int = Field(default=900, gt=0, le=7 * 24 * 3600)
     s3_multipart_part_bytes: int = Field(default=8 << 20, ge=5 << 20)

@@ -35,6 +35,7 @@ from core.settings import Settings
 from core.spec_kit import FieldProblem
 from job_types.base import JobContext, JobFailed, JobType, NodeContext, RunContext
 from job_types.checkpoint_retention import prune_checkpoints
+from job_types.dataset_memory import check_worker_memory
 from job_types.lookups import dataset_file
 from training.spec import TrainingSpec, check_dataset_fits, check_limits
 
@@ -236,6 +237,8 @@ def publish(ctx: JobContext, spec: TrainingSpec, result: dict[str, Any]) -> dict
 
 def run_training(ctx: JobContext) -> dict[str, Any]:
     spec: TrainingSpec = ctx.spec
+    # every rank on this node loads the whole data: fail now rather than when one is killed
+    check_worker_memory(ctx, (spec.dataset.file_id, spec.validation.file_id), spec.strategy.nproc_per_node)
     multinode = spec.strategy.nnodes > 1
     with tempfile.TemporaryDirectory(prefix=f"maas-{ctx.job_id}-") as tmp:
         local = Path(tmp)

@@ -203,7 +203,7 @@ async def create_file(request: web.Request, call: Call[None, UploadQuery]) -> Fi
             filename = clean_filename(raw_name)
             try:
                 fmt = detect_format(filename, purpose)
-                details = await asyncio.to_thread(validate_file, upload.path, fmt)
+                details = await asyncio.to_thread(validate_file, upload.path, fmt, ctx.settings.max_dataset_bytes)
             except InvalidFile as exc:
                 raise validation_problem([{"pointer": exc.pointer, "detail": exc.detail}]) from None
             stored = await asyncio.to_thread(upload.writer.complete)

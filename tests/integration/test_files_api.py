@@ -65,7 +65,7 @@ async def test_multipart_upload_of_csv(api, tenant):
     assert response.status == 201, await response.text()
     body = await response.json()
     assert body["filename"] == "small.csv"
-    assert body["details"] == {"columns": ["a", "b", "label"], "rows": 2}
+    assert body["details"] == {"columns": ["a", "b", "label"], "rows": 2, "uncompressed_bytes": 2 * 3 * 8}
     assert body["sha256"] == hashlib.sha256(csv).hexdigest()
 
 
@@ -136,6 +136,29 @@ async def test_upload_over_the_limit_is_413_and_leaves_nothing(aiohttp_client, s
     assert streamed.status == 413
     assert "1000 bytes" in (await streamed.json())["detail"]
     assert stored_state(settings, db, tenant.id) == (0, [], 0)
+
+
+async def test_dataset_over_the_uncompressed_limit_is_422_and_leaves_nothing(aiohttp_client, settings, db, tenant):
+    small = await aiohttp_client(create_app(settings.model_copy(update={"max_dataset_bytes": 1_000_000})))
+    buffer = io.BytesIO()  # a few kB that inflate to 16 MB
+    np.savez_compressed(buffer, X=np.zeros((2000, 2000), np.float32), y=np.zeros(2000, np.int64))
+    assert len(buffer.getvalue()) < 100_000
+    response = await upload_raw(small, tenant, buffer.getvalue(), "bomb.npz")
+    assert response.status == 422
+    assert response.content_type == PROBLEM
+    assert (await response.json())["errors"] == [
+        {
+            "pointer": "/file",
+            "detail": "the arrays take 16.0 MB uncompressed, over the 1.0 MB limit (MAAS_MAX_DATASET_BYTES)",
+        }
+    ]
+    assert stored_state(settings, db, tenant.id) == (0, [], 0)
+    listed = await small.get("/v1/files", headers=tenant.headers)
+    assert (await listed.json())["data"] == []
+
+    fits = await upload_raw(small, tenant, b"a,b,label\n" + b"1,2,0\n" * 100, "fits.csv")
+    assert fits.status == 201, await fits.text()
+    assert (await fits.json())["details"]["uncompressed_bytes"] == 100 * 3 * 8
 
 
 async def test_other_tenants_file_is_404(api, tenant, other_tenant):

@@ -16,7 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from core.file_validation import FORMATS_BY_PURPOSE, InvalidFile, detect_format, validate_file
+from core import file_validation
+from core.file_validation import FORMATS_BY_PURPOSE, InvalidFile, detect_format, format_bytes, validate_file
 
 
 def _invalid(path: Path, fmt: str) -> InvalidFile:
@@ -122,14 +123,18 @@ def test_npz_details(tmp_path: Path) -> None:
             "names": {"dtype": "<U2", "shape": [2]},
             "mask": {"dtype": "bool", "shape": [2]},
             "empty": {"dtype": "float64", "shape": [0, 7]},
-        }
+        },
+        "uncompressed_bytes": 5 * 3 * 4 + 5 * 8 + 2 * 2 * 4 + 2,
     }
 
 
 def test_compressed_npz_details(tmp_path: Path) -> None:
     path = tmp_path / "d.npz"
     np.savez_compressed(path, X=np.arange(1000, dtype=np.int32).reshape(10, 100))
-    assert validate_file(path, "npz") == {"arrays": {"X": {"dtype": "int32", "shape": [10, 100]}}}
+    assert validate_file(path, "npz") == {
+        "arrays": {"X": {"dtype": "int32", "shape": [10, 100]}},
+        "uncompressed_bytes": 4000,
+    }
 
 
 def test_npz_not_a_zip(tmp_path: Path) -> None:
@@ -228,13 +233,13 @@ def test_npz_member_shorter_than_its_header_says(tmp_path: Path) -> None:
 
 def test_csv_details(tmp_path: Path) -> None:
     path = _write(tmp_path / "d.csv", b"x1,x2,label\n0.5,1,cat\n2,3.25,dog\n")
-    assert validate_file(path, "csv") == {"columns": ["x1", "x2", "label"], "rows": 2}
+    assert validate_file(path, "csv") == {"columns": ["x1", "x2", "label"], "rows": 2, "uncompressed_bytes": 48}
 
 
 def test_csv_with_bom_crlf_quoted_newlines_and_blank_lines(tmp_path: Path) -> None:
     text = '\ufeffid,text\r\n1,"multi\r\nline, with comma"\r\n\r\n2,"caf\u00e9"\r\n'
     path = _write(tmp_path / "d.csv", text.encode("utf-8"))
-    assert validate_file(path, "csv") == {"columns": ["id", "text"], "rows": 2}
+    assert validate_file(path, "csv") == {"columns": ["id", "text"], "rows": 2, "uncompressed_bytes": 32}
 
 
 def test_csv_ragged_row_reports_its_line(tmp_path: Path) -> None:
@@ -306,14 +311,22 @@ def _parquet(path: Path, rows: int = 3) -> Path:
     return path
 
 
+def _metadata_bytes(path: Path) -> int:
+    """The row groups' uncompressed size, as the Parquet footer states it."""
+    metadata = pq.ParquetFile(path).metadata
+    return sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups))
+
+
 def test_parquet_details(tmp_path: Path) -> None:
-    assert validate_file(_parquet(tmp_path / "d.parquet"), "parquet") == {
+    path = _parquet(tmp_path / "d.parquet")
+    assert validate_file(path, "parquet") == {
         "columns": [
             {"name": "x", "type": "int64"},
             {"name": "score", "type": "float"},
             {"name": "label", "type": "string"},
         ],
         "rows": 3,
+        "uncompressed_bytes": max(3 * 3 * 8, _metadata_bytes(path)),
     }
 
 
@@ -334,6 +347,100 @@ def test_parquet_truncated(tmp_path: Path) -> None:
 def test_parquet_without_rows(tmp_path: Path) -> None:
     error = _invalid(_parquet(tmp_path / "d.parquet", rows=0), "parquet")
     assert (error.pointer, error.detail) == ("/file", "the Parquet file has no rows")
+
+
+# --- the dataset size limit (MAAS_MAX_DATASET_BYTES) -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("count", "text"),
+    [(0, "0 bytes"), (999, "999 bytes"), (1000, "1.0 kB"), (16_000_000, "16.0 MB"), (999_960, "1.0 MB"),
+     (1_600_000_000, "1.6 GB"), (4 << 30, "4.3 GB"), (3 * 10**18, "3000.0 PB")],
+)  # fmt: skip
+def test_format_bytes(count: int, text: str) -> None:
+    assert format_bytes(count) == text
+
+
+def _npz_bomb(path: Path) -> Path:
+    """2000 by 2000 float32 zeros, deflated: a few kB that inflate to 16 MB."""
+    np.savez_compressed(path, X=np.zeros((2000, 2000), np.float32), y=np.zeros(2000, np.int64))
+    assert path.stat().st_size < 100_000
+    return path
+
+
+def test_npz_bomb_over_the_limit_is_refused_without_inflating_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _npz_bomb(tmp_path / "bomb.npz")
+
+    def no_drain(stream: Any) -> int:
+        raise AssertionError("an array was inflated")
+
+    monkeypatch.setattr(file_validation, "_drain", no_drain)
+    with pytest.raises(InvalidFile) as caught:
+        validate_file(path, "npz", max_dataset_bytes=1_000_000)
+    assert (caught.value.pointer, caught.value.detail) == (
+        "/file",
+        "the arrays take 16.0 MB uncompressed, over the 1.0 MB limit (MAAS_MAX_DATASET_BYTES)",
+    )
+
+
+def test_npz_at_the_limit_is_accepted_with_its_uncompressed_size(tmp_path: Path) -> None:
+    size = 2000 * 2000 * 4 + 2000 * 8
+    details = validate_file(_npz_bomb(tmp_path / "d.npz"), "npz", max_dataset_bytes=size)
+    assert details["uncompressed_bytes"] == size
+
+
+def test_npz_just_over_the_limit_names_exact_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "d.npz"
+    np.savez(path, X=np.zeros((100, 10)), y=np.zeros(100, np.int64))  # 8000 + 800 bytes
+    with pytest.raises(InvalidFile) as caught:
+        validate_file(path, "npz", max_dataset_bytes=8799)
+    assert caught.value.detail == (
+        "the arrays take 8800 bytes uncompressed, over the 8799-byte limit (MAAS_MAX_DATASET_BYTES)"
+    )
+    assert validate_file(path, "npz", max_dataset_bytes=8800)["uncompressed_bytes"] == 8800
+
+
+def test_csv_over_the_limit_counts_float64_values(tmp_path: Path) -> None:
+    path = _write(tmp_path / "d.csv", b"a,b,label\n" + b"0,0,0\n" * 200)  # 200 rows, 3 columns, 8 bytes: 4800
+    with pytest.raises(InvalidFile) as caught:
+        validate_file(path, "csv", max_dataset_bytes=1000)
+    assert (caught.value.pointer, caught.value.detail) == (
+        "/file",
+        "the 200 rows of 3 columns take 4.8 kB as float64, over the 1.0 kB limit (MAAS_MAX_DATASET_BYTES)",
+    )
+    assert validate_file(path, "csv", max_dataset_bytes=4800)["uncompressed_bytes"] == 4800
+
+
+def test_parquet_of_repeats_counts_what_it_takes_once_read(tmp_path: Path) -> None:
+    # dictionary and run-length encoding: 1.6 MB of int64 zeros that the footer calls a few kB
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"x": np.zeros(100_000, np.int64), "label": np.zeros(100_000, np.int64)}), path)
+    assert _metadata_bytes(path) < 100_000
+    with pytest.raises(InvalidFile) as caught:
+        validate_file(path, "parquet", max_dataset_bytes=1_000_000)
+    assert (caught.value.pointer, caught.value.detail) == (
+        "/file",
+        "the columns take 1.6 MB uncompressed, over the 1.0 MB limit (MAAS_MAX_DATASET_BYTES)",
+    )
+    assert validate_file(path, "parquet", max_dataset_bytes=2_000_000)["uncompressed_bytes"] == 1_600_000
+
+
+def test_parquet_of_long_strings_counts_the_metadata_size(tmp_path: Path) -> None:
+    path = tmp_path / "d.parquet"
+    texts = [f"{i:05d}" + "abcdefghij" * 1000 for i in range(20)]
+    pq.write_table(pa.table({"text": texts, "label": list(range(20))}), path)
+    stored = _metadata_bytes(path)
+    assert stored > 200_000 > 20 * 2 * 8
+    assert validate_file(path, "parquet", max_dataset_bytes=stored)["uncompressed_bytes"] == stored
+    with pytest.raises(InvalidFile, match=r"the columns take .* uncompressed, over the 100.0 kB limit"):
+        validate_file(path, "parquet", max_dataset_bytes=100_000)
+
+
+def test_models_are_not_held_to_the_dataset_limit(tmp_path: Path) -> None:
+    path = _save(_onnx_model(), tmp_path / "m.onnx")
+    assert "uncompressed_bytes" not in validate_file(path, "onnx", max_dataset_bytes=1)
 
 
 # --- onnx --------------------------------------------------------------------------------------
