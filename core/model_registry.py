@@ -4,7 +4,8 @@ A version points at one ONNX artifact (sha256 recorded, verified by whoever load
 it) and carries its input/output signature read from the graph, its metrics and
 its lineage (the job or file it came from, the parent version and the passes that
 made it). Versions are numbered 1, 2, 3… per model, under a row lock, so two jobs
-registering at once get distinct numbers.
+registering at once get distinct numbers; the model keeps the highest number it ever gave
+(``last_version``), so a deleted version's number is never given to another.
 """
 
 from __future__ import annotations
@@ -48,10 +49,12 @@ def register_version(
     """Add the next version of model ``name`` (created when new) in the caller's transaction."""
     model = get_or_create_model(session, tenant_id, name)
     latest = session.scalar(select(func.max(ModelVersion.version)).where(ModelVersion.model_id == model.id))
+    number = max(model.last_version, latest or 0) + 1
+    model.last_version = number
     version = ModelVersion(
         id=new_id("model_version"),
         model_id=model.id,
-        version=(latest or 0) + 1,
+        version=number,
         artifact_id=artifact.id,
         sha256=artifact.sha256,
         signature=signature,

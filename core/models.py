@@ -163,6 +163,9 @@ class Model(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(128))
+    # the highest version number it ever had: a new version takes the next one, so the number of a
+    # deleted version is never given again (``core.model_registry.register_version``)
+    last_version: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = _now()
 
 

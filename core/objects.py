@@ -141,7 +141,8 @@ class ArtifactObject(ApiObject):
     deleted_at: Timestamp | None = Field(
         None,
         description="when its content was deleted from the store (an old checkpoint the job's `checkpoints` "
-        "retention let go); null while it can be downloaded. `GET /v1/artifacts/{id}` of a deleted one is 410",
+        "retention let go, `DELETE /v1/artifacts/{id}`, or its model version deleted); null while it can be "
+        "downloaded. `GET /v1/artifacts/{id}` of a deleted one is 410",
     )
     deleted_reason: str | None = Field(None, description="why its content was deleted; null while it is kept")
 
@@ -247,6 +248,14 @@ class FileObject(ApiObject):
     )
 
 
+class DeletedFile(ApiObject):
+    """What `DELETE /v1/files/{id}` answers (OpenAI's shape): the file is gone."""
+
+    id: str = Field(description="the deleted file's id (`file_…`)")
+    object: Literal["file"] = Field(default="file", description="always `file`")
+    deleted: Literal[True] = Field(default=True, description="always true")
+
+
 class ModelObject(ApiObject):
     """A named model of the registry: its versions are listed apart."""
 
@@ -287,6 +296,17 @@ class ModelVersionObject(ApiObject):
     @classmethod
     def from_row(cls, version: ModelVersion, model: str, artifact: Artifact) -> ModelVersionObject:
         return cls.model_validate(_Row(version, model=model, artifact=artifact))
+
+
+class DeletedModelVersion(ApiObject):
+    """What `DELETE /v1/models/{name}/versions/{version}` answers: the version is gone, and its number
+    is never given to another version."""
+
+    id: str = Field(description="the deleted version's id (`mv_…`)")
+    object: Literal["model_version"] = Field(default="model_version", description="always `model_version`")
+    model: str = Field(description="the model's name")
+    version: int = Field(description="the deleted version's number")
+    deleted: Literal[True] = Field(default=True, description="always true")
 
 
 class ReplicaObject(ApiObject):
@@ -392,6 +412,8 @@ __all__ = [
     "ArtifactObject",
     "ArtifactRef",
     "CreatedApiKey",
+    "DeletedFile",
+    "DeletedModelVersion",
     "DeliveryAttempt",
     "DeploymentObject",
     "FileObject",

@@ -5,6 +5,9 @@
 a multipart upload that is not completed yet, and to a temporary file on disk that
 the validator reads. Only a file that validates is completed in S3 and recorded
 in Postgres; anything else aborts the upload, so a rejected file leaves nothing.
+
+``DELETE /v1/files/{id}`` removes the row, then the object (kept while a model version registered
+from the file still uses it); 409 while a queued or running job's spec names the file.
 """
 
 from __future__ import annotations
@@ -23,14 +26,16 @@ from pydantic import Field
 from sqlalchemy import select
 
 from api.context import ApiContext, context
+from api.deleting import run_delete
 from api.endpoints import Call, Endpoints
 from api.pagination import Page, PageQuery, make_page, page_statement
 from api.problems import Problem, not_found, validation_problem
 from core.artifact_store import MultipartWriter
+from core.deletion import delete_file as delete_file_rows
 from core.file_validation import FORMATS_BY_PURPOSE, InvalidFile, detect_format, validate_file
 from core.ids import new_id
 from core.models import File
-from core.objects import FileObject
+from core.objects import DeletedFile, FileObject
 from core.spec_kit import StrictModel
 
 files = Endpoints("files")
@@ -268,3 +273,15 @@ async def get_file_content(request: web.Request, call: Call[None, None]) -> web.
     row = await _get_file(ctx, call.tenant_id, call.params["id"])
     url, expires_at = await asyncio.to_thread(ctx.store.presigned_url, row.storage_key, filename=row.filename)
     raise web.HTTPFound(url, headers={"Expires": expires_at.strftime("%a, %d %b %Y %H:%M:%S GMT")})
+
+
+@files.delete(
+    "/v1/files/{id}",
+    summary="Delete a file and its stored object (409 while a queued or running job uses it)",
+    response=DeletedFile,
+    errors=(404, 409),
+)
+async def delete_file(request: web.Request, call: Call[None, None]) -> DeletedFile:
+    file_id = call.params["id"]
+    await run_delete(context(request), "file", file_id, lambda s: delete_file_rows(s, call.tenant_id, file_id))
+    return DeletedFile(id=file_id)

@@ -1,6 +1,6 @@
 """The jobs resource: create (typed spec per job type), get, list, cancel, events (JSON pages or
-Server-Sent Events), artifacts and webhook deliveries. ``Prefer: wait=N`` holds create and get
-until the job ends or N seconds pass.
+Server-Sent Events), artifacts (deleting a finished job's: 410 afterwards) and webhook deliveries.
+``Prefer: wait=N`` holds create and get until the job ends or N seconds pass.
 """
 
 from __future__ import annotations
@@ -15,11 +15,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from api.context import CONTEXT, ApiContext, commit_and_send, context
+from api.deleting import run_delete
 from api.endpoints import Call, Endpoints
 from api.pagination import Page, PageQuery, make_page, page_statement
 from api.prefer_wait import hold
 from api.problems import Problem, not_found, validation_problem
 from core import jobs as job_service
+from core.deletion import AlreadyDeleted
+from core.deletion import delete_artifact as delete_artifact_rows
 from core.job_states import TERMINAL
 from core.models import Artifact, Job, JobEvent, WebhookDelivery
 from core.objects import ArtifactDownload, ArtifactObject, JobEventObject, JobObject, Status, WebhookDeliveryObject
@@ -310,6 +313,18 @@ async def list_artifacts(request: web.Request, call: Call[None, None]) -> Artifa
         return ArtifactList(data=[ArtifactObject.model_validate(r) for r in rows])
 
 
+def _gone(row: Artifact) -> Problem:
+    """The 410 of an artifact whose content was deleted."""
+    deleted_at = rfc3339(row.deleted_at) if row.deleted_at is not None else None
+    return Problem(
+        410,
+        f"the content of artifact {row.id!r} was deleted at {deleted_at}: {row.deleted_reason or 'no reason'}",
+        artifact_id=row.id,
+        deleted_at=deleted_at,
+        deleted_reason=row.deleted_reason,
+    )
+
+
 @jobs.get(
     "/v1/artifacts/{id}",
     summary="An artifact with a short-lived presigned download URL (410 once its content was deleted)",
@@ -325,16 +340,28 @@ async def get_artifact(request: web.Request, call: Call[None, None]) -> Artifact
     if row is None:
         raise not_found("artifact", call.params["id"])
     if row.deleted_at is not None:
-        deleted_at = rfc3339(row.deleted_at)
-        raise Problem(
-            410,
-            f"the content of artifact {row.id!r} was deleted at {deleted_at}: {row.deleted_reason or 'no reason'}",
-            artifact_id=row.id,
-            deleted_at=deleted_at,
-            deleted_reason=row.deleted_reason,
-        )
+        raise _gone(row)
     url, expires_at = await asyncio.to_thread(ctx.store.presigned_url, row.storage_key, filename=row.name)
     return ArtifactDownload.from_row(row, url, expires_at)
+
+
+@jobs.delete(
+    "/v1/artifacts/{id}",
+    summary="Delete a finished job's artifact: its content leaves the store, the row stays marked deleted "
+    "(409 while the job runs or the artifact is a model version's; 410 when deleted already)",
+    response=ArtifactObject,
+    errors=(404, 409, 410),
+)
+async def delete_artifact(request: web.Request, call: Call[None, None]) -> ArtifactObject:
+    ctx = context(request)
+    artifact_id = call.params["id"]
+    try:
+        await run_delete(ctx, "artifact", artifact_id, lambda s: delete_artifact_rows(s, call.tenant_id, artifact_id))
+    except AlreadyDeleted as exc:
+        raise _gone(exc.artifact) from None
+    async with ctx.db() as session:
+        row = await session.get_one(Artifact, artifact_id)
+    return ArtifactObject.model_validate(row)
 
 
 @jobs.get(

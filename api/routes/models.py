@@ -1,5 +1,5 @@
 """The model registry over HTTP: models, their versions (signature, metrics, lineage, artifact), and
-registering an uploaded ONNX file as a new version."""
+registering an uploaded ONNX file as a new version; deleting a version (409 while deployed)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,15 @@ from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 
 from api.context import context
+from api.deleting import run_delete
 from api.endpoints import Call, Endpoints
 from api.pagination import Page, PageQuery, make_page, page_statement
 from api.problems import not_found, validation_problem
+from core.deletion import delete_version as delete_version_rows
 from core.ids import new_id
 from core.model_registry import register_version, valid_name
 from core.models import Artifact, File, Model, ModelVersion
-from core.objects import ModelObject, ModelVersionObject
+from core.objects import DeletedModelVersion, ModelObject, ModelVersionObject
 from core.spec_kit import MODEL_NAME_PATTERN, StrictModel, version_number
 
 models = Endpoints("models")
@@ -147,3 +149,27 @@ async def create_version(request: web.Request, call: Call[VersionCreate, None]) 
         rendered = await session.run_sync(register)
         await session.commit()
     return rendered
+
+
+@models.delete(
+    "/v1/models/{name}/versions/{version}",
+    summary="Delete a model version and its ONNX file (409 while it is deployed or a job uses it); "
+    "its number is never given again",
+    response=DeletedModelVersion,
+    errors=(404, 409),
+)
+async def delete_version(request: web.Request, call: Call[None, None]) -> DeletedModelVersion:
+    name, raw = model_name(call), call.params["version"]
+    number = version_number(raw)
+    if number is None:
+        raise not_found(f"version of model {name!r}", raw)
+    rows = await _versions(request, call.tenant_id, name, number)
+    if not rows:
+        raise not_found(f"version of model {name!r}", raw)
+    await run_delete(
+        context(request),
+        f"version of model {name!r}",
+        raw,
+        lambda s: delete_version_rows(s, call.tenant_id, name, number),
+    )
+    return DeletedModelVersion(id=rows[0][0].id, model=name, version=number)
