@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
 
 from core.artifact_store import ArtifactStore
 from core.onnx_signature import OIP_TO_NUMPY
@@ -82,6 +83,20 @@ class OnnxModel:
         feed = {name: _for_onnxruntime(array) for name, array in inputs.items()}
         session = self.crowded_session if crowded and self.crowded_session is not None else self.session
         return dict(zip(self.output_names, session.run(self.output_names, feed), strict=True))
+
+
+# What ONNX Runtime raises when a run cannot go through its graph with these inputs (an index past an
+# embedding table, shapes that do not broadcast…); not what it raises for a broken session or provider.
+_RUN_ERRORS = (InvalidArgument, RuntimeException, Fail)
+
+
+def is_input_error(exc: Exception) -> bool:
+    """Whether an exception of :meth:`OnnxModel.run` may come from the content of the inputs it was given.
+
+    The dynamic batcher then runs each request of the failed batch alone to find which one it was
+    (``serving.batcher.UnrunnableInput``); any other exception fails the batch as a server error.
+    """
+    return isinstance(exc, _RUN_ERRORS)
 
 
 def _for_onnxruntime(array: np.ndarray) -> np.ndarray:

@@ -64,6 +64,19 @@ class BatchOutputError(BatcherError):
     """The model's outputs cannot be split back per request."""
 
 
+class UnrunnableInput(BatcherError):
+    """The model failed on this request run alone: its content made it fail (the client's error, not the server's).
+
+    When a batch's model call fails, each of its requests runs alone to find which ones caused it;
+    the message names the model's error (first line) and the inputs the request sent, ``cause`` is
+    the model's exception.
+    """
+
+    def __init__(self, message: str, cause: BaseException) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
 class BatcherObserver:
     """Stats hooks, called on the event loop; the defaults do nothing. Hooks must be quick."""
 
@@ -77,7 +90,8 @@ class BatcherObserver:
         """A batch of ``rows`` rows from ``items`` requests ran for ``run_s`` seconds."""
 
     def item_rejected(self, reason: str) -> None:
-        """A request was refused or dropped: ``queue_full``, ``timeout``, ``closed`` or ``invalid``."""
+        """A request was refused or dropped: ``queue_full``, ``timeout``, ``closed`` or ``invalid`` (also: the model
+        cannot run its content, :class:`UnrunnableInput`)."""
 
 
 @dataclass
@@ -139,6 +153,12 @@ class DynamicBatcher:
     ``executor`` (the loop's default when None) so the event loop never blocks on the model.
     Only requests whose inputs agree on names, dtypes and every dimension but the first
     are merged. Timeouts are in milliseconds, 0 or None meaning none (Triton's 0).
+
+    A failed model call does not fail its whole batch: when ``input_error`` says the exception may
+    come from the inputs' content (None: any exception may), each request of a batch of several runs
+    alone; those that succeed get their outputs, those that fail alone get :class:`UnrunnableInput`
+    (counted as ``invalid`` rejections, not as failed batches). A batch whose every request succeeds
+    alone failed because of the batching itself: those requests get their outputs all the same.
     """
 
     def __init__(
@@ -152,6 +172,7 @@ class DynamicBatcher:
         max_concurrent_batches: int = 1,
         observer: BatcherObserver | None = None,
         executor: Executor | None = None,
+        input_error: Callable[[Exception], bool] | None = None,
     ) -> None:
         _require(max_batch_size >= 1, "max_batch_size must be at least 1")
         _require(max_queue_delay_us >= 0, "max_queue_delay_us must not be negative")
@@ -165,6 +186,7 @@ class DynamicBatcher:
         self._default_timeout_ms = default_timeout_ms
         self._run = _as_coroutine_function(run_batch, executor)
         self._observer = observer or BatcherObserver()
+        self._input_error = input_error or (lambda exc: True)
         self._queue: deque[_Item] = deque()
         self._running: set[asyncio.Task[None]] = set()
         self._wakeup = asyncio.Event()
@@ -189,7 +211,8 @@ class DynamicBatcher:
 
         Raises :class:`QueueFull` at once when the queue is full, :class:`QueueTimeout` when
         ``timeout_ms`` (default: ``default_timeout_ms``) passes before it is batched,
-        :class:`InvalidItem`, :class:`BatcherClosed`, or whatever ``run_batch`` raised.
+        :class:`InvalidItem`, :class:`BatcherClosed`, :class:`UnrunnableInput` when the model fails on
+        this request alone, or whatever ``run_batch`` raised.
         """
         outputs, _ = await self.submit_with_info(inputs, timeout_ms)
         return outputs
@@ -348,7 +371,13 @@ class DynamicBatcher:
         rows = [item.rows for item in batch]
         started = loop.time()
         try:
-            outputs = await self._run(_concatenate(batch))
+            try:
+                outputs = await self._run(_concatenate(batch))
+            except Exception as exc:
+                if not self._input_error(exc):
+                    raise
+                await self._isolate(batch, exc, loop.time() - started)
+                return
             results = _split(outputs, rows)
         except asyncio.CancelledError:
             self._fail_batch(batch, BatcherClosed("the batcher was cancelled while this request ran"))
@@ -363,6 +392,55 @@ class DynamicBatcher:
             item.info = BatchInfo(number, sum(rows), len(batch), item.dequeued_at - item.enqueued_at, run_s)
             _settle(item.future, result=result)
         self._notify(self._observer.batch_finished, sum(rows), len(batch), run_s, False)
+
+    async def _isolate(self, batch: list[_Item], exc: Exception, run_s: float) -> None:
+        """The model call of ``batch`` raised ``exc``: find which requests made it fail by running each alone.
+
+        Runs one after another in this batch's slot (so ``max_concurrent_batches`` still holds), on
+        the same model call; a request whose caller went away is not run.
+        """
+        rows = sum(item.rows for item in batch)
+        if len(batch) == 1:
+            self._notify(self._observer.batch_finished, rows, 1, run_s, False)
+            self._reject(batch[0], exc)
+            return
+        loop = asyncio.get_running_loop()
+        any_rejected = False
+        for item in batch:
+            if item.future.done():
+                continue
+            started = loop.time()
+            try:
+                result = _split(await self._run(dict(item.inputs)), [item.rows])[0]
+            except Exception as alone:
+                alone_s = loop.time() - started
+                if isinstance(alone, BatchOutputError) or not self._input_error(alone):
+                    _settle(item.future, exception=alone)
+                    self._notify(self._observer.batch_finished, item.rows, 1, alone_s, True)
+                    continue
+                any_rejected = True
+                self._notify(self._observer.batch_finished, item.rows, 1, alone_s, False)
+                self._reject(item, alone)
+                continue
+            alone_s = loop.time() - started
+            item.info = BatchInfo(next(_BATCH_NUMBERS), item.rows, 1, item.dequeued_at - item.enqueued_at, alone_s)
+            _settle(item.future, result=result)
+            self._notify(self._observer.batch_finished, item.rows, 1, alone_s, False)
+        # the merged call failed because of its content when a request fails alone, else because of the batching
+        log.log(
+            logging.INFO if any_rejected else logging.WARNING,
+            "a batch of %d requests failed (%s: %s); ran each alone",
+            len(batch),
+            type(exc).__name__,
+            _first_line(exc),
+        )
+        self._notify(self._observer.batch_finished, rows, len(batch), run_s, not any_rejected)
+
+    def _reject(self, item: _Item, exc: Exception) -> None:
+        self._notify(self._observer.item_rejected, "invalid")
+        sent = ", ".join(f"'{name}' {array.dtype} {list(array.shape)}" for name, array in item.inputs.items())
+        message = f"the model cannot run this input: {_first_line(exc)} (inputs sent: {sent})"
+        _settle(item.future, exception=UnrunnableInput(message, exc))
 
     def _fail_batch(self, batch: list[_Item], exc: BaseException) -> None:
         for item in batch:
@@ -386,6 +464,12 @@ class DynamicBatcher:
             hook(*args)
         except Exception:
             log.exception("dynamic batcher observer hook %s failed", getattr(hook, "__name__", hook))
+
+
+def _first_line(exc: BaseException, limit: int = 1000) -> str:
+    """The first non-blank line of an exception's message, trimmed (ONNX Runtime's can run on with a log)."""
+    line = next((line.strip() for line in str(exc).splitlines() if line.strip()), "") or type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def _require(condition: bool, message: str) -> None:

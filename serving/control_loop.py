@@ -38,7 +38,7 @@ from core.artifact_store import ArtifactStore
 from core.db import async_session_factory, make_async_engine
 from core.deployments import BatchingSettings, live_since
 from core.models import Artifact, Deployment, Model, ModelReplica, ModelServerRecord, ModelVersion
-from core.onnx_model import inference_threads, load_model
+from core.onnx_model import inference_threads, is_input_error, load_model
 from core.settings import Settings
 from serving.batcher import DynamicBatcher
 from serving.lanes import Lanes
@@ -288,6 +288,7 @@ class ControlLoop:
             default_timeout_ms=batching.timeout_ms,
             max_concurrent_batches=self.settings.inference_concurrent_batches,
             observer=self.metrics.observer(replica.labels),
+            input_error=is_input_error,
         )
 
     def _rebatch(self, replica: LoadedReplica, batching: BatchingSettings) -> None:

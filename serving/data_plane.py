@@ -5,9 +5,10 @@
 - ``GET /healthz``: the server's id and how many versions it holds.
 
 Answers of the infer route: 200 outputs (+ ``queue_ms``, ``inference_ms``, ``batch_id``,
-``batch_size``); 400 input the batcher refuses; 421 this server does not serve that version
+``batch_size``); 400 input the batcher refuses, or the model cannot run (it failed on this request
+alone: ``serving.batcher.UnrunnableInput``); 421 this server does not serve that version
 (unknown, loading, unloading): the API retries elsewhere; 503 queue full (Retry-After);
-504 timed out in the queue (never run); 500 the model call failed.
+504 timed out in the queue (never run); 500 the model call failed for a reason the client cannot cause.
 
 It never loads, swaps or drops a replica: that is the control loop's (``serving.control_loop``).
 """
@@ -21,7 +22,7 @@ from collections.abc import Mapping
 from aiohttp import web
 
 from core.tensor_wire import CONTENT_TYPE, WireError, pack, unpack
-from serving.batcher import BatcherClosed, InvalidItem, QueueFull, QueueTimeout
+from serving.batcher import BatcherClosed, InvalidItem, QueueFull, QueueTimeout, UnrunnableInput
 from serving.metrics import ModelServerMetrics
 from serving.plan import UNLOADING
 from serving.replica import LoadedReplica
@@ -66,7 +67,7 @@ class DataPlane:
                 return _error(503, str(exc), {"Retry-After": "1"})
             except QueueTimeout as exc:
                 return _error(504, f"the request waited in the queue past its timeout: {exc}")
-            except InvalidItem as exc:
+            except (InvalidItem, UnrunnableInput) as exc:
                 return _error(400, str(exc))
             except Exception as exc:
                 log.warning("%s: model call failed: %s", replica.labels, exc)

@@ -7,6 +7,7 @@ is failed by the next delivery rather than run twice.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any
@@ -27,7 +28,7 @@ from workers.runtime import WorkerRuntime, runtime
 
 log = logging.getLogger("maas.predictions")
 _http = urllib3.PoolManager(retries=False)
-NOT_SERVED_HERE, QUEUE_FULL = 421, 503
+NOT_SERVED_HERE, QUEUE_FULL, BAD_INPUT = 421, 503, 400
 BUSY_RETRIES = 20
 
 
@@ -79,9 +80,20 @@ def infer(rt: WorkerRuntime, version_id: str, inputs: list[dict[str, Any]], time
                 return unpack(response.data)
             if response.status in (NOT_SERVED_HERE, QUEUE_FULL):
                 continue
-            raise PredictionFailed("inference_failed", response.data.decode(errors="replace"))
+            # 400: input the model server refuses or the model cannot run (it failed on this request alone)
+            code = "bad_input" if response.status == BAD_INPUT else "inference_failed"
+            raise PredictionFailed(code, _error_message(response.data))
         time.sleep(0.25)
     raise PredictionFailed("busy", "every model server holding this version stayed busy")
+
+
+def _error_message(payload: bytes) -> str:
+    """The model server's ``{"error": ...}``, or its answer as it came."""
+    text = payload.decode(errors="replace")
+    try:
+        return str(json.loads(text)["error"])
+    except (ValueError, KeyError, TypeError):
+        return text
 
 
 @shared_task(bind=True, name=RUN_TASK)

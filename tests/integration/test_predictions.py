@@ -13,7 +13,7 @@ from core.models import Model, ModelVersion, Prediction
 from tests.support import webhook_receiver
 from tests.support.api import deployed_model, json_request, register_version
 from tests.support.eventually import eventually_async
-from tests.support.onnx_models import LINEAR_MODELS, linear_classifier, linear_expected
+from tests.support.onnx_models import LINEAR_MODELS, embedding_lookup, linear_classifier, linear_expected
 from tests.support.webhook_receiver import Receiver
 
 pytestmark = pytest.mark.usefixtures("model_server", "inference_worker")
@@ -36,6 +36,18 @@ async def test_a_prediction_runs_on_the_deployed_model(api, tenant):
     assert body["metrics"]["inference_ms"] is not None and body["metrics"]["queue_ms"] is not None
     got = await (await api.get(f"/v1/predictions/{body['id']}", headers=tenant.headers)).json()
     assert got == body
+
+
+async def test_input_the_model_cannot_run_fails_the_prediction_as_bad_input(api, tenant):
+    name = await deployed_model(api, tenant, embedding_lookup(rows=8), prefix="emb")
+    ids = {"name": "ids", "datatype": "INT64", "shape": [1, 2], "data": [3, 8]}  # 8 is past the table's 8 rows
+    created = await predict(api, tenant, {"model": name, "inputs": [ids]}, {"Prefer": "wait=30"})
+    assert created.status == 201, await created.text()
+    body = await created.json()
+    assert body["status"] == "failed", body
+    assert body["error"]["code"] == "bad_input"
+    assert body["error"]["message"].startswith("the model cannot run this input: ")
+    assert "out of data bounds" in body["error"]["message"]
 
 
 async def test_idempotent_create_and_other_tenants(api, tenant, other_tenant):

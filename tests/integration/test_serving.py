@@ -21,7 +21,7 @@ from core.artifact_store import ArtifactStore
 from core.models import Artifact, Model, ModelReplica, ModelVersion, Prediction
 from tests.support.api import deploy, deployed_model, infer, json_request, register_version, wait_ready
 from tests.support.eventually import eventually_async
-from tests.support.onnx_models import LINEAR_MODELS, linear_classifier, linear_expected
+from tests.support.onnx_models import LINEAR_MODELS, embedding_lookup, linear_classifier, linear_expected
 
 HEADER = "Inference-Header-Content-Length"
 WAIT_S = 90.0
@@ -276,6 +276,51 @@ async def test_every_bad_input_is_400_naming_the_input(api, tenant):
     unauthenticated = await api.post(f"/v2/models/{name}/infer", json={})
     assert unauthenticated.status == 401 and "error" in await unauthenticated.json()
     assert (await api.get("/v2/nowhere", headers=tenant.headers)).status == 404
+
+
+def ids_request(ids: list[list[int]]) -> dict[str, Any]:
+    return {
+        "inputs": [
+            {"name": "ids", "datatype": "INT64", "shape": [len(ids), len(ids[0])], "data": [i for r in ids for i in r]}
+        ]
+    }
+
+
+async def test_input_the_model_cannot_run_is_400_and_its_batch_mates_still_get_outputs(api, tenant, db):
+    # an embedding table of 8 rows: id 8 is past it, as 600 tokens are past MiniLM's 512 positions; the
+    # signature cannot tell (ids are any INT64), only ONNX Runtime's run does. Both requests share one batch.
+    name = await deployed_model(
+        api, tenant, embedding_lookup(rows=8), prefix="emb", max_batch_size=2, max_queue_delay_us=2_000_000
+    )
+    good, bad = await asyncio.gather(
+        infer(api, tenant, name, ids_request([[1, 7]])), infer(api, tenant, name, ids_request([[2, 8]]))
+    )
+    assert good.status == 200, await good.text()
+    embedded = (await good.json())["outputs"][0]
+    assert embedded["shape"] == [1, 2, 4] and embedded["data"] == [1.0] * 4 + [7.0] * 4
+    assert bad.status == 400, await bad.text()
+    error = (await bad.json())["error"]
+    assert error.startswith("the model cannot run this input: ") and "\n" not in error
+    assert "Gather" in error and "out of data bounds" in error and "'ids' int64 [1, 2]" in error
+
+    alone = await infer(api, tenant, name, ids_request([[9, 0], [1, 2]]))  # a request of its own, run once
+    assert alone.status == 400 and "out of data bounds" in (await alone.json())["error"]
+
+    records = await recorded(db, tenant.id, 3)
+    assert sorted(r.status for r in records) == ["failed", "failed", "succeeded"]
+    assert {r.error["code"] for r in records if r.error} == {"invalid_input"}
+    metrics = (await (await api.get("/metrics")).text()).splitlines()
+    invalid = [
+        line
+        for line in metrics
+        if line.startswith("maas_inference_rejections_total{")
+        and f'model="{name}"' in line
+        and 'reason="invalid"' in line
+    ]
+    assert len(invalid) == 1 and float(invalid[0].split()[-1]) == 2, invalid
+    calls = [line for line in metrics if line.startswith("maas_inference_batch_size_count{") and f'"{name}"' in line]
+    # the pair's merged call and each of them alone, then the lone request's call
+    assert len(calls) == 1 and float(calls[0].split()[-1]) == 4, calls
 
 
 async def test_another_tenant_gets_404(api, tenant, other_tenant):

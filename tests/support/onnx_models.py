@@ -83,3 +83,20 @@ def linear_expected(x: np.ndarray, index: int = 0) -> dict[str, np.ndarray]:
     session = ort.InferenceSession(LINEAR_MODELS[index], providers=["CPUExecutionProvider"])
     scores, label = session.run(["scores", "label"], {"x": x})
     return {"scores": scores, "label": label}
+
+
+def embedding_lookup(rows: int = 8, width: int = 4) -> bytes:
+    """A Gather over an embedding table of ``rows`` rows, like a transformer's token or position embeddings:
+    ``ids`` (INT64 [batch, seq]) in, ``embedded`` (FP32 [batch, seq, width], row ``i`` of the table all ``i``) out.
+    ONNX Runtime refuses an id of ``rows`` or more at run time, as MiniLM refuses more than 512 positions."""
+    table = np.repeat(np.arange(rows, dtype=np.float32)[:, None], width, axis=1)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["embedded"], name="embeddings", axis=0)],
+        "embedding_lookup",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("embedded", TensorProto.FLOAT, ["batch", "seq", width])],
+        [helper.make_tensor("table", TensorProto.FLOAT, [rows, width], table.ravel())],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()

@@ -26,6 +26,7 @@ from serving.batcher import (
     InvalidItem,
     QueueFull,
     QueueTimeout,
+    UnrunnableInput,
 )
 from tests.support.eventually import eventually_async
 
@@ -283,9 +284,9 @@ async def test_the_default_timeout_applies_unless_the_request_says_0_for_none() 
     assert not model.saw(99)
 
 
-async def test_an_exception_reaches_every_request_of_its_batch_and_only_those() -> None:
+async def test_an_exception_the_inputs_cannot_cause_reaches_every_request_of_its_batch_and_only_those() -> None:
     model = FakeModel(hold=True, fail_calls=frozenset({0}))
-    batcher = batcher_for(model, max_queue_delay_us=0)
+    batcher = batcher_for(model, max_queue_delay_us=0, input_error=lambda exc: not isinstance(exc, ModelBroke))
     doomed = await start_batch(batcher, model, 1, 2, 3)
     fine = await queue_up(batcher, 4, 5)
     model.release.set()
@@ -294,6 +295,92 @@ async def test_an_exception_reaches_every_request_of_its_batch_and_only_those() 
     assert all(isinstance(outcome, ModelBroke) for outcome in outcomes[:3])
     assert_outputs_for(outcomes[3], 4)
     assert_outputs_for(outcomes[4], 5)
+
+
+POISON = -1.0
+
+
+class PoisonModel:
+    """y = 2x + 1, but raises (like ONNX Runtime on an index past a table) when any row holds ``POISON``,
+    or, with ``fail_merged``, on any call of more than one row; records the values of each call."""
+
+    def __init__(self, *, fail_merged: bool = False) -> None:
+        self.fail_merged = fail_merged
+        self.calls: list[list[float]] = []
+
+    async def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x = inputs["x"]
+        self.calls.append(sorted({float(v) for v in x[:, 0]}))
+        if (x == POISON).any():
+            raise ValueError("Gather: indices element out of data bounds, idx=-1\nsecond line of a log")
+        if self.fail_merged and len(x) > 1:
+            raise ValueError("cannot run more than one row at once")
+        return {"y": x * 2 + 1, "sum": x.sum(axis=1)}
+
+
+async def submit_together(batcher: DynamicBatcher, *values: float) -> list[Any]:
+    """Submit requests that all land in one batch (the delay is long, max_batch_size their number)."""
+    return await within(asyncio.gather(*(batcher.submit(row(v)) for v in values), return_exceptions=True))
+
+
+async def test_a_failed_batch_answers_its_good_requests_and_refuses_the_poisoned_ones() -> None:
+    model, counters = PoisonModel(), BatcherCounters()
+    batcher = batcher_for(model, max_batch_size=4, max_queue_delay_us=1_000_000, observer=counters)
+    outcomes = await submit_together(batcher, 1, POISON, 2, POISON)
+    assert model.calls[0] == [POISON, 1, 2]  # one merged call, then each request alone
+    assert sorted(map(tuple, model.calls[1:])) == [(POISON,), (POISON,), (1,), (2,)]
+    assert_outputs_for(outcomes[0], 1)
+    assert_outputs_for(outcomes[2], 2)
+    for refused in (outcomes[1], outcomes[3]):
+        assert isinstance(refused, UnrunnableInput)
+        assert str(refused) == (
+            "the model cannot run this input: Gather: indices element out of data bounds, idx=-1 "
+            "(inputs sent: 'x' float32 [1, 2])"
+        )
+        assert isinstance(refused.cause, ValueError)
+    assert counters.rejected == {"invalid": 2}
+    assert counters.failed_batches == 0  # the client's inputs, not the model, made these calls fail
+    assert counters.batches == 5
+
+
+async def test_a_batch_that_fails_only_when_merged_answers_every_request_one_by_one() -> None:
+    model, counters = PoisonModel(fail_merged=True), BatcherCounters()
+    batcher = batcher_for(model, max_batch_size=3, max_queue_delay_us=1_000_000, observer=counters)
+    outcomes, infos = [], []
+    for outcome, info in await within(asyncio.gather(*(batcher.submit_with_info(row(v)) for v in (1, 2, 3)))):
+        outcomes.append(outcome)
+        infos.append(info)
+    assert [len(call) for call in model.calls] == [3, 1, 1, 1]
+    for value, outputs in zip((1, 2, 3), outcomes, strict=True):
+        assert_outputs_for(outputs, value)
+    assert len({info.number for info in infos}) == 3 and {(info.rows, info.items) for info in infos} == {(1, 1)}
+    assert not counters.rejected
+    assert counters.failed_batches == 1  # the batching failed, which no client caused
+
+
+async def test_a_single_request_batch_that_fails_is_refused_without_running_again() -> None:
+    model, counters = PoisonModel(), BatcherCounters()
+    batcher = batcher_for(model, max_queue_delay_us=0, observer=counters)
+    with pytest.raises(UnrunnableInput, match="the model cannot run this input: Gather"):
+        await within(batcher.submit(row(POISON)))
+    assert model.calls == [[POISON]]
+    assert counters.rejected == {"invalid": 1} and counters.failed_batches == 0
+    assert_outputs_for(await within(batcher.submit(row(5))), 5)
+
+
+async def test_a_request_that_fails_alone_for_a_server_reason_gets_that_error() -> None:
+    calls = []
+
+    async def broken_alone(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        calls.append(len(inputs["x"]))
+        raise ValueError("bad input") if len(calls) == 1 else ModelBroke("the session is gone")
+
+    batcher = batcher_for(
+        broken_alone, max_batch_size=2, max_queue_delay_us=1_000_000, input_error=lambda e: isinstance(e, ValueError)
+    )
+    outcomes = await submit_together(batcher, 1, 2)
+    assert calls == [2, 1, 1]
+    assert all(isinstance(outcome, ModelBroke) for outcome in outcomes)
 
 
 async def test_outputs_that_cannot_be_split_fail_their_batch() -> None:
