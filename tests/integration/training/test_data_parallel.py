@@ -36,7 +36,18 @@ def test_rank_0_speaks_the_protocol(ddp_run: Run) -> None:
     assert len(progress) < 30  # every few steps, not every step
     assert progress[-1]["step"] == 30
     checkpoints = ddp_run.of_type("checkpoint")
-    assert checkpoints == [{"type": "checkpoint", "path": str(ddp_run.out / "checkpoints" / "step-30"), "step": 30}]
+    # a checkpoint line carries the latest validation, which checkpoint retention ranks by
+    last_val = ddp_run.of_type("progress")[-1]
+    assert checkpoints == [
+        {
+            "type": "checkpoint",
+            "path": str(ddp_run.out / "checkpoints" / "step-30"),
+            "step": 30,
+            "val_loss": last_val["val_loss"],
+            "val_accuracy": last_val["val_accuracy"],
+            "val_step": 30,
+        }
+    ]
     assert (ddp_run.out / "checkpoints" / "step-30" / "meta.json").is_file()
     result = ddp_run.result  # exactly one: only rank 0 speaks
     assert {"train_loss", "val_loss", "val_accuracy", "onnx_max_abs_diff"} <= result["metrics"].keys()
