@@ -37,6 +37,7 @@ from workers.runtime import WorkerRuntime, holder_is_gone
 
 log = logging.getLogger("maas.jobs")
 NODE_TASK = "workers.jobs.node"
+NODE_FINISH_GRACE_S = 30.0
 
 
 class _Run:
@@ -453,24 +454,30 @@ def requeue_or_fail(session: Session, job: Job, settings, reason: str, queue: st
 
 class NodeRun(_Run):
     """Another node's share of a running job (``job_types.base.NodeContext``): its processes are
-    stopped as soon as the job stops running the attempt the share belongs to."""
+    stopped as soon as the job stops running the attempt the share belongs to, except that after a
+    success they get ``NODE_FINISH_GRACE_S`` to end by themselves (node 0 may publish and finish
+    while this node's torchrun is still shutting down)."""
 
     def __init__(self, rt: WorkerRuntime, job: Job, job_type: JobType, node_rank: int):
         super().__init__(rt, job, job_type)
         self.node_rank = node_rank
         self.done = threading.Event()
 
-    def current(self) -> bool:
-        """Whether the job still runs this attempt."""
+    def status(self) -> str | None:
+        """The job's status while it is on this share's attempt; None once it is gone or re-run."""
         with self.db() as session:
             job = session.get(Job, self.job_id)
-        return job is not None and job.status == RUNNING and job.attempts == self.attempt
+        return job.status if job is not None and job.attempts == self.attempt else None
 
     def watch(self) -> None:
         while not self.done.wait(self.settings.heartbeat_interval_s):
-            if not self.current():
-                self.stop_children()
-                return
+            status = self.status()
+            if status == RUNNING:
+                continue
+            if status == "succeeded":
+                self.done.wait(NODE_FINISH_GRACE_S)
+            self.stop_children()
+            return
 
 
 def run_node(rt: WorkerRuntime, job_id: str, attempt: int, node_rank: int, payload: dict[str, Any]) -> None:
