@@ -45,7 +45,7 @@ _CHUNK = 1 << 20
 _MAX_SAFETENSORS_HEADER = 100_000_000
 _NUMERIC_OR_STRING_KINDS = "biufcSU"
 # what one csv or parquet value takes once read: a float64
-_VALUE_BYTES = 8
+TABLE_VALUE_BYTES = 8
 # Version 3.0 differs from 2.0 only in allowing UTF-8 field names, which belong to structured
 # dtypes; those are refused anyway, so reading its header as 2.0 is enough.
 _NPY_HEADER_READERS = {
@@ -250,7 +250,9 @@ def _validate_csv(path: Path, limit: _SizeLimit) -> dict[str, Any]:
             raise InvalidFile(f"not a valid CSV: line {reader.line_num}: {_message(exc)}") from exc
     if rows == 0:
         raise InvalidFile("the CSV has a header but no data rows")
-    size = limit.check(rows * len(header) * _VALUE_BYTES, f"the {rows} rows of {len(header)} columns", "as float64")
+    size = limit.check(
+        rows * len(header) * TABLE_VALUE_BYTES, f"the {rows} rows of {len(header)} columns", "as float64"
+    )
     return {"columns": header, "rows": rows, "uncompressed_bytes": size}
 
 
@@ -314,7 +316,7 @@ def _validate_parquet(path: Path, limit: _SizeLimit) -> dict[str, Any]:
         raise InvalidFile("the Parquet file has no rows")
     # The metadata's uncompressed size is still dictionary- and run-length-encoded: a column of
     # repeats takes almost nothing there, and 8 bytes a value once read.
-    size = limit.check(max(stored, rows * len(schema) * _VALUE_BYTES), "the columns")
+    size = limit.check(max(stored, rows * len(schema) * TABLE_VALUE_BYTES), "the columns")
     return {
         "columns": [{"name": f.name, "type": str(f.type)} for f in schema],
         "rows": rows,

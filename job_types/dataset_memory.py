@@ -14,11 +14,10 @@ import numpy as np
 import psutil
 from sqlalchemy import select
 
-from core.file_validation import format_bytes
+from core.file_validation import TABLE_VALUE_BYTES, format_bytes
 from core.models import File
+from core.spec_kit import stored_dataset
 from job_types.base import JobFailed, RunContext
-
-VALUE_BYTES = 8  # a csv or parquet value read as float64, as upload validation counts it
 
 
 def dataset_bytes(details: Mapping[str, Any]) -> int:
@@ -26,9 +25,13 @@ def dataset_bytes(details: Mapping[str, Any]) -> int:
     file uploaded before that was stored, the same sum from its arrays or rows and columns."""
     if "uncompressed_bytes" in details:
         return int(details["uncompressed_bytes"])
-    if "arrays" in details:
-        return sum(np.dtype(a["dtype"]).itemsize * math.prod(a["shape"]) for a in details["arrays"].values())
-    return int(details.get("rows") or 0) * len(details.get("columns") or ()) * VALUE_BYTES
+    try:
+        stored = stored_dataset(details)
+    except ValueError:  # not a dataset's details: nothing a rank loads
+        return 0
+    if stored.is_table:
+        return stored.rows * len(stored.column_names) * TABLE_VALUE_BYTES
+    return sum(np.dtype(a.dtype).itemsize * math.prod(a.shape) for a in (stored.arrays or {}).values())
 
 
 def memory_shortfall(data_bytes: int, ranks: int, available: int) -> JobFailed | None:
