@@ -50,6 +50,15 @@ class AlreadyDeleted(Exception):
         self.artifact = artifact
 
 
+def mark_artifact_deleted(session: Session, artifact_id: str, reason: str) -> None:
+    """Mark an artifact deleted (its download answers 410 from now on), once: the first reason stays."""
+    session.execute(
+        update(Artifact)
+        .where(Artifact.id == artifact_id, Artifact.deleted_at.is_(None))
+        .values(deleted_at=func.now(), deleted_reason=reason)
+    )
+
+
 def _key_still_used(session: Session, key: str) -> bool:
     """Whether a file row or a live artifact row names the object ``key`` (after this transaction's changes)."""
     session.flush()
@@ -138,8 +147,7 @@ def delete_version(session: Session, tenant_id: str, name: str, number: int) -> 
     shared = session.scalar(select(ModelVersion.id).where(ModelVersion.artifact_id == artifact.id).limit(1))
     if shared is not None or artifact.deleted_at is not None:
         return []
-    artifact.deleted_at = func.now()
-    artifact.deleted_reason = f"its model version was deleted: version {number} of model {name!r}"
+    mark_artifact_deleted(session, artifact.id, f"its model version was deleted: version {number} of model {name!r}")
     return [] if _key_still_used(session, artifact.storage_key) else [artifact.storage_key]
 
 
@@ -173,9 +181,7 @@ def delete_artifact(session: Session, tenant_id: str, artifact_id: str) -> list[
             model=name,
             version=number,
         )
-    session.execute(
-        update(Artifact).where(Artifact.id == artifact.id).values(deleted_at=func.now(), deleted_reason=TENANT_REASON)
-    )
+    mark_artifact_deleted(session, artifact.id, TENANT_REASON)
     session.refresh(artifact)
     return [] if _key_still_used(session, artifact.storage_key) else [artifact.storage_key]
 

@@ -26,6 +26,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from core import jobs as job_service
+from core.deletion import mark_artifact_deleted
 from core.dispatch import Sender, commit_and_send
 from core.ids import new_id
 from core.job_states import QUEUED, RUNNING, TERMINAL
@@ -231,11 +232,7 @@ class JobRun(_Run):
         then remove the object; a store that fails to delete leaves a warning, not a failed job."""
 
         def write(session) -> None:
-            session.execute(
-                update(Artifact)
-                .where(Artifact.id == artifact.id, Artifact.deleted_at.is_(None))
-                .values(deleted_at=func.now(), deleted_reason=reason)
-            )
+            mark_artifact_deleted(session, artifact.id, reason)
             job_service.add_event(
                 session,
                 self.job_id,
