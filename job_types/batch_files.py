@@ -24,7 +24,8 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from job_types.batch_spec import FeedPlan, castable, chunk_bounds
+from core.input_feeds import castable
+from job_types.batch_spec import FeedPlan, chunk_bounds
 
 Arrays = dict[str, np.ndarray]
 CSV_BLOCK_BYTES = 4 << 20

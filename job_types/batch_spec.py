@@ -26,11 +26,10 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
-from core.onnx_signature import OIP_TO_NUMPY
-from core.spec_kit import INT4_MAX, FieldError, StoredArray, StoredDataset, StrictModel, numeric_column, stored_dataset
+from core.input_feeds import FeedError, input_dtype, listed, npz_feed, shape_text
+from core.spec_kit import INT4_MAX, FieldError, StoredDataset, StrictModel, numeric_column, stored_dataset
 
 MAX_CHUNK_ROWS = 65_536
-SINGLE_INPUT_ARRAY = "X"  # the features array of a training .npz
 
 
 class ModelRef(StrictModel):
@@ -87,22 +86,12 @@ class FeedPlan:
     rows: int
 
 
-# which numpy dtype kinds may be cast to an input of each kind without losing meaning
-_ACCEPTS = {"f": "biuf", "i": "biu", "u": "bu", "b": "b", "O": "SU"}
-
-
 def _input_dtype(spec_input: Mapping[str, Any]) -> str:
     """The numpy dtype of a model input."""
-    dtype = OIP_TO_NUMPY.get(spec_input["datatype"])
-    if dtype is None:
-        detail = f"input '{spec_input['name']}' takes {spec_input['datatype']}, which batch inference cannot feed"
-        raise PlanError("/model", detail)
-    return dtype
-
-
-def castable(source: np.dtype | str, target: str) -> bool:
-    """Whether values of dtype ``source`` may feed an input of numpy dtype ``target`` without losing meaning."""
-    return np.dtype(source).kind in _ACCEPTS[np.dtype(target).kind]
+    try:
+        return input_dtype(spec_input, "/model")
+    except FeedError as exc:
+        raise PlanError(exc.pointer, exc.detail) from None
 
 
 def plan_inputs(
@@ -136,7 +125,7 @@ def _outputs(signature: Mapping[str, Any], output: BatchOutput) -> tuple[str, ..
         return tuple(names)
     for index, name in enumerate(output.outputs):
         if name not in names:
-            raise PlanError(f"/output/outputs/{index}", f"the model has no output '{name}'; it has {_listed(names)}")
+            raise PlanError(f"/output/outputs/{index}", f"the model has no output '{name}'; it has {listed(names)}")
     return tuple(dict.fromkeys(output.outputs))
 
 
@@ -145,57 +134,12 @@ def _npz_feeds(
 ) -> tuple[list[InputFeed], int]:
     if dataset.columns is not None:
         raise PlanError("/dataset/columns", "columns pick from a .csv or .parquet; a .npz is fed by array names")
-    arrays: Mapping[str, StoredArray] = stored.arrays or {}
-    names = [i["name"] for i in inputs]
-    mapping = dataset.inputs or {}
-    for input_name, mapped in mapping.items():
-        if input_name not in names:
-            raise PlanError(f"/dataset/inputs/{input_name}", f"the model has no input '{input_name}'")
-        if mapped not in arrays:
-            raise PlanError(f"/dataset/inputs/{input_name}", f"the file has no array '{mapped}'; {_arrays(arrays)}")
-    feeds, rows_by_array = [], {}
-    for spec_input in inputs:
-        name = spec_input["name"]
-        array = mapping.get(name) or _default_array(name, len(inputs), arrays)
-        pointer = f"/dataset/inputs/{name}" if name in mapping else "/dataset/file_id"
-        if array is None:
-            raise PlanError(
-                "/dataset/inputs", f"nothing feeds model input '{name}': {_arrays(arrays)}; map it in dataset.inputs"
-            )
-        found = arrays[array]
-        if not found.shape:
-            raise PlanError(pointer, f"array '{array}' is a scalar; it needs one row per item")
-        dtype = _input_dtype(spec_input)
-        if not castable(found.dtype, dtype):
-            raise PlanError(
-                pointer, f"array '{array}' holds {found.dtype}; model input '{name}' takes {spec_input['datatype']}"
-            )
-        _check_shape(pointer, f"array '{array}'", found.shape, spec_input)
-        rows_by_array[array] = found.shape[0]
-        feeds.append(InputFeed(name, dtype, array=array))
-    if len(set(rows_by_array.values())) > 1:
-        counts = ", ".join(f"'{a}' {r}" for a, r in rows_by_array.items())
-        raise PlanError("/dataset/file_id", f"the arrays feeding the model have different row counts: {counts}")
-    return feeds, next(iter(rows_by_array.values()), 0)
-
-
-def _default_array(name: str, input_count: int, arrays: Mapping[str, Any]) -> str | None:
-    if name in arrays:
-        return name
-    if input_count == 1 and SINGLE_INPUT_ARRAY in arrays:
-        return SINGLE_INPUT_ARRAY
-    return None
-
-
-def _check_shape(pointer: str, what: str, shape: Sequence[int], spec_input: Mapping[str, Any]) -> None:
-    expected = spec_input.get("shape")
-    if expected is None:
-        return
-    fits = len(shape) == len(expected) and all(e in (-1, s) for e, s in zip(expected[1:], shape[1:], strict=True))
-    if not fits:
-        raise PlanError(
-            pointer, f"{what} has shape {list(shape)}; model input '{spec_input['name']}' takes {_shape(expected)}"
-        )
+    try:
+        feed = npz_feed(inputs, stored.arrays or {}, dataset.inputs, data_pointer="/dataset", model_pointer="/model")
+    except FeedError as exc:
+        raise PlanError(exc.pointer, exc.detail) from None
+    feeds = [InputFeed(name, feed.dtypes[name], array=array) for name, array in feed.arrays.items()]
+    return feeds, feed.rows
 
 
 def _table_feeds(
@@ -207,7 +151,7 @@ def _table_feeds(
         raise PlanError(
             "/dataset/file_id",
             f"a .{file_format} feeds a model with one input; this one takes {len(inputs)} "
-            f"({_listed([i['name'] for i in inputs])}): give a .npz with one array per input",
+            f"({listed([i['name'] for i in inputs])}): give a .npz with one array per input",
         )
     spec_input = inputs[0]
     columns = {column.name: column for column in stored.columns or ()}
@@ -247,23 +191,10 @@ def _row_shape(width: int, spec_input: Mapping[str, Any]) -> tuple[int, ...] | N
     row = expected[1:]
     if len(expected) > 2 and -1 not in row and int(np.prod(row)) == width:
         return tuple(row)
-    detail = f"{width} columns do not fit model input '{spec_input['name']}', which takes {_shape(expected)}"
+    detail = f"{width} columns do not fit model input '{spec_input['name']}', which takes {shape_text(expected)}"
     raise PlanError("/dataset/columns", detail)
 
 
 def chunk_bounds(rows: int, chunk_rows: int) -> list[tuple[int, int]]:
     """``[start, stop)`` of each chunk, in order."""
     return [(start, min(start + chunk_rows, rows)) for start in range(0, rows, chunk_rows)]
-
-
-def _shape(shape: Sequence[int]) -> str:
-    dims = ("batch" if axis == 0 else ("any" if d == -1 else str(d)) for axis, d in enumerate(shape))
-    return "[" + ", ".join(dims) + "]"
-
-
-def _listed(names: Sequence[str]) -> str:
-    return ", ".join(f"'{n}'" for n in names) or "none"
-
-
-def _arrays(arrays: Mapping[str, Any]) -> str:
-    return f"the file's arrays are {_listed(list(arrays))}"

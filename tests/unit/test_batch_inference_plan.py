@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from job_types.batch_spec import BatchInferenceSpec, PlanError, castable, chunk_bounds, plan_inputs
+from core.input_feeds import castable
+from job_types.batch_spec import BatchInferenceSpec, PlanError, chunk_bounds, plan_inputs
 
 LINEAR = {
     "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
