@@ -97,6 +97,12 @@ class Settings(BaseSettings):
     max_nproc_per_node: int = Field(default=8, gt=0, description="torchrun processes a job may ask for per node")
     max_nnodes: int = Field(default=4, gt=0)
     training_threads_per_process: int = Field(default=1, gt=0, description="OMP_NUM_THREADS of each rank")
+    worker_memory_bytes: int | None = Field(
+        default=None,
+        gt=0,
+        description="the memory a worker counts on for a job's data before starting it; default: what the "
+        "machine has available, capped by the container's cgroup memory limit",
+    )
     # several nodes: a folder every node's workers see (NFS, EFS...), where the ranks write checkpoints
     training_shared_dir: Path | None = None
     # the address other nodes reach the first node's rendezvous on

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,9 +51,36 @@ def memory_shortfall(data_bytes: int, ranks: int, available: int) -> JobFailed |
     )
 
 
+CGROUP_V2 = Path("/sys/fs/cgroup")
+
+
+def cgroup_headroom(root: Path = CGROUP_V2) -> int | None:
+    """What the container's cgroup v2 memory limit leaves (limit - current); None without a limit.
+
+    In a container ``psutil`` sees the host's memory, and the kernel kills at the cgroup's limit."""
+    try:
+        limit = (root / "memory.max").read_text().strip()
+        current = int((root / "memory.current").read_text())
+    except (OSError, ValueError):
+        return None
+    if limit == "max":
+        return None
+    return max(int(limit) - current, 0)
+
+
+def available_memory(configured: int | None) -> int:
+    """The bytes a job's data may take on this worker: ``worker_memory_bytes`` when set, else the
+    machine's available memory, capped by the cgroup's headroom."""
+    if configured is not None:
+        return configured
+    available = psutil.virtual_memory().available
+    headroom = cgroup_headroom()
+    return available if headroom is None else min(available, headroom)
+
+
 def check_worker_memory(ctx: RunContext, file_ids: Iterable[str | None], ranks: int) -> None:
     """Raise ``dataset_too_large`` when the tenant's files ``file_ids`` (None: a builtin, which is
-    small) cannot fit this machine's available memory ``ranks`` times."""
+    small) cannot fit this worker's memory (:func:`available_memory`) ``ranks`` times."""
     wanted = [file_id for file_id in file_ids if file_id]
     if not wanted:
         return
@@ -63,5 +91,6 @@ def check_worker_memory(ctx: RunContext, file_ids: Iterable[str | None], ranks: 
         details = {file_id: found or {} for file_id, found in rows}
     # a file gone since is the download's to report; one named twice is read twice
     data_bytes = sum(dataset_bytes(details[file_id]) for file_id in wanted if file_id in details)
-    if (failure := memory_shortfall(data_bytes, ranks, psutil.virtual_memory().available)) is not None:
+    available = available_memory(ctx.settings.worker_memory_bytes)
+    if (failure := memory_shortfall(data_bytes, ranks, available)) is not None:
         raise failure

@@ -335,9 +335,12 @@ def run_node_share(ctx: NodeContext, share: dict[str, Any]) -> None:
     """Another node's share of a multi-node training job: torchrun joining node 0's rendezvous.
 
     It reports through node 0 (rank 0's events file) and logs its output as job events; the
-    worker stops it when the job stops running this attempt."""
+    worker stops it when the job stops running this attempt. A node without the memory for the
+    data fails the job with ``dataset_too_large`` before starting torchrun."""
     spec: TrainingSpec = ctx.spec
     node = ctx.node_rank
+    # this node's ranks load the whole data too, and its machine may be smaller than node 0's
+    check_worker_memory(ctx, (spec.dataset.file_id, spec.validation.file_id), spec.strategy.nproc_per_node)
     logged = 0
 
     def log_line(line: str) -> None:

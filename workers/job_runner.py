@@ -458,6 +458,7 @@ class NodeRun(_Run):
     def __init__(self, rt: WorkerRuntime, job: Job, job_type: JobType, node_rank: int):
         super().__init__(rt, job, job_type)
         self.node_rank = node_rank
+        self.holder = job.worker_id  # node 0's worker: the one a failure of this share is recorded against
         self.done = threading.Event()
 
     def status(self) -> str | None:
@@ -477,8 +478,13 @@ class NodeRun(_Run):
             return
 
 
-def run_node(rt: WorkerRuntime, job_id: str, attempt: int, node_rank: int, payload: dict[str, Any]) -> None:
-    """Run node ``node_rank``'s share of attempt ``attempt`` of a job, unless the job moved on."""
+def run_node(
+    rt: WorkerRuntime, job_id: str, attempt: int, node_rank: int, payload: dict[str, Any], sender: Sender
+) -> None:
+    """Run node ``node_rank``'s share of attempt ``attempt`` of a job, unless the job moved on.
+
+    A ``JobFailed`` from the share fails the job (while node 0's worker still holds that attempt):
+    node 0 sees it on its next heartbeat and stops, instead of waiting out the rendezvous."""
     with rt.db() as session:
         job = session.get(Job, job_id)
     if job is None or job.status != RUNNING or job.attempts != attempt:
@@ -492,6 +498,19 @@ def run_node(rt: WorkerRuntime, job_id: str, attempt: int, node_rank: int, paylo
     watcher.start()
     try:
         job_type.node_handler(run, payload)
+    except JobFailed as exc:
+        if run.status() == RUNNING:
+            with rt.db() as session:
+                job_service.transition(
+                    session,
+                    job_id,
+                    "failed",
+                    rt.settings,
+                    message=f"node {node_rank}: {exc.message}",
+                    worker_id=run.holder,
+                    values={"error": {"code": exc.code, "message": exc.message, "node": node_rank, **exc.details}},
+                )
+                commit_and_send(session, sender)
     finally:
         run.done.set()
         run.stop_children()

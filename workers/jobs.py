@@ -21,6 +21,6 @@ def run(self, job_id: str) -> None:
     run_job(runtime(), job_id, self.app)
 
 
-@shared_task(name=NODE_TASK)
-def node(job_id: str, attempt: int, node_rank: int, payload: dict[str, Any]) -> None:
-    run_node(runtime(), job_id, attempt, node_rank, payload)
+@shared_task(bind=True, name=NODE_TASK)
+def node(self, job_id: str, attempt: int, node_rank: int, payload: dict[str, Any]) -> None:
+    run_node(runtime(), job_id, attempt, node_rank, payload, self.app)

@@ -4,7 +4,7 @@ against the memory the worker has available."""
 from __future__ import annotations
 
 from job_types.base import JobFailed
-from job_types.dataset_memory import dataset_bytes, memory_shortfall
+from job_types.dataset_memory import available_memory, cgroup_headroom, dataset_bytes, memory_shortfall
 
 GB = 1_000_000_000
 
@@ -46,3 +46,21 @@ def test_files_uploaded_before_the_size_was_stored_are_estimated_from_their_deta
     parquet = {"columns": [{"name": "a", "type": "int64"}, {"name": "label", "type": "string"}], "rows": 10}
     assert dataset_bytes(parquet) == 10 * 2 * 8
     assert dataset_bytes({}) == 0
+
+
+def test_a_cgroup_limit_caps_what_is_available(tmp_path) -> None:
+    (tmp_path / "memory.max").write_text("1000000\n")
+    (tmp_path / "memory.current").write_text("250000\n")
+    assert cgroup_headroom(tmp_path) == 750_000
+
+
+def test_no_cgroup_limit_is_no_cap(tmp_path) -> None:
+    assert cgroup_headroom(tmp_path) is None  # no cgroup v2 files: not in a limited container
+    (tmp_path / "memory.max").write_text("max\n")
+    (tmp_path / "memory.current").write_text("250000\n")
+    assert cgroup_headroom(tmp_path) is None
+
+
+def test_a_configured_budget_wins_over_what_the_machine_reports() -> None:
+    assert available_memory(12345) == 12345
+    assert available_memory(None) > 0
