@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from core.artifact_store import ArtifactStore
 from core.job_states import QUEUED, RUNNING
-from core.models import Artifact, Deployment, File, Job, Model, ModelVersion, Prediction
+from core.models import Artifact, Deployment, File, Job, Model, ModelReplica, ModelVersion, Prediction
 
 log = logging.getLogger("maas.deletion")
 
@@ -123,6 +123,15 @@ def delete_version(session: Session, tenant_id: str, name: str, number: int) -> 
             f"version {number} of model {name!r} is deployed ({deployment.id!r}): deploy another version "
             "or undeploy the model first",
             deployment_id=deployment.id,
+        )
+    # a version just switched away from drains on its servers (finishing requests in flight): its
+    # replica rows must outlive that, and the servers report them until they unload
+    draining = session.scalars(select(ModelReplica.server_id).where(ModelReplica.model_version_id == version.id)).all()
+    if draining:
+        raise StillInUse(
+            f"version {number} of model {name!r} is still loaded on {len(draining)} model server"
+            f"{'s' * (len(draining) != 1)} finishing its requests: try again in a few seconds",
+            model_servers=sorted(draining),
         )
     for job in session.scalars(
         select(Job).where(Job.tenant_id == tenant_id, Job.status.in_(ACTIVE), cast(Job.spec, Text).contains(name))

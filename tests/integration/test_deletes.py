@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from core.artifact_store import ArtifactStore
 from core.ids import new_id
-from core.models import Artifact, File
+from core.models import Artifact, File, ModelReplica, ModelServerRecord
 from tests.support.api import cancel_job, create_job, deploy, register_version, upload
 from tests.support.datasets import npz
 from tests.support.onnx_models import tiny_onnx
@@ -95,6 +95,34 @@ async def test_a_deployed_version_is_kept_and_a_deleted_number_is_never_reused(a
     assert third["version"] == 3
     listed = await (await api.get(f"/v1/models/{name}/versions", headers=tenant.headers)).json()
     assert [v["version"] for v in listed["data"]] == [1, 3]
+
+
+async def test_a_version_still_draining_on_a_model_server_is_kept_until_it_unloaded(api, tenant, db):
+    """Switched away from, version 1 still finishes its requests on a server (its replica row says
+    draining): deleting it waits for the unload, which removes the row."""
+    name = f"drain-{secrets.token_hex(3)}"
+    first = await register_version(api, tenant, name, tiny_onnx())
+    await register_version(api, tenant, name, tiny_onnx())
+    await deploy(api, tenant, name, 2)
+    server_id = new_id("model_server")
+    with db() as session:
+        session.add(ModelServerRecord(id=server_id, url="http://127.0.0.1:9", hostname="test", pid=1, threads=1))
+        session.flush()
+        session.add(ModelReplica(server_id=server_id, model_version_id=first["id"], status="draining"))
+        session.commit()
+    try:
+        response = await api.delete(f"/v1/models/{name}/versions/1", headers=tenant.headers)
+        assert response.status == 409, await response.text()
+        problem = await response.json()
+        assert problem["model_servers"] == [server_id]
+        assert "still loaded on 1 model server finishing its requests" in problem["detail"]
+        assert (await api.get(f"/v1/models/{name}/versions/1", headers=tenant.headers)).status == 200
+    finally:
+        with db() as session:
+            session.delete(session.get_one(ModelServerRecord, server_id))  # its replicas go with it
+            session.commit()
+    response = await api.delete(f"/v1/models/{name}/versions/1", headers=tenant.headers)
+    assert response.status == 200, await response.text()
 
 
 async def test_deleting_a_version_frees_its_onnx_object_once_its_file_is_gone_too(api, tenant, db, settings):
