@@ -1,4 +1,5 @@
-"""Imports point one way: entry points (``cli``, ``infra``, ``api``, ``workers``, ``serving``) on top,
+"""Imports point one way: entry points (``cli``, ``infra``, ``api``, ``workers``, ``serving``, and the SDK
+``maas_client``) on top,
 the job types under them, the libraries (``training``, ``compression``) under those, ``core`` at
 the bottom. An AST walk over every module (imports inside functions included) finds an arrow
 that points the wrong way; the libraries are also imported in a fresh interpreter to show they
@@ -24,6 +25,8 @@ FORBIDDEN: dict[str, set[str]] = {
     "workers": {"api", "serving", "cli", "infra", "bench"},
     "serving": {"api", "workers", "job_types", "cli", "infra", "bench"},
     "infra": {"api", "workers", "serving", "job_types", "cli", "bench"},
+    # the SDK runs on users' machines: the typed contract (core.objects) and pure codecs, nothing of the service
+    "maas_client": {"api", "workers", "serving", "job_types", "training", "compression", "cli", "infra", "bench"},
 }
 
 
@@ -68,6 +71,17 @@ def test_training_and_compression_import_without_the_orm_the_web_stack_or_celery
         "            importlib.import_module(info.name)\n"
         "loaded = {m.split('.')[0] for m in sys.modules}\n"
         "print(sorted(loaded & {'sqlalchemy', 'aiohttp', 'celery', 'api', 'workers'}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_sdk_imports_without_the_web_stack_celery_torch_or_the_store() -> None:
+    script = (
+        "import sys, maas_client\n"
+        "loaded = {m.split('.')[0] for m in sys.modules}\n"
+        "print(sorted(loaded & {'aiohttp', 'celery', 'kombu', 'torch', 'onnxruntime', 'boto3', 'api', 'workers'}))\n"
     )
     done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
