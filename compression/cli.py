@@ -123,9 +123,10 @@ def run(args: argparse.Namespace) -> int:
     pipeline.torch_threads(spec.measurement.threads)
     is_onnx = args.source.suffix.lower() == ".onnx"
     classes = _onnx_classes(args.source) if is_onnx else _state_dict_classes(args.source)
+    inputs = _onnx_inputs(args.source) if is_onnx else []
 
     def load(data: DataSpec, pointer: str):
-        return read_rows(files.get(data.file_id or ""), data, pointer)
+        return read_rows(files.get(data.file_id or ""), data, pointer, inputs)
 
     try:
         data = assemble(spec, load, num_outputs=classes or 2**31)
@@ -185,6 +186,15 @@ def _onnx_classes(path: Path) -> int | None:
     outputs = onnx.load(str(path), load_external_data=False).graph.output
     dims = outputs[0].type.tensor_type.shape.dim if len(outputs) == 1 else []
     return int(dims[1].dim_value) if len(dims) == 2 and dims[1].HasField("dim_value") else None
+
+
+def _onnx_inputs(path: Path) -> list[dict[str, Any]]:
+    """The graph's inputs as a model version's signature lists them (an npz feeds them by name)."""
+    import onnx
+
+    from core.onnx_signature import read_signature
+
+    return read_signature(onnx.load(str(path), load_external_data=False))["inputs"]
 
 
 def _state_dict_classes(path: Path) -> int | None:

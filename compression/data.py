@@ -1,7 +1,9 @@
 """The rows a compression run works on: fine-tuning rows, eval rows, calibration rows.
 
 Owns: reading a data file (npz with ``X`` and optionally ``y``; csv or parquet with an optional
-label column; the builtin ``digits``) into flat float32 rows; mapping labels to the model's
+label column; the builtin ``digits``) into flat float32 rows, or an npz into one array per named
+model input (``compression.spec.named_feed``: the rules batch inference feeds by, checked again
+on the arrays themselves, with the same messages as before the job was created); mapping labels to the model's
 class indices; and the rules that decide which rows go where (``assemble``): when the eval data
 is the training data, a seeded fraction is held out for evaluation and the rest fine-tunes;
 calibration rows come from their own file, else the training rows, else the eval rows, evenly
@@ -10,7 +12,7 @@ spread. Reading files is kept apart from those rules: ``assemble`` takes a ``loa
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,36 +22,50 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from compression.spec import CompressionSpec, DataSpec, QuantizeSpec
-from core.spec_kit import FieldError
+from compression.spec import LABELS_ARRAY, CompressionSpec, DataSpec, QuantizeSpec, feeds_named_inputs, named_feed
+from core.input_feeds import FeedError
+from core.spec_kit import FieldError, StoredArray
 from training.data import encode_labels, load_builtin, split_indices
+
+Inputs = np.ndarray | dict[str, np.ndarray]
+"""A model's input rows: flat float32 ``(rows, features)`` for a model with one input, or one
+array per named input (each with the rows along its first axis)."""
 
 
 class DataError(FieldError):
     """Data that cannot be used as the spec says; ``pointer`` points into the spec."""
 
 
+def count_rows(x: Inputs) -> int:
+    return int(next(iter(x.values())).shape[0] if isinstance(x, dict) else x.shape[0])
+
+
+def select_rows(x: Inputs, index: np.ndarray | slice) -> Inputs:
+    """The rows ``index`` of every array."""
+    return {name: array[index] for name, array in x.items()} if isinstance(x, dict) else x[index]
+
+
 @dataclass(frozen=True)
 class Rows:
-    x: np.ndarray  # float32 (rows, features)
+    x: Inputs
     y: np.ndarray | None  # raw labels (rows,), None without labels
 
     def take(self, index: np.ndarray) -> Rows:
-        return Rows(self.x[index], None if self.y is None else self.y[index])
+        return Rows(select_rows(self.x, index), None if self.y is None else self.y[index])
 
     def __len__(self) -> int:
-        return int(self.x.shape[0])
+        return count_rows(self.x)
 
 
 @dataclass(frozen=True)
 class PipelineData:
     """Rows by role; labels are class indices (int64) into the model's outputs."""
 
-    eval_x: np.ndarray
+    eval_x: Inputs
     eval_y: np.ndarray | None
-    train_x: np.ndarray | None = None
+    train_x: Inputs | None = None
     train_y: np.ndarray | None = None
-    calibration: dict[int, np.ndarray] = field(default_factory=dict)  # pass index -> rows
+    calibration: dict[int, Inputs] = field(default_factory=dict)  # pass index -> rows
     notes: list[str] = field(default_factory=list)
     dataset: DataSpec | None = None  # what the training rows came from
     split: tuple[float, int] | None = None  # (fraction, seed) when eval rows were held out of it
@@ -58,8 +74,9 @@ class PipelineData:
 # --- reading (I/O) -----------------------------------------------------------------------------
 
 
-def read_rows(path: Path | None, data: DataSpec, pointer: str) -> Rows:
-    """The rows of a data file (format sniffed from its first bytes) or of the builtin."""
+def read_rows(path: Path | None, data: DataSpec, pointer: str, inputs: Sequence[Mapping[str, Any]] = ()) -> Rows:
+    """The rows of a data file (format sniffed from its first bytes) or of the builtin.
+    ``inputs`` is the model's signature (``name``, ``datatype``, ``shape`` each) when known."""
     if data.builtin is not None:
         table = load_builtin(data.builtin)
         return Rows(table.x, table.y)
@@ -68,7 +85,11 @@ def read_rows(path: Path | None, data: DataSpec, pointer: str) -> Rows:
     with path.open("rb") as f:
         head = f.read(4)
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
-        return _read_npz(path, pointer)
+        return _read_npz(path, data, pointer, inputs)
+    if data.inputs is not None:
+        raise DataError(
+            f"{pointer}/inputs", "inputs map the arrays of an .npz to a model's named inputs; this file is a table"
+        )
     try:
         table = pq.read_table(path) if head == b"PAR1" else pa_csv.read_csv(path)
     except (pa.ArrowException, OSError) as exc:
@@ -76,8 +97,10 @@ def read_rows(path: Path | None, data: DataSpec, pointer: str) -> Rows:
     return _rows_from_arrow(table, data.label_column, pointer)
 
 
-def _read_npz(path: Path, pointer: str) -> Rows:
+def _read_npz(path: Path, data: DataSpec, pointer: str, inputs: Sequence[Mapping[str, Any]]) -> Rows:
     with np.load(path, allow_pickle=False) as npz:
+        if feeds_named_inputs(inputs, npz.files, data.inputs):
+            return _named_rows({name: npz[name] for name in npz.files}, data, pointer, inputs)
         if "X" not in npz.files:
             raise DataError(pointer, f"an npz needs an array X (found {', '.join(npz.files)})")
         x, y = npz["X"], (npz["y"] if "y" in npz.files else None)
@@ -88,6 +111,28 @@ def _read_npz(path: Path, pointer: str) -> Rows:
     if y is not None and y.shape != (x.shape[0],):
         raise DataError(pointer, f"y must hold one label per row of X ({x.shape[0]}); its shape is {list(y.shape)}")
     return Rows(_finite(x.reshape(x.shape[0], -1).astype(np.float32), pointer), y)
+
+
+def _named_rows(
+    arrays: dict[str, np.ndarray], data: DataSpec, pointer: str, inputs: Sequence[Mapping[str, Any]]
+) -> Rows:
+    """One array per model input, as the input's dtype, and the labels ``y`` when no input takes them."""
+    described = {name: StoredArray(str(array.dtype), tuple(array.shape)) for name, array in arrays.items()}
+    try:
+        feed, labelled = named_feed(inputs, described, data, pointer)
+    except FeedError as exc:
+        raise DataError(exc.pointer, exc.detail) from None
+    x = {name: np.ascontiguousarray(arrays[array], dtype=feed.dtypes[name]) for name, array in feed.arrays.items()}
+    for name, array in x.items():
+        if array.dtype.kind == "f":
+            _finite(array, f"{pointer}/file_id", f"array '{feed.arrays[name]}' holds")
+    y = arrays[LABELS_ARRAY] if labelled else None
+    if y is not None and y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y is not None and y.shape != (feed.rows,):
+        detail = f"{LABELS_ARRAY} must hold one label per row ({feed.rows}); its shape is {list(y.shape)}"
+        raise DataError(f"{pointer}/file_id", detail)
+    return Rows(x, y)
 
 
 def _rows_from_arrow(table: pa.Table, label_column: str | None, pointer: str) -> Rows:
@@ -104,9 +149,9 @@ def _rows_from_arrow(table: pa.Table, label_column: str | None, pointer: str) ->
     return Rows(_finite(x, pointer), y)
 
 
-def _finite(x: np.ndarray, pointer: str) -> np.ndarray:
+def _finite(x: np.ndarray, pointer: str, what: str = "the rows hold") -> np.ndarray:
     if not np.isfinite(x).all():
-        raise DataError(pointer, "the rows hold NaN or infinite values")
+        raise DataError(pointer, f"{what} NaN or infinite values")
     return x
 
 
@@ -190,8 +235,8 @@ def _calibration(
     train_rows: Rows | None,
     eval_rows: Rows,
     notes: list[str],
-) -> dict[int, np.ndarray]:
-    chosen: dict[int, np.ndarray] = {}
+) -> dict[int, Inputs]:
+    chosen: dict[int, Inputs] = {}
     for index, item in enumerate(spec.passes):
         if not (isinstance(item, QuantizeSpec) and item.needs_calibration):
             continue
@@ -202,6 +247,6 @@ def _calibration(
             rows, where = train_rows, "the training rows"
         else:
             rows, where = eval_rows, "the eval rows (no other data was given)"
-        chosen[index] = rows.x[spread(len(rows), calibration.rows)]
+        chosen[index] = select_rows(rows.x, spread(len(rows), calibration.rows))
         notes.append(f"pass {index} calibrates on {len(chosen[index])} rows of {where}")
     return chosen

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from compression.data import Inputs
 from compression.distill import (
     DistillOptions,
     build_student,
@@ -134,10 +135,10 @@ class PassContext:
 
     workdir: Path
     name: str = "pass"
-    train_x: np.ndarray | None = None
+    train_x: Inputs | None = None
     train_y: np.ndarray | None = None
-    calibration: np.ndarray | None = None
-    sample: np.ndarray | None = None  # rows the ONNX export is checked on
+    calibration: Inputs | None = None
+    sample: Inputs | None = None  # rows the ONNX export is checked on
     threads: int = 1
     on_batch: Callable[[], None] = _nothing
     on_epoch: Callable[[int, int, float], None] = _nothing
@@ -147,6 +148,8 @@ class PassContext:
         """The training rows as tensors (and their labels, required when ``labels``)."""
         if self.train_x is None or (labels and self.train_y is None):
             raise PassError("kind", f"{what} needs {'labelled ' if labels else ''}training rows (a dataset)")
+        if isinstance(self.train_x, dict):
+            raise PassError("kind", f"{what} trains a zoo model on rows of X; these rows feed named inputs")
         y = None if self.train_y is None else torch.from_numpy(np.asarray(self.train_y, dtype=np.int64))
         return _tensor(self.train_x), y
 
@@ -254,7 +257,7 @@ class PrunePass(Pass):
 def _exported(model: nn.Module, zoo: ZooSpec, state: ModelState, ctx: PassContext) -> ModelState:
     if state.num_features is None:
         raise PassError("kind", "the model's number of input features is unknown")
-    sample = next((rows for rows in (ctx.sample, ctx.train_x) if rows is not None), None)
+    sample = next((rows for rows in (ctx.sample, ctx.train_x) if isinstance(rows, np.ndarray)), None)
     if sample is None:
         sample = np.zeros((4, state.num_features), np.float32)
     return ModelState.from_torch(model, zoo, ctx.workdir / f"{ctx.name}.onnx", sample)
@@ -415,9 +418,15 @@ def _fixed_dims(dims: tuple[Dim, ...]) -> TypeGuard[tuple[int, ...]]:
     return all(isinstance(d, int) for d in dims)
 
 
-def fit_to_inputs(model: Path, rows: np.ndarray) -> dict[str, np.ndarray]:
-    """Flat rows shaped for the model's single input (``[batch, 64]`` or ``[batch, 1, 8, 8]``)."""
+def fit_to_inputs(model: Path, rows: Inputs) -> dict[str, np.ndarray]:
+    """Flat rows shaped for the model's single input (``[batch, 64]`` or ``[batch, 1, 8, 8]``), or
+    one array per named input as the dtype each takes."""
     specs = list(model_input_specs(model).values())
+    if isinstance(rows, dict):
+        missing = [spec.name for spec in specs if spec.name not in rows]
+        if missing:
+            raise PassError("calibration", f"no rows for the model's inputs {missing}; there are {sorted(rows)}")
+        return {spec.name: np.ascontiguousarray(rows[spec.name], dtype=spec.dtype) for spec in specs}
     if len(specs) != 1:
         raise PassError("calibration", f"a model with {len(specs)} inputs cannot be fed rows of one array")
     spec = specs[0]

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from compression.data import PipelineData
+from compression.data import Inputs, PipelineData, select_rows
 from compression.distill import DistillError
 from compression.fidelity import Fidelity, accuracy, compare_outputs, make_session
 from compression.measure import file_size, measure_speed, onnx_outputs
@@ -125,7 +125,7 @@ class PipelineResult:
 class _Evaluator:
     """Accuracy and fidelity of a stage's ONNX model on the eval rows."""
 
-    x: np.ndarray
+    x: Inputs
     y: np.ndarray | None
     reference: np.ndarray
     threads: int
@@ -206,7 +206,7 @@ def _context(
 
 
 def _with_speed(
-    stages: list[Stage], files: list[Path], eval_x: np.ndarray, measurement: MeasurementSpec, hooks: Hooks
+    stages: list[Stage], files: list[Path], eval_x: Inputs, measurement: MeasurementSpec, hooks: Hooks
 ) -> list[Stage]:
     """Every stage timed one after the other, with the same threads and rows."""
     timed = []
@@ -214,7 +214,7 @@ def _with_speed(
         hooks.on_batch()
         speed = measure_speed(
             path,
-            fit_to_inputs(path, eval_x[: measurement.throughput_batch]),
+            fit_to_inputs(path, select_rows(eval_x, slice(0, measurement.throughput_batch))),
             threads=measurement.threads,
             warmup=measurement.warmup,
             latency_iterations=measurement.latency_iterations,

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from compression.data import Inputs
 from compression.passes import MAX_PARITY_ABS_DIFF, PARITY_ROWS, ModelState
 from compression.spec import ZooSpec, state_dict_classes
 from training.zoo import build_model
@@ -45,7 +46,7 @@ def source_state(
     zoo: ZooSpec | None,
     weights: Path | None,
     onnx_path: Path,
-    sample: np.ndarray,
+    sample: Inputs,
     *,
     num_classes: int | None = None,
 ) -> ModelState:
@@ -53,6 +54,8 @@ def source_state(
     ``onnx_path`` when that file does not exist yet, or checked against it when it does."""
     if zoo is None or weights is None:
         return ModelState.from_onnx(onnx_path)
+    if isinstance(sample, dict):
+        raise SourceError(f"a {zoo.arch} takes rows of an array X, not named inputs ({', '.join(sample)})")
     model = zoo_model(weights, zoo, int(sample.shape[1]), num_classes)
     if not onnx_path.exists():
         return ModelState.from_torch(model, zoo, onnx_path, sample)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -37,6 +37,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails
 
+from core.input_feeds import SINGLE_INPUT_ARRAY, FeedError, NpzFeed, npz_feed
 from core.spec_kit import (
     FILE_ID_PATTERN,
     INT4_MAX,
@@ -44,6 +45,7 @@ from core.spec_kit import (
     REGISTER_AS_PATTERN,
     FieldProblem,
     Loc,
+    StoredArray,
     StrictModel,
     error_at,
     error_details,
@@ -82,6 +84,8 @@ __all__ = [
     "check_against_source",
     "check_data_fits",
     "describe_rows",
+    "feeds_named_inputs",
+    "named_feed",
     "remaining_channels",
     "state_dict_classes",
     "zoo_parameters",
@@ -116,20 +120,36 @@ class SourceSpec(StrictModel):
 # --- data --------------------------------------------------------------------------------------
 
 
+Name = Annotated[str, Field(min_length=1, max_length=256)]
+InputArrays = Annotated[
+    dict[Name, Name] | None,
+    Field(
+        max_length=64,
+        description=".npz only: model input name -> array name, where they differ (an array named after "
+        "an input feeds it without this)",
+    ),
+]
+LABELS_ARRAY = "y"  # the labels of an .npz, when no model input is fed from it
+
+
 class DataSpec(StrictModel):
-    """Exactly one of ``file_id`` (an uploaded npz with ``X`` [and ``y``], csv or parquet) or
-    ``builtin``; ``label_column`` names the labels of a csv or parquet file."""
+    """Exactly one of ``file_id`` or ``builtin``. A file is an uploaded npz (``X`` [and ``y``]
+    for a model with one input; for a model with several, one array per input named after it or
+    mapped in ``inputs``, [and ``y``]), csv or parquet; ``label_column`` names the labels of a
+    csv or parquet file."""
 
     file_id: str | None = Field(None, pattern=FILE_ID_PATTERN)
     builtin: Literal["digits"] | None = None
     label_column: str | None = Field(None, min_length=1, max_length=256)
+    inputs: InputArrays = None
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:
         if (self.file_id is None) == (self.builtin is None):
             raise ValueError("give exactly one of file_id or builtin")
-        if self.builtin is not None and self.label_column is not None:
-            raise error_at(("label_column",), "label_column applies to an uploaded csv or parquet file, not a builtin")
+        for name in ("label_column", "inputs"):
+            if self.builtin is not None and getattr(self, name) is not None:
+                raise error_at((name,), f"{name} applies to an uploaded file, not a builtin")
         return self
 
     def same_data(self, other: DataSpec | None) -> bool:
@@ -154,6 +174,7 @@ class CalibrationSpec(StrictModel):
     file_id: str | None = Field(None, pattern=FILE_ID_PATTERN)
     builtin: Literal["digits"] | None = None
     label_column: str | None = Field(None, min_length=1, max_length=256)
+    inputs: InputArrays = None
     rows: int = Field(256, ge=1, le=100_000)
     batch_size: int = Field(32, ge=1, le=4096)
     method: Literal["minmax", "entropy", "percentile"] = "minmax"
@@ -162,13 +183,15 @@ class CalibrationSpec(StrictModel):
     def _at_most_one_source(self) -> CalibrationSpec:
         if self.file_id is not None and self.builtin is not None:
             raise ValueError("give at most one of file_id or builtin")
+        if self.inputs is not None and self.file_id is None:
+            raise error_at(("inputs",), "inputs map the arrays of an uploaded .npz (file_id)")
         return self
 
     @property
     def data(self) -> DataSpec | None:
         if self.file_id is None and self.builtin is None:
             return None
-        return DataSpec(file_id=self.file_id, builtin=self.builtin, label_column=self.label_column)
+        return DataSpec(file_id=self.file_id, builtin=self.builtin, label_column=self.label_column, inputs=self.inputs)
 
 
 # --- passes ------------------------------------------------------------------------------------
@@ -320,7 +343,8 @@ class CompressionSpec(StrictModel):
     source: SourceSpec
     passes: list[PassSpec] = Field(min_length=1, max_length=16)
     dataset: DataSpec | None = Field(
-        None, description="labelled rows for fine-tuning, distillation and calibration; default: the source's own"
+        None,
+        description="rows for fine-tuning and distillation (labelled) and for calibration; default: the source's own",
     )
     eval: EvalSpec
     accuracy_floor: AccuracyFloor = Field(default_factory=AccuracyFloor)
@@ -529,33 +553,101 @@ def describe_rows(details: dict[str, Any], label_column: str | None) -> tuple[in
     return shape[0], math.prod(shape[1:]), "y" in arrays
 
 
+def feeds_named_inputs(inputs: Sequence[Any], arrays: Collection[str], mapping: Mapping[str, str] | None) -> bool:
+    """Whether an npz with ``arrays`` feeds the model's ``inputs`` (its signature's) array by
+    array, by the rules of ``core.input_feeds``, rather than as flat rows of ``X``: always with a
+    mapping, never when the inputs are unknown (a zoo model takes ``X``), and for one input
+    unless the file has an ``X``."""
+    if mapping:
+        return True
+    if not inputs:
+        return False
+    return not (len(inputs) == 1 and SINGLE_INPUT_ARRAY in arrays)
+
+
+def named_feed(
+    inputs: Sequence[Mapping[str, Any]], arrays: Mapping[str, StoredArray], data: DataSpec, pointer: str
+) -> tuple[NpzFeed, bool]:
+    """How the npz ``arrays`` feed the model's named ``inputs``, and whether it has labels
+    (``y``, fed to no input); :class:`core.input_feeds.FeedError` under ``pointer`` when they do
+    not fit. The same check runs on stored upload details and on a file's arrays once read."""
+    if data.label_column is not None:
+        raise FeedError(f"{pointer}/label_column", f"an npz holds its labels in an array '{LABELS_ARRAY}'")
+    feed = npz_feed(inputs, arrays, data.inputs, data_pointer=pointer, model_pointer="/source")
+    if feed.rows < 1:
+        raise FeedError(f"{pointer}/file_id", "the file has no rows")
+    return feed, LABELS_ARRAY in arrays and LABELS_ARRAY not in feed.arrays.values()
+
+
 def check_data_fits(
     spec: CompressionSpec, facts: SourceFacts, details: dict[str, dict[str, Any] | None]
 ) -> list[FieldProblem]:
     """Where the data files (their stored details by spec pointer, e.g. ``/eval``,
-    ``/dataset``, ``/passes/2/calibration``) do not fit the source model's inputs."""
+    ``/dataset``, ``/passes/2/calibration``) do not fit the source model's inputs. An ONNX
+    source whose signature is unknown is checked on the worker, once its graph is read."""
     problems: list[FieldProblem] = []
     for pointer, data, need_labels in _data_refs(spec):
         found = BUILTIN_DETAILS[data.builtin] if data.builtin else details.get(pointer)
         if found is None:
             continue
         try:
-            rows, features, labelled = describe_rows(found, data.label_column)
+            problem = _file_problem(pointer, data, facts, found, need_labels)
         except ValueError as exc:
-            problems.append({"pointer": _file_pointer(pointer, data), "detail": str(exc)})
-            continue
-        problem = _fit_problem(pointer, data, facts, rows, features)
-        if problem is None and need_labels and not labelled:
-            problem = {"pointer": _file_pointer(pointer, data), "detail": "training needs labels (y or label_column)"}
+            problem = {"pointer": _file_pointer(pointer, data), "detail": str(exc)}
         if problem is not None:
             problems.append(problem)
     return problems
 
 
+def _file_problem(
+    pointer: str, data: DataSpec, facts: SourceFacts, found: dict[str, Any], need_labels: bool
+) -> FieldProblem | None:
+    stored = stored_dataset(found) if data.file_id else None
+    if (
+        stored is not None
+        and not stored.is_table
+        and feeds_named_inputs(facts.inputs, stored.arrays or {}, data.inputs)
+    ):
+        return _named_problem(pointer, data, facts, stored.arrays or {}, need_labels)
+    if data.inputs is not None:
+        detail = "inputs map the arrays of an .npz to a model's named inputs; this file is a table"
+        return {"pointer": f"{pointer}/inputs", "detail": detail}
+    if facts.zoo is None and not facts.inputs:
+        return None  # an ONNX graph whose inputs are not known yet: checked on the worker
+    return _rows_problem(pointer, data, facts, found, need_labels)
+
+
+def _named_problem(
+    pointer: str, data: DataSpec, facts: SourceFacts, arrays: Mapping[str, StoredArray], need_labels: bool
+) -> FieldProblem | None:
+    if not facts.inputs:
+        if facts.zoo is not None:
+            detail = f"{facts.describe} takes rows of an array X; inputs map arrays to an ONNX graph's named inputs"
+            return {"pointer": f"{pointer}/inputs", "detail": detail}
+        return None  # checked on the worker, once the graph's inputs are read
+    try:
+        _, labelled = named_feed(facts.inputs, arrays, data, pointer)
+    except FeedError as exc:
+        return exc.problem
+    if need_labels and not labelled:
+        return {"pointer": _file_pointer(pointer, data), "detail": f"training needs labels (an array {LABELS_ARRAY})"}
+    return None
+
+
+def _rows_problem(
+    pointer: str, data: DataSpec, facts: SourceFacts, found: dict[str, Any], need_labels: bool
+) -> FieldProblem | None:
+    rows, features, labelled = describe_rows(found, data.label_column)
+    problem = _fit_problem(pointer, data, facts, rows, features)
+    if problem is None and need_labels and not labelled:
+        problem = {"pointer": _file_pointer(pointer, data), "detail": "training needs labels (y or label_column)"}
+    return problem
+
+
 def _data_refs(spec: CompressionSpec) -> list[tuple[str, DataSpec, bool]]:
     refs: list[tuple[str, DataSpec, bool]] = [("/eval", spec.eval, False)]
     if spec.dataset is not None:
-        refs.append(("/dataset", spec.dataset, True))
+        refs.append(("/dataset", spec.dataset, _trains(spec)))
     for index, item in enumerate(spec.passes):
         if isinstance(item, QuantizeSpec) and item.calibration is not None and item.calibration.data is not None:
             refs.append((f"/passes/{index}/calibration", item.calibration.data, False))

@@ -278,7 +278,26 @@ def fetch(ctx: JobContext, stored: Artifact | File, target: Path) -> Path:
     return target
 
 
-def load_data(ctx: JobContext, spec: CompressionSpec, resolved: ResolvedSource, work: Path) -> PipelineData:
+def source_graph(ctx: JobContext, resolved: ResolvedSource, work: Path) -> Path | None:
+    """The source's ONNX graph fetched into ``work``, when one is stored."""
+    return fetch(ctx, resolved.onnx, work / "source.onnx") if resolved.onnx is not None else None
+
+
+def graph_inputs(resolved: ResolvedSource, graph: Path | None) -> list[dict[str, Any]]:
+    """The inputs the data must feed, read from the graph itself when there is one (the API
+    checked the data against the signature it had stored, if it had one)."""
+    if graph is None:
+        return resolved.facts.inputs
+    try:
+        return read_signature(onnx.load(str(graph), load_external_data=False))["inputs"]
+    except Exception as exc:  # onnx raises DecodeError and friends; the signature reader ValueErrors
+        raise JobFailed("bad_source", f"the source's ONNX graph cannot be read: {exc}", pointer="/source") from exc
+
+
+def load_data(
+    ctx: JobContext, spec: CompressionSpec, resolved: ResolvedSource, work: Path, inputs: list[dict[str, Any]]
+) -> PipelineData:
+    """The rows by role; an npz that feeds named ``inputs`` is checked against them as at job create."""
     from compression.data import DataError, assemble, read_rows
 
     cache: dict[str, Path] = {}
@@ -289,7 +308,7 @@ def load_data(ctx: JobContext, spec: CompressionSpec, resolved: ResolvedSource, 
             if data.file_id not in cache:
                 cache[data.file_id] = ctx.fetch_file(data.file_id, work / data.file_id)
             path = cache[data.file_id]
-        return read_rows(path, data, pointer)
+        return read_rows(path, data, pointer, inputs)
 
     facts = resolved.facts
     try:
@@ -306,11 +325,10 @@ def load_data(ctx: JobContext, spec: CompressionSpec, resolved: ResolvedSource, 
 
 
 def load_source(ctx: JobContext, resolved: ResolvedSource, data: PipelineData, work: Path) -> ModelState:
+    """The source as a model state (its graph already fetched by :func:`source_graph`)."""
     from compression.sources import SourceError, source_state
 
     onnx_path = work / "source.onnx"
-    if resolved.onnx is not None:
-        fetch(ctx, resolved.onnx, onnx_path)
     weights = fetch(ctx, resolved.weights, work / "source.safetensors") if resolved.weights is not None else None
     try:
         return source_state(resolved.facts.zoo, weights, onnx_path, data.eval_x, num_classes=resolved.facts.classes)
@@ -477,7 +495,8 @@ def run_compression(ctx: JobContext) -> dict[str, Any]:
     resolved = resolve(ctx, spec)
     with tempfile.TemporaryDirectory(prefix=f"maas-{ctx.job_id}-") as tmp:
         work = Path(tmp)
-        data = load_data(ctx, spec, resolved, work)
+        graph = source_graph(ctx, resolved, work)
+        data = load_data(ctx, spec, resolved, work, graph_inputs(resolved, graph))
         ctx.log("; ".join(data.notes) or "data ready", train_rows=_rows(data.train_x), eval_rows=_rows(data.eval_x))
         source = load_source(ctx, resolved, data, work)
         ctx.raise_if_canceled()
@@ -486,7 +505,9 @@ def run_compression(ctx: JobContext) -> dict[str, Any]:
 
 
 def _rows(x: Any) -> int | None:
-    return None if x is None else int(x.shape[0])
+    from compression.data import count_rows
+
+    return None if x is None else count_rows(x)
 
 
 COMPRESSION = JobType(

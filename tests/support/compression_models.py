@@ -141,3 +141,50 @@ def outlier_activations(path: Path, *, features: int = 64, seed: int = 0) -> Pat
 
 def inputs(shape: tuple[int, ...], *, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def masked_mean_encoder(path: Path, *, vocab: int = 500, dim: int = 32, width: int = 16, seed: int = 0) -> Path:
+    """A sentence encoder in miniature, with a tokenizer's two inputs: ``input_ids`` and
+    ``attention_mask`` (int64 [batch, seq]) -> embedding lookup -> mean over the unmasked tokens
+    -> MatMul -> Relu -> MatMul -> ``embedding`` (float [batch, width])."""
+    rng = np.random.default_rng(seed)
+    initializers = [
+        numpy_helper.from_array(rng.standard_normal((vocab, dim)).astype(np.float32), "table"),
+        numpy_helper.from_array((rng.standard_normal((dim, 64)) / 6).astype(np.float32), "fc1.weight"),
+        numpy_helper.from_array((rng.standard_normal((64, width)) / 8).astype(np.float32), "fc2.weight"),
+        numpy_helper.from_array(np.array([1], np.int64), "seq_axis"),
+        numpy_helper.from_array(np.array([2], np.int64), "last_axis"),
+        numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+    ]
+    nodes = [
+        helper.make_node("Gather", ["table", "input_ids"], ["tokens"], name="embed", axis=0),
+        helper.make_node("Cast", ["attention_mask"], ["mask"], name="mask", to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["mask", "last_axis"], ["mask3"], name="mask3"),
+        helper.make_node("Mul", ["tokens", "mask3"], ["kept"], name="keep"),
+        helper.make_node("ReduceSum", ["kept", "seq_axis"], ["summed"], name="sum", keepdims=0),
+        helper.make_node("ReduceSum", ["mask3", "seq_axis"], ["count"], name="count", keepdims=0),
+        helper.make_node("Max", ["count", "one"], ["count1"], name="at_least_one"),
+        helper.make_node("Div", ["summed", "count1"], ["mean"], name="mean"),
+        helper.make_node("MatMul", ["mean", "fc1.weight"], ["h"], name="fc1"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("MatMul", ["r", "fc2.weight"], ["embedding"], name="fc2"),
+    ]
+    seq = ["batch", "sequence"]
+    graph = helper.make_graph(
+        nodes,
+        "masked_mean",
+        [helper.make_tensor_value_info(name, TensorProto.INT64, seq) for name in ("input_ids", "attention_mask")],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", width])],
+        initializers,
+    )
+    return _save(graph, path)
+
+
+def token_batch(rows: int, *, vocab: int = 500, length: int = 12, seed: int = 1) -> dict[str, np.ndarray]:
+    """``input_ids`` and ``attention_mask`` as a tokenizer pads them: each row 3 to ``length``
+    tokens long, zeros after."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(3, length + 1, size=rows)
+    mask = (np.arange(length)[None, :] < lengths[:, None]).astype(np.int64)
+    ids = rng.integers(1, vocab, size=(rows, length)).astype(np.int64) * mask
+    return {"input_ids": ids, "attention_mask": mask}
