@@ -2,7 +2,7 @@
 
 maas up                                  run the whole platform locally (embedded servers when
                                          MAAS_DATABASE_URL / MAAS_BROKER_URL / MAAS_S3_ENDPOINT_URL are unset)
-maas api | maas worker                   run one API server or one Celery worker
+maas api | maas worker [--queues Q,…]    run one API server or one Celery worker (of some queues)
 maas serve [--host H] [--port P]         run one model server (python -m serving)
 maas db upgrade [REV] | downgrade [REV] | current
 maas admin tenants create NAME | list
@@ -111,9 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("up", help="run the platform locally").set_defaults(func=cmd_up)
     sub.add_parser("api", help="run an API server").set_defaults(func=cmd_api)
-    worker = sub.add_parser("worker", help="run a Celery worker (options as python -m workers)")
-    worker.add_argument("worker_args", nargs=argparse.REMAINDER)
-    worker.set_defaults(func=cmd_worker)
+    # every option after `worker` (--help included) is the worker's own: see cmd_worker
+    sub.add_parser("worker", help="run a Celery worker (options as python -m workers)", add_help=False).set_defaults(
+        func=cmd_worker
+    )
     serve = sub.add_parser(
         "serve",
         help="run a model server (python -m serving)",
@@ -150,7 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # argparse.REMAINDER does not take options (`maas worker --queues training` failed): the worker's
+    # options are what this parser does not know, handed on as they came
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "worker":
+        args.worker_args = rest
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     func: Callable[[Settings, argparse.Namespace], int] = args.func
     try:
         return func(load_settings(), args)
