@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install up test test-fast test-slow lint bench
+.PHONY: install up test test-fast test-slow lint bench grpc
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -28,3 +28,7 @@ test-slow: install
 	$(PY) -m pytest -m slow
 
 test: lint test-fast test-slow
+
+# regenerate the OIP gRPC modules from api/oip_grpc/open_inference_grpc.proto (they are committed)
+grpc: install
+	$(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. api/oip_grpc/open_inference_grpc.proto

@@ -15,6 +15,7 @@ from aiohttp import web
 from api.auth import KnownKeys
 from api.context import CONTEXT, ApiContext
 from api.endpoints import add_routes
+from api.grpc_server import drain_grpc, grpc_context
 from api.inference_router import serving_context
 from api.metrics import ApiMetrics
 from api.openapi import ENDPOINT_TABLES as TABLES_KEY
@@ -104,5 +105,8 @@ def create_app(settings: Settings) -> web.Application:
 
     app.cleanup_ctx.append(services)
     app.cleanup_ctx.append(serving_context)
+    if settings.grpc_enabled:  # the same router and checks as /v2, a second transport (api/grpc_server.py)
+        app.cleanup_ctx.append(grpc_context)
+        app.on_shutdown.append(drain_grpc)
     add_routes(app, ENDPOINT_TABLES)
     return app

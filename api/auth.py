@@ -27,7 +27,7 @@ import psycopg
 from aiohttp import web
 from sqlalchemy import select, update
 
-from api.context import context
+from api.context import ApiContext, context
 from api.problems import Problem
 from core.api_keys import REVOKED_CHANNEL, hash_key
 from core.db import libpq_url
@@ -189,13 +189,16 @@ class KnownKeys:
 
 async def authenticate(request: web.Request) -> str:
     """The tenant id of the request's API key, or a 401 Problem."""
-    header = request.headers.get("Authorization", "")
+    return await tenant_of(context(request), request.headers.get("Authorization", ""))
+
+
+async def tenant_of(ctx: ApiContext, header: str) -> str:
+    """The tenant id of an ``Authorization`` value (HTTP header or gRPC metadata), or a 401 Problem."""
     scheme, _, key = header.partition(" ")
     if not header:
         raise _unauthorized("missing Authorization header: send 'Authorization: Bearer <api key>'")
     if scheme.lower() != "bearer" or not key.strip():
         raise _unauthorized("the Authorization header must be 'Bearer <api key>'")
-    ctx = context(request)
     key_hash = hash_key(key.strip())
     now = datetime.now(UTC)
     interval = timedelta(seconds=ctx.settings.api_key_touch_interval_s)

@@ -97,6 +97,8 @@ class InferenceRouter:
     db: async_sessionmaker
     table: RoutingTable = field(default_factory=RoutingTable)
     server_metrics: ServingMetricsCollector = field(default_factory=ServingMetricsCollector)
+    # called with (transport, outcome) once per request answered: "ok" or the error code it is recorded with
+    on_answer: Callable[[str, str], None] = field(default=lambda transport, outcome: None)
 
     def __post_init__(self) -> None:
         self.recorder = PredictionRecorder(self.settings, self.db)
@@ -200,12 +202,21 @@ class InferenceRouter:
     # ------------------------------------------------------------ inference
 
     async def infer(
-        self, tenant_id: str, name: str, version: int | None, decode: Callable[[], InferenceRequest]
+        self,
+        tenant_id: str,
+        name: str,
+        version: int | None,
+        decode: Callable[[], InferenceRequest],
+        *,
+        transport: str = "http",
+        deadline_ms: int | None = None,
     ) -> InferenceResult:
         """Run one request on a replica; raises :class:`RouteError` or :class:`InferenceFailed`.
 
         ``decode`` parses the request (raising ``CodecError``); it is called once the model is known
-        to be served, so an unknown model is a 404 whatever the body holds.
+        to be served, so an unknown model is a 404 whatever the body holds. ``transport`` (http, grpc)
+        labels its record and count; ``deadline_ms``, the client's own deadline, bounds its time in the
+        queue like Triton's ``timeout`` parameter, so a request past it is dropped there, never run.
         """
         started_at = datetime.now(UTC)
         target: Target | None = None
@@ -215,12 +226,18 @@ class InferenceRouter:
                 request = decode()
             except CodecError as exc:
                 raise InferenceFailed(400, str(exc), "invalid_input") from None
-            result = await self._run(tenant_id, name, version, request, target, request_timeout_ms(request))
+            timeout_ms = effective_timeout_ms(request_timeout_ms(request) or 0, deadline_ms) or None
+            result = await self._run(tenant_id, name, version, request, target, timeout_ms)
         except NotReady as exc:
-            self._record_failure(tenant_id, _deployed_version(self.table, tenant_id, name), started_at, exc)
+            deployed = _deployed_version(self.table, tenant_id, name)
+            self._record_failure(tenant_id, deployed, started_at, exc, transport)
             raise
         except InferenceFailed as exc:
-            self._record_failure(tenant_id, target.version if target else None, started_at, exc)
+            self._record_failure(tenant_id, target.version if target else None, started_at, exc, transport)
+            raise
+        except asyncio.CancelledError:  # the client went away or its deadline passed
+            gone = InferenceFailed(499, "the client cancelled the request or its deadline passed", "cancelled")
+            self._record_failure(tenant_id, target.version if target else None, started_at, gone, transport)
             raise
         self.recorder.record(
             prediction_row(
@@ -228,8 +245,10 @@ class InferenceRouter:
                 model_version_id=result.target.version.version_id,
                 started_at=started_at,
                 stats=result.stats,
+                transport=transport,
             )
         )
+        self.on_answer(transport, "ok")
         return result
 
     async def _run(
@@ -299,16 +318,27 @@ class InferenceRouter:
         raise InferenceFailed(client_status, message, code, RETRY_AFTER if client_status == 503 else None)
 
     def _record_failure(
-        self, tenant_id: str, version: ServedVersion | None, started_at: datetime, exc: InferenceFailed | RouteError
+        self,
+        tenant_id: str,
+        version: ServedVersion | None,
+        started_at: datetime,
+        exc: InferenceFailed | RouteError,
+        transport: str,
     ) -> None:
+        code = exc.code if isinstance(exc, InferenceFailed) else "not_ready"
+        message = exc.message if isinstance(exc, InferenceFailed) else str(exc)
+        error = {"code": code, "message": message, "status": exc.status}
+        self.on_answer(transport, code)
         if version is None:
             return  # no version to attach it to
-        if isinstance(exc, InferenceFailed):
-            error = {"code": exc.code, "message": exc.message, "status": exc.status}
-        else:
-            error = {"code": "not_ready", "message": str(exc), "status": exc.status}
         self.recorder.record(
-            prediction_row(tenant_id=tenant_id, model_version_id=version.version_id, started_at=started_at, error=error)
+            prediction_row(
+                tenant_id=tenant_id,
+                model_version_id=version.version_id,
+                started_at=started_at,
+                error=error,
+                transport=transport,
+            )
         )
 
     # ------------------------------------------------------------ metrics
@@ -386,7 +416,7 @@ ROUTER = web.AppKey("inference_router", InferenceRouter)
 async def serving_context(app: web.Application) -> AsyncIterator[None]:
     """Cleanup context (after the one that opens the database): the app's router, at ``app[ROUTER]``."""
     ctx = app[CONTEXT]
-    router = InferenceRouter(ctx.settings, ctx.db)
+    router = InferenceRouter(ctx.settings, ctx.db, on_answer=ctx.metrics.count_inference)
     ctx.metrics.registry.register(router.server_metrics)
     await router.start()
     app[ROUTER] = router

@@ -30,6 +30,26 @@ class ApiMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.inference = Counter(
+            "maas_api_inference_requests_total",
+            "Synchronous inference requests answered, by transport (http, grpc) and outcome (ok or the error code "
+            "they are recorded with)",
+            ["transport", "outcome"],
+            registry=self.registry,
+        )
+        self.grpc_requests = Counter(
+            "maas_grpc_requests_total",
+            "gRPC calls answered, by method and status code",
+            ["method", "code"],
+            registry=self.registry,
+        )
+        self.grpc_latency = Histogram(
+            "maas_grpc_request_duration_seconds",
+            "Time to answer a gRPC call, by method",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.upload_bytes = Counter(
             "maas_upload_bytes_total", "Bytes accepted through POST /v1/files", registry=self.registry
         )
@@ -51,6 +71,13 @@ class ApiMetrics:
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).inc()
         self.latency.labels(method, route).observe(seconds)
+
+    def count_inference(self, transport: str, outcome: str) -> None:
+        self.inference.labels(transport, outcome).inc()
+
+    def observe_grpc(self, method: str, code: str, seconds: float) -> None:
+        self.grpc_requests.labels(method, code).inc()
+        self.grpc_latency.labels(method).observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

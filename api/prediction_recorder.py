@@ -69,8 +69,9 @@ def prediction_row(
     started_at: datetime,
     error: dict[str, Any] | None = None,
     stats: dict[str, Any] | None = None,
+    transport: str = "http",
 ) -> dict[str, Any]:
-    """The ``predictions`` row of one synchronous request: succeeded, or failed with ``error``."""
+    """The ``predictions`` row of one synchronous request (over ``transport``): succeeded, or failed with ``error``."""
     stats = stats or {}
     return {
         "id": new_id("prediction"),
@@ -78,6 +79,7 @@ def prediction_row(
         "model_version_id": model_version_id,
         "status": "failed" if error else "succeeded",
         "is_async": False,
+        "transport": transport,
         "input": None,
         "output": None,
         "error": error,

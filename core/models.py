@@ -210,6 +210,8 @@ class Prediction(Base):
     model_version_id: Mapped[str] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"))
     status: Mapped[str] = mapped_column(String(16), default="queued")
     is_async: Mapped[bool] = mapped_column(Boolean, default=False)
+    # how a synchronous request arrived: http (/v2) or grpc; null for asynchronous predictions
+    transport: Mapped[str | None] = mapped_column(String(8))
     input: Mapped[dict[str, Any] | None]
     output: Mapped[dict[str, Any] | None]
     error: Mapped[dict[str, Any] | None]

@@ -138,6 +138,16 @@ class Settings(BaseSettings):
     # serving: the API side (api/inference_router.py, api/prediction_recorder.py)
     routing_refresh_s: float = Field(default=0.5, gt=0, description="how often the API re-reads ready replicas")
     max_inference_body_bytes: int = Field(default=64 << 20, gt=0, description="body limit of POST /v2/…/infer")
+    # serving: the API's gRPC endpoint (api/grpc_server.py), the same router and checks as /v2
+    grpc_enabled: bool = Field(default=True, description="serve the OIP gRPC service next to the REST API")
+    grpc_host: str | None = Field(default=None, description="where the gRPC service listens (default: api_host)")
+    grpc_port: int = Field(default=8081, ge=0, le=65535, description="the gRPC service's port; 0: a free port")
+    grpc_max_message_bytes: int = Field(
+        default=64 << 20, gt=0, description="largest gRPC request or response; past it, RESOURCE_EXHAUSTED"
+    )
+    grpc_stop_grace_s: float = Field(
+        default=30.0, ge=0, description="on shutdown, calls in flight get this long to finish; new ones are refused"
+    )
     prediction_flush_s: float = Field(default=0.5, gt=0, description="recorded requests are inserted this often")
     prediction_flush_rows: int = Field(default=1000, gt=0, description="…or as soon as this many are waiting")
     prediction_buffer_max_rows: int = Field(

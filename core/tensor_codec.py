@@ -126,6 +126,27 @@ def decode_tensors(raw_inputs: Any, *, max_elements: int | None = None) -> list[
     return _decode_inputs(raw_inputs, None, max_elements)
 
 
+def check_tensor_header(
+    name: str, datatype: Any, shape: Sequence[int], parameters: Mapping[str, Any], max_elements: int | None
+) -> tuple[str, tuple[int, ...]]:
+    """A tensor declared outside JSON (the gRPC transport): its datatype and shape, checked as JSON ones are."""
+    label = f"input '{name}'" if name else "an input"
+    spec = {"name": name, "datatype": datatype, "shape": list(shape), "parameters": dict(parameters)}
+    _, datatype, dims, _ = _tensor_header(spec, label, max_elements)
+    return datatype, dims
+
+
+def tensor_from_raw(chunk: bytes | memoryview, datatype: str, shape: tuple[int, ...], label: str) -> np.ndarray:
+    """A tensor from its raw little-endian bytes (BYTES: length-prefixed elements), as the binary extension carries it;
+    numeric arrays are read-only views of ``chunk``."""
+    return _from_binary(memoryview(chunk), datatype, shape, label)
+
+
+def requested_outputs(raw: Any) -> list[RequestedOutput]:
+    """The request's ``outputs`` (``[{"name", "parameters"?}]``), checked: unique names, no classification."""
+    return _decode_requested_outputs(raw)
+
+
 def _split_body(body: bytes, header_length: int | str | None) -> tuple[memoryview, memoryview | None]:
     view = memoryview(body)
     if header_length is None:
@@ -507,6 +528,16 @@ def datatype_of(array: np.ndarray, label: str = "tensor") -> str:
     if datatype is None:
         raise CodecError(f"{label} has numpy dtype {array.dtype}, which the inference protocol cannot carry")
     return datatype
+
+
+def bytes_elements(array: np.ndarray) -> list[bytes]:
+    """A BYTES tensor's elements, flattened row-major, each as bytes."""
+    return [_as_bytes(item) for item in array.reshape(-1)]
+
+
+def selected_outputs(outputs: Mapping[str, np.ndarray], request: InferenceRequest | None) -> list[str]:
+    """The names of the outputs to send: the ones the request named, in its order, else all of them."""
+    return _selected_outputs(outputs, request)
 
 
 def _selected_outputs(outputs: Mapping[str, np.ndarray], request: InferenceRequest | None) -> list[str]:

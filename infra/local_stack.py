@@ -286,11 +286,17 @@ class LocalStack:
 
     def _with_free_api_port(self, settings: Settings) -> Settings:
         port = settings.api_port
-        if ports.is_free(port, settings.api_host):
-            return settings
-        chosen = ports.pick_port(port, host=settings.api_host)
-        self._line("api", "note", f"port {port} is taken, using {chosen}")
-        return settings.model_copy(update={"api_port": chosen})
+        if not ports.is_free(port, settings.api_host):
+            chosen = ports.pick_port(port, host=settings.api_host)
+            self._line("api", "note", f"port {port} is taken, using {chosen}")
+            settings = settings.model_copy(update={"api_port": chosen})
+        grpc_host, grpc_port = settings.grpc_host or settings.api_host, settings.grpc_port
+        if settings.grpc_enabled and not ports.is_free(grpc_port, grpc_host):  # 0 too: the summary names the port
+            chosen = ports.pick_port(grpc_port or None, host=grpc_host, avoid={settings.api_port})
+            if grpc_port:
+                self._line("api", "note", f"gRPC port {grpc_port} is taken, using {chosen}")
+            settings = settings.model_copy(update={"grpc_port": chosen})
+        return settings
 
     def _spawn(self, name: str, argv: list[str], settings: Settings, stop_timeout_s: float) -> _Child:
         self._line(name, "starting")
@@ -338,6 +344,9 @@ class LocalStack:
         url = _api_url(settings)
         self.out("")
         self.out(f"maas is running: {url}")
+        if settings.grpc_enabled:
+            grpc_host = _client_host(settings.grpc_host or settings.api_host)
+            self.out(f"  gRPC (Open Inference Protocol): {grpc_host}:{settings.grpc_port}")
         if key is not None:
             self.out(f"  API key (tenant {DEFAULT_TENANT!r}; shown only now, keep it):")
             self.out(f"    {key}")

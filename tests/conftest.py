@@ -61,6 +61,7 @@ def settings(services: ServiceUrls, database_url: str, tmp_path_factory: pytest.
         webhook_backoff_max_s=2,
         webhook_progress_interval_s=0,
         webhook_allow_private_targets=True,  # the receivers are on loopback
+        grpc_port=0,  # every app's gRPC endpoint on a free port: tests run several apps at once
     )
     ArtifactStore(settings).ensure_bucket()
     return settings

@@ -20,6 +20,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import async_sessionmaker
 
 from api.context import context
 from api.endpoints import Call, Endpoints
@@ -96,7 +97,11 @@ def _router(request: web.Request) -> InferenceRouter:
 
 def _target(call: Call[None, None]) -> tuple[str, int | None]:
     """The model name and version (None: the deployed one) named by the path; 404 when they cannot exist."""
-    name, raw = call.params["name"], call.params.get("version")
+    return target_of(call.params["name"], call.params.get("version"))
+
+
+def target_of(name: str, raw: str | None) -> tuple[str, int | None]:
+    """A model name and version string (None: the deployed one) as the routes take them; 404 when they cannot exist."""
     if not valid_name(name):
         raise Problem(404, f"unknown model '{name}'")
     if raw is None:
@@ -107,8 +112,8 @@ def _target(call: Call[None, None]) -> tuple[str, int | None]:
     return name, number
 
 
-async def _why_no_route(
-    request: web.Request, tenant_id: str, name: str, version: int | None, exc: RouteError
+async def why_no_route(
+    db: async_sessionmaker, tenant_id: str, name: str, version: int | None, exc: RouteError
 ) -> Problem:
     """The error for a request nothing can serve, told precisely: unknown, undeployed, or not ready yet.
 
@@ -116,7 +121,7 @@ async def _why_no_route(
     """
     if isinstance(exc, NotReady):
         return Problem(503, str(exc), headers=RETRY_AFTER)
-    async with context(request).db() as session:
+    async with db() as session:
         rows = (
             await session.execute(
                 select(ModelVersion.version, Deployment.id.is_not(None))
@@ -154,6 +159,10 @@ async def server_ready(request: web.Request, call: Call[None, None]) -> ServerRe
 
 @inference.get("/v2", summary="Server metadata: name, version and protocol extensions", response=ServerMetadata)
 async def server_metadata(request: web.Request, call: Call[None, None]) -> ServerMetadata:
+    return server_metadata_of()
+
+
+def server_metadata_of() -> ServerMetadata:
     try:
         version = metadata.version("maas")
     except metadata.PackageNotFoundError:
@@ -163,13 +172,18 @@ async def server_metadata(request: web.Request, call: Call[None, None]) -> Serve
 
 async def _model_metadata(request: web.Request, call: Call[None, None]) -> ModelMetadata:
     name, version = _target(call)
-    async with context(request).db() as session:
+    return await model_metadata_of(context(request).db, call.tenant_id, name, version)
+
+
+async def model_metadata_of(db: async_sessionmaker, tenant_id: str, name: str, version: int | None) -> ModelMetadata:
+    """A model's versions, and the chosen version's (the deployed one, else the latest) inputs and outputs; 404."""
+    async with db() as session:
         rows = (
             await session.execute(
                 select(ModelVersion.version, ModelVersion.signature, Deployment.model_version_id == ModelVersion.id)
                 .join(Model, Model.id == ModelVersion.model_id)
                 .outerjoin(Deployment, Deployment.model_id == Model.id)
-                .where(Model.tenant_id == call.tenant_id, Model.name == name)
+                .where(Model.tenant_id == tenant_id, Model.name == name)
                 .order_by(ModelVersion.version)
             )
         ).all()
@@ -219,10 +233,17 @@ async def model_version_metadata(request: web.Request, call: Call[None, None]) -
 
 async def _model_ready(request: web.Request, call: Call[None, None]) -> ModelReady:
     name, version = _target(call)
+    return await model_ready_of(_router(request), context(request).db, call.tenant_id, name, version)
+
+
+async def model_ready_of(
+    router: InferenceRouter, db: async_sessionmaker, tenant_id: str, name: str, version: int | None
+) -> ModelReady:
+    """Ready when a replica can serve the version now; otherwise the Problem saying why not (404 or 503)."""
     try:
-        target = _router(request).table.resolve(call.tenant_id, name, version)
+        target = router.table.resolve(tenant_id, name, version)
     except RouteError as exc:
-        raise await _why_no_route(request, call.tenant_id, name, version, exc) from None
+        raise await why_no_route(db, tenant_id, name, version, exc) from None
     return ModelReady(name=name, version=str(target.version.number), ready=True)
 
 
@@ -264,7 +285,7 @@ async def _infer(request: web.Request, call: Call[None, None]) -> web.Response:
     try:
         router.table.resolve(call.tenant_id, name, version)  # unknown or not ready: say so before reading the body
     except RouteError as exc:
-        raise await _why_no_route(request, call.tenant_id, name, version, exc) from None
+        raise await why_no_route(context(request).db, call.tenant_id, name, version, exc) from None
     body = await _read_body(request, settings.max_inference_body_bytes)
     header_length = request.headers.get(HEADER_LENGTH_HEADER)
 
@@ -277,7 +298,7 @@ async def _infer(request: web.Request, call: Call[None, None]) -> web.Response:
             result.outputs, model_name=name, model_version=str(result.target.version.number), request=result.request
         )
     except RouteError as exc:
-        raise await _why_no_route(request, call.tenant_id, name, version, exc) from None
+        raise await why_no_route(context(request).db, call.tenant_id, name, version, exc) from None
     except InferenceFailed as exc:
         raise Problem(exc.status, exc.message, headers=exc.headers) from None
     except CodecError as exc:
