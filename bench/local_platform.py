@@ -32,6 +32,7 @@ class Platform:
     url: str
     key: str
     data_dir: Path
+    grpc_target: str = ""  # host:port of the API's gRPC endpoint
 
     def call(
         self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None, raw: bytes | None = None
@@ -60,6 +61,7 @@ def local_platform(**settings: str) -> Iterator[Platform]:
         {
             "MAAS_DATA_DIR": str(data_dir),
             "MAAS_API_PORT": str(_free_port()),
+            "MAAS_GRPC_PORT": str(_free_port()),
             "MAAS_LOG_FORMAT": "text",
             "PYTHONUNBUFFERED": "1",
             **{f"MAAS_{k.upper()}": v for k, v in settings.items()},
@@ -84,7 +86,7 @@ def local_platform(**settings: str) -> Iterator[Platform]:
                 url = match.group(1)
             elif url and (match := re.match(r"^\s+(maas_\S+)$", line)):
                 key = match.group(1)
-        yield Platform(url=url, key=key, data_dir=data_dir)
+        yield Platform(url=url, key=key, data_dir=data_dir, grpc_target=f"127.0.0.1:{env['MAAS_GRPC_PORT']}")
     finally:
         process.send_signal(signal.SIGINT)
         try:

@@ -17,7 +17,10 @@ and one process tree:
   ``max_queue_delay_us`` ``--queue-delay-us``), then ``POST /v2/models/{name}/infer`` with the OIP binary
   tensor extension (the request ``tritonclient.http`` sends: a JSON header, raw little-endian tensors,
   binary outputs). Also with one client, against (a)'s batch-1 latency. The outputs are first checked
-  against ONNX Runtime's on the same single items.
+  against ONNX Runtime's on the same single items;
+- (c, gRPC) the same platform, the same requests and loads, over the API's gRPC endpoint
+  (``inference.GRPCInferenceService/ModelInfer`` with ``raw_input_contents``, as ``tritonclient.grpc``
+  sends it; one ``grpc.aio`` channel, like one tritonclient), right after the REST runs of each model.
 
 The load: ``--clients`` asyncio clients in this process (one aiohttp ClientSession, keep-alive), each
 sending one single-item request at a time for ``--warmup`` then ``--seconds``; requests completed in the
@@ -58,10 +61,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import aiohttp
+import grpc
 import numpy as np
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
+from api.oip_grpc import open_inference_grpc_pb2 as pb
+from api.oip_grpc import open_inference_grpc_pb2_grpc as pb_grpc
 from bench.local_platform import Platform, local_platform
 
 RESULTS = Path(__file__).resolve().parent / "results" / "serving.json"
@@ -439,6 +445,42 @@ async def check_platform(url: str, model: BenchModel, key: str, count: int = 16)
     return {"max_abs_diff": worst, "min_cosine": round(cosine, 6), "requests": count}
 
 
+def grpc_requests(model: BenchModel) -> list[pb.ModelInferRequest]:
+    """The same single items as ModelInferRequests with raw_input_contents, as tritonclient.grpc builds them."""
+    messages = []
+    for request in model.requests:
+        message = pb.ModelInferRequest(model_name=model.name)
+        for name, array in request.items():
+            datatype = {"int64": "INT64", "float32": "FP32"}[array.dtype.name]
+            message.inputs.add(name=name, datatype=datatype, shape=array.shape)
+            raw = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            message.raw_input_contents.append(raw)
+        message.outputs.add(name=model.output)
+        messages.append(message)
+    return messages
+
+
+def grpc_output(response: pb.ModelInferResponse) -> np.ndarray:
+    (output,) = response.outputs
+    dtype = {"FP32": "<f4", "INT64": "<i8"}[output.datatype]
+    return np.frombuffer(response.raw_output_contents[0], dtype=dtype).reshape(list(output.shape))
+
+
+async def check_platform_grpc(target: str, model: BenchModel, key: str, count: int = 16) -> dict[str, float]:
+    """As :func:`check_platform`, over gRPC."""
+    session = _session(model.onnx_path, 1)
+    worst, cosine = 0.0, 1.0
+    metadata = (("authorization", f"Bearer {key}"),)
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        for request, message in zip(model.requests[:count], grpc_requests(model), strict=False):
+            got = grpc_output(await stub.ModelInfer(message, metadata=metadata))[0]
+            expected = session.run([model.output], request)[0][0]
+            worst = max(worst, float(np.abs(got - expected).max()))
+            cosine = min(cosine, float(got @ expected / (np.linalg.norm(got) * np.linalg.norm(expected))))
+    return {"max_abs_diff": worst, "min_cosine": round(cosine, 6), "requests": count}
+
+
 # ---------------------------------------------------------------- the load
 
 
@@ -554,6 +596,53 @@ async def run_load(
     }
 
 
+async def run_grpc_load(
+    target: str, messages: Sequence[pb.ModelInferRequest], key: str, *, clients: int, warmup_s: float, seconds: float
+) -> dict[str, Any]:
+    """:func:`run_load` over gRPC: ``clients`` loops on one channel, each with one ModelInfer call in flight."""
+    loop = asyncio.get_running_loop()
+    latencies: list[float] = []
+    codes: dict[str, int] = {}
+    metadata = (("authorization", f"Bearer {key}"),)
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        start = loop.time()
+        window_start, window_end = start + warmup_s, start + warmup_s + seconds
+        snapshots: list[dict[int | str, tuple[str, float]]] = []
+        loop.call_at(window_start, lambda: snapshots.append(cpu_snapshot()))
+        loop.call_at(window_end, lambda: snapshots.append(cpu_snapshot()))
+
+        async def client(index: int) -> None:
+            turn = index
+            while (sent := loop.time()) < window_end:
+                message = messages[turn % len(messages)]
+                turn += clients
+                try:
+                    await stub.ModelInfer(message, metadata=metadata, timeout=120)
+                    code = "OK"
+                except grpc.aio.AioRpcError as exc:
+                    code = exc.code().name
+                done = loop.time()
+                if window_start <= done <= window_end and sent >= start:
+                    if code == "OK":
+                        latencies.append(done - sent)
+                    codes[code] = codes.get(code, 0) + 1
+
+        await asyncio.gather(*(client(i) for i in range(clients)))
+        while len(snapshots) < 2:
+            await asyncio.sleep(0.05)
+    ok = codes.get("OK", 0)
+    return {
+        "clients": clients,
+        "seconds": seconds,
+        "requests": sum(codes.values()),
+        "items_per_s": round(ok / seconds, 1),
+        "latency_ms": _percentiles(latencies),
+        "non_200": {k: v for k, v in codes.items() if k != "OK"},
+        "cpu_cores": cpu_by_role(snapshots[0], snapshots[1], seconds),
+    }
+
+
 # ---------------------------------------------------------------- the run
 
 
@@ -609,8 +698,34 @@ def measure_platform(models: Sequence[BenchModel], args: argparse.Namespace) -> 
                 "outputs_vs_onnxruntime_batch1": agreement,
                 "many_clients": many,
                 "one_client": one,
+                "grpc": measure_grpc(maas, model, args),
             }
     return results
+
+
+def measure_grpc(maas: Platform, model: BenchModel, args: argparse.Namespace) -> dict[str, Any]:
+    """(c) over the API's gRPC endpoint: the same requests, clients and windows as the REST runs."""
+    messages = grpc_requests(model)
+    agreement = asyncio.run(check_platform_grpc(maas.grpc_target, model, maas.key))
+    before = serving_counters(maas, model.name)
+    many = asyncio.run(
+        run_grpc_load(
+            maas.grpc_target, messages, maas.key, clients=args.clients, warmup_s=args.warmup, seconds=args.seconds
+        )
+    )
+    middle = serving_counters(maas, model.name)
+    many["batching_incl_warmup"] = batch_stats(before, middle)
+    print(f"  (c) {model.name + ' gRPC':<28} {many['items_per_s']:8.1f} items/s", flush=True)
+    one = asyncio.run(
+        run_grpc_load(maas.grpc_target, messages, maas.key, clients=1, warmup_s=2, seconds=args.one_client_seconds)
+    )
+    one["batching_incl_warmup"] = batch_stats(middle, serving_counters(maas, model.name))
+    return {
+        "request_format": "OIP gRPC ModelInfer with raw_input_contents (raw outputs), as tritonclient.grpc sends it",
+        "outputs_vs_onnxruntime_batch1": agreement,
+        "many_clients": many,
+        "one_client": one,
+    }
 
 
 def main() -> None:
@@ -744,7 +859,9 @@ def setup(args: argparse.Namespace, threads: int, load: tuple[float, float, floa
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),
         "system": platform.platform(),
-        "versions": {p: version(p) for p in ("onnxruntime", "torch", "transformers", "aiohttp", "numpy", "maas")},
+        "versions": {
+            p: version(p) for p in ("onnxruntime", "torch", "transformers", "aiohttp", "grpcio", "numpy", "maas")
+        },
         "load_average_before": [round(x, 2) for x in load],
         "threads": threads,
         "clients": args.clients,
@@ -805,6 +922,9 @@ def print_table(rows: Mapping[str, dict[str, Any]], clients: int) -> None:
         if (c := row["c_platform"]) is not None:
             for run in (c["many_clients"], c["one_client"]):
                 lines.append(("(c) maas", run["clients"], run["items_per_s"], run["latency_ms"],
+                              sum(run["non_200"].values())))  # fmt: skip
+            for run in (c["grpc"]["many_clients"], c["grpc"]["one_client"]):
+                lines.append(("(c) maas over gRPC", run["clients"], run["items_per_s"], run["latency_ms"],
                               sum(run["non_200"].values())))  # fmt: skip
         for index, (system, n, rate, latency, errors) in enumerate(lines):
             text = f"{name if index == 0 else '':<12} {system:<38} {n:>7} {_num(rate):>9} "
