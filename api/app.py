@@ -15,6 +15,7 @@ from aiohttp import web
 from api.auth import KnownKeys
 from api.context import CONTEXT, ApiContext
 from api.endpoints import add_routes
+from api.event_fanout import fanout_context
 from api.grpc_server import drain_grpc, grpc_context
 from api.inference_router import serving_context
 from api.metrics import ApiMetrics
@@ -104,6 +105,7 @@ def create_app(settings: Settings) -> web.Application:
         await engine.dispose()
 
     app.cleanup_ctx.append(services)
+    app.cleanup_ctx.append(fanout_context)  # one LISTEN feeds every SSE stream (api/event_fanout.py)
     app.cleanup_ctx.append(serving_context)
     if settings.grpc_enabled:  # the same router and checks as /v2, a second transport (api/grpc_server.py)
         app.cleanup_ctx.append(grpc_context)

@@ -1,12 +1,12 @@
 """The jobs resource: create (typed spec per job type), get, list, cancel, events (JSON pages or
-Server-Sent Events), artifacts (deleting a finished job's: 410 afterwards) and webhook deliveries.
+Server-Sent Events, fanned out from one reader per job: api/event_fanout.py), artifacts (deleting a
+finished job's: 410 afterwards) and webhook deliveries.
 ``Prefer: wait=N`` holds create and get until the job ends or N seconds pass.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any, Literal
 
 from aiohttp import web
@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from api import event_fanout
 from api.context import CONTEXT, ApiContext, commit_and_send, context
 from api.deleting import run_delete
 from api.endpoints import Call, Endpoints
@@ -23,7 +24,6 @@ from api.problems import Problem, not_found, validation_problem
 from core import jobs as job_service
 from core.deletion import AlreadyDeleted
 from core.deletion import delete_artifact as delete_artifact_rows
-from core.job_states import TERMINAL
 from core.models import Artifact, Job, JobEvent, WebhookDelivery
 from core.objects import ArtifactDownload, ArtifactObject, JobEventObject, JobObject, Status, WebhookDeliveryObject
 from core.settings import Settings
@@ -34,7 +34,6 @@ from job_types.base import JobType
 
 jobs = Endpoints("jobs")
 
-POLL_S = 0.2
 SSE_KEEPALIVE_S = 15.0
 MAX_METADATA_KEYS = 16
 
@@ -245,10 +244,6 @@ async def _events_after(ctx: ApiContext, job_id: str, seq: int, limit: int) -> l
         return list(await session.scalars(statement))
 
 
-def _is_terminal_event(event: JobEvent) -> bool:
-    return event.type == "status" and event.data.get("status") in TERMINAL
-
-
 @jobs.get(
     "/v1/jobs/{id}/events",
     summary="A job's events, oldest first; with `Accept: text/event-stream`, a live Server-Sent Events stream",
@@ -262,7 +257,7 @@ async def list_events(request: web.Request, call: Call[None, EventQuery]) -> Eve
     after = call.query.after or request.headers.get("Last-Event-ID")
     seq = await _event_seq(ctx, job.id, after)
     if "text/event-stream" in request.headers.get("Accept", ""):
-        return await _stream_events(request, ctx, job, seq)
+        return await _stream_events(request, job, seq)
     rows = await _events_after(ctx, job.id, seq, call.query.limit + 1)
     has_more = len(rows) > call.query.limit
     rows = rows[: call.query.limit]
@@ -273,28 +268,13 @@ async def list_events(request: web.Request, call: Call[None, EventQuery]) -> Eve
     )
 
 
-async def _stream_events(request: web.Request, ctx: ApiContext, job: Job, seq: int) -> web.StreamResponse:
+async def _stream_events(request: web.Request, job: Job, seq: int) -> web.StreamResponse:
+    """The job's events as Server-Sent Events, fed by the process's one reader of the job (api/event_fanout.py)."""
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )
     await response.prepare(request)
-    last_write = time.monotonic()
-    while True:
-        events = await _events_after(ctx, job.id, seq, 500)
-        for event in events:
-            payload = JobEventObject.model_validate(event).model_dump_json()
-            await response.write(f"id: {event.id}\nevent: {event.type}\ndata: {payload}\n\n".encode())
-            seq, last_write = event.seq, time.monotonic()
-        if any(_is_terminal_event(e) for e in events):
-            break
-        if not events:
-            job = await _load_job(ctx, job.tenant_id, job.id)
-            if job.status in TERMINAL and not await _events_after(ctx, job.id, seq, 1):
-                break
-            if time.monotonic() - last_write > SSE_KEEPALIVE_S:
-                await response.write(b": keep-alive\n\n")
-                last_write = time.monotonic()
-            await asyncio.sleep(POLL_S)
+    await event_fanout.stream(request.app[event_fanout.FANOUT], job.id, seq, response.write, SSE_KEEPALIVE_S)
     await response.write_eof()
     return response
 
