@@ -15,10 +15,16 @@ DEFAULT_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 STREAM_TIMEOUT = httpx.Timeout(10.0, read=60.0)
 
 
+def from_environment() -> tuple[str | None, str | None]:
+    """``MAAS_BASE_URL`` and ``MAAS_API_KEY``, None where unset."""
+    return os.environ.get("MAAS_BASE_URL") or None, os.environ.get("MAAS_API_KEY") or None
+
+
 def resolve(base_url: str | None, api_key: str | None) -> tuple[str, str]:
     """The base URL (without a trailing slash) and the API key to use; raises MaasError without a key."""
-    url = (base_url or os.environ.get("MAAS_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-    key = api_key or os.environ.get("MAAS_API_KEY")
+    env_url, env_key = from_environment()
+    url = (base_url or env_url or DEFAULT_BASE_URL).rstrip("/")
+    key = api_key or env_key
     if not key:
         raise MaasError("no API key: pass api_key=, set MAAS_API_KEY, or run `maas login`")
     return url, key

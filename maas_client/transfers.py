@@ -78,7 +78,10 @@ def upload_source(file: FileSource, filename: str | None = None) -> UploadSource
         raise ValueError("uploading a file object without a name needs a filename")
     size = None
     with contextlib.suppress(AttributeError, OSError, ValueError):  # a pipe or a socket: sent without a length
-        size = os.fstat(file.fileno()).st_size - file.tell()
+        if file.seekable():
+            start = file.tell()
+            size = file.seek(0, os.SEEK_END) - start
+            file.seek(start)
     return UploadSource(name, size, _stream=file)
 
 
