@@ -7,6 +7,10 @@ maas serve [--host H] [--port P]         run one model server (python -m serving
 maas db upgrade [REV] | downgrade [REV] | current
 maas admin tenants create NAME | list
 maas admin keys create --tenant T [--name N] | revoke KEY_ID_OR_PREFIX | list [--tenant T]
+
+Against a running platform, through the SDK (see cli/client_commands.py; each takes --output json):
+maas login | files upload/list | jobs submit/get/list/cancel/logs | artifacts download | models list
+maas deploy NAME --version N | predict NAME --input FILE.npz
 """
 
 from __future__ import annotations
@@ -147,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     list_.add_argument("--tenant", help="tenant id or name")
     for p in keys.choices.values():
         p.set_defaults(func=cmd_keys)
+
+    from cli.client_commands import add_client_commands
+
+    add_client_commands(sub)
     return parser
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from maas_client import AsyncClient, Client
+from maas_client import AsyncClient, Client, NotFound
 from maas_client.webhooks import verify
 from tests.support import webhook_receiver
 from tests.support.datasets import digits_bytes
@@ -139,6 +139,10 @@ async def test_the_tour_with_the_async_client(api, tenant, training_worker, aioh
         prediction = await maas.predictions.create(name, {input_name: x[:2]}, webhook=hook, wait=30)
         prediction = await maas.predictions.wait(prediction.id, timeout=60)
         secret = (await maas.webhooks.secret()).key
+        assert [v.version for v in await maas.models.versions(name)] == [1]
+        await maas.deployments.undeploy(name)
+        with pytest.raises(NotFound):
+            await maas.deployments.get(name)
     assert hashlib.sha256(model_path.read_bytes()).hexdigest() == model.sha256
     for output, array in onnx_runtime(model_path, x[:8]).items():
         np.testing.assert_allclose(outputs[output], array, rtol=1e-5, atol=1e-5)
