@@ -248,5 +248,5 @@ def _calibration(
         else:
             rows, where = eval_rows, "the eval rows (no other data was given)"
         chosen[index] = select_rows(rows.x, spread(len(rows), calibration.rows))
-        notes.append(f"pass {index} calibrates on {len(chosen[index])} rows of {where}")
+        notes.append(f"pass {index} calibrates on {count_rows(chosen[index])} rows of {where}")
     return chosen

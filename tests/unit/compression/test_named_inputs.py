@@ -134,6 +134,7 @@ def test_named_rows_keep_their_dtypes_and_labels_and_spread_for_calibration(inpu
     assert data.eval_y is not None and list(data.eval_y[:4]) == [0, 1, 2, 0]
     calibration = data.calibration[0]
     assert isinstance(calibration, dict) and count_rows(calibration) == 5
+    assert data.notes == ["pass 0 calibrates on 5 rows of the eval rows (no other data was given)"]
     np.testing.assert_array_equal(calibration["attention_mask"][0], GOOD["attention_mask"][0])
 
 
