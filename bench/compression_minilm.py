@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 import onnxruntime as ort
 
-from compression.corpus import english_sentences
+from compression.corpus import held_out_split
 from compression.encoders import export_sentence_encoder, load_tokenizer, minilm_model_dir, tokenize
 from compression.fidelity import Fidelity, compare_outputs, run_batches
 from compression.quantize import (
@@ -80,16 +80,6 @@ def batches_of(
     return [tokenize(tokenizer, sentences[i : i + size], names) for i in range(0, len(sentences), size)]
 
 
-def split_corpus(eval_count: int, calibration_count: int) -> tuple[list[str], list[str]]:
-    """Evaluation sentences spread over the corpus; calibration from the rest, also spread."""
-    everything = english_sentences()
-    evaluation = english_sentences(eval_count)
-    held_out = set(evaluation)
-    rest = [s for s in everything if s not in held_out]
-    step = max(len(rest) // calibration_count, 1)
-    return evaluation, rest[::step][:calibration_count]
-
-
 def timed(build: Callable[[], object]) -> tuple[object, float]:
     start = time.perf_counter()
     result = build()
@@ -121,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(args: argparse.Namespace, workdir: Path) -> int:
     threads = args.threads
     say = print
-    evaluation, calibration_sentences = split_corpus(args.eval_sentences, args.calibration_sentences)
+    evaluation, calibration_sentences = held_out_split(args.eval_sentences, args.calibration_sentences)
     say(f"corpus: {len(evaluation)} evaluation sentences, {len(calibration_sentences)} calibration sentences")
 
     fp32_path = workdir / "minilm.fp32.onnx"

@@ -215,3 +215,14 @@ def english_sentences(limit: int | None = None) -> list[str]:
     """
     found = deduplicated(sentences_from([*sklearn_descr_texts(), *stdlib_docstrings()]))
     return found if limit is None else spread(found, limit)
+
+
+def held_out_split(eval_count: int, calibration_count: int) -> tuple[list[str], list[str]]:
+    """Evaluation sentences spread over the corpus; calibration sentences from the rest, also
+    spread, so that a model is never judged on the sentences it was calibrated on."""
+    everything = english_sentences()
+    evaluation = spread(everything, eval_count)
+    held_out = set(evaluation)
+    rest = [s for s in everything if s not in held_out]
+    step = max(len(rest) // calibration_count, 1)
+    return evaluation, rest[::step][:calibration_count]
