@@ -92,6 +92,13 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(default=5.0, gt=0)
     redispatch_after_s: float = Field(default=300.0, gt=0)
     cancel_grace_s: float = Field(default=10.0, ge=0)
+    preempt_grace_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="after a worker gets SIGTERM, each running job has this long to checkpoint and go back to the "
+        "queue before its processes are stopped (then cancel_grace_s more); a pod's terminationGracePeriodSeconds "
+        "must cover both",
+    )
 
     # training
     max_nproc_per_node: int = Field(default=8, gt=0, description="torchrun processes a job may ask for per node")

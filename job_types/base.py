@@ -14,6 +14,12 @@ implements the context; a job type never imports the worker side.
 
 A job that spans several nodes sends each other node its share with ``start_node``; the worker
 that takes it calls the type's ``node_handler`` with a ``NodeContext``.
+
+When its worker is told to stop (scale-in, a node drain, a spot reclaim), a handler is asked to
+give the job back: the callbacks it registered with ``on_preempt`` run, it saves its state at
+its next safe point (a checkpoint) and raises ``JobPreempted``; the job goes back to the queue
+without using an attempt, and the next worker resumes from that state. A handler that registers
+nothing has its processes stopped at once and is re-run from its last checkpoint.
 """
 
 from __future__ import annotations
@@ -40,6 +46,14 @@ class JobFailed(Exception):
     def __init__(self, code: str, message: str, **details: Any):
         super().__init__(message)
         self.code, self.message, self.details = code, message, details
+
+
+class JobPreempted(Exception):
+    """Raised by a handler that saved its state and stopped because its worker is shutting down."""
+
+    def __init__(self, message: str, **details: Any):
+        super().__init__(message)
+        self.message, self.details = message, details
 
 
 class JobCanceled(Exception):
@@ -74,6 +88,16 @@ class RunContext(Protocol):
     ) -> int:
         """Run a command in its own process group, each output line to ``on_line`` (default: a log
         event); the whole tree is stopped when the job is canceled or moves on. Its exit code."""
+        ...
+
+    def on_preempt(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (from another thread, once) when the worker is told to stop: the
+        handler should then save its state at its next safe point and raise ``JobPreempted``
+        (a node's share just ends) within ``MAAS_PREEMPT_GRACE_S``."""
+        ...
+
+    def preempt_requested(self) -> bool:
+        """Whether the worker was told to stop (for handlers that poll between chunks)."""
         ...
 
 

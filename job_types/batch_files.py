@@ -130,6 +130,17 @@ def output_writer(file_format: str, path: Path, rows: int, work: Path) -> Output
     return NpzWriter(path, rows, work) if file_format == "npz" else ParquetWriter(path)
 
 
+def carry_over(writer: OutputWriter, partial: Path, file_format: str, rows: int) -> None:
+    """Write the first ``rows`` rows of an earlier attempt's closed output file ``partial`` into ``writer``."""
+    if isinstance(writer, ParquetWriter):
+        writer.write_table(pq.read_table(partial).slice(0, rows))
+        return
+    with np.load(partial, allow_pickle=False) as saved:
+        arrays = {name.removesuffix(".npy"): saved[name][:rows] for name in saved.files}
+    # strings come back fixed-width; as objects they go where this writer keeps string outputs
+    writer.write({name: a.astype(object) if a.dtype.kind == "U" else a for name, a in arrays.items()})
+
+
 def _check_trailing(name: str, seen: dict[str, tuple[int, ...]], array: np.ndarray) -> None:
     trailing = tuple(array.shape[1:])
     if seen.setdefault(name, trailing) != trailing:
@@ -185,6 +196,15 @@ class ParquetWriter:
             schema = table.schema.with_metadata({"maas.shapes": json.dumps(shapes)})
             self.writer = pq.ParquetWriter(self.path, schema)
         self.writer.write_table(table.replace_schema_metadata(self.writer.schema.metadata))
+
+    def write_table(self, table: pa.Table) -> None:
+        """Rows already in this writer's layout (an earlier attempt's), shapes in ``maas.shapes``."""
+        shapes = json.loads((table.schema.metadata or {}).get(b"maas.shapes", b"{}"))
+        for name, shape in shapes.items():
+            self.trailing.setdefault(name, tuple(shape))
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.path, table.schema)
+        self.writer.write_table(table)
 
     def close(self) -> None:
         if self.writer is None:  # no rows: an empty file with no columns is still a valid answer

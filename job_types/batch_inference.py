@@ -8,7 +8,10 @@ sha256 and warmed up like a deployment's), so it neither needs the version deplo
 down the online traffic's batches beyond sharing the cores. Which version runs is settled when
 the job starts (the named one, or the one deployed then) and written to the job's result.
 Progress is reported at most every ``PROGRESS_INTERVAL_S`` and after the last chunk;
-cancellation is checked before every chunk. A job re-run after its worker died starts over.
+cancellation is checked before every chunk. When the worker is told to stop, the outputs so far
+are saved as a checkpoint before the next chunk and the job goes back to the queue; the next
+attempt carries them over and starts at the first chunk not written (each chunk is run and
+written once). A job re-run after its worker died starts over.
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ from core.model_registry import find_version
 from core.models import Artifact, Deployment, File, Model, ModelVersion
 from core.settings import Settings
 from core.spec_kit import FieldProblem
-from job_types.base import JobContext, JobFailed, JobType
-from job_types.batch_files import BadData, output_writer, read_chunks
+from job_types.base import JobContext, JobFailed, JobPreempted, JobType
+from job_types.batch_files import BadData, OutputWriter, carry_over, output_writer, read_chunks
 from job_types.batch_spec import BatchInferenceSpec, FeedPlan, PlanError, plan_inputs
 from job_types.lookups import dataset_file, model_not_found
 
@@ -118,18 +121,49 @@ def open_model(ctx: JobContext, found: BatchSources) -> OnnxModel:
         raise JobFailed("bad_model", f"the model cannot be opened: {exc}") from exc
 
 
+def resume_rows(ctx: JobContext, spec: BatchInferenceSpec, writer: OutputWriter, work: Path) -> int:
+    """Carry an earlier attempt's saved outputs into ``writer``; the rows they hold (0: none)."""
+    checkpoints = ctx.checkpoints()
+    if not checkpoints:
+        return 0
+    saved = checkpoints[-1]
+    rows = int(ctx.checkpoint_data().get(saved.id, {}).get("step", 0))
+    partial = work / f"saved.{spec.output.format}"
+    ctx.store.download_file(saved.storage_key, partial, expected_sha256=saved.sha256)
+    carry_over(writer, partial, spec.output.format, rows)
+    partial.unlink()
+    ctx.log(f"resuming at row {rows + 1}: an earlier attempt saved the outputs before it", resumed_rows=rows)
+    return rows
+
+
+def save_and_stop(ctx: JobContext, writer: OutputWriter, out: Path, done: int) -> None:
+    """The worker is stopping: the outputs of the first ``done`` rows become a checkpoint."""
+    if done:
+        writer.close()
+        saved = out.rename(out.with_name(f"partial-{done}{out.suffix}"))
+        ctx.checkpoint(saved, done, rows=done)
+    raise JobPreempted(f"the outputs of the first {done} rows are saved", rows=done)
+
+
 def run_chunks(ctx: JobContext, spec: BatchInferenceSpec, found: BatchSources, model: OnnxModel, work: Path) -> Path:
     """Every chunk through the model into the output file; returns its path."""
     plan, fmt = found.plan, spec.output.format
     out = work / f"predictions.{fmt}"
     writer = output_writer(fmt, out, plan.rows, work)
-    done, inference_s, started = 0, 0.0, time.monotonic()
+    resumed = done = resume_rows(ctx, spec, writer, work)
+    inference_s, started = 0.0, time.monotonic()
     reported = float("-inf")
     data = ctx.fetch_file(found.file.id, work / f"dataset.{found.file.format}")
+    position = 0
     try:
         for feed in read_chunks(data, found.file.format, plan, spec.chunk_rows, work):
-            ctx.raise_if_canceled()
             rows = next(iter(feed.values())).shape[0]
+            position += rows
+            if position <= resumed:  # written by an earlier attempt
+                continue
+            if ctx.preempt_requested():
+                save_and_stop(ctx, writer, out, done)
+            ctx.raise_if_canceled()
             before = time.perf_counter()
             try:
                 outputs = model.run(feed)
@@ -140,7 +174,8 @@ def run_chunks(ctx: JobContext, spec: BatchInferenceSpec, found: BatchSources, m
             done += rows
             if time.monotonic() - reported >= PROGRESS_INTERVAL_S or done == plan.rows:
                 elapsed = time.monotonic() - started
-                ctx.progress(done, plan.rows, rows_per_s=round(done / elapsed, 1) if elapsed else None)
+                ran = done - resumed
+                ctx.progress(done, plan.rows, rows_per_s=round(ran / elapsed, 1) if elapsed else None)
                 reported = time.monotonic()
         writer.close()
     except BadData as exc:
@@ -149,7 +184,11 @@ def run_chunks(ctx: JobContext, spec: BatchInferenceSpec, found: BatchSources, m
         raise JobFailed("bad_dataset", f"the file held {done} rows where {plan.rows} were recorded at upload")
     elapsed = time.monotonic() - started
     ctx.metrics(
-        rows=done, seconds=round(elapsed, 3), inference_s=round(inference_s, 3), rows_per_s=round(done / elapsed, 1)
+        rows=done,
+        resumed_rows=resumed,
+        seconds=round(elapsed, 3),
+        inference_s=round(inference_s, 3),
+        rows_per_s=round((done - resumed) / elapsed, 1),
     )
     return out
 
@@ -168,6 +207,8 @@ def run_batch_inference(ctx: JobContext) -> dict[str, Any]:
         model = open_model(ctx, found)
         out = run_chunks(ctx, spec, found, model, work)
         artifact = ctx.artifact("predictions", out.name, out, rows=found.plan.rows, format=spec.output.format)
+    for saved in ctx.checkpoints():  # earlier attempts' partial outputs: all in the artifact now
+        ctx.delete_artifact(saved, "the job finished: its outputs are in the predictions artifact")
     return {
         "model": {"name": spec.model.name, "version": version.version, "model_version_id": version.id},
         "rows": found.plan.rows,

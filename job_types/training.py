@@ -33,13 +33,13 @@ from core.onnx_signature import read_signature
 from core.ports import pick_port
 from core.settings import Settings
 from core.spec_kit import FieldProblem
-from job_types.base import JobContext, JobFailed, JobType, NodeContext, RunContext
+from job_types.base import JobContext, JobFailed, JobPreempted, JobType, NodeContext, RunContext
 from job_types.checkpoint_retention import prune_checkpoints
 from job_types.dataset_memory import check_worker_memory
 from job_types.lookups import dataset_file
 from training.spec import TrainingSpec, check_dataset_fits, check_limits
 
-PROTOCOL = {"progress", "checkpoint", "result", "error"}
+PROTOCOL = {"progress", "checkpoint", "result", "error", "preempted"}
 LOG_TAIL_LINES = 40
 MAX_LOG_EVENTS = 500
 
@@ -111,6 +111,7 @@ class RankZeroOutput:
         self.ctx, self.work = ctx, work
         self.result: dict[str, Any] | None = None
         self.error: dict[str, Any] | None = None
+        self.preempted_at: int | None = None  # the step the run stopped at when asked to
         self.tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
         self.logged = 0
 
@@ -126,6 +127,8 @@ class RankZeroOutput:
             self._upload_checkpoint(Path(message["path"]), message["step"], metrics)
         elif message["type"] == "result":
             self.result = message
+        elif message["type"] == "preempted":
+            self.preempted_at = message["step"]
         else:
             self.error = message
 
@@ -191,6 +194,14 @@ def data_args(ctx: RunContext, spec: TrainingSpec, folder: Path) -> list[str]:
     return args
 
 
+def stop_file_args(ctx: RunContext, folder: Path) -> list[str]:
+    """The ranks' stop file: touched when the worker is told to stop, so that they checkpoint at
+    their next sync step and end (``training.run --stop-file``)."""
+    stop = folder / "stop"
+    ctx.on_preempt(stop.touch)
+    return ["--stop-file", str(stop)]
+
+
 def restore_checkpoint(ctx: JobContext, work: Path) -> Path | None:
     """The newest checkpoint of an earlier attempt, unpacked; None on a first attempt."""
     checkpoints = ctx.checkpoints()
@@ -252,11 +263,13 @@ def run_training(ctx: JobContext) -> dict[str, Any]:
                 common += ["--resume", str(resume)]
             output = RankZeroOutput(ctx, local)
             env = child_env(ctx.settings.training_threads_per_process)
-            args = common + data_args(ctx, spec, local)
+            args = common + data_args(ctx, spec, local) + stop_file_args(ctx, local)
             if multinode:
                 code = run_first_node(ctx, spec, common, args, shared, output, env)
             else:
                 code = ctx.run_process(torchrun_command(spec, args), env=env, on_line=output)
+            if output.preempted_at is not None:  # its checkpoint was uploaded when its line came
+                raise JobPreempted(f"checkpointed at step {output.preempted_at}", step=output.preempted_at)
             if (failure := classify_failure(code, output)) is not None:
                 raise failure
             assert output.result is not None  # classify_failure found a result
@@ -350,7 +363,7 @@ def run_node_share(ctx: NodeContext, share: dict[str, Any]) -> None:
             ctx.log(f"[node {node}] {line}", node=node)
 
     with tempfile.TemporaryDirectory(prefix=f"maas-{ctx.job_id}-node{node}-") as tmp:
-        args = share["args"] + data_args(ctx, spec, Path(tmp))
+        args = share["args"] + data_args(ctx, spec, Path(tmp)) + stop_file_args(ctx, Path(tmp))
         rendezvous = Rendezvous(share["endpoint"], share["run_id"], ctx.settings.training_rendezvous_timeout_s)
         code = ctx.run_process(
             torchrun_command(spec, args, node_rank=node, rendezvous=rendezvous),

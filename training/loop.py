@@ -6,6 +6,10 @@ model (ONNX with a parity check, safetensors) and draw the curves.
 Reports go through ``emit`` as the JSON objects ``training.run`` prints (``progress``,
 ``checkpoint``, ``result``); rank 0 emits, the other ranks stay silent. Failures the run
 can name raise ``TrainingFailure(code, message)``.
+
+A run asked to stop (``RunPaths.stop_file`` appears on any rank: its worker is shutting down)
+checkpoints at the next step where the ranks sync, and raises ``Preempted``; the ranks agree
+on that step because the request travels in the same all-reduce as the loss counters.
 """
 
 from __future__ import annotations
@@ -36,6 +40,14 @@ PARITY_ROWS = 512
 ARTIFACTS = {"model": "model.onnx", "curves": "curves.png", "state_dict": "model.safetensors"}
 
 
+class Preempted(Exception):
+    """The run stopped early when asked to, after checkpointing step ``step``."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"stopped at step {step} when asked to, after a checkpoint")
+        self.step = step
+
+
 class TrainingFailure(Exception):
     """A failure with a code the supervisor understands (``nan_loss``, ``onnx_parity``...)."""
 
@@ -51,6 +63,10 @@ class RunPaths:
     data: Path | None = None
     val_data: Path | None = None
     resume: Path | None = None
+    stop_file: Path | None = None  # its appearance asks the run to checkpoint and stop
+
+    def stop_requested(self) -> bool:
+        return self.stop_file is not None and self.stop_file.exists()
 
 
 # --- the plan: which steps do what (pure) ------------------------------------------------------
@@ -139,7 +155,7 @@ def train(spec: TrainingSpec, paths: RunPaths, ctx: DistContext, emit: Emit, rep
     factory = functools.partial(build_model, spec.model, splits.num_features, len(splits.classes))
     trainable = strategies.prepare(factory, ctx, spec)
     plan = make_schedule(len(splits.train_y), spec, report_every)
-    job = Job(spec, plan, trainable, splits, paths.out, ctx, emit if ctx.is_rank0 else _silent)
+    job = Job(spec, plan, trainable, splits, paths.out, ctx, emit if ctx.is_rank0 else _silent, paths.stop_requested)
     progress = Progress()
     if paths.resume is not None:
         progress = Progress.from_meta(load_checkpoint(paths.resume, trainable, ctx))
@@ -164,12 +180,13 @@ class Job:
     out: Path
     ctx: DistContext
     say: Emit
+    stop_requested: Callable[[], bool] = lambda: False
 
     def run_steps(self, progress: Progress) -> None:
-        """Take the planned steps from ``progress.step`` on."""
+        """Take the planned steps from ``progress.step`` on; raise ``Preempted`` when asked to stop."""
         hp, device = self.spec.hyperparameters, self.ctx.device
         x, y = self.splits.train_x.to(device), self.splits.train_y.to(device)
-        pending = torch.zeros(3, device=device)
+        pending = torch.zeros(4, device=device)  # loss sum, correct, count; and whether any rank must stop
         epoch_rows, rows_epoch = None, -1
         started = time.perf_counter()
         while progress.step < self.plan.total_steps:
@@ -179,14 +196,20 @@ class Job:
                 epoch_rows = shard_batches(len(y), hp.batch_size, replicas, rank, hp.seed, epoch)
                 rows_epoch = epoch
             rows = torch.from_numpy(epoch_rows[index]).to(device)
-            pending += self.trainable.train_step(x[rows], y[rows])
+            pending[:3] += self.trainable.train_step(x[rows], y[rows])
             progress.step += 1
             if not self.plan.sync_due(progress.step):
                 continue
-            progress.add(sum_across_ranks(pending).tolist(), time.perf_counter() - started)
+            pending[3] = float(self.stop_requested())
+            *totals, stopping = sum_across_ranks(pending).tolist()
+            progress.add(totals, time.perf_counter() - started)
             pending.zero_()
             _check_finite(progress)
             self.after_sync(progress)
+            if stopping and progress.step < self.plan.total_steps:
+                if not self.plan.checkpoint_due(progress.step):
+                    self.save_checkpoint(progress)
+                raise Preempted(progress.step)
             started = time.perf_counter()  # evaluation and checkpoint time is not training time
 
     def after_sync(self, progress: Progress) -> None:
@@ -196,9 +219,13 @@ class Job:
         if self.plan.report_due(step):
             self.report(progress, validation)
         if self.plan.checkpoint_due(step):
-            meta = progress.to_meta(self.ctx.world_size)
-            path = save_checkpoint(checkpoint_dir(self.out, step), self.trainable, meta, self.ctx)
-            self.say({"type": "checkpoint", "path": str(path), "step": step, **_latest_validation(progress)})
+            self.save_checkpoint(progress)
+
+    def save_checkpoint(self, progress: Progress) -> None:
+        """Save this step's state (collective) and tell the supervisor where it is."""
+        step, meta = progress.step, progress.to_meta(self.ctx.world_size)
+        path = save_checkpoint(checkpoint_dir(self.out, step), self.trainable, meta, self.ctx)
+        self.say({"type": "checkpoint", "path": str(path), "step": step, **_latest_validation(progress)})
 
     def end_epoch(self, progress: Progress) -> dict[str, float]:
         """Close the epoch's training counters and evaluate (collective); the validation

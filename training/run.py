@@ -14,11 +14,13 @@ one. Rank 0 writes one JSON object per line to stdout, and only those:
     {"type": "checkpoint", "path": "OUT/checkpoints/step-N", "step": N
                            [, "val_loss", "val_accuracy", "val_step" of the latest validation]}
     {"type": "result", "metrics": {...}, "files": {"model", "curves", "state_dict"}, "classes", ...}
+    {"type": "preempted", "step": N}   (after the checkpoint of step N, when --stop-file appeared)
     {"type": "error", "code": "bad_spec"|"bad_launch"|"bad_dataset"|"bad_checkpoint"|"nan_loss"|
                       "out_of_memory"|"onnx_parity"|"internal", "message" [, "pointer", "rank"]}
 
 Everything else (warnings, logs, tracebacks) goes to stderr. The exit status is 0 after
-a result, 1 after an error, 2 for bad arguments.
+a result or a ``preempted`` line (a clean stop: torchrun turns any other status into 1),
+1 after an error, 2 for bad arguments.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from core.spec_kit import validation_problems
 from training import dist
 from training.checkpoint import CheckpointError
 from training.data import DatasetError
-from training.loop import RunPaths, TrainingFailure, train
+from training.loop import Preempted, RunPaths, TrainingFailure, train
 from training.spec import TrainingSpec
 
 
@@ -54,6 +56,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--events",
         type=Path,
         help="also append the protocol lines to this file (with several nodes, rank 0 may run on any of them)",
+    )
+    parser.add_argument(
+        "--stop-file",
+        type=Path,
+        help="when this file appears (on any rank's machine), checkpoint at the next sync step and stop",
     )
     return parser.parse_args(argv)
 
@@ -123,8 +130,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         ctx = dist.setup()
         spec = read_spec(args.spec)
-        paths = RunPaths(out=args.out, data=args.data, val_data=args.val_data, resume=args.resume)
+        paths = RunPaths(
+            out=args.out, data=args.data, val_data=args.val_data, resume=args.resume, stop_file=args.stop_file
+        )
         train(spec, paths, ctx, emit, report_every=args.report_every)
+    except Preempted as stopped:
+        if ctx is not None and ctx.is_rank0:
+            emit({"type": "preempted", "step": stopped.step})
+        return 0
     except Exception as exc:
         event, on_every_rank = error_event(exc)
         rank = ctx.rank if ctx is not None else 0

@@ -9,6 +9,9 @@ While a handler runs, a heartbeat thread stamps the job every ``heartbeat_interv
 picks up cancel requests; if the job was taken from this worker (its heartbeat went stale and
 it was re-queued), the work is stopped and its outcome discarded. A node's share of a
 multi-node job runs as a ``NodeRun`` (:func:`run_node`) until the job stops running that attempt.
+
+When the worker is shutting down (``workers.preemption``), a job whose handler did not finish
+goes back to the queue with its attempt given back (:func:`give_back`), to resume elsewhere.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from core.ids import new_id
 from core.job_states import QUEUED, RUNNING, TERMINAL
 from core.model_registry import register_version
 from core.models import Artifact, File, Job, JobEvent, ModelVersion
-from job_types.base import JobCanceled, JobFailed, JobType
+from job_types.base import JobCanceled, JobFailed, JobPreempted, JobType
+from workers.preemption import PreemptWatch
 from workers.process_tree import ChildProcess
 from workers.runtime import WorkerRuntime, holder_is_gone
 
@@ -52,6 +56,20 @@ class _Run:
         self.spec: Any = job_type.spec.model_validate(job.spec)
         self._children: list[ChildProcess] = []
         self._lock = threading.Lock()
+        self.preemption = PreemptWatch(self.job_id, self.settings.preempt_grace_s, self.stop_children, self._preempted)
+
+    def _preempted(self) -> None:
+        self.log(
+            "the worker is stopping: the job saves its state at its next safe point and goes back to the "
+            f"queue (within {self.settings.preempt_grace_s:g} s)",
+            level="warning",
+        )
+
+    def on_preempt(self, callback: Callable[[], None]) -> None:
+        self.preemption.callbacks.append(callback)
+
+    def preempt_requested(self) -> bool:
+        return self.preemption.preempted.is_set()
 
     def _write(self, fn: Callable[[Session], object]) -> None:
         with self.db() as session:
@@ -261,6 +279,9 @@ class JobRun(_Run):
     def raise_if_canceled(self) -> None:
         if self.canceled.is_set() or self.lost.is_set():
             raise JobCanceled()
+        if self.preempt_requested() and not self.preemption.callbacks:
+            # a handler that saves nothing on request stops at its next safe point
+            raise JobPreempted("the worker is stopping")
 
 
 class Heartbeat(threading.Thread):
@@ -380,37 +401,65 @@ def run_job(rt: WorkerRuntime, job_id: str, sender) -> None:
     ctx = JobRun(rt, job, job_type, sender)
     beat = Heartbeat(ctx)
     beat.start()
+    ctx.preemption.start()
     try:
         result = job_type.handler(ctx) or {}
-        ctx.raise_if_canceled()
+        if ctx.canceled.is_set() or ctx.lost.is_set():  # a result that came too late
+            raise JobCanceled()
     except JobCanceled:
         pass
-    except JobFailed as exc:
-        if not (ctx.canceled.is_set() or ctx.lost.is_set()):
-            error = {"code": exc.code, "message": exc.message, **exc.details}
-            finish(rt, ctx, "failed", sender, message=exc.message, values={"error": error})
-            return
     except Exception as exc:
-        if not (ctx.canceled.is_set() or ctx.lost.is_set()):
-            log.exception("job %s failed", job_id)
-            ctx.log(traceback.format_exc(), level="error")
-            finish(
-                rt,
-                ctx,
-                "failed",
-                sender,
-                message=str(exc),
-                values={"error": {"code": "handler_error", "message": f"{type(exc).__name__}: {exc}"}},
-            )
+        if ctx.preempt_requested() and not (ctx.canceled.is_set() or ctx.lost.is_set()):
+            give_back(rt, ctx, sender, exc)
             return
+        _record_failure(rt, ctx, sender, exc)
+        return
     else:
         finish(rt, ctx, "succeeded", sender, values={"result": result})
         return
     finally:
         beat.done.set()
+        ctx.preemption.done.set()
         ctx.stop_children()
     if ctx.canceled.is_set():
         finish(rt, ctx, "canceled", sender, message="canceled while running")
+
+
+def _record_failure(rt: WorkerRuntime, ctx: JobRun, sender, exc: Exception) -> None:
+    """Fail the job for ``exc`` (with a JobFailed's code), unless it was canceled or taken over."""
+    if ctx.canceled.is_set() or ctx.lost.is_set():
+        return
+    if isinstance(exc, JobFailed):
+        error = {"code": exc.code, "message": exc.message, **exc.details}
+        finish(rt, ctx, "failed", sender, message=exc.message, values={"error": error})
+        return
+    log.error("job %s failed", ctx.job_id, exc_info=exc)
+    ctx.log("".join(traceback.format_exception(exc)), level="error")
+    error = {"code": "handler_error", "message": f"{type(exc).__name__}: {exc}"}
+    finish(rt, ctx, "failed", sender, message=str(exc), values={"error": error})
+
+
+def give_back(rt: WorkerRuntime, ctx: JobRun, sender, exc: Exception) -> None:
+    """The worker is stopping: the job goes back to its queue, its attempt given back (being
+    preempted is not the job's failure), and a ``preempted`` event says where it stopped."""
+    details = exc.details if isinstance(exc, JobPreempted) else {}
+    reason = exc.message if isinstance(exc, JobPreempted) else f"its processes were stopped ({type(exc).__name__})"
+    with rt.db() as session:
+        job = job_service.transition(
+            session,
+            ctx.job_id,
+            QUEUED,
+            rt.settings,
+            message=f"preempted: {reason}",
+            worker_id=rt.worker_id,
+            values={"worker_id": None, "attempts": Job.attempts - 1},
+            event_data={"reason": "preempted"},
+        )
+        if job is not None:
+            job_service.add_event(session, ctx.job_id, "preempted", reason, {"attempt": ctx.attempt, **details})
+            job_service.dispatch(session, job, ctx.job_type.queue)
+        commit_and_send(session, sender)
+    log.info("job %s preempted: %s", ctx.job_id, reason)
 
 
 def give_up(session, job: Job, settings, reason: str) -> None:
@@ -496,6 +545,7 @@ def run_node(
     run = NodeRun(rt, job, job_type, node_rank)
     watcher = threading.Thread(target=run.watch, name=f"node-{job_id}-{node_rank}", daemon=True)
     watcher.start()
+    run.preemption.start()
     try:
         job_type.node_handler(run, payload)
     except JobFailed as exc:
@@ -513,4 +563,5 @@ def run_node(
                 commit_and_send(session, sender)
     finally:
         run.done.set()
+        run.preemption.done.set()
         run.stop_children()

@@ -71,3 +71,20 @@ def test_a_killed_run_resumes_to_the_same_parameters(tmp_path: Path) -> None:
     for name, value in resumed.params().items():
         assert torch.equal(value, expected[name]), name
     assert resumed.metrics["val_loss"] == whole.metrics["val_loss"]
+
+
+def test_a_run_asked_to_stop_checkpoints_and_resumes_to_the_same_parameters(tmp_path: Path) -> None:
+    stop = tmp_path / "stop"
+    stop.touch()  # asked before the first step: it stops at the first step where the ranks sync
+    stopped = run_training(tmp_path, SPEC, 2, "--stop-file", str(stop), name="stopped")
+    assert stopped.returncode == 0, stopped.describe()
+    (checkpoint,) = stopped.of_type("checkpoint")
+    (preempted,) = stopped.of_type("preempted")
+    assert 0 < preempted["step"] == checkpoint["step"] < 20  # not a scheduled checkpoint step
+    assert not stopped.of_type("result")
+
+    resumed = run_training(tmp_path, SPEC, 2, "--resume", str(checkpoint["path"]), name="resumed")
+    whole = run_training(tmp_path, SPEC, 2, name="whole")
+    expected = whole.params()
+    for name, value in resumed.params().items():
+        assert torch.equal(value, expected[name]), name
