@@ -11,6 +11,7 @@ and numpy, no I/O; malformed requests raise :class:`~core.tensor_codec.CodecErro
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -102,7 +103,7 @@ def decode_infer_request(message: pb.ModelInferRequest, max_elements: int | None
 
 def _from_raw(chunk: bytes, datatype: str, shape: tuple[int, ...], label: str) -> np.ndarray:
     if datatype != "BYTES":
-        expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(OIP_TO_NUMPY[datatype]).itemsize
+        expected = math.prod(shape) * np.dtype(OIP_TO_NUMPY[datatype]).itemsize
         if len(chunk) != expected:
             raise CodecError(
                 f"{label} has {len(chunk)} bytes of raw_input_contents but shape {list(shape)} of {datatype} "
@@ -119,7 +120,7 @@ def _from_contents(contents: pb.InferTensorContents, datatype: str, shape: tuple
     if others:
         raise CodecError(f"{label} is {datatype} but its contents hold {others[0]}; {datatype} goes in {field}")
     values = getattr(contents, field)
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)
     if len(values) != count:
         raise CodecError(
             f"{label} has {len(values)} elements in contents.{field} but shape {list(shape)} needs {count}"
