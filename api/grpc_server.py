@@ -211,7 +211,14 @@ class GrpcEndpoint:
             ]
         )
         pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(ctx, router), self._server)
-        self.port = self._server.add_insecure_port(_address(self.host, settings.grpc_port))
+        address = _address(self.host, settings.grpc_port)
+        try:
+            self.port = self._server.add_insecure_port(address)
+        except RuntimeError as exc:  # grpc only says "Failed to bind"
+            raise RuntimeError(
+                f"the gRPC endpoint cannot listen on {address} (is the port taken?); set MAAS_GRPC_PORT "
+                "(0: a free port) or MAAS_GRPC_ENABLED=false"
+            ) from exc
         self._stopped = False
 
     async def start(self) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -263,6 +264,15 @@ async def test_messages_over_the_limit_are_resource_exhausted(aiohttp_client, se
         error = await refused(stub.ModelInfer(big, metadata=auth(tenant)))
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "larger than max" in error.details() and "4096" in error.details()
+
+
+async def test_a_taken_port_stops_the_api_with_the_reason(aiohttp_client, settings):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(RuntimeError, match=f"cannot listen on 127.0.0.1:{port} .*MAAS_GRPC_PORT"):
+            await aiohttp_client(create_app(settings.model_copy(update={"grpc_port": port})))
 
 
 async def test_full_queue_and_not_ready_are_unavailable(api, tenant, stub, settings, db):
