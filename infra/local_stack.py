@@ -4,9 +4,12 @@ For each service the settings leave unset (database, broker, S3 endpoint) an emb
 server is started under ``settings.data_dir``; then the database is migrated, the bucket
 created and, on the first start, a tenant "default" with an API key whose key is printed
 once. The API, one Celery worker and one model server (``python -m serving``) run as child
-processes configured through MAAS_* variables. Ctrl-C or SIGTERM stops everything in order: the
-API, the worker (it finishes its running tasks, which may call the model server), the model
-server (it drains), then the servers. This module owns that orchestration and what it prints.
+processes configured through MAAS_* variables. While it runs it supervises: a child or an
+embedded server that dies is restarted (with backoff, ``infra.supervision``) and the console says
+why, instead of the whole stack stopping. Ctrl-C or SIGTERM stops everything in order: the API,
+the worker (its running jobs checkpoint and go back to the queue, see ``workers.preemption``),
+the model server (it drains), then the servers. This module owns that orchestration and what it
+prints.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from infra.embedded import EmbeddedServer, EmbeddedServerError, read_tail, stop_
 from infra.embedded.postgres import EmbeddedPostgres
 from infra.embedded.redis import EmbeddedRedis
 from infra.embedded.s3 import EmbeddedS3
+from infra.supervision import Backoff
 
 Out = Callable[[str], None]
 ServerT = TypeVar("ServerT", bound=EmbeddedServer)
@@ -47,8 +51,9 @@ DEFAULT_TENANT = "default"
 SERVER_START_TIMEOUT_S = 60
 CHILD_READY_TIMEOUT_S = 60
 API_STOP_TIMEOUT_S = 10
-# a worker finishes its running tasks on SIGTERM; unfinished ones go back to the queue when killed
-WORKER_STOP_TIMEOUT_S = 30
+# a worker's running jobs get preempt_grace_s to checkpoint and go back to the queue, then
+# cancel_grace_s for their processes to stop: its stop timeout covers both
+WORKER_STOP_MARGIN_S = 10
 # a model server drains on SIGTERM: its replicas serve while the APIs re-route, then finish their queues
 SERVING_STOP_TIMEOUT_S = 30
 POLL_S = 0.25
@@ -87,10 +92,13 @@ def run_up(settings: Settings, *, out: Out = _print, stop: threading.Event | Non
 @dataclass
 class _Child:
     name: str
+    argv: list[str]
+    settings: Settings
     process: subprocess.Popen[bytes]
     log_path: Path
     log_offset: int
     stop_timeout_s: float
+    backoff: Backoff
 
 
 class LocalStack:
@@ -104,6 +112,7 @@ class LocalStack:
         self._handling_signals = False
         self.servers: list[EmbeddedServer] = []
         self.children: list[_Child] = []
+        self._server_backoff: dict[str, Backoff] = {}
 
     # --- the sequence ----------------------------------------------------------------------
 
@@ -162,7 +171,8 @@ class LocalStack:
         self._wait_ready(api, lambda: _healthy(_api_url(settings)), required=True)
         node = f"maas-up-{os.getpid()}@{socket.gethostname()}"
         worker_argv = [sys.executable, "-m", "workers", "--hostname", node]
-        worker = self._spawn("worker", worker_argv, settings, WORKER_STOP_TIMEOUT_S)
+        worker_stop_s = settings.preempt_grace_s + settings.cancel_grace_s + WORKER_STOP_MARGIN_S
+        worker = self._spawn("worker", worker_argv, settings, worker_stop_s)
         with _celery_control(settings) as control:
             self._wait_ready(worker, partial(_answers_ping, control, node), required=False)
         serving = self._spawn("serving", [sys.executable, "-m", "serving"], settings, SERVING_STOP_TIMEOUT_S)
@@ -171,19 +181,44 @@ class LocalStack:
         return settings
 
     def watch(self) -> int:
-        """Wait for a stop request (0) or for a piece to die (1)."""
+        """Supervise until a stop request (0): restart what dies, with backoff. 1 when an embedded
+        server can only come back on another port (the children would not find it)."""
         while not self._stop_requested():
-            for child in self.children:
-                if (code := child.process.poll()) is not None:
-                    self.out(self._death_message(child, f"{_exit_description(code)} unexpectedly"))
-                    return 1
+            now = time.monotonic()
             for server in self.servers:
-                if not server.is_running():
-                    self.out(f"{server.name} stopped unexpectedly; last lines of {server.log_path}:")
+                backoff = self._server_backoff.setdefault(server.name, Backoff(started_at=now))
+                if not server.is_running() and not backoff.waiting:
+                    delay = backoff.died(now)
+                    self.out(f"{server.name} stopped unexpectedly; restarting in {delay:g} s. Last lines:")
                     self.out(server.log_tail())
+                if backoff.due(now) and not self._restart_server(server, backoff):
                     return 1
+            for child in self.children:
+                if (code := child.process.poll()) is not None and not child.backoff.waiting:
+                    delay = child.backoff.died(now)
+                    what = f"{_exit_description(code)} unexpectedly; restarting in {delay:g} s"
+                    self.out(self._death_message(child, what))
+                if child.backoff.due(now):
+                    self._respawn(child)
             time.sleep(POLL_S)
         return 0
+
+    def _restart_server(self, server: EmbeddedServer, backoff: Backoff) -> bool:
+        """Start ``server`` again on its port; False when it came back elsewhere."""
+        before = server.url
+        server.stop()  # reap what the dead one left
+        try:
+            server.start(SERVER_START_TIMEOUT_S)
+        except EmbeddedServerError as exc:
+            delay = backoff.died(time.monotonic())
+            self.out(f"{server.name} did not restart ({exc}); trying again in {delay:g} s")
+            return True
+        backoff.started(time.monotonic())
+        if server.url != before:
+            self.out(f"{server.name} came back on another port ({server.url}, was {before}): run maas up again")
+            return False
+        self._line(server.name, "restarted", f"127.0.0.1:{server.port}")
+        return True
 
     def _publish(self, settings: Settings) -> None:
         """Tell other ``maas`` commands on this machine where the running services are."""
@@ -302,22 +337,16 @@ class LocalStack:
         self._line(name, "starting")
         log_path = settings.data_dir / f"{name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as log:
-            offset = log.tell()
-            log.write(f"--- {datetime.now():%Y-%m-%d %H:%M:%S} maas up: {' '.join(argv)}\n".encode())
-            log.flush()
-            # own session: Ctrl-C reaches only us, and we stop the children in order
-            process = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=_child_env(settings),
-                start_new_session=True,
-            )
-        child = _Child(name, process, log_path, offset, stop_timeout_s)
+        process, offset = _popen_logged(argv, settings, log_path)
+        child = _Child(name, argv, settings, process, log_path, offset, stop_timeout_s, Backoff())
+        child.backoff.started(time.monotonic())
         self.children.append(child)
         return child
+
+    def _respawn(self, child: _Child) -> None:
+        child.process, child.log_offset = _popen_logged(child.argv, child.settings, child.log_path)
+        child.backoff.started(time.monotonic())
+        self._line(child.name, "restarted", f"(pid {child.process.pid}, log: {_display_path(child.log_path)})")
 
     def _wait_ready(self, child: _Child, ready: Callable[[], bool], *, required: bool) -> None:
         began = time.monotonic()
@@ -356,6 +385,24 @@ class LocalStack:
     def _death_message(self, child: _Child, what: str) -> str:
         tail = read_tail(child.log_path, child.log_offset)
         return f"{child.name} {what}; last lines of {_display_path(child.log_path)}:\n{tail}"
+
+
+def _popen_logged(argv: list[str], settings: Settings, log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """Start ``argv`` with its output appended to ``log_path``; the process and where its output starts."""
+    with open(log_path, "ab") as log:
+        offset = log.tell()
+        log.write(f"--- {datetime.now():%Y-%m-%d %H:%M:%S} maas up: {' '.join(argv)}\n".encode())
+        log.flush()
+        # own session: Ctrl-C reaches only us, and we stop the children in order
+        process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=_child_env(settings),
+            start_new_session=True,
+        )
+    return process, offset
 
 
 def _child_env(settings: Settings) -> dict[str, str]:

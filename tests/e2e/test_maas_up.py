@@ -1,6 +1,8 @@
 """``maas up`` from nothing, as the README tells a new user: every service embedded, a URL and a key
 printed, digits.npz uploaded with its sha256 and downloaded back byte for byte, the admin CLI
-finding the running stack, Ctrl-C stopping everything, and a second start finding the data again."""
+finding the running stack, Ctrl-C stopping everything, and a second start finding the data again.
+And supervision: a worker and the embedded Redis killed under it come back, and a job submitted
+before the kills finishes."""
 
 from __future__ import annotations
 
@@ -35,12 +37,13 @@ pytestmark = pytest.mark.slow
 class Up:
     """A ``maas up`` process whose output is read line by line."""
 
-    def __init__(self, data_dir: Path, api_port: int):
+    def __init__(self, data_dir: Path, api_port: int, **settings: str):
         env = {
             **inherited_env(),
             "MAAS_DATA_DIR": str(data_dir),
             "MAAS_API_PORT": str(api_port),
             "PYTHONUNBUFFERED": "1",
+            **{f"MAAS_{name.upper()}": value for name, value in settings.items()},
         }
         self.process = subprocess.Popen(
             [sys.executable, "-m", "cli.main", "up"],
@@ -104,6 +107,13 @@ def descendants_alive(pid_list: list[int]) -> list[int]:
     return alive
 
 
+def _kill_leftovers(data_dir: Path) -> None:
+    for leftover in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if str(data_dir) in " ".join(leftover.info["cmdline"] or []):
+                os.kill(leftover.pid, signal.SIGKILL)
+
+
 def test_maas_up_tour(unused_tcp_port_factory):
     data_dir = Path(tempfile.mkdtemp(prefix="maas-up-"))
     try:
@@ -155,8 +165,58 @@ def test_maas_up_tour(unused_tcp_port_factory):
             assert json.loads(response.read())["sha256"] == uploaded["sha256"]
         assert again.interrupt() == 0
     finally:
-        for leftover in psutil.process_iter(["cmdline"]):
-            with contextlib.suppress(psutil.Error):
-                if str(data_dir) in " ".join(leftover.info["cmdline"] or []):
-                    os.kill(leftover.pid, signal.SIGKILL)
+        _kill_leftovers(data_dir)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _child_running(up: Up, marker: str) -> psutil.Process:
+    (found,) = [p for p in psutil.Process(up.process.pid).children() if marker in " ".join(p.cmdline())]
+    return found
+
+
+def test_maas_up_restarts_a_dead_worker_and_a_dead_redis_and_the_job_still_finishes(unused_tcp_port_factory):
+    data_dir = Path(tempfile.mkdtemp(prefix="maas-up-"))
+    try:
+        # a lost worker's job is re-queued after 5 s without a heartbeat, a lost message re-sent after 10 s
+        up = Up(data_dir, unused_tcp_port_factory(), heartbeat_timeout_s="5", redispatch_after_s="10")
+        url = up.read_until(r"maas is running: (http://\S+)").group(1)
+        key = up.read_until(r"^\s+(maas_\S+)$").group(1)
+        spec = {
+            "model": {"arch": "mlp", "hidden": [32]},
+            "dataset": {"builtin": "digits"},
+            "hyperparameters": {"epochs": 30, "batch_size": 32},
+        }
+        body = json.dumps({"type": "training", "spec": spec}).encode()
+        with request("POST", f"{url}/v1/jobs", key, body, {"Content-Type": "application/json"}) as response:
+            job_id = json.loads(response.read())["id"]
+
+        def job() -> dict:
+            with request("GET", f"{url}/v1/jobs/{job_id}", key) as response:
+                return json.loads(response.read())
+
+        eventually(lambda: job()["status"] == "running", 120, lambda: f"the job to run: {job()}")
+        _child_running(up, "-m workers").kill()
+        up.read_until(r"worker .*was killed by SIGKILL unexpectedly; restarting in 1 s")
+        up.read_until(r"^\s+worker\s+restarted")
+        eventually(lambda: job()["attempts"] == 2 and job()["status"] == "running", 120, lambda: f"a rerun: {job()}")
+
+        (redis,) = [p for p in psutil.Process(up.process.pid).children() if "redis-server" in " ".join(p.cmdline())]
+        redis.kill()
+        up.read_until(r"redis stopped unexpectedly; restarting in 1 s")
+        up.read_until(r"^\s+redis\s+restarted")
+
+        done = eventually(lambda: (j := job())["status"] in ("succeeded", "failed") and j, 240, lambda: str(job()))
+        assert done["status"] == "succeeded", done
+
+        def ready() -> bool:
+            try:
+                with urllib.request.urlopen(f"{url}/readyz", timeout=5) as response:
+                    return response.status == 200
+            except OSError:
+                return False
+
+        eventually(ready, 60, "/readyz to answer 200 again")
+        assert up.interrupt() == 0
+    finally:
+        _kill_leftovers(data_dir)
         shutil.rmtree(data_dir, ignore_errors=True)
