@@ -5,6 +5,11 @@ Before a job is created: the source exists for the tenant and the passes apply t
 data files exist and fit its inputs (``resolve_compression_source`` finds the source and what
 is known of it, from the registry, the job that trained it, or the uploaded file's details).
 
+A model with several inputs (a sentence encoder's ``input_ids`` and ``attention_mask``) takes
+its data as an npz with one array per input (``compression.spec.named_feed``, batch inference's
+rules); the worker checks the arrays again against the inputs of the graph it fetched, so a
+source whose signature was not known before the job gets the same problems, as a failed job.
+
 On the worker: fetch the source model and the data, run the passes in this process, and publish
 the compressed ONNX model, its report and (when asked) a model version. Everything downloaded is
 checked against its recorded sha256; weights load through safetensors (no pickle). Each pass
