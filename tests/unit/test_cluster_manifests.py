@@ -274,8 +274,23 @@ def test_compose_has_one_worker_pool_per_queue_and_gpu_variants() -> None:
         (device,) = services[name]["deploy"]["resources"]["reservations"]["devices"]
         assert device["capabilities"] == ["gpu"] and services[name]["build"]["target"] == "cuda"
     assert not [n for n, s in services.items() if "deploy" in s and "gpu" not in s.get("profiles", [])]
+    # a plain `docker compose up` starts the cpu variants (compose reads COMPOSE_PROFILES from .env)
+    assert "COMPOSE_PROFILES=cpu" in (COMPOSE.parent / ".env").read_text().splitlines()
     ports = {p.split(":")[0] for p in services["api"]["ports"]}
     assert ports == {str(Settings.model_fields["api_port"].default), str(Settings.model_fields["grpc_port"].default)}
+
+
+def test_compose_and_kubernetes_give_workers_the_same_grace() -> None:
+    """The time a worker gets to checkpoint its job on SIGTERM, the same in both places."""
+    k8s = {
+        worker_queue(container(d)["args"]): d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        for d in workloads("cpu")
+        if container(d)["args"][0] == "worker"
+    }
+    for name, service in maas_services().items():
+        if service["command"][0] == "worker":
+            grace = service["stop_grace_period"]
+            assert grace == f"{k8s[worker_queue(service['command'])]}s", name
 
 
 # --- settings drift ------------------------------------------------------------------------------
