@@ -40,6 +40,8 @@ BUFFER_EVENTS = 2048
 FALLBACK_LISTENING_S = 5.0
 FALLBACK_NOT_LISTENING_S = 0.5
 RECONNECT_S = 1.0
+# a caught-up stream is written by its feed while its connection holds less than this unsent
+PUSH_LIMIT = 32 * 1024
 
 
 @dataclass(frozen=True)
@@ -102,18 +104,58 @@ ReadEvents = Callable[[str, int, int], Awaitable[list[JobEvent]]]
 JobEnded = Callable[[str], Awaitable[bool]]
 
 
+@dataclass
+class Sink:
+    """Where one stream's bytes go: ``write`` (awaited), and ``backlog()``, the bytes its connection
+    has not sent yet (None once it is closing)."""
+
+    write: Callable[[bytes], Awaitable[None]]
+    backlog: Callable[[], int | None]
+
+
+def response_sink(request: web.Request, response: web.StreamResponse) -> Sink:
+    def backlog() -> int | None:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return None
+        return transport.get_write_buffer_size()
+
+    return Sink(write=response.write, backlog=backlog)
+
+
+class Watcher:
+    """One stream's place in its job's feed."""
+
+    def __init__(self, seq: int, sink: Sink) -> None:
+        self.seq = seq
+        self.sink = sink
+        self.last_write = time.monotonic()
+        self.ended = False
+        self.error: BaseException | None = None
+        self.wake = asyncio.Event()
+
+    async def write(self, data: bytes, seq: int | None = None) -> None:
+        await self.sink.write(data)
+        self.last_write = time.monotonic()
+        if seq is not None:
+            self.seq = seq
+
+
 class JobFeed:
-    """One job's reader: woken by notifications (or the fallback timer), it fills the buffer."""
+    """One job's reader: woken by notifications (or the fallback timer), it fills the buffer and
+    writes the new frames itself to every caught-up (``live``) watcher whose connection keeps up, so
+    an event costs one write per stream, not one task wake-up each. A watcher that falls behind is
+    handed back to its own task, which catches up with awaited writes."""
 
     def __init__(self, job_id: str, floor: int, read: ReadEvents, ended: JobEnded, fallback_s: Callable[[], float]):
         self.job_id = job_id
         self.buffer = FeedBuffer(floor)
         self.watchers = 0
+        self.live: set[Watcher] = set()
         self._read = read
         self._ended = ended
         self._fallback_s = fallback_s
         self._wake = asyncio.Event()
-        self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -124,22 +166,43 @@ class JobFeed:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        for watcher in self.live:
+            watcher.wake.set()
 
     def wake(self) -> None:
         self._wake.set()
 
-    async def changed(self, timeout_s: float) -> None:
-        """Return when the buffer changed, or after ``timeout_s`` (the caller's keep-alive)."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout_s)
+    async def _push(self, before: int) -> None:
+        frames = self.buffer.after(before) or []
+        if frames:
+            data, last = b"".join(f.data for f in frames), frames[-1].seq
+            terminal = any(f.terminal for f in frames)
+            for watcher in list(self.live):
+                backlog = watcher.sink.backlog()
+                if watcher.seq != before or backlog is None or backlog + len(data) > PUSH_LIMIT:
+                    self._hand_back(watcher)  # behind, closing or slow: its own task takes over
+                    continue
+                try:
+                    await watcher.write(data, last)  # within PUSH_LIMIT, the transport is not paused: no wait
+                except Exception as exc:
+                    watcher.error = exc
+                    self._hand_back(watcher)
+                    continue
+                if terminal:
+                    watcher.ended = True
+                    self._hand_back(watcher)
+        if self.buffer.finished:
+            for watcher in list(self.live):
+                self._hand_back(watcher)
 
-    def _publish(self) -> None:
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+    def _hand_back(self, watcher: Watcher) -> None:
+        self.live.discard(watcher)
+        watcher.wake.set()
 
     async def _run(self) -> None:
         while not self.buffer.finished:
             self._wake.clear()
+            before = self.buffer.last_seq
             try:
                 rows = await self._read(self.job_id, self.buffer.last_seq, READ_BATCH)
                 if rows:
@@ -154,7 +217,7 @@ class JobFeed:
             except Exception:
                 log.exception("reading the events of job %s failed; trying again", self.job_id)
                 rows = []
-            self._publish()
+            await self._push(before)
             if len(rows) == READ_BATCH:
                 continue
             with contextlib.suppress(TimeoutError):
@@ -251,29 +314,31 @@ async def fanout_context(app: web.Application) -> AsyncIterator[None]:
     await fanout.close()
 
 
-async def stream(
-    fanout: EventFanout,
-    job_id: str,
-    seq: int,
-    write: Callable[[bytes], Awaitable[None]],
-    keepalive_s: float,
-) -> None:
+async def stream(fanout: EventFanout, job_id: str, seq: int, sink: Sink, keepalive_s: float) -> None:
     """Write every event of the job after ``seq``, in order, until its terminal one (or its end)."""
-    last_write = time.monotonic()
+    watcher = Watcher(seq, sink)
     async with fanout.watch(job_id, seq) as feed:
-        while True:
-            frames = feed.buffer.after(seq)
+        while not watcher.ended:
+            if watcher.error is not None:
+                raise watcher.error
+            frames = feed.buffer.after(watcher.seq)
             if frames is None:  # behind the buffer: this stream's own backlog, from the database
-                frames = [render(row) for row in await fanout.read_events(job_id, seq, READ_BATCH)]
+                frames = [render(row) for row in await fanout.read_events(job_id, watcher.seq, READ_BATCH)]
             if frames:
-                await write(b"".join(f.data for f in frames))
-                seq, last_write = frames[-1].seq, time.monotonic()
+                await watcher.write(b"".join(f.data for f in frames), frames[-1].seq)
                 if any(f.terminal for f in frames):
                     return
                 continue
             if feed.buffer.finished:
                 return
-            await feed.changed(max(0.0, last_write + keepalive_s - time.monotonic()))
-            if time.monotonic() - last_write >= keepalive_s:
-                await write(b": keep-alive\n\n")
-                last_write = time.monotonic()
+            # caught up: the feed writes to this stream from now on, until it hands it back
+            watcher.wake.clear()
+            feed.live.add(watcher)
+            quiet_until = watcher.last_write + keepalive_s
+            try:
+                await asyncio.wait_for(watcher.wake.wait(), max(0.0, quiet_until - time.monotonic()))
+            except TimeoutError:
+                if time.monotonic() - watcher.last_write >= keepalive_s:
+                    await watcher.write(b": keep-alive\n\n")
+            finally:
+                feed.live.discard(watcher)

@@ -274,7 +274,8 @@ async def _stream_events(request: web.Request, job: Job, seq: int) -> web.Stream
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
     )
     await response.prepare(request)
-    await event_fanout.stream(request.app[event_fanout.FANOUT], job.id, seq, response.write, SSE_KEEPALIVE_S)
+    sink = event_fanout.response_sink(request, response)
+    await event_fanout.stream(request.app[event_fanout.FANOUT], job.id, seq, sink, SSE_KEEPALIVE_S)
     await response.write_eof()
     return response
 
