@@ -22,6 +22,7 @@ from api.metrics import ApiMetrics
 from api.openapi import ENDPOINT_TABLES as TABLES_KEY
 from api.problems import Problem, oip_path
 from api.routes import ENDPOINT_TABLES
+from api.routes.ui import add_ui_routes
 from core.artifact_store import ArtifactStore
 from core.broker import create_celery
 from core.db import async_session_factory, make_async_engine
@@ -111,4 +112,5 @@ def create_app(settings: Settings) -> web.Application:
         app.cleanup_ctx.append(grpc_context)
         app.on_shutdown.append(drain_grpc)
     add_routes(app, ENDPOINT_TABLES)
+    add_ui_routes(app)  # the dashboard's static files, outside the OpenAPI document
     return app
