@@ -71,6 +71,14 @@ async def problem_middleware(request: web.Request, handler) -> web.StreamRespons
         if exc.status < 400:
             raise  # redirects
         return _render(_as_problem(exc), request)
+    except web.RequestPayloadError as exc:  # a body the transport cannot decode: a broken gzip stream
+        status = 400
+        cause = exc.__cause__ or exc
+        response = _render(
+            Problem(400, f"the request body cannot be read: {getattr(cause, 'message', cause)}"), request
+        )
+        response.force_close()  # the rest of the body cannot be read past either: this connection is done
+        return response
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return _render(Problem(500, "internal error; it was logged"), request)

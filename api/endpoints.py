@@ -7,10 +7,12 @@ A resource module builds an ``Endpoints`` table and decorates its handlers:
     @files.get("/v1/files", summary="List files", query=FileListQuery, response=Page[FileObject])
     async def list_files(request: web.Request, call: Call[None, FileListQuery]) -> Page[FileObject]: ...
 
-The wrapper authenticates (unless ``auth=False``), parses the JSON body into the
-``body`` model and the query string into the ``query`` model (pydantic, unknown
-fields forbidden), and turns every validation error into a problem+json whose
-``errors`` carry a JSON pointer to the field. ``api.openapi`` reads the same tables.
+The wrapper checks the headers handlers read (400 naming the header: text that is not UTF-8, a
+malformed ``Idempotency-Key``), authenticates (unless ``auth=False``), parses the JSON body into
+the ``body`` model and the query string into the ``query`` model (pydantic, unknown fields
+forbidden, a parameter given twice refused), and turns every validation error into a
+problem+json whose ``errors`` carry a JSON pointer to the field (or name the parameter or
+header). ``api.openapi`` reads the same tables.
 A handler's ``Call[Body, Query]`` names the same two models (``None`` for none), so a type
 checker sees ``call.body`` and ``call.query`` as what the wrapper parsed; a unit test holds
 the annotations to the declarations.
@@ -37,6 +39,9 @@ from core.spec_kit import FieldProblem, json_pointer, validation_problems
 # what a PostgreSQL text column cannot hold: NUL, and lone surrogates (JSON's "\ud800", which
 # is no UTF-8); refused in every string the API parses, before anything reaches the database
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+# the request headers a handler reads. aiohttp's parser already refuses NUL and other control
+# characters in any header (400); bytes that are not UTF-8 reach the app as surrogates
+READ_HEADERS = ("Authorization", idempotency.HEADER, "Last-Event-ID", "Prefer", "Inference-Header-Content-Length")
 
 BodyT = TypeVar("BodyT")
 QueryT = TypeVar("QueryT")
@@ -121,6 +126,19 @@ def _unstorable(text: str) -> str | None:
     return "must not contain NUL characters" if found.group() == "\x00" else "must not contain unpaired surrogates"
 
 
+def _check_headers(endpoint: Endpoint, request: web.Request) -> None:
+    """400 naming the header a handler would read that holds text it cannot use."""
+    errors = [
+        {"header": name, "detail": "must be UTF-8 text without NUL characters"}
+        for name in READ_HEADERS
+        if _unstorable(request.headers.get(name, "")) is not None
+    ]
+    if errors:
+        raise Problem(400, "; ".join(f"header {e['header']}: {e['detail']}" for e in errors), errors=errors)
+    if endpoint.idempotent and (problem := idempotency.header_problem(request)) is not None:
+        raise problem
+
+
 def _check_parameters(request: web.Request) -> None:
     """400 naming the path or query parameter that holds text PostgreSQL cannot store."""
     errors = []
@@ -162,6 +180,10 @@ def _check_strings(data: Any) -> list[FieldProblem]:
 def _parse_query(endpoint: Endpoint, request: web.Request) -> Any:
     if endpoint.query is None:
         return None
+    repeated = sorted({name for name in request.query if len(request.query.getall(name)) > 1})
+    if repeated:
+        errors = [{"parameter": name, "detail": "given more than once; give it once"} for name in repeated]
+        raise Problem(400, "; ".join(f"query parameter {e['parameter']}: {e['detail']}" for e in errors), errors=errors)
     raw = {k: v for k, v in request.query.items()}
     try:
         return endpoint.query.model_validate(raw)
@@ -205,6 +227,7 @@ def render(model: BaseModel, status: int = 200) -> web.Response:
 
 def wrap(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handle(request: web.Request) -> web.StreamResponse:
+        _check_headers(endpoint, request)
         tenant_id = await authenticate(request) if endpoint.auth else ""
         _check_parameters(request)
         query = _parse_query(endpoint, request)

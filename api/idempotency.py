@@ -6,6 +6,9 @@ key and the same request replays the first response; with another request it is
 its response in the same transaction as the object it creates (``Claim.record``),
 so a crash can never leave an object without its replay or the other way round.
 A request that fails releases its claim, so the client can retry with the key.
+
+A key is 1-255 printable ASCII characters (``KEY_PATTERN``, stated in the OpenAPI document);
+any other is a 400 naming the header, checked before the body is read (:func:`header_problem`).
 """
 
 from __future__ import annotations
@@ -24,11 +27,12 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from api.context import ApiContext
-from api.problems import Problem, validation_problem
+from api.problems import Problem
 from core.models import IdempotencyKey
 
 HEADER = "Idempotency-Key"
-_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"
+_KEY = re.compile(KEY_PATTERN)
 
 
 @dataclass
@@ -61,6 +65,15 @@ def replay(status: int, body: dict[str, Any] | None) -> web.Response:
     return web.json_response(body, status=status, headers={"Idempotent-Replayed": "true"})
 
 
+def header_problem(request: web.Request) -> Problem | None:
+    """The 400 of a key that is not 1-255 printable ASCII characters; None when absent or fine."""
+    key = request.headers.get(HEADER)
+    if key is None or _KEY.match(key):
+        return None
+    detail = f"the {HEADER} header must be 1-255 printable ASCII characters (no spaces); got {len(key)} characters"
+    return Problem(400, detail, errors=[{"header": HEADER, "detail": detail}])
+
+
 async def claim(
     ctx: ApiContext, request: web.Request, tenant_id: str, raw_body: bytes | None
 ) -> Claim | web.Response | None:
@@ -68,10 +81,8 @@ async def claim(
     key = request.headers.get(HEADER)
     if key is None:
         return None
-    if not _KEY.match(key):
-        raise validation_problem(
-            [{"pointer": "", "detail": f"the {HEADER} header must be 1-255 printable ASCII characters"}]
-        )
+    if (problem := header_problem(request)) is not None:
+        raise problem
     fingerprint = _fingerprint(request.method, request.path, raw_body)
     now = datetime.now(UTC)
     async with ctx.db() as session:

@@ -1,10 +1,15 @@
 """Inputs that once made the API answer 500: NUL characters bound for PostgreSQL text, integers past
-its ``integer``, multipart part headers that are not ASCII, and JSON nested too deep to parse. Each
-must be a 4xx problem that names what is wrong, and leave nothing stored."""
+its ``integer``, multipart part headers that are not ASCII, JSON nested too deep to parse, request
+headers that are not UTF-8 or break their rules, a gzip body that is not gzip, and what the OpenAPI
+fuzzer found (a query parameter given twice). Each must be a 4xx problem that names what is wrong
+(the header, parameter or field), and leave nothing stored."""
 
 from __future__ import annotations
 
+import asyncio
 import io
+import json
+import socket
 
 import numpy as np
 import pytest
@@ -189,4 +194,99 @@ async def test_json_nested_too_deep_is_400_and_stores_no_job(api, tenant):
     response = await api.post("/v1/jobs", data=raw, headers=headers)
     body = await problem(response, 400)
     assert body["detail"] == "the body is not valid JSON: nested too deep"
+    assert await listed(api, tenant, "jobs") == []
+
+
+# --- found by the OpenAPI fuzzer (tests/integration/test_openapi_fuzz.py), and headers -----------
+
+
+async def test_a_repeated_query_parameter_is_400_naming_it(api, tenant):
+    response = await api.get("/v1/files?after=file_a&after=file_b&limit=5", headers=tenant.headers)
+    body = await problem(response, 400)
+    assert body["errors"] == [{"parameter": "after", "detail": "given more than once; give it once"}]
+
+
+async def raw_request(port: int, head: list[bytes], body: bytes = b"") -> tuple[int, str, bytes]:
+    """Send an HTTP/1.1 request byte for byte (clients refuse to send such headers); the status,
+    content type and body of the answer."""
+    return await asyncio.to_thread(_raw_request, port, head, body)
+
+
+def _raw_request(port: int, head: list[bytes], body: bytes) -> tuple[int, str, bytes]:
+    lines = [*head, b"Host: 127.0.0.1", b"Connection: close", b"Content-Length: %d" % len(body)]
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+        connection.sendall(b"\r\n".join(lines) + b"\r\n\r\n" + body)
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    header, _, content = answer.partition(b"\r\n\r\n")
+    status = int(header.split(b" ", 2)[1])
+    ctype = next(
+        (line.split(b":", 1)[1].strip() for line in header.split(b"\r\n") if line.lower().startswith(b"content-type:")),
+        b"",
+    )
+    return status, ctype.decode(), content
+
+
+def header_problem(answer: tuple[int, str, bytes], header: str) -> dict:
+    status, ctype, content = answer
+    assert status == 400, content
+    assert ctype.startswith(PROBLEM), ctype
+    body = json.loads(content)
+    assert [e["header"] for e in body["errors"]] == [header], body
+    return body
+
+
+JOB = json.dumps({"type": "test.unclaimed", "spec": {}}).encode()
+
+
+@pytest.mark.parametrize(
+    "key",
+    [b"k" * 256, b"caf\xc3\xa9", b"\xff\xfe", b"two words"],
+    ids=["over-long", "non-ascii", "not-utf8", "space"],
+)
+async def test_a_malformed_idempotency_key_is_400_naming_the_header_and_stores_no_job(api, tenant, key):
+    head = [
+        b"POST /v1/jobs HTTP/1.1",
+        f"Authorization: Bearer {tenant.key}".encode(),
+        b"Content-Type: application/json",
+    ]
+    answer = await raw_request(api.server.port, [*head, b"Idempotency-Key: " + key], JOB)
+    body = header_problem(answer, "Idempotency-Key")
+    assert "Idempotency-Key" in body["detail"]
+    assert await listed(api, tenant, "jobs") == []
+
+
+@pytest.mark.parametrize("key", [b"a\x00b", b"a\x01b", b"a\x7fb"], ids=["nul", "control", "del"])
+async def test_a_control_character_in_a_header_is_400_never_500(api, tenant, key):
+    # aiohttp's HTTP parser refuses these in any header before the app runs: a plain-text 400
+    head = [
+        b"POST /v1/jobs HTTP/1.1",
+        f"Authorization: Bearer {tenant.key}".encode(),
+        b"Content-Type: application/json",
+    ]
+    status, _, content = await raw_request(api.server.port, [*head, b"Idempotency-Key: " + key], JOB)
+    assert status == 400, content
+    assert b"header" in content.lower()
+    assert await listed(api, tenant, "jobs") == []
+
+
+async def test_an_authorization_header_that_is_not_utf8_is_400_naming_it(api):
+    answer = await raw_request(api.server.port, [b"GET /v1/jobs HTTP/1.1", b"Authorization: Bearer \xff\xfe"])
+    header_problem(answer, "Authorization")
+
+
+async def test_a_last_event_id_that_is_not_utf8_is_400_naming_it(api, tenant):
+    created = await create_job(api, tenant, {"type": "test.unclaimed", "spec": {}})
+    assert created.status == 201, await created.text()
+    job_id = (await created.json())["id"]
+    head = [f"GET /v1/jobs/{job_id}/events HTTP/1.1".encode(), f"Authorization: Bearer {tenant.key}".encode()]
+    header_problem(await raw_request(api.server.port, [*head, b"Last-Event-ID: evt_\xff"]), "Last-Event-ID")
+    await api.post(f"/v1/jobs/{job_id}/cancel", headers=tenant.headers)
+
+
+async def test_a_body_that_is_not_the_gzip_it_claims_is_400_and_stores_no_job(api, tenant):
+    headers = {**tenant.headers, "Content-Type": "application/json", "Content-Encoding": "gzip"}
+    body = await problem(await api.post("/v1/jobs", data=JOB, headers=headers), 400)
+    assert body["detail"].startswith("the request body cannot be read: "), body
     assert await listed(api, tenant, "jobs") == []
