@@ -15,8 +15,11 @@ from typing import Any, Literal
 from aiohttp import web
 from pydantic import BaseModel
 
+from api import idempotency
 from api.endpoints import Endpoint, Endpoints
 from api.problems import TITLES, oip_path
+from core.ids import PREFIXES
+from core.spec_kit import INT4_MAX, MODEL_NAME_PATTERN, id_pattern
 
 # the endpoint tables of the app, read when the document is asked for (job types register late)
 ENDPOINT_TABLES = web.AppKey("endpoint_tables", list)
@@ -36,7 +39,8 @@ PROBLEM_SCHEMA = {
                 "type": "object",
                 "properties": {
                     "pointer": {"type": "string", "description": "JSON pointer to the field in the body"},
-                    "parameter": {"type": "string", "description": "the query parameter at fault"},
+                    "parameter": {"type": "string", "description": "the path or query parameter at fault"},
+                    "header": {"type": "string", "description": "the request header at fault"},
                     "detail": {"type": "string"},
                 },
             },
@@ -107,16 +111,73 @@ class _Components:
         return {"$ref": REF.format(model=name)}
 
 
+# the kind of object an ``{id}`` names, by the collection it follows in the path (``/v1/files/{id}``)
+ID_KINDS = {
+    "api-keys": "api_key",
+    "files": "file",
+    "jobs": "job",
+    "artifacts": "artifact",
+    "predictions": "prediction",
+}
+PATH_PARAMETERS: dict[str, dict[str, Any]] = {
+    "name": {"type": "string", "pattern": MODEL_NAME_PATTERN, "description": "the model's name"},
+    # a version number as ``core.spec_kit.version_number`` reads it from a path
+    "version": {"type": "integer", "minimum": 1, "maximum": INT4_MAX, "description": "the version number"},
+}
+
+
+class UndocumentedParameter(ValueError):
+    """A path parameter this module has no schema for: add it to ``PATH_PARAMETERS`` or ``ID_KINDS``."""
+
+
+def _path_parameter(path: str, name: str) -> dict[str, Any]:
+    if name != "id":
+        if name not in PATH_PARAMETERS:
+            raise UndocumentedParameter(f"{path}: no schema for the path parameter {{{name}}}")
+        return PATH_PARAMETERS[name]
+    collection = path.split("/{id}")[0].rsplit("/", 1)[-1]
+    if collection not in ID_KINDS:
+        raise UndocumentedParameter(f"{path}: no id kind for the collection {collection!r}")
+    prefix = PREFIXES[ID_KINDS[collection]]
+    return {"type": "string", "pattern": id_pattern(prefix), "description": f"the id (`{prefix}_…`)"}
+
+
+def _query_schema(prop: dict[str, Any]) -> dict[str, Any]:
+    """A query parameter's schema as a query string can carry it: an optional one is left out, never
+    ``null`` (so the ``null`` branch pydantic adds for ``X | None`` goes), and no pydantic title."""
+    schema = {key: value for key, value in prop.items() if key != "title" and not (key == "default" and value is None)}
+    branches = [branch for branch in schema.pop("anyOf", []) if branch != {"type": "null"}]
+    if len(branches) == 1:
+        schema.update(branches[0])
+    elif branches:
+        schema["anyOf"] = branches
+    return schema
+
+
 def _parameters(endpoint: Endpoint) -> list[dict[str, Any]]:
     params = [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        {"name": name, "in": "path", "required": True, "schema": _path_parameter(endpoint.path, name)}
         for name in re.findall(r"{(\w+)}", endpoint.path)
     ]
     if endpoint.query is not None:
         schema = endpoint.query.model_json_schema()
         required = set(schema.get("required", []))
         for name, prop in schema.get("properties", {}).items():
-            params.append({"name": name, "in": "query", "required": name in required, "schema": prop})
+            param = {"name": name, "in": "query", "required": name in required, "schema": _query_schema(prop)}
+            if "description" in prop:
+                param["description"] = prop["description"]
+            params.append(param)
+    if endpoint.idempotent:
+        params.append(
+            {
+                "name": idempotency.HEADER,
+                "in": "header",
+                "required": False,
+                "description": "a retry with the same key and body replays the first answer; another body is 422, "
+                "while the first is in flight 409",
+                "schema": {"type": "string", "pattern": idempotency.KEY_PATTERN},
+            }
+        )
     return params
 
 
@@ -179,13 +240,16 @@ def _operation(endpoint: Endpoint, components: _Components, app: web.Application
     elif endpoint.response_doc is not None:
         ok.update(endpoint.response_doc)
     responses = {str(endpoint.status): ok}
-    statuses = set(endpoint.errors) | {500}
+    # 400: a header, parameter or body the API cannot read (``api.endpoints``)
+    statuses = set(endpoint.errors) | {400, 500}
     if endpoint.auth:
         statuses.add(401)
+    if "{" in endpoint.path:
+        statuses.add(404)
     if endpoint.body is not None:
-        statuses |= {400, 413, 415, 422}
-    if endpoint.query is not None:
-        statuses.add(400)
+        statuses |= {413, 415, 422}
+    if endpoint.idempotent:
+        statuses |= {409, 422}
     for status in sorted(statuses):
         responses[str(status)] = _problem(status, endpoint.path)
     op["responses"] = responses

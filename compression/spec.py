@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    ConfigDict,
     Field,
     ModelWrapValidatorHandler,
     ValidationError,
@@ -47,8 +48,11 @@ from core.spec_kit import (
     Loc,
     StoredArray,
     StrictModel,
+    at_most_one_of,
     error_at,
     error_details,
+    exactly_one_of,
+    one_of_error,
     relocated,
     relocating,
     stored_dataset,
@@ -99,6 +103,7 @@ class SourceSpec(StrictModel):
     """Exactly one of ``model`` (a registered model, ``version`` or its latest) or ``file_id``
     (an uploaded ``.onnx``, or a ``.safetensors`` state dict of the zoo architecture ``arch``)."""
 
+    model_config = ConfigDict(json_schema_extra=exactly_one_of({"model": ["version"], "file_id": ["arch"]}))
     model: str | None = Field(None, pattern=MODEL_NAME_PATTERN)
     version: int | None = Field(None, ge=1, le=INT4_MAX)
     file_id: str | None = Field(None, pattern=FILE_ID_PATTERN)
@@ -107,7 +112,7 @@ class SourceSpec(StrictModel):
     @model_validator(mode="after")
     def _one_source(self) -> SourceSpec:
         if (self.model is None) == (self.file_id is None):
-            raise ValueError("give exactly one of model (with version) or file_id")
+            raise one_of_error("give exactly one of model (with version) or file_id")
         if self.version is not None and self.model is None:
             raise error_at(("version",), "version applies to a registered model, not to a file")
         if self.arch is not None and self.file_id is None:
@@ -138,6 +143,7 @@ class DataSpec(StrictModel):
     mapped in ``inputs``, [and ``y``]), csv or parquet; ``label_column`` names the labels of a
     csv or parquet file."""
 
+    model_config = ConfigDict(json_schema_extra=exactly_one_of({"file_id": ["label_column", "inputs"], "builtin": []}))
     file_id: str | None = Field(None, pattern=FILE_ID_PATTERN)
     builtin: Literal["digits"] | None = None
     label_column: str | None = Field(None, min_length=1, max_length=256)
@@ -146,7 +152,7 @@ class DataSpec(StrictModel):
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:
         if (self.file_id is None) == (self.builtin is None):
-            raise ValueError("give exactly one of file_id or builtin")
+            raise one_of_error("give exactly one of file_id or builtin")
         for name in ("label_column", "inputs"):
             if self.builtin is not None and getattr(self, name) is not None:
                 raise error_at((name,), f"{name} applies to an uploaded file, not a builtin")
@@ -171,6 +177,7 @@ class CalibrationSpec(StrictModel):
     a ``file_id`` or ``builtin``, else the fine-tuning dataset, else the eval rows. ``rows``
     are drawn evenly spread over the data."""
 
+    model_config = ConfigDict(json_schema_extra=at_most_one_of("file_id", "builtin"))
     file_id: str | None = Field(None, pattern=FILE_ID_PATTERN)
     builtin: Literal["digits"] | None = None
     label_column: str | None = Field(None, min_length=1, max_length=256)

@@ -2,7 +2,8 @@
 
 Owns the strict base model, the one error type that names a field (``FieldError``, a JSON
 pointer and a detail) and its JSON form (``FieldProblem``), the pointer and pydantic-error
-helpers, the shared patterns (uploaded file ids, model names), and one reader of what the
+helpers, the shared patterns (object ids, model names), the rules "exactly one of" and "at most
+one of" as both a validator error and the JSON schema that states them, and one reader of what the
 upload validator stored about a dataset file (``StoredDataset``). Must stay free of torch,
 the ORM and the web stack: ``training`` and ``compression`` import it without the service.
 """
@@ -19,7 +20,13 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 Loc = tuple[str | int, ...]
 T = TypeVar("T")
 
-FILE_ID_PATTERN = r"^file_[0-9A-Za-z]{1,64}$"
+
+def id_pattern(prefix: str) -> str:
+    """The pattern of the ids of one kind of object (``core.ids``): ``file_…``, ``job_…``."""
+    return rf"^{prefix}_[0-9A-Za-z]{{1,64}}$"
+
+
+FILE_ID_PATTERN = id_pattern("file")
 # a registered model's name (``core.model_registry`` enforces it on every write)
 MODEL_NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 # what a job may register its result as: a model name without dots or a trailing dash
@@ -27,6 +34,45 @@ REGISTER_AS_PATTERN = r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$"
 # the largest PostgreSQL ``integer``: the bound of every input that reaches an int4 column
 # (a model version number), so that a larger one is a 422, not a database error
 INT4_MAX = 2**31 - 1
+
+
+# the pydantic error type of "give exactly one of a or b": a rule the OpenAPI document states
+# (``exactly_one_of``), unlike the cross-field checks only the API can run (``value_error``)
+ONE_OF_ERROR = "one_of"
+
+
+def one_of_error(message: str) -> PydanticCustomError:
+    """Raise it from a model validator when not exactly one of the alternatives is given."""
+    return PydanticCustomError(ONE_OF_ERROR, message.replace("{", "{{").replace("}", "}}"))
+
+
+def exactly_one_of(alternatives: Mapping[str, Sequence[str]]) -> Callable[[dict[str, Any]], None]:
+    """A ``json_schema_extra`` saying that exactly one of the ``alternatives`` is given (present and
+    not null), and the fields each one lists only with it: ``{"file_id": ["label_column"],
+    "builtin": []}``. The model's validator enforces the same (raising :func:`one_of_error`)."""
+
+    def extra(schema: dict[str, Any]) -> None:
+        branches = []
+        for chosen in alternatives:
+            absent = [name for other, more in alternatives.items() if other != chosen for name in (other, *more)]
+            branches.append(
+                {
+                    "required": [chosen],
+                    "properties": {chosen: {"not": {"type": "null"}}, **{name: {"type": "null"} for name in absent}},
+                }
+            )
+        schema["oneOf"] = branches
+
+    return extra
+
+
+def at_most_one_of(first: str, second: str) -> Callable[[dict[str, Any]], None]:
+    """A ``json_schema_extra`` saying that ``first`` and ``second`` are not both given (one is absent or null)."""
+
+    def extra(schema: dict[str, Any]) -> None:
+        schema["anyOf"] = [{"properties": {name: {"type": "null"}}} for name in (first, second)]
+
+    return extra
 
 
 def version_number(text: str) -> int | None:

@@ -27,7 +27,15 @@ import numpy as np
 from pydantic import Field
 
 from core.input_feeds import FeedError, input_dtype, listed, npz_feed, shape_text
-from core.spec_kit import INT4_MAX, FieldError, StoredDataset, StrictModel, numeric_column, stored_dataset
+from core.spec_kit import (
+    FILE_ID_PATTERN,
+    INT4_MAX,
+    FieldError,
+    StoredDataset,
+    StrictModel,
+    numeric_column,
+    stored_dataset,
+)
 
 MAX_CHUNK_ROWS = 65_536
 
@@ -40,7 +48,7 @@ class ModelRef(StrictModel):
 
 
 class BatchDataset(StrictModel):
-    file_id: str
+    file_id: str = Field(pattern=FILE_ID_PATTERN, description="an uploaded dataset file (`file_…`)")
     inputs: dict[str, str] | None = Field(
         None, description=".npz only: model input name -> array name, where they differ"
     )

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    ConfigDict,
     Field,
     ModelWrapValidatorHandler,
     ValidationError,
@@ -39,8 +40,10 @@ from core.spec_kit import (
     StrictModel,
     error_at,
     error_details,
+    exactly_one_of,
     numeric_column,
     numeric_dtype,
+    one_of_error,
     relocated,
     relocating,
     stored_dataset,
@@ -124,6 +127,7 @@ def stageable_layers(model: MLPSpec | CNNSpec | TransformerSpec) -> int:
 class DatasetSpec(StrictModel):
     """Exactly one of ``file_id`` (an uploaded npz, csv or parquet) or ``builtin``."""
 
+    model_config = ConfigDict(json_schema_extra=exactly_one_of({"file_id": ["label_column"], "builtin": []}))
     file_id: str | None = Field(None, pattern=FILE_ID_PATTERN)
     label_column: str | None = Field(None, min_length=1, max_length=256)
     builtin: Literal["digits"] | None = None
@@ -131,7 +135,7 @@ class DatasetSpec(StrictModel):
     @model_validator(mode="after")
     def _one_source(self) -> DatasetSpec:
         if (self.file_id is None) == (self.builtin is None):
-            raise ValueError("give exactly one of file_id or builtin")
+            raise one_of_error("give exactly one of file_id or builtin")
         if self.builtin is not None and self.label_column is not None:
             raise error_at(("label_column",), "label_column applies to an uploaded csv or parquet file, not a builtin")
         return self
@@ -140,13 +144,15 @@ class DatasetSpec(StrictModel):
 class ValidationSpec(StrictModel):
     """Exactly one of ``fraction`` (held out from the training data) or ``file_id``."""
 
+    model_config = ConfigDict(json_schema_extra=exactly_one_of({"fraction": [], "file_id": []}))
+
     fraction: float | None = Field(None, gt=0.0, le=0.5)
     file_id: str | None = Field(None, pattern=FILE_ID_PATTERN)
 
     @model_validator(mode="after")
     def _one_source(self) -> ValidationSpec:
         if (self.fraction is None) == (self.file_id is None):
-            raise ValueError("give exactly one of fraction or file_id")
+            raise one_of_error("give exactly one of fraction or file_id")
         return self
 
 

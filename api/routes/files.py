@@ -22,7 +22,7 @@ from pathlib import Path
 
 from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
-from pydantic import Field
+from pydantic import ConfigDict, Field
 from sqlalchemy import select
 
 from api.context import ApiContext, context
@@ -44,8 +44,22 @@ SINK_CHUNK = 1 << 20
 
 
 class UploadQuery(StrictModel):
-    purpose: str | None = Field(default=None, description="dataset or model (or a multipart field)")
-    filename: str | None = Field(default=None, max_length=255, description="for a raw body")
+    # a raw body needs both; a multipart form may carry them instead (its `purpose` field, its `file`
+    # part's filename), which the document cannot say of query parameters: it states the raw body's rule
+    model_config = ConfigDict(json_schema_extra={"required": ["purpose", "filename"]})
+    purpose: str | None = Field(
+        default=None,
+        # the enum upload validation checks (422 naming /purpose otherwise, as for a multipart field)
+        json_schema_extra={"enum": list(FORMATS_BY_PURPOSE)},
+        description="`dataset` or `model`; a multipart form may give it as its `purpose` field instead",
+    )
+    filename: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        description="its name, whose extension says its format; a multipart form may give it as the `file` part's "
+        "filename instead",
+    )
 
 
 class FileListQuery(PageQuery):

@@ -7,10 +7,10 @@ finished job's: 410 afterwards) and webhook deliveries.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, StringConstraints, ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -36,6 +36,8 @@ jobs = Endpoints("jobs")
 
 SSE_KEEPALIVE_S = 15.0
 MAX_METADATA_KEYS = 16
+MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+MetadataValue = Annotated[str, StringConstraints(max_length=512)]
 
 
 class JobCreate(StrictModel):
@@ -47,19 +49,12 @@ class JobCreate(StrictModel):
     webhook_events_filter: list[Literal["start", "progress", "completed"]] | None = Field(
         default=None, description="the events sent to `webhook`; default: all of them"
     )
-    metadata: dict[str, str] = Field(
-        default_factory=dict, description=f"your own labels, returned as given: at most {MAX_METADATA_KEYS} keys"
+    metadata: dict[MetadataKey, MetadataValue] = Field(
+        default_factory=dict,
+        max_length=MAX_METADATA_KEYS,
+        description=f"your own labels, returned as given: at most {MAX_METADATA_KEYS} keys of 1-64 characters, "
+        "values of at most 512",
     )
-
-    @field_validator("metadata")
-    @classmethod
-    def _metadata_limits(cls, value: dict[str, str]) -> dict[str, str]:
-        if len(value) > MAX_METADATA_KEYS:
-            raise ValueError(f"at most {MAX_METADATA_KEYS} keys")
-        for key, item in value.items():
-            if not 0 < len(key) <= 64 or len(item) > 512:
-                raise ValueError("keys are 1-64 characters, values at most 512")
-        return value
 
 
 class JobListQuery(PageQuery):

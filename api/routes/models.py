@@ -19,13 +19,15 @@ from core.ids import new_id
 from core.model_registry import register_version, valid_name
 from core.models import Artifact, File, Model, ModelVersion
 from core.objects import DeletedModelVersion, ModelObject, ModelVersionObject
-from core.spec_kit import MODEL_NAME_PATTERN, StrictModel, version_number
+from core.spec_kit import FILE_ID_PATTERN, MODEL_NAME_PATTERN, StrictModel, version_number
 
 models = Endpoints("models")
 
 
 class VersionCreate(StrictModel):
-    file_id: str = Field(description="an uploaded file with purpose `model` and format .onnx")
+    file_id: str = Field(
+        pattern=FILE_ID_PATTERN, description="an uploaded file with purpose `model` and format .onnx (`file_…`)"
+    )
     metrics: dict[str, Any] = Field(default_factory=dict, description="what you measured of it (accuracy…)")
 
 

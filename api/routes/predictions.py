@@ -18,7 +18,7 @@ from core import predictions as prediction_service
 from core.model_registry import find_version
 from core.models import Deployment, Model, ModelVersion, Prediction
 from core.objects import PredictionObject
-from core.spec_kit import INT4_MAX, StrictModel
+from core.spec_kit import INT4_MAX, MODEL_NAME_PATTERN, StrictModel
 from core.tensor_codec import CodecError, decode_tensors, validate_against_signature
 from core.webhooks import EVENTS, UnsafeWebhookUrl, check_url
 
@@ -26,7 +26,7 @@ predictions = Endpoints("predictions")
 
 
 class PredictionCreate(StrictModel):
-    model: str = Field(max_length=64, description="the name of a deployed model")
+    model: str = Field(pattern=MODEL_NAME_PATTERN, description="the name of a deployed model")
     version: int | None = Field(
         default=None, ge=1, le=INT4_MAX, description="the version to run; default: the deployed one"
     )

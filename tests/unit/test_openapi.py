@@ -1,4 +1,6 @@
-"""The OpenAPI document: component names stand for one class each, and the real app's document builds.
+"""The OpenAPI document: component names stand for one class each, the real app's document builds, and
+it states what the API enforces (exactly one of two, patterns, int4 ranges, required parameters, the
+``Idempotency-Key`` header), checked against the models the routes validate with.
 
 ``components.schemas`` is keyed by class name, so two different classes with one name would
 silently overwrite each other; the document refuses them, naming both.
@@ -7,6 +9,7 @@ silently overwrite each other; the document refuses them, naming both.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 import pytest
 from aiohttp import web
@@ -124,3 +127,168 @@ def test_every_field_of_the_api_objects_says_what_it_means(document):
             continue
         undescribed = [field for field, prop in schemas[name]["properties"].items() if not prop.get("description")]
         assert not undescribed, f"{name}: {undescribed} have no description"
+
+
+# --- the document states what the API enforces --------------------------------------------------
+
+
+def _spec_schema(document: dict, job_type: str) -> dict:
+    """The spec schema the job create's variant for ``job_type`` refers to, resolved."""
+    schemas = document["components"]["schemas"]
+    body = document["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    for variant in body["oneOf"]:
+        extra = variant["allOf"][1]["properties"]
+        if extra["type"]["const"] == job_type:
+            return schemas[extra["spec"]["$ref"].rsplit("/", 1)[1]]
+    raise AssertionError(f"no variant for {job_type}")
+
+
+@pytest.fixture(scope="module")
+def app_document() -> dict:
+    """The document as the app serves it: with every job type's spec (its variants need the app)."""
+    import api.app
+    from api.routes import ENDPOINT_TABLES
+    from core.settings import Settings
+    from job_types.registry import load_job_types
+
+    app = web.Application()
+    app[api.app.CONTEXT] = type("Context", (), {"job_types": load_job_types(Settings())})()
+    return openapi_document(ENDPOINT_TABLES, app)
+
+
+def _validator(document: dict, schema: dict):
+    """A JSON Schema validator for ``schema`` with the document's components to resolve refs."""
+    jsonschema = pytest.importorskip("jsonschema")
+    return jsonschema.Draft202012Validator({**schema, "components": document["components"]})
+
+
+@pytest.mark.parametrize(
+    ("job_type", "path", "exactly_one"),
+    [
+        ("training", ("dataset",), {"file_id", "builtin"}),
+        ("training", ("validation",), {"fraction", "file_id"}),
+        ("compression", ("source",), {"model", "file_id"}),
+        ("compression", ("eval",), {"file_id", "builtin"}),
+    ],
+)
+def test_exactly_one_of_two_is_a_one_of_in_the_document(app_document, job_type, path, exactly_one):
+    schemas = app_document["components"]["schemas"]
+    node = _spec_schema(app_document, job_type)
+    for part in path:
+        prop = node["properties"][part]
+        ref = next(b["$ref"] for b in [prop, *prop.get("anyOf", []), *prop.get("allOf", [])] if "$ref" in b)
+        node = schemas[ref.rsplit("/", 1)[1]]
+    assert {branch["required"][0] for branch in node["oneOf"]} == exactly_one
+
+
+def test_a_dataset_document_and_model_agree_on_exactly_one_source(app_document):
+    from pydantic import ValidationError
+
+    from training.spec import DatasetSpec
+
+    validator = _validator(app_document, app_document["components"]["schemas"]["DatasetSpec"])
+    for dataset, valid in [
+        ({"builtin": "digits"}, True),
+        ({"file_id": "file_abc", "label_column": "y"}, True),
+        ({"file_id": "file_abc", "builtin": None}, True),
+        ({}, False),
+        ({"file_id": "file_abc", "builtin": "digits"}, False),
+        ({"builtin": "digits", "label_column": "y"}, False),
+        ({"file_id": ""}, False),
+    ]:
+        assert validator.is_valid(dataset) is valid, dataset
+        try:
+            DatasetSpec.model_validate(dataset)
+            accepted = True
+        except ValidationError:
+            accepted = False
+        assert accepted is valid, dataset
+
+
+def test_every_file_id_in_a_body_has_the_file_id_pattern(app_document):
+    from core.spec_kit import FILE_ID_PATTERN
+
+    def file_ids(node: object) -> Iterator[dict]:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "file_id" and isinstance(value, dict):
+                    yield value
+                yield from file_ids(value)
+        elif isinstance(node, list):
+            for item in node:
+                yield from file_ids(item)
+
+    found = [
+        prop
+        for schema in app_document["components"]["schemas"].values()
+        for prop in file_ids(schema.get("properties", {}))
+    ]
+    assert found
+    for prop in found:
+        branches = [b for b in prop.get("anyOf", [prop]) if b.get("type") != "null"]
+        assert [b.get("pattern") for b in branches] == [FILE_ID_PATTERN], prop
+
+
+def test_versions_are_bounded_by_int4_in_bodies_and_paths(app_document):
+    from core.spec_kit import INT4_MAX
+
+    schemas = app_document["components"]["schemas"]
+    assert schemas["DeploymentPut"]["properties"]["version"]["maximum"] == INT4_MAX
+    parameters = app_document["paths"]["/v1/models/{name}/versions/{version}"]["get"]["parameters"]
+    version = next(p for p in parameters if p["name"] == "version")
+    assert version["schema"] == {"type": "integer", "minimum": 1, "maximum": INT4_MAX, "description": ANY}
+
+
+class _Any:
+    def __eq__(self, other: object) -> bool:
+        return True
+
+
+ANY = _Any()
+
+
+def test_path_parameters_have_their_patterns(app_document):
+    from core.spec_kit import MODEL_NAME_PATTERN
+
+    for path, operations in app_document["paths"].items():
+        for operation in operations.values():
+            for parameter in operation["parameters"]:
+                if parameter["in"] != "path":
+                    continue
+                schema = parameter["schema"]
+                assert "pattern" in schema or schema["type"] == "integer", (path, parameter)
+                if parameter["name"] == "name":
+                    assert schema["pattern"] == MODEL_NAME_PATTERN
+    file_param = app_document["paths"]["/v1/files/{id}"]["get"]["parameters"][0]
+    assert re.fullmatch(file_param["schema"]["pattern"].strip("^$"), "file_01abc")
+    assert not re.fullmatch(file_param["schema"]["pattern"].strip("^$"), "job_01abc")
+
+
+def test_query_parameters_are_never_null_and_an_upload_states_purpose_and_filename(app_document):
+    for operations in app_document["paths"].values():
+        for operation in operations.values():
+            for parameter in operation["parameters"]:
+                assert {"type": "null"} not in parameter["schema"].get("anyOf", []), parameter
+    upload = {p["name"]: p for p in app_document["paths"]["/v1/files"]["post"]["parameters"]}
+    assert upload["purpose"]["required"] and upload["filename"]["required"]
+    assert upload["purpose"]["schema"]["enum"] == ["dataset", "model"]
+    assert upload["filename"]["schema"]["minLength"] == 1
+
+
+def test_creates_document_the_idempotency_key_they_check(app_document):
+    from api.idempotency import HEADER, KEY_PATTERN
+
+    for path, method in [("/v1/jobs", "post"), ("/v1/predictions", "post"), ("/v1/models/{name}/versions", "post")]:
+        operation = app_document["paths"][path][method]
+        header = next(p for p in operation["parameters"] if p["in"] == "header")
+        assert header["name"] == HEADER and header["schema"]["pattern"] == KEY_PATTERN
+        assert {"400", "409", "422"} <= set(operation["responses"])
+    assert re.fullmatch(KEY_PATTERN.strip("^$"), "order-1")
+    assert not re.fullmatch(KEY_PATTERN.strip("^$"), "two words")
+
+
+def test_job_metadata_limits_are_in_the_document(app_document):
+    metadata = app_document["components"]["schemas"]["JobCreate"]["properties"]["metadata"]
+    assert metadata["maxProperties"] == 16
+    assert metadata["propertyNames"] == {"minLength": 1, "maxLength": 64}
+    assert metadata["additionalProperties"]["maxLength"] == 512
