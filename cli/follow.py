@@ -8,12 +8,14 @@ exit code of the outcome. Ctrl-C asks whether to cancel the job; "no" leaves it 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.prompt import Confirm
+from rich.text import Text
 
 from cli.render import pairs
 from core.objects import JobEventObject, JobObject
@@ -58,12 +60,21 @@ def event_line(event: JobEventObject) -> str:
     return f"{event.created_at:%H:%M:%S} {event.level:<7} {event.type:<16} {event.message}"
 
 
+class _TwoLineProgress(Progress):
+    """The bar (step/total, ETA) on one line and the training values under it, so an 80-column
+    terminal shows both whole."""
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        yield self.make_tasks_table(self.tasks)
+        for task in self.tasks:
+            yield Text("  " + task.fields.get("stats", ""))
+
+
 def progress_bar(console: Console) -> Progress:
-    return Progress(
+    return _TwoLineProgress(
         TextColumn("[bold]{task.description}"),
-        BarColumn(bar_width=24),
+        BarColumn(bar_width=40),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[stats]}"),
         TextColumn("ETA"),
         TimeRemainingColumn(),
         console=console,

@@ -58,7 +58,7 @@ async def test_submit_wait_shows_live_progress_and_the_final_metrics(api, tenant
     assert "EXIT=0" in screen and "summary" in screen and "val_accuracy" in screen and "succeeded" in screen
     assert f"{name} v1" in screen
 
-    job_id = re.search(r"job\s+(job_\w+)", screen).group(1)
+    job_id = re.findall(r"job_[0-9a-z]{26}", screen)[-1]  # the summary's
     job = json.loads((await maas(env, "jobs", "get", job_id, "--output", "json")).stdout)
     model_artifact = job["result"]["artifacts"]["model"]
     downloaded = await maas(env, "artifacts", "download", model_artifact, "-o", str(tmp_path / "model.onnx"))
@@ -79,8 +79,9 @@ async def test_submit_wait_shows_live_progress_and_the_final_metrics(api, tenant
 
 
 def _bar(screen: str) -> str | None:
-    """The progress bar's line once it shows training values, None before."""
-    for line in screen.splitlines():
-        if line.lstrip().startswith("step ") and "samples/s" in line:
-            return line.strip()
+    """The progress bar's line and the training values under it, None before they show."""
+    lines = screen.splitlines()
+    for at, line in enumerate(lines[:-1]):
+        if line.lstrip().startswith("step ") and "samples/s" in lines[at + 1]:
+            return f"{line.strip()} / {lines[at + 1].strip()}"
     return None

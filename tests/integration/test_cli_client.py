@@ -106,8 +106,10 @@ async def test_the_progress_bar_in_a_terminal_and_ctrl_c_cancels_when_asked(env,
 
 
 def _bar(screen: str) -> str | None:
-    """The progress bar's line (``step ━━━ 12/60 loss 0.08 ETA 0:00:18``), None before it shows."""
-    for line in screen.splitlines():
+    """The progress bar's line and the values under it (``step ━━━ 12/60 ETA 0:00:18 / loss 0.08``),
+    None before the bar shows its total."""
+    lines = screen.splitlines()
+    for at, line in enumerate(lines[:-1]):
         if line.lstrip().startswith("step ") and "/60" in line:
-            return line.strip()
+            return f"{line.strip()} / {lines[at + 1].strip()}"
     return None

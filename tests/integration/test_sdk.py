@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -21,7 +22,15 @@ import pytest
 from aiohttp import web
 
 from core.objects import FileObject, JobEventObject, JobObject
-from maas_client import AsyncClient, Client, NotFound, RateLimited, RetryPolicy, ValidationError
+from maas_client import (
+    APIConnectionError,
+    AsyncClient,
+    Client,
+    NotFound,
+    RateLimited,
+    RetryPolicy,
+    ValidationError,
+)
 from tests.support.datasets import digits_bytes, npz
 from tests.support.tcp_proxy import CuttingProxy
 
@@ -175,3 +184,36 @@ async def test_a_retried_create_keeps_its_idempotency_key_and_retries_run_out(ai
         with pytest.raises(RateLimited) as limited:
             await maas.files.get("file_01")
     assert limited.value.retry_after == 0 and limited.value.detail == "slow down" and len(server.requests) == 3
+
+
+class Hangup:
+    """A server that drops the connection of the first request without answering, then answers."""
+
+    def __init__(self) -> None:
+        self.requests: list[str] = []
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append(f"{request.method} {request.path}")
+        if len(self.requests) == 1:
+            assert request.transport is not None
+            request.transport.abort()
+            return web.Response()
+        return web.json_response(FILE, status=200 if request.method == "GET" else 201)
+
+
+async def test_a_dropped_connection_is_retried_only_for_calls_safe_to_repeat(aiohttp_server):
+    for method, call, retried in (
+        ("GET", lambda maas: maas.files.get("file_01"), True),
+        ("POST", lambda maas: maas.files.upload(io.BytesIO(b"x"), filename="d.npz"), False),  # a read stream
+    ):
+        server = Hangup()
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", server.handle)
+        url = str((await aiohttp_server(app)).make_url("")).rstrip("/")
+        async with AsyncClient(url, "maas_test", retry=RetryPolicy(backoff_s=0.01)) as maas:
+            if retried:
+                assert (await call(maas)).id == "file_01"
+            else:
+                with pytest.raises(APIConnectionError):
+                    await call(maas)
+        assert len(server.requests) == (2 if retried else 1), method
