@@ -132,8 +132,8 @@ export async function jobPage(main, id, signal) {
   fill(main,
     h("h1", {}, "Job ", h("span", { className: "mono" }, job.id), jobName(job) ? h("span", { className: "name", "data-testid": "job-name" }, jobName(job)) : null),
     head, section("Curves", charts), rest,
-    section("Events", h("table", { "data-testid": "events" },
-      h("thead", {}, h("tr", {}, ["Time", "Type", "Message", "Data"].map((x) => h("th", {}, x)))), events)));
+    section("Events", h("div", { className: "scroll" }, h("table", { "data-testid": "events" },
+      h("thead", {}, h("tr", {}, ["Time", "Type", "Message", "Data"].map((x) => h("th", {}, x)))), events))));
 
   async function renderRest() {
     const artifacts = (await call(`/v1/jobs/${encodeURIComponent(id)}/artifacts`)).data;
