@@ -258,9 +258,9 @@ class EventFanout:
                     for feed in self.feeds.values():  # notifications sent while we were away are lost
                         feed.wake()
                     async for notice in conn.notifies():
-                        feed = self.feeds.get(notice.payload)
-                        if feed is not None:
-                            feed.wake()
+                        woken = self.feeds.get(notice.payload)
+                        if woken is not None:
+                            woken.wake()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
