@@ -6,11 +6,20 @@ Both use psycopg 3, so one URL (``postgresql+psycopg://…``) serves both. Plain
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
 from sqlalchemy import Engine, create_engine, make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import sessionmaker
 
 from core.settings import Settings
+
+log = logging.getLogger("maas.db")
+T = TypeVar("T")
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -53,3 +62,24 @@ def session_factory(engine: Engine) -> sessionmaker:
 
 def async_session_factory(engine: AsyncEngine) -> async_sessionmaker:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def _unreachable(exc: Exception) -> bool:
+    """Whether ``exc`` says the database could not be reached (not that a statement was wrong)."""
+    return isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
+
+
+def through_outage(work: Callable[[], T], tolerance_s: float, what: str) -> T:
+    """Run ``work`` (a whole transaction), again while the database cannot be reached, for up to
+    ``tolerance_s``: a restart of PostgreSQL must not fail a job that was only reporting progress."""
+    deadline = time.monotonic() + tolerance_s
+    delay = 0.25
+    while True:
+        try:
+            return work()
+        except (OperationalError, DBAPIError) as exc:
+            if not _unreachable(exc) or time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s: the database cannot be reached (%s); trying again in %.2g s", what, exc.orig, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)

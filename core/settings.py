@@ -92,6 +92,12 @@ class Settings(BaseSettings):
     reconcile_interval_s: float = Field(default=5.0, gt=0)
     redispatch_after_s: float = Field(default=300.0, gt=0)
     cancel_grace_s: float = Field(default=10.0, ge=0)
+    db_outage_tolerance_s: float = Field(
+        default=60.0,
+        ge=0,
+        description="a running job's writes (progress, events, artifacts, its end) wait this long for PostgreSQL "
+        "to come back before they give up",
+    )
     preempt_grace_s: float = Field(
         default=60.0,
         ge=0,

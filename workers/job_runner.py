@@ -29,6 +29,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Session
 
 from core import jobs as job_service
+from core.db import through_outage
 from core.deletion import mark_artifact_deleted
 from core.dispatch import Sender, commit_and_send
 from core.ids import new_id
@@ -72,9 +73,12 @@ class _Run:
         return self.preemption.preempted.is_set()
 
     def _write(self, fn: Callable[[Session], object]) -> None:
-        with self.db() as session:
-            fn(session)
-            session.commit()
+        def once() -> None:
+            with self.db() as session:
+                fn(session)
+                session.commit()
+
+        through_outage(once, self.settings.db_outage_tolerance_s, f"job {self.job_id}")
 
     def log(self, message: str, level: str = "info", **data: Any) -> None:
         self._write(lambda s: job_service.add_event(s, self.job_id, "log", message, data, level))
@@ -132,9 +136,12 @@ class JobRun(_Run):
 
     # -- reporting ----------------------------------------------------------------------------
     def _write(self, fn: Callable[[Session], object]) -> None:
-        with self.db() as session:
-            fn(session)
-            commit_and_send(session, self._sender)
+        def once() -> None:
+            with self.db() as session:
+                fn(session)
+                commit_and_send(session, self._sender)
+
+        through_outage(once, self.settings.db_outage_tolerance_s, f"job {self.job_id}")
 
     def progress(self, step: int, total_steps: int | None = None, **values: Any) -> None:
         """Where the job is; ``values`` (epoch, loss, samples/s…) ride along in the event."""
@@ -375,13 +382,16 @@ def finish(
     message: str = "",
     values: dict[str, Any] | None = None,
 ) -> None:
-    with rt.db() as session:
-        done = job_service.transition(
-            session, ctx.job_id, target, rt.settings, message=message, worker_id=rt.worker_id, values=values
-        )
-        if done is None:
-            log.info("job %s: %s not recorded (canceled or taken over meanwhile)", ctx.job_id, target)
-        commit_and_send(session, sender)
+    def once() -> None:
+        with rt.db() as session:
+            done = job_service.transition(
+                session, ctx.job_id, target, rt.settings, message=message, worker_id=rt.worker_id, values=values
+            )
+            if done is None:
+                log.info("job %s: %s not recorded (canceled or taken over meanwhile)", ctx.job_id, target)
+            commit_and_send(session, sender)
+
+    through_outage(once, rt.settings.db_outage_tolerance_s, f"job {ctx.job_id}")
 
 
 def run_job(rt: WorkerRuntime, job_id: str, sender) -> None:

@@ -4,7 +4,9 @@ Every ``reconcile_interval_s``, in each worker's main process (rows are taken wi
 SKIP LOCKED, so several workers never act on the same one):
 
 - a running job whose heartbeat is older than ``heartbeat_timeout_s`` lost its
-  worker: it is re-queued (and dispatched), or failed when it has no attempts left;
+  worker: it is re-queued (and dispatched), or failed when it has no attempts left. Not
+  judged for ``heartbeat_timeout_s`` after the database was unreachable: nobody could
+  heartbeat during the outage, and the running workers catch up once it is back;
 - a queued job dispatched more than ``redispatch_after_s`` ago may have lost its
   message (a broker restarted without persistence): it is dispatched again (a
   duplicate is harmless, the runner's claim lets only one run it);
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 from celery import Celery
@@ -37,7 +40,7 @@ log = logging.getLogger("maas.reconciler")
 BATCH = 100
 
 
-def reconcile_once(rt: WorkerRuntime, sender) -> dict[str, int]:
+def reconcile_once(rt: WorkerRuntime, sender, *, judge_heartbeats: bool = True) -> dict[str, int]:
     """One pass; how many rows of each kind it acted on."""
     settings = rt.settings
     now = datetime.now(UTC)
@@ -49,15 +52,19 @@ def reconcile_once(rt: WorkerRuntime, sender) -> dict[str, int]:
         "idempotency_keys_expired": 0,
     }
     with rt.db() as session:
-        stale = session.scalars(
-            select(Job)
-            .where(
-                Job.status == RUNNING,
-                Job.heartbeat_at < now - timedelta(seconds=settings.heartbeat_timeout_s),
-            )
-            .limit(BATCH)
-            .with_for_update(skip_locked=True)
-        ).all()
+        stale = (
+            session.scalars(
+                select(Job)
+                .where(
+                    Job.status == RUNNING,
+                    Job.heartbeat_at < now - timedelta(seconds=settings.heartbeat_timeout_s),
+                )
+                .limit(BATCH)
+                .with_for_update(skip_locked=True)
+            ).all()
+            if judge_heartbeats
+            else []
+        )
         for job in stale:
             queue = _queue_of(rt, job)
             if queue is not None:
@@ -130,10 +137,16 @@ class Reconciler(threading.Thread):
 
     def run(self) -> None:
         rt = runtime()
+        back_since = float("-inf")  # the first pass after a failed one (the database was unreachable)
+        failing = False
         while not self.stopped.wait(rt.settings.reconcile_interval_s):
+            if failing:
+                back_since, failing = time.monotonic(), False
+            judge = time.monotonic() - back_since >= rt.settings.heartbeat_timeout_s
             try:
-                reconcile_once(rt, self.app)
+                reconcile_once(rt, self.app, judge_heartbeats=judge)
             except Exception:
+                failing = True
                 log.exception("reconcile pass failed; retrying in %ss", rt.settings.reconcile_interval_s)
 
 
