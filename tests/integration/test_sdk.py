@@ -32,6 +32,7 @@ from maas_client import (
     ValidationError,
 )
 from tests.support.datasets import digits_bytes, npz
+from tests.support.eventually import eventually_async
 from tests.support.tcp_proxy import CuttingProxy
 
 
@@ -88,24 +89,33 @@ async def test_a_create_repeated_with_its_idempotency_key_is_the_same_job(api, t
 
 
 async def test_a_live_event_stream_survives_a_dropped_connection(api, tenant, job_worker):
+    """Both clients watch one job through the proxy; every connection is cut twice mid-job."""
     proxy = CuttingProxy(api.port)
     through_proxy = await proxy.start()
     try:
         async with AsyncClient(through_proxy, tenant.key) as flaky, AsyncClient(base_url(api), tenant.key) as direct:
             job = await direct.jobs.create("test.sleep", {"steps": 40, "seconds": 8})
+
+            def blocking_watch() -> list[JobEventObject]:
+                with Client(through_proxy, tenant.key) as blocking:
+                    return list(blocking.jobs.events(job.id, stream=True))
+
+            watched = asyncio.create_task(asyncio.to_thread(blocking_watch))
+            await eventually_async(lambda: proxy.connections >= 1, 30, "the blocking stream to connect")
             streamed: list[JobEventObject] = []
             async for event in flaky.jobs.events(job.id, stream=True):
                 streamed.append(event)
                 if len(streamed) in (5, 20):  # twice, mid-job
                     proxy.cut()
+            blocking_streamed = await watched
             stored = [event async for event in direct.jobs.events(job.id)]
     finally:
         await proxy.stop()
-    assert proxy.connections >= 3  # the stream really was dropped, and opened again each time
-    assert [e.id for e in streamed] == [e.id for e in stored]  # nothing missed, nothing repeated
-    assert streamed[-1].type == "status" and streamed[-1].data["status"] == "succeeded"
-    steps = [e.data["step"] for e in streamed if e.type == "progress"]
-    assert steps == list(range(1, 41))
+    assert proxy.connections >= 6  # both streams really were dropped, and opened again each time
+    for seen in (streamed, blocking_streamed):
+        assert [e.id for e in seen] == [e.id for e in stored]  # nothing missed, nothing repeated
+        assert seen[-1].type == "status" and seen[-1].data["status"] == "succeeded"
+        assert [e.data["step"] for e in seen if e.type == "progress"] == list(range(1, 41))
 
 
 class Standin:
