@@ -4,6 +4,11 @@ Routes validate with the same models this document describes, so the two cannot 
 bodies are described as pydantic validates them, responses as it serializes them (computed fields
 included). ``components.schemas`` is keyed by class name: two different classes with one name
 would overwrite each other there, so building the document refuses them (``SchemaNameClash``).
+
+Parameters say what the API checks: path parameters their pattern (ids by the kind the collection
+holds, model names) or integer range (versions, 1 to PostgreSQL's ``integer``), query parameters
+their model's constraints (never ``null``: an optional one is left out), idempotent creates the
+``Idempotency-Key`` header's pattern. A path parameter without a schema here stops the build.
 """
 
 from __future__ import annotations
