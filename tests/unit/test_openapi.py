@@ -292,3 +292,16 @@ def test_job_metadata_limits_are_in_the_document(app_document):
     assert metadata["maxProperties"] == 16
     assert metadata["propertyNames"] == {"minLength": 1, "maxLength": 64}
     assert metadata["additionalProperties"]["maxLength"] == 512
+
+
+def test_a_path_parameter_without_a_schema_stops_the_build():
+    from api.openapi import UndocumentedParameter
+
+    table = Endpoints("things")
+
+    async def get_widget(request: web.Request, call: Call[None, None]) -> BaseModel:
+        raise NotImplementedError
+
+    table.get("/v1/widgets/{id}", summary="a widget")(get_widget)
+    with pytest.raises(UndocumentedParameter, match="widgets"):
+        openapi_document([table])
