@@ -66,6 +66,8 @@ async def test_submit_wait_exits_with_the_outcome_and_json_parses(env, job_worke
         json.loads(done.stdout)
     events = json.loads((await maas(env, "jobs", "logs", job["id"], "--output", "json")).stdout)
     assert events[-1]["data"]["status"] == "succeeded"
+    followed = await maas(env, "jobs", "logs", job["id"], "-f")  # a finished job: its events, then the summary
+    assert followed.returncode == 0 and "status           succeeded" in followed.stdout and "summary" in followed.stdout
 
 
 async def test_a_bad_spec_exits_non_zero_with_the_pointer(env, tmp_path):
