@@ -293,6 +293,25 @@ def test_compose_and_kubernetes_give_workers_the_same_grace() -> None:
             assert grace == f"{k8s[worker_queue(service['command'])]}s", name
 
 
+@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+def test_a_job_pools_grace_covers_the_jobs_time_to_give_itself_back(overlay: str) -> None:
+    """On SIGTERM a running job gets MAAS_PREEMPT_GRACE_S to checkpoint and requeue, then its
+    processes cancel_grace_s to stop: the pod must not be killed before both (webhooks run no job)."""
+    cancel_s = Settings.model_fields["cancel_grace_s"].default
+    for deployment in workloads(overlay):
+        args = container(deployment)["args"]
+        if args[0] != "worker" or worker_queue(args) == "webhooks":
+            continue
+        env = {e["name"]: e.get("value") for e in container(deployment).get("env", [])}
+        preempt_s = float(env["MAAS_PREEMPT_GRACE_S"])
+        grace_s = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        assert preempt_s + cancel_s < grace_s, deployment["metadata"]["name"]
+    for name, service in maas_services().items():
+        if service["command"][0] == "worker" and worker_queue(service["command"]) != "webhooks":
+            preempt_s = float(service["environment"]["MAAS_PREEMPT_GRACE_S"])
+            assert preempt_s + cancel_s < float(service["stop_grace_period"].removesuffix("s")), name
+
+
 # --- settings drift ------------------------------------------------------------------------------
 
 
