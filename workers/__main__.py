@@ -13,12 +13,18 @@ from core.logging import configure_logging
 from core.settings import load_settings
 from job_types.registry import JobTypeError, load_job_types
 from workers.celery_app import create_worker_app
+from workers.concurrency import default_concurrency, visible_gpus
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m workers", description=__doc__)
     parser.add_argument("--queues", default=None, help="comma-separated queues to consume (default: all)")
-    parser.add_argument("--concurrency", type=int, default=None, help="worker processes")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="jobs at once (default: one per GPU, or one, for a training-only pool; else MAAS_WORKER_CONCURRENCY)",
+    )
     parser.add_argument("--include", default="", help="extra task modules to import (comma-separated)")
     parser.add_argument("--hostname", default=None, help="worker node name (default: celery@<host>)")
     args = parser.parse_args(argv)
@@ -32,12 +38,14 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         sys.exit(f"maas worker: no such queue {', '.join(unknown)}; the queues are {', '.join(job_types.queues)}")
     app = create_worker_app(settings, job_types)
+    queues = [q for q in (args.queues or "").split(",") if q] or list(job_types.queues)
+    concurrency = args.concurrency or default_concurrency(queues, settings.worker_concurrency, visible_gpus())
     worker_args = [
         "worker",
         "--queues",
-        args.queues or ",".join(job_types.queues),
+        ",".join(queues),
         "--concurrency",
-        str(args.concurrency or settings.worker_concurrency),
+        str(concurrency),
         "--loglevel",
         "INFO",
         "--without-gossip",
