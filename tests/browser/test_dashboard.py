@@ -81,6 +81,17 @@ def test_a_failed_job_shows_its_error(live, watched, tenant, job_worker):
     error = watched.page.wait_for_selector("[data-testid=job-error]")
     assert error.text_content() == "nan_loss: failing as the spec asked"
     watched.screenshot("job-failed")
+    succeeded = live.run(
+        lambda api: _json(create_job(api, tenant, {"type": "test.sleep", "spec": {}}, prefer_wait_s=20))
+    )
+    page = watched.page
+    page.goto(f"{live.base_url}/ui/#/jobs")
+    page.wait_for_selector(f"a:text('{succeeded['id']}')")
+    page.select_option("[data-testid=filter-status]", "failed")
+    page.wait_for_url("**/ui/#/jobs?status=failed")
+    page.wait_for_selector(f"[data-testid=jobs-table] a:text('{job['id']}')")
+    statuses = page.locator("[data-testid=jobs-table] tbody [data-status]").all_text_contents()
+    assert statuses == ["failed"]
 
 
 def test_names_that_look_like_html_stay_text(live, watched, tenant, job_worker):
