@@ -17,6 +17,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel
 
+from core.job_states import TERMINAL
 from core.objects import (
     ArtifactDownload,
     ArtifactObject,
@@ -36,7 +37,6 @@ from core.objects import (
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 
-TERMINAL = frozenset({"succeeded", "failed", "canceled"})
 # the API holds a `Prefer: wait=N` request for at most this long (MAAS_MAX_WAIT_S, 60 s by default)
 MAX_PREFER_WAIT_S = 60
 
