@@ -22,7 +22,7 @@ RNG = np.random.default_rng(7)
 
 
 def plan_for(path: Path, fmt: str, signature=SIGNATURE, **dataset):
-    spec = BatchInferenceSpec.model_validate({"model": {"name": "m"}, "dataset": {"file_id": "f", **dataset}})
+    spec = BatchInferenceSpec.model_validate({"model": {"name": "m"}, "dataset": {"file_id": "file_0", **dataset}})
     return plan_inputs(signature, fmt, validate_file(path, fmt), spec)
 
 
