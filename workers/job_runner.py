@@ -73,12 +73,17 @@ class _Run:
         return self.preemption.preempted.is_set()
 
     def _write(self, fn: Callable[[Session], object]) -> None:
+        """Run ``fn`` in a transaction and commit it, through a database outage."""
+
         def once() -> None:
             with self.db() as session:
                 fn(session)
-                session.commit()
+                self._commit(session)
 
         through_outage(once, self.settings.db_outage_tolerance_s, f"job {self.job_id}")
+
+    def _commit(self, session: Session) -> None:
+        session.commit()
 
     def log(self, message: str, level: str = "info", **data: Any) -> None:
         self._write(lambda s: job_service.add_event(s, self.job_id, "log", message, data, level))
@@ -135,13 +140,8 @@ class JobRun(_Run):
         self._last_progress_webhook = 0.0
 
     # -- reporting ----------------------------------------------------------------------------
-    def _write(self, fn: Callable[[Session], object]) -> None:
-        def once() -> None:
-            with self.db() as session:
-                fn(session)
-                commit_and_send(session, self._sender)
-
-        through_outage(once, self.settings.db_outage_tolerance_s, f"job {self.job_id}")
+    def _commit(self, session: Session) -> None:
+        commit_and_send(session, self._sender)  # a job's writes may queue webhooks and messages
 
     def progress(self, step: int, total_steps: int | None = None, **values: Any) -> None:
         """Where the job is; ``values`` (epoch, loss, samples/s…) ride along in the event."""
