@@ -148,6 +148,33 @@ class Settings(BaseSettings):
         default=5.0, gt=0, description="a server silent for this long is dead: not routed to, then deleted"
     )
     model_load_retry_s: float = Field(default=30.0, gt=0, description="wait before loading a failed version again")
+    # serverless serving (serving/placement.py, serving/placer.py, serving/artifact_cache.py)
+    model_server_memory_bytes: int = Field(
+        default=0,
+        ge=0,
+        description="memory placement may fill with replicas on this server; 0: half the machine's physical memory "
+        "divided by inference_servers_per_host",
+    )
+    model_cache_dir: Path | None = Field(
+        default=None, description="where a model server keeps downloaded model files (default: data_dir/model-cache)"
+    )
+    model_cache_bytes: int = Field(
+        default=4 << 30, ge=0, description="bound of that cache; least recently used files go first (0: no cache)"
+    )
+    model_memory_factor: float = Field(
+        default=2.0, gt=0, description="a never-loaded version is placed as if it took its .onnx size times this"
+    )
+    inference_providers: str | None = Field(
+        default=None,
+        description="ONNX Runtime execution providers, comma-separated (e.g. CUDAExecutionProvider,"
+        "CPUExecutionProvider); default: CUDA when onnxruntime has it, else CPU",
+    )
+    autoscale_upscale_delay_s: float = Field(
+        default=3.0, ge=0, description="in-flight per replica above target this long: add a replica"
+    )
+    autoscale_downscale_delay_s: float = Field(
+        default=30.0, ge=0, description="in-flight per replica well below target this long: remove one (not the last)"
+    )
     # serving: the API side (api/inference_router.py, api/prediction_recorder.py)
     routing_refresh_s: float = Field(default=0.5, gt=0, description="how often the API re-reads ready replicas")
     max_inference_body_bytes: int = Field(default=64 << 20, gt=0, description="body limit of POST /v2/…/infer")
@@ -165,6 +192,38 @@ class Settings(BaseSettings):
     prediction_flush_rows: int = Field(default=1000, gt=0, description="…or as soon as this many are waiting")
     prediction_buffer_max_rows: int = Field(
         default=100_000, gt=0, description="while Postgres is down; past this the oldest records are dropped"
+    )
+
+    # tenant limits (core/quotas.py): each quota_X is the default of quota X; `maas admin tenants set-quota`
+    # overrides it per tenant
+    quota_queued_jobs: int = Field(default=100, ge=0, description="jobs a tenant may have queued, all types together")
+    quota_running_jobs: int = Field(
+        default=4, ge=0, description="jobs of one type a tenant may have running at once (enforced at dispatch)"
+    )
+    quota_deployments: int = Field(default=10, ge=0, description="deployments a tenant may have")
+    quota_replicas: int = Field(default=20, ge=0, description="replicas a tenant's deployments may ask for in all")
+    quota_stored_bytes: int = Field(
+        default=100 << 30, ge=0, description="bytes a tenant may store: files, artifacts and checkpoints"
+    )
+    quota_upload_bytes: int = Field(
+        default=1 << 30, ge=0, description="largest file a tenant may upload (max_upload_bytes caps it for everyone)"
+    )
+    quota_inference_per_min: int = Field(
+        default=60_000, ge=0, description="inference requests per API key and minute (a token bucket that size)"
+    )
+    quota_creates_per_min: int = Field(
+        default=600, ge=0, description="create calls (POST under /v1) per API key and minute (a token bucket)"
+    )
+    rate_limits_enabled: bool = Field(default=True, description="off: no rate limit anywhere (benchmarks)")
+    rate_limit_lease_s: float = Field(
+        default=0.1,
+        gt=0,
+        description="an API process takes tokens from the shared bucket in leases of this many seconds of refill",
+    )
+    usage_metering_enabled: bool = Field(default=True, description="off: no usage is recorded (benchmarks)")
+    usage_flush_s: float = Field(default=5.0, gt=0, description="how often a process writes its usage counters")
+    usage_storage_sample_s: float = Field(
+        default=60.0, gt=0, description="how often an API process samples every tenant's stored bytes"
     )
 
     # webhooks
@@ -185,6 +244,11 @@ class Settings(BaseSettings):
     @property
     def shared_training_dir(self) -> Path:
         return (self.training_shared_dir or self.data_dir / "training").expanduser()
+
+    @property
+    def model_cache_path(self) -> Path:
+        """Where model servers cache model files."""
+        return (self.model_cache_dir or self.data_dir / "model-cache").expanduser()
 
     def require(self, *names: str) -> None:
         """Raise MissingSetting naming every unset variable among ``names``."""
