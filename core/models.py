@@ -38,8 +38,10 @@ NAMING = {
 }
 
 FILE_PURPOSES = ("dataset", "model")
-# loading → ready → draining (then the row goes); failed when the load did not work
-REPLICA_STATUSES = ("loading", "ready", "draining", "failed")
+# assigned (by the placer) → loading → ready → draining (then the row goes); failed when the load did not work
+REPLICA_STATUSES = ("assigned", "loading", "ready", "draining", "failed")
+# what ``serving_events`` record (``serving.placer``, ``serving.control_loop``)
+SERVING_ACTIONS = ("assign", "loaded", "load_failed", "evict", "unloaded", "scale_up", "scale_down", "failed")
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -182,12 +184,21 @@ class ModelVersion(Base):
     lineage: Mapped[dict[str, Any]] = mapped_column(default=dict)
     source_job_id: Mapped[str | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = _now()
+    # resident memory the version took when it last loaded (bytes); placement uses it (serving.placement)
+    memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class Deployment(Base):
     """The one live deployment of a model; batching settings follow Triton's meanings."""
 
     __tablename__ = "deployments"
+    __table_args__ = (
+        CheckConstraint(
+            "min_replicas >= 0 AND max_replicas >= 1 AND max_replicas >= min_replicas AND target_concurrency >= 1 "
+            "AND idle_timeout_s >= 1 AND cold_start_timeout_ms >= 0",
+            name="scaling",
+        ),
+    )
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"), unique=True)
     model_version_id: Mapped[str] = mapped_column(ForeignKey("model_versions.id", ondelete="RESTRICT"))
@@ -195,6 +206,16 @@ class Deployment(Base):
     max_queue_delay_us: Mapped[int] = mapped_column(Integer)
     max_queue_size: Mapped[int] = mapped_column(Integer)
     timeout_ms: Mapped[int] = mapped_column(Integer)
+    # serverless scaling (core.deployments.ScalingSettings; serving.placement decides with them)
+    min_replicas: Mapped[int] = mapped_column(Integer, server_default="0")
+    max_replicas: Mapped[int] = mapped_column(Integer, server_default="1")
+    target_concurrency: Mapped[int] = mapped_column(Integer, server_default="16")
+    idle_timeout_s: Mapped[int] = mapped_column(Integer, server_default="300")
+    cold_start_timeout_ms: Mapped[int] = mapped_column(Integer, server_default="30000")
+    # a request waits for a replica since then (core.serving_signals.signal_demand); cleared once one is ready
+    demand_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # why no replica can be placed (the deployment is failed while it is set)
+    placement_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = _now()
 
@@ -241,6 +262,9 @@ class ModelServerRecord(Base):
     hostname: Mapped[str] = mapped_column(String(255))
     pid: Mapped[int] = mapped_column(Integer)
     threads: Mapped[int] = mapped_column(Integer)
+    # what placement may put on it (MAAS_MODEL_SERVER_MEMORY_BYTES), and what its replicas hold now
+    memory_budget_bytes: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    memory_used_bytes: Mapped[int] = mapped_column(BigInteger, server_default="0")
     started_at: Mapped[datetime] = _now()
     heartbeat_at: Mapped[datetime] = _now()
 
@@ -252,13 +276,35 @@ class ModelReplica(Base):
     __table_args__ = (
         CheckConstraint(_in("status", REPLICA_STATUSES), name="status"),
         Index(None, "model_version_id"),
+        Index(None, "server_id"),
     )
     server_id: Mapped[str] = mapped_column(ForeignKey("model_servers.id", ondelete="CASCADE"), primary_key=True)
     model_version_id: Mapped[str] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"), primary_key=True)
     status: Mapped[str] = mapped_column(String(16))
     error: Mapped[str | None] = mapped_column(Text)
+    memory_bytes: Mapped[int | None] = mapped_column(BigInteger)  # measured once loaded; an estimate before
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # the last request's arrival
+    in_flight: Mapped[int] = mapped_column(Integer, server_default="0")  # requests queued or running there
+    evict_reason: Mapped[str | None] = mapped_column(Text)  # set by the placer: drain, unload, delete the row
     created_at: Mapped[datetime] = _now()
     updated_at: Mapped[datetime] = _now()
+
+
+class ServingEvent(Base):
+    """A placement, load, unload or scale decision about a model's replicas, with its reason."""
+
+    __tablename__ = "serving_events"
+    __table_args__ = (
+        CheckConstraint(_in("action", SERVING_ACTIONS), name="action"),
+        Index(None, "model_id", "id"),
+    )
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    model_id: Mapped[str] = mapped_column(ForeignKey("models.id", ondelete="CASCADE"))
+    model_version_id: Mapped[str | None] = mapped_column(String(40))
+    server_id: Mapped[str | None] = mapped_column(String(40))
+    action: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now()
 
 
 class WebhookDelivery(Base):

@@ -148,6 +148,33 @@ class Settings(BaseSettings):
         default=5.0, gt=0, description="a server silent for this long is dead: not routed to, then deleted"
     )
     model_load_retry_s: float = Field(default=30.0, gt=0, description="wait before loading a failed version again")
+    # serverless serving (serving/placement.py, serving/placer.py, serving/artifact_cache.py)
+    model_server_memory_bytes: int = Field(
+        default=0,
+        ge=0,
+        description="memory placement may fill with replicas on this server; 0: half the machine's physical memory "
+        "divided by inference_servers_per_host",
+    )
+    model_cache_dir: Path | None = Field(
+        default=None, description="where a model server keeps downloaded model files (default: data_dir/model-cache)"
+    )
+    model_cache_bytes: int = Field(
+        default=4 << 30, ge=0, description="bound of that cache; least recently used files go first (0: no cache)"
+    )
+    model_memory_factor: float = Field(
+        default=2.0, gt=0, description="a never-loaded version is placed as if it took its .onnx size times this"
+    )
+    inference_providers: str | None = Field(
+        default=None,
+        description="ONNX Runtime execution providers, comma-separated (e.g. CUDAExecutionProvider,"
+        "CPUExecutionProvider); default: CUDA when onnxruntime has it, else CPU",
+    )
+    autoscale_upscale_delay_s: float = Field(
+        default=3.0, ge=0, description="in-flight per replica above target this long: add a replica"
+    )
+    autoscale_downscale_delay_s: float = Field(
+        default=30.0, ge=0, description="in-flight per replica well below target this long: remove one (not the last)"
+    )
     # serving: the API side (api/inference_router.py, api/prediction_recorder.py)
     routing_refresh_s: float = Field(default=0.5, gt=0, description="how often the API re-reads ready replicas")
     max_inference_body_bytes: int = Field(default=64 << 20, gt=0, description="body limit of POST /v2/…/infer")
@@ -217,6 +244,11 @@ class Settings(BaseSettings):
     @property
     def shared_training_dir(self) -> Path:
         return (self.training_shared_dir or self.data_dir / "training").expanduser()
+
+    @property
+    def model_cache_path(self) -> Path:
+        """Where model servers cache model files."""
+        return (self.model_cache_dir or self.data_dir / "model-cache").expanduser()
 
     def require(self, *names: str) -> None:
         """Raise MissingSetting naming every unset variable among ``names``."""

@@ -27,6 +27,7 @@ TABLES = {
     "idempotency_keys",
     "model_servers",
     "model_replicas",
+    "serving_events",
 }
 
 
