@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from api import event_fanout
 from api.auth import KnownKeys
 from api.context import CONTEXT, ApiContext
 from api.endpoints import add_routes
@@ -20,12 +21,14 @@ from api.grpc_server import drain_grpc, grpc_context
 from api.inference_router import serving_context
 from api.metrics import ApiMetrics
 from api.openapi import ENDPOINT_TABLES as TABLES_KEY
+from api.pg_listener import listener_context
 from api.problems import Problem, oip_path
 from api.routes import ENDPOINT_TABLES
 from api.routes.ui import add_ui_routes
 from core.artifact_store import ArtifactStore
 from core.broker import create_celery
 from core.db import async_session_factory, make_async_engine
+from core.serving_signals import REPLICAS_CHANNEL
 from core.settings import Settings
 from job_types.registry import load_job_types
 
@@ -114,7 +117,10 @@ def create_app(settings: Settings) -> web.Application:
         await engine.dispose()
 
     app.cleanup_ctx.append(services)
-    app.cleanup_ctx.append(fanout_context)  # one LISTEN feeds every SSE stream (api/event_fanout.py)
+    # one LISTEN connection per process: job events for the SSE streams (api/event_fanout.py), replica
+    # changes for the inference router's table and its requests held for a cold start
+    app.cleanup_ctx.append(listener_context(event_fanout.CHANNEL, REPLICAS_CHANNEL))
+    app.cleanup_ctx.append(fanout_context)
     app.cleanup_ctx.append(serving_context)
     if settings.grpc_enabled:  # the same router and checks as /v2, a second transport (api/grpc_server.py)
         app.cleanup_ctx.append(grpc_context)

@@ -1,14 +1,15 @@
 """Live job events for every Server-Sent Events stream of an API process, from one reader per job.
 
 A trigger on ``job_events`` (migration 0007) sends ``NOTIFY maas_job_events, '<job id>'`` when a
-worker inserts an event. Each API process keeps one ``LISTEN`` connection; a notification wakes the
-one feed of that job, which reads the new rows once, renders each as its SSE frame once, and keeps
-the latest of them in a buffer every watching stream reads from. The rows stay the truth: a
-notification only says "read again", so a lost one costs latency (a slow fallback read catches up),
-never an event. A stream whose cursor is older than the buffer (a late ``Last-Event-ID``, a slow
-client) reads its backlog from the database itself until it reaches the buffer.
+worker inserts an event. Each API process keeps one ``LISTEN`` connection (``api.pg_listener``,
+shared with the inference router); a notification wakes the one feed of that job, which reads the
+new rows once, renders each as its SSE frame once, and keeps the latest of them in a buffer every
+watching stream reads from. The rows stay the truth: a notification only says "read again", so a
+lost one costs latency (a slow fallback read catches up), never an event. A stream whose cursor
+is older than the buffer (a late ``Last-Event-ID``, a slow client) reads its backlog from the
+database itself until it reaches the buffer.
 
-``FeedBuffer`` and ``sse_frame`` are pure; ``EventFanout`` owns the listener and the feeds' tasks.
+``FeedBuffer`` and ``sse_frame`` are pure; ``EventFanout`` owns the feeds' tasks.
 """
 
 from __future__ import annotations
@@ -21,12 +22,11 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-import psycopg
 from aiohttp import web
 from sqlalchemy import select
 
 from api.context import CONTEXT, ApiContext
-from core.db import libpq_url
+from api.pg_listener import LISTENER, PgListener
 from core.job_states import TERMINAL
 from core.models import Job, JobEvent
 from core.objects import JobEventObject
@@ -39,7 +39,6 @@ BUFFER_EVENTS = 2048
 # a feed reads again after this long without a notification: the listener may have dropped one
 FALLBACK_LISTENING_S = 5.0
 FALLBACK_NOT_LISTENING_S = 0.5
-RECONNECT_S = 1.0
 # a caught-up stream is written by its feed while its connection holds less than this unsent
 PUSH_LIMIT = 32 * 1024
 
@@ -225,22 +224,21 @@ class JobFeed:
 
 
 class EventFanout:
-    """The process's feeds by job id, and the one LISTEN connection that wakes them."""
+    """The process's feeds by job id, woken by the process's ``LISTEN`` connection."""
 
-    def __init__(self, ctx: ApiContext) -> None:
+    def __init__(self, ctx: ApiContext, listener: PgListener) -> None:
         self.ctx = ctx
         self.feeds: dict[str, JobFeed] = {}
-        self.listening = False
-        self._listener: asyncio.Task[None] | None = None
+        self._listener = listener
+
+    @property
+    def listening(self) -> bool:
+        return self._listener.listening
 
     def start(self) -> None:
-        self._listener = asyncio.create_task(self._listen(), name="job-events-listener")
+        self._listener.subscribe(CHANNEL, self._notified, on_connect=self._wake_all)
 
     async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
         for feed in list(self.feeds.values()):
             await feed.stop()
         self.feeds.clear()
@@ -248,25 +246,14 @@ class EventFanout:
     def _fallback_s(self) -> float:
         return FALLBACK_LISTENING_S if self.listening else FALLBACK_NOT_LISTENING_S
 
-    async def _listen(self) -> None:
-        url = libpq_url(self.ctx.settings.service("database_url"))
-        while True:
-            try:
-                async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-                    await conn.execute(f"LISTEN {CHANNEL}")
-                    self.listening = True
-                    for feed in self.feeds.values():  # notifications sent while we were away are lost
-                        feed.wake()
-                    async for notice in conn.notifies():
-                        woken = self.feeds.get(notice.payload)
-                        if woken is not None:
-                            woken.wake()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("the job events listener lost its connection (%s); feeds poll until it is back", exc)
-            self.listening = False
-            await asyncio.sleep(RECONNECT_S)
+    def _notified(self, job_id: str) -> None:
+        woken = self.feeds.get(job_id)
+        if woken is not None:
+            woken.wake()
+
+    def _wake_all(self) -> None:  # notifications sent while the listener was away are lost
+        for feed in self.feeds.values():
+            feed.wake()
 
     async def read_events(self, job_id: str, seq: int, limit: int) -> list[JobEvent]:
         """A job's events after ``seq``, oldest first."""
@@ -306,8 +293,8 @@ FANOUT = web.AppKey("event_fanout", EventFanout)
 
 
 async def fanout_context(app: web.Application) -> AsyncIterator[None]:
-    """The app's fan-out, from startup to shutdown (after ``CONTEXT`` is set up)."""
-    fanout = EventFanout(app[CONTEXT])
+    """The app's fan-out, from startup to shutdown (after ``CONTEXT`` and ``LISTENER`` are set up)."""
+    fanout = EventFanout(app[CONTEXT], app[LISTENER])
     fanout.start()
     app[FANOUT] = fanout
     yield

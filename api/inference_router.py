@@ -3,7 +3,12 @@
 One :class:`InferenceRouter` per API process (opened in the app's cleanup context) owns:
 
 - the routing table (``api.routing_table``), re-read from Postgres every ``routing_refresh_s``
-  by a background task, and on demand (coalesced) when a replica turns a request away;
+  by a background task, at once when a model server says a replica changed state (a
+  ``core.serving_signals.REPLICAS_CHANNEL`` notification on the process's ``api.pg_listener``),
+  and on demand (coalesced) when a replica turns a request away;
+- the requests held for a cold start (``api.cold_start``): a deployed version with no ready
+  replica and a ``cold_start_timeout_ms`` budget gets its requests held, not refused, while the
+  placer loads one (asked once per burst with ``signal_demand``); each table refresh wakes them;
 - the keep-alive connections to the model servers (``api.model_server_client``), and the
   count of requests in flight to each (for the choice of replica);
 - the :class:`~api.prediction_recorder.PredictionRecorder`;
@@ -12,8 +17,10 @@ One :class:`InferenceRouter` per API process (opened in the app's cleanup contex
 :meth:`InferenceRouter.infer` is the one synchronous inference path: resolve the target,
 check the inputs against its signature (before anything is queued), send the arrays
 (``core.tensor_wire``), and when a replica answers 421 (draining, unloading, not loaded) or
-cannot be reached, refresh the table and try another — at most ``MAX_ATTEMPTS`` sends. Every
-request that reached a known version is recorded.
+cannot be reached, refresh the table and try another — at most ``MAX_ATTEMPTS`` sends (a
+replica unloaded under a request sends it back to waiting for a cold start). Every request that
+reached a known version is recorded; each one that waited for a cold start is observed in
+``maas_cold_start_seconds`` (``on_cold_start``) when it is sent.
 """
 
 from __future__ import annotations
@@ -37,11 +44,14 @@ from aiohttp import web
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from api.cold_start import ClientGone, ColdStartGate, Full
 from api.context import CONTEXT
 from api.model_server_client import ModelServerClient, Unreachable
+from api.pg_listener import LISTENER, PgListener
 from api.prediction_recorder import PredictionRecorder, prediction_row
 from api.routing_table import (
     DeployedRow,
+    NoRoute,
     NotReady,
     ReplicaRow,
     RoutableReplica,
@@ -54,8 +64,9 @@ from api.routing_table import (
     pick_replica,
 )
 from api.serving_metrics import ServingMetricsCollector
-from core.deployments import BatchingSettings, live_since
+from core.deployments import FAILED, BatchingSettings, deployment_status, live_since
 from core.models import Deployment, Model, ModelReplica, ModelServerRecord, ModelVersion
+from core.serving_signals import REPLICAS_CHANNEL, signal_demand
 from core.settings import Settings
 from core.tensor_codec import CodecError, InferenceRequest, validate_against_signature
 from core.tensor_wire import CONTENT_TYPE, WireError, pack, unpack
@@ -84,6 +95,18 @@ class _TryElsewhere(Exception):
 
 
 @dataclass(frozen=True)
+class _Hold:
+    """What waiting for a cold start needs to know about one request."""
+
+    tenant_id: str
+    name: str
+    version: int | None
+    arrived: float  # monotonic
+    transport: str
+    gone: Callable[[], bool] | None
+
+
+@dataclass(frozen=True)
 class InferenceResult:
     request: InferenceRequest
     outputs: dict[str, np.ndarray]
@@ -99,6 +122,8 @@ class InferenceRouter:
     server_metrics: ServingMetricsCollector = field(default_factory=ServingMetricsCollector)
     # called with (transport, outcome) once per request answered: "ok" or the error code it is recorded with
     on_answer: Callable[[str, str], None] = field(default=lambda transport, outcome: None)
+    # called with (transport, seconds from arrival to being sent) for each request that waited for a cold start
+    on_cold_start: Callable[[str, float], None] = field(default=lambda transport, seconds: None)
 
     def __post_init__(self) -> None:
         self.recorder = PredictionRecorder(self.settings, self.db)
@@ -110,10 +135,16 @@ class InferenceRouter:
         self._refreshed_at = float("-inf")
         self._signatures: dict[str, Mapping[str, Any]] = {}  # versions are immutable: cached for good
         self._task: asyncio.Task[None] | None = None
+        self._refresh_wanted = asyncio.Event()
+        self.cold_starts = ColdStartGate(self.settings.cold_start_max_waiting, self._demand)
+        self._demands: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------ lifecycle
 
-    async def start(self) -> None:
+    async def start(self, listener: PgListener | None = None) -> None:
+        """Open the connections and start the refresh loop; ``listener`` (when given) wakes it on replica changes."""
+        if listener is not None:
+            listener.subscribe(REPLICAS_CHANNEL, self._replicas_changed, on_connect=self._refresh_wanted.set)
         connector = aiohttp.TCPConnector(limit=1000, keepalive_timeout=60)
         self._client = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(sock_connect=2))
         with contextlib.suppress(Exception):  # the loop keeps trying; a database outage shows on /readyz
@@ -126,6 +157,9 @@ class InferenceRouter:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        for task in list(self._demands):
+            with contextlib.suppress(Exception):
+                await task
         await self.recorder.stop()
         await self._servers.close()
         if self._client is not None:
@@ -141,10 +175,16 @@ class InferenceRouter:
             started = time.monotonic()
             self.table = await self._read_table()
             self._refreshed_at = started
+        self.cold_starts.wake_all()
+
+    def _replicas_changed(self, version_id: str) -> None:
+        self._refresh_wanted.set()  # the loop re-reads now; a burst of notices costs one or two reads
 
     async def _refresh_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.routing_refresh_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._refresh_wanted.wait(), self.settings.routing_refresh_s)
+            self._refresh_wanted.clear()  # before the read: a notice during it asks for one more
             try:
                 await self.refresh()
             except Exception as exc:  # keep routing with the last table: the servers in it may well be alive
@@ -178,6 +218,13 @@ class InferenceRouter:
             ready = (await session.execute(ready_q)).all()
             server_urls = select(ModelServerRecord.id, ModelServerRecord.url).where(alive)
             servers = dict((await session.execute(server_urls)).all())
+            replica_states = (
+                await session.execute(
+                    select(ModelReplica.model_version_id, ModelReplica.status, ModelReplica.error)
+                    .join(ModelServerRecord, ModelServerRecord.id == ModelReplica.server_id)
+                    .where(ModelReplica.model_version_id.in_([row[1] for row in deployed]), alive)
+                )
+            ).all()
             version_ids = {row[1] for row in deployed} | {row[2] for row in ready}
             missing = version_ids - self._signatures.keys()
             if missing:
@@ -185,10 +232,27 @@ class InferenceRouter:
                     select(ModelVersion.id, ModelVersion.signature).where(ModelVersion.id.in_(missing))
                 )
                 self._signatures.update(found.all())
+        statuses: dict[str, list[str]] = {}
+        errors: dict[str, str] = {}
+        for vid, status, error in replica_states:
+            statuses.setdefault(vid, []).append(status)
+            if status == FAILED and error:
+                errors[vid] = error
+
+        def failed(d: Deployment, vid: str) -> str | None:
+            if d.placement_error:
+                return d.placement_error
+            if deployment_status(statuses.get(vid, ())) == FAILED:
+                return errors.get(vid, "every load of it failed")
+            return None
+
         return build_table(
             [
                 DeployedRow(
-                    VersionRow(tenant, name, d.model_id, vid, number, self._signatures[vid]), BatchingSettings.of(d)
+                    VersionRow(tenant, name, d.model_id, vid, number, self._signatures[vid]),
+                    BatchingSettings.of(d),
+                    cold_start_timeout_ms=d.cold_start_timeout_ms,
+                    failed=failed(d, vid),
                 )
                 for d, vid, number, tenant, name in deployed
             ],
@@ -201,6 +265,30 @@ class InferenceRouter:
 
     # ------------------------------------------------------------ inference
 
+    async def lookup(self, tenant_id: str, name: str, version: int | None, arrived: float | None = None) -> Target:
+        """The request's target: with ready replicas, or (a cold start) the deployed version with none yet.
+
+        Raises :class:`RouteError`. A model this table does not know may have been deployed since
+        the last read: the table is read again (coalesced with any read started after ``arrived``).
+        """
+        try:
+            return self._resolve(tenant_id, name, version)
+        except NoRoute:
+            if arrived is None:
+                arrived = time.monotonic()
+            if self._refreshed_at >= arrived:
+                raise
+            await self.refresh(newer_than=arrived)
+            return self._resolve(tenant_id, name, version)
+
+    def _resolve(self, tenant_id: str, name: str, version: int | None) -> Target:
+        try:
+            return self.table.resolve(tenant_id, name, version)
+        except NotReady as exc:
+            if exc.pending is None:
+                raise
+            return exc.pending
+
     async def infer(
         self,
         tenant_id: str,
@@ -210,6 +298,7 @@ class InferenceRouter:
         *,
         transport: str = "http",
         deadline_ms: int | None = None,
+        gone: Callable[[], bool] | None = None,
     ) -> InferenceResult:
         """Run one request on a replica; raises :class:`RouteError` or :class:`InferenceFailed`.
 
@@ -217,17 +306,22 @@ class InferenceRouter:
         to be served, so an unknown model is a 404 whatever the body holds. ``transport`` (http, grpc)
         labels its record and count; ``deadline_ms``, the client's own deadline, bounds its time in the
         queue like Triton's ``timeout`` parameter, so a request past it is dropped there, never run.
+        A request for a deployment with no ready replica waits for one (see ``api.cold_start``) up to
+        the deployment's ``cold_start_timeout_ms``; ``gone()`` (when given) says its client left, which
+        ends the wait.
         """
+        arrived = time.monotonic()
         started_at = datetime.now(UTC)
         target: Target | None = None
         try:
-            target = self.table.resolve(tenant_id, name, version)
+            target = await self.lookup(tenant_id, name, version, arrived)
             try:
                 request = decode()
             except CodecError as exc:
                 raise InferenceFailed(400, str(exc), "invalid_input") from None
             timeout_ms = effective_timeout_ms(request_timeout_ms(request) or 0, deadline_ms) or None
-            result = await self._run(tenant_id, name, version, request, target, timeout_ms)
+            hold = _Hold(tenant_id, name, version, arrived, transport, gone)
+            result = await self._run(hold, request, target, timeout_ms)
         except NotReady as exc:
             deployed = _deployed_version(self.table, tenant_id, name)
             self._record_failure(tenant_id, deployed, started_at, exc, transport)
@@ -236,8 +330,8 @@ class InferenceRouter:
             self._record_failure(tenant_id, target.version if target else None, started_at, exc, transport)
             raise
         except asyncio.CancelledError:  # the client went away or its deadline passed
-            gone = InferenceFailed(499, "the client cancelled the request or its deadline passed", "cancelled")
-            self._record_failure(tenant_id, target.version if target else None, started_at, gone, transport)
+            cancelled = InferenceFailed(499, "the client cancelled the request or its deadline passed", "cancelled")
+            self._record_failure(tenant_id, target.version if target else None, started_at, cancelled, transport)
             raise
         self.recorder.record(
             prediction_row(
@@ -252,21 +346,20 @@ class InferenceRouter:
         return result
 
     async def _run(
-        self,
-        tenant_id: str,
-        name: str,
-        version: int | None,
-        request: InferenceRequest,
-        target: Target,
-        timeout_ms: int | None,
+        self, hold: _Hold, request: InferenceRequest, target: Target, timeout_ms: int | None
     ) -> InferenceResult:
         refused: set[tuple[str, str]] = set()
         failed_at: float | None = None
         for _ in range(MAX_ATTEMPTS):
+            if not target.version.replicas:
+                check_inputs(request, target, self.settings.max_tensor_elements)  # a bad request does not wait
+                target = await self._await_replica(hold, target)
             replica = self._choose(target, refused)
             if replica is None and failed_at is not None:
                 await self.refresh(newer_than=failed_at)
-                target = self.table.resolve(tenant_id, name, version)
+                target = self._resolve(hold.tenant_id, hold.name, hold.version)
+                if not target.version.replicas:  # unloaded under us (scaled to zero): a cold start again
+                    target = await self._await_replica(hold, target)
                 replica = self._choose(target, refused)
             if replica is None:
                 break
@@ -274,13 +367,67 @@ class InferenceRouter:
             try:
                 outputs, stats = await self._send(replica.server_id, replica.url, target, request, timeout_ms)
             except _TryElsewhere:
-                log.info("model server %s turned away a request for %s; trying another", replica.server_id, name)
+                log.info("model server %s turned away a request for %s; trying another", replica.server_id, hold.name)
                 refused.add((replica.server_id, target.version.version_id))
                 failed_at = time.monotonic()
                 continue
             return InferenceResult(request, outputs, target, stats)
-        message = f"no replica of model '{name}' could take the request (it is being redeployed); retry"
+        message = f"no replica of model '{hold.name}' could take the request (it is being redeployed); retry"
         raise InferenceFailed(503, message, "unavailable", RETRY_AFTER)
+
+    async def _await_replica(self, hold: _Hold, pending: Target) -> Target:
+        """Hold the request until the pending target's deployment has a ready replica (a cold start)."""
+        budget_ms = pending.model.cold_start_timeout_ms
+        version_id = pending.version.version_id
+
+        def ready() -> Target | None:
+            try:
+                found = self.table.resolve(hold.tenant_id, hold.name, hold.version)
+            except NotReady as exc:
+                if exc.pending is None:  # its load failed, or it may no longer wait
+                    raise
+                return None
+            return found  # NoRoute (undeployed meanwhile) ends the wait too
+
+        try:
+            target = await self.cold_starts.wait(
+                version_id, pending.model.model_id, ready, hold.arrived + budget_ms / 1000, hold.gone
+            )
+        except Full as exc:
+            raise InferenceFailed(
+                503,
+                f"model '{hold.name}' has no ready replica and too many requests wait for one ({exc}); retry",
+                "cold_start_full",
+                RETRY_AFTER,
+            ) from None
+        except TimeoutError:
+            raise InferenceFailed(
+                503,
+                f"model '{hold.name}' has no ready replica: none became ready within its cold_start_timeout_ms "
+                f"({budget_ms} ms); retry",
+                "cold_start_timeout",
+                RETRY_AFTER,
+            ) from None
+        except ClientGone:
+            raise InferenceFailed(
+                499, "the client went away while its request waited for a cold start", "cancelled"
+            ) from None
+        self.on_cold_start(hold.transport, time.monotonic() - hold.arrived)
+        return target
+
+    def _demand(self, model_id: str) -> None:
+        """Ask the placer for a replica of the model's deployment (in the background: the request waits anyway)."""
+        task = asyncio.get_running_loop().create_task(self._signal_demand(model_id), name=f"demand-{model_id}")
+        self._demands.add(task)
+        task.add_done_callback(self._demands.discard)
+
+    async def _signal_demand(self, model_id: str) -> None:
+        try:
+            async with self.db() as session:
+                await session.run_sync(lambda sync: signal_demand(sync, model_id))
+                await session.commit()
+        except Exception as exc:  # the placer still scales up on its own pass; the request waits its budget
+            log.warning("could not signal demand for model %s: %s", model_id, exc)
 
     def _choose(self, target: Target, refused: set[tuple[str, str]]) -> RoutableReplica | None:
         version_id = target.version.version_id
@@ -416,9 +563,11 @@ ROUTER = web.AppKey("inference_router", InferenceRouter)
 async def serving_context(app: web.Application) -> AsyncIterator[None]:
     """Cleanup context (after the one that opens the database): the app's router, at ``app[ROUTER]``."""
     ctx = app[CONTEXT]
-    router = InferenceRouter(ctx.settings, ctx.db, on_answer=ctx.metrics.count_inference)
+    router = InferenceRouter(
+        ctx.settings, ctx.db, on_answer=ctx.metrics.count_inference, on_cold_start=ctx.metrics.observe_cold_start
+    )
     ctx.metrics.registry.register(router.server_metrics)
-    await router.start()
+    await router.start(app[LISTENER])
     app[ROUTER] = router
     yield
     await router.stop()

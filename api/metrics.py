@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+COLD_START_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60, 120)
 
 
 class ApiMetrics:
@@ -50,6 +51,14 @@ class ApiMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.cold_start = Histogram(
+            "maas_cold_start_seconds",
+            "Requests held while their deployment had no ready replica: time from arrival to being sent to "
+            "the replica that loaded, by transport",
+            ["transport"],
+            buckets=COLD_START_BUCKETS,
+            registry=self.registry,
+        )
         self.upload_bytes = Counter(
             "maas_upload_bytes_total", "Bytes accepted through POST /v1/files", registry=self.registry
         )
@@ -74,6 +83,9 @@ class ApiMetrics:
 
     def count_inference(self, transport: str, outcome: str) -> None:
         self.inference.labels(transport, outcome).inc()
+
+    def observe_cold_start(self, transport: str, seconds: float) -> None:
+        self.cold_start.labels(transport).observe(seconds)
 
     def observe_grpc(self, method: str, code: str, seconds: float) -> None:
         self.grpc_requests.labels(method, code).inc()

@@ -9,6 +9,9 @@ Pure data and decisions, rebuilt from Postgres every ``routing_refresh_s`` by
 - a request naming a version goes to that version's ready replicas (deployed or not yet
   unloaded); the deployed version without ready replicas is "not ready" (503), any other
   version is "not deployed" (404);
+- "not ready" says whether the request may wait for a cold start (``NotReady.pending``): the
+  deployed version has a cold-start budget (``cold_start_timeout_ms`` > 0) and its load has not
+  failed everywhere; then ``api.inference_router`` holds the request instead of refusing it;
 - among replicas, the one with the fewest requests in flight from this API process wins, ties
   taken in turn.
 """
@@ -35,9 +38,17 @@ class NoRoute(RouteError):
 
 
 class NotReady(RouteError):
-    """The model is deployed but no replica of it is ready yet."""
+    """The model is deployed but no replica of it is ready yet.
+
+    ``pending`` is the deployed version's target (with no replicas) when a request may wait for one
+    to load; None when it may not (no cold-start budget, or every load of it failed).
+    """
 
     status = 503
+
+    def __init__(self, message: str, pending: Target | None = None) -> None:
+        super().__init__(message)
+        self.pending = pending
 
 
 @dataclass(frozen=True)
@@ -68,6 +79,10 @@ class ModelRoute:
     deployed: int | None  # the deployed version number; None once undeployed
     batching: BatchingSettings | None
     versions: Mapping[int, ServedVersion]
+    # how long a request may wait for a replica of the deployed version to load (0: it may not)
+    cold_start_timeout_ms: int = 0
+    # why the deployed version cannot load (every live server that tried failed); None otherwise
+    failed: str | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +118,8 @@ class VersionRow:
 class DeployedRow:
     version: VersionRow
     batching: BatchingSettings
+    cold_start_timeout_ms: int = 0
+    failed: str | None = None  # the reason, when every replica of the version on a live server failed
 
 
 @dataclass(frozen=True)
@@ -129,7 +146,7 @@ class RoutingTable:
             if served is not None and served.replicas:
                 return Target(model, served)
             if version == model.deployed:
-                raise NotReady(f"version {version} of model '{name}' is deployed but not ready yet")
+                raise self._not_ready(model, f"version {version} of model '{name}'")
             raise NoRoute(f"version {version} of model '{name}' is not deployed")
         if model.deployed is not None:
             deployed = model.versions[model.deployed]
@@ -140,7 +157,17 @@ class RoutingTable:
             return Target(model, fallback[0])
         if model.deployed is None:
             raise NoRoute(f"model '{name}' is not deployed")
-        raise NotReady(f"model '{name}' is deployed but not ready yet")
+        raise self._not_ready(model, f"model '{name}'")
+
+    @staticmethod
+    def _not_ready(model: ModelRoute, what: str) -> NotReady:
+        assert model.deployed is not None
+        if model.failed is not None:
+            return NotReady(f"{what} is deployed but not ready: its load failed ({model.failed})")
+        if model.cold_start_timeout_ms <= 0:
+            return NotReady(f"{what} is deployed but not ready yet")
+        pending = Target(model, model.versions[model.deployed])
+        return NotReady(f"{what} is deployed but not ready yet (no replica is loaded)", pending)
 
     def tenant_ready(self, tenant_id: str) -> bool:
         """Whether at least one of the tenant's deployed models can serve a request now."""
@@ -173,6 +200,8 @@ def build_table(
             model_id=any_row.model_id,
             deployed=deployment.version.number if deployment else None,
             batching=deployment.batching if deployment else None,
+            cold_start_timeout_ms=deployment.cold_start_timeout_ms if deployment else 0,
+            failed=deployment.failed if deployment else None,
             versions={
                 number: ServedVersion(v.version_id, number, v.signature, tuple(replicas.get(v.version_id, ())))
                 for number, v in numbered.items()

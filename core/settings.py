@@ -177,6 +177,11 @@ class Settings(BaseSettings):
     )
     # serving: the API side (api/inference_router.py, api/prediction_recorder.py)
     routing_refresh_s: float = Field(default=0.5, gt=0, description="how often the API re-reads ready replicas")
+    cold_start_max_waiting: int = Field(
+        default=1000,
+        gt=0,
+        description="requests one API process may hold while their deployments have no ready replica; past it 503",
+    )
     max_inference_body_bytes: int = Field(default=64 << 20, gt=0, description="body limit of POST /v2/…/infer")
     # serving: the API's gRPC endpoint (api/grpc_server.py), the same router and checks as /v2
     grpc_enabled: bool = Field(default=True, description="serve the OIP gRPC service next to the REST API")

@@ -3,6 +3,11 @@ that holds the version (where they are batched with the synchronous traffic), re
 
 A prediction whose worker dies while it runs is redelivered (acks_late) and, still ``running``,
 is failed by the next delivery rather than run twice.
+
+A prediction for a deployment scaled to zero waits for a cold start like a synchronous request
+(``api.cold_start``), with the same budget (the deployment's ``cold_start_timeout_ms``): it asks
+for a replica once (``core.serving_signals.signal_demand``) and, having no ``LISTEN`` connection
+in a Celery worker, polls the ready replicas every ``COLD_START_POLL_S`` until one is there.
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ from sqlalchemy import select
 from core.deployments import live_since
 from core.dispatch import commit_and_send
 from core.job_states import QUEUED, RUNNING
-from core.models import Model, ModelReplica, ModelServerRecord, ModelVersion, Prediction
+from core.models import Deployment, Model, ModelReplica, ModelServerRecord, ModelVersion, Prediction
 from core.objects import PredictionObject
 from core.predictions import RUN_TASK, transition
+from core.serving_signals import signal_demand
 from core.tensor_codec import CodecError, decode_tensors, tensor_to_json
 from core.tensor_wire import CONTENT_TYPE, pack, unpack
 from workers.runtime import WorkerRuntime, runtime
@@ -30,6 +36,7 @@ log = logging.getLogger("maas.predictions")
 _http = urllib3.PoolManager(retries=False)
 NOT_SERVED_HERE, QUEUE_FULL, BAD_INPUT = 421, 503, 400
 BUSY_RETRIES = 20
+COLD_START_POLL_S = 0.1
 
 
 class PredictionFailed(Exception):
@@ -53,6 +60,24 @@ def _server_urls(rt: WorkerRuntime, version_id: str) -> list[str]:
         )
 
 
+def _cold_start(rt: WorkerRuntime, version_id: str) -> list[str]:
+    """The ready servers of ``version_id`` once one of its deployment's replicas loaded; [] when none can or
+    none did within the deployment's ``cold_start_timeout_ms``."""
+    with rt.db() as session:
+        deployment = session.scalars(select(Deployment).where(Deployment.model_version_id == version_id)).first()
+        if deployment is None or deployment.cold_start_timeout_ms <= 0 or deployment.placement_error:
+            return []
+        signal_demand(session, deployment.model_id)
+        session.commit()
+        deadline = time.monotonic() + deployment.cold_start_timeout_ms / 1000
+    while time.monotonic() < deadline:
+        time.sleep(COLD_START_POLL_S)
+        urls = _server_urls(rt, version_id)
+        if urls:
+            return urls
+    return []
+
+
 def infer(rt: WorkerRuntime, version_id: str, inputs: list[dict[str, Any]], timeout_ms: int) -> tuple[dict, dict]:
     """Outputs and batch statistics from a model server holding ``version_id``."""
     try:
@@ -61,9 +86,11 @@ def infer(rt: WorkerRuntime, version_id: str, inputs: list[dict[str, Any]], time
         raise PredictionFailed("bad_input", str(exc)) from None
     body = pack(arrays, {"timeout_ms": timeout_ms})
     for _ in range(BUSY_RETRIES):
-        urls = _server_urls(rt, version_id)
+        urls = _server_urls(rt, version_id) or _cold_start(rt, version_id)
         if not urls:
-            raise PredictionFailed("not_ready", "no model server holds this version now")
+            raise PredictionFailed(
+                "not_ready", "no model server holds this version now, and none loaded it within its cold start budget"
+            )
         for url in urls:
             try:
                 response = _http.request(

@@ -8,8 +8,10 @@ need the same API keys as /v1; errors are ``{"error": "..."}`` with the protocol
 Retry-After, 504 timed out in the queue) — ``api.app`` renders every /v2 error that way.
 
 Readiness is per tenant: ``/v2/health/ready`` answers 200 while at least one of the caller's
-deployed models has a ready replica, 503 otherwise. The routes stay thin: the routing, input
-checks, model-server call and record are ``api.inference_router``'s.
+deployed models has a ready replica, 503 otherwise. ``…/ready`` of a deployment scaled to zero
+answers 503 (not ready) and loads nothing; an inference request is what starts a load, and it waits
+for it (up to the deployment's ``cold_start_timeout_ms``, then 503 with Retry-After). The routes
+stay thin: the routing, input checks, model-server call and record are ``api.inference_router``'s.
 """
 
 from __future__ import annotations
@@ -278,12 +280,18 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _client_gone(request: web.Request) -> bool:
+    """The client closed its connection (aiohttp does not cancel a handler for it: the wait must look)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
 async def _infer(request: web.Request, call: Call[None, None]) -> web.Response:
     name, version = _target(call)
     router = _router(request)
     settings = context(request).settings
-    try:
-        router.table.resolve(call.tenant_id, name, version)  # unknown or not ready: say so before reading the body
+    try:  # unknown, or not ready and unable to wait: say so before reading the body
+        await router.lookup(call.tenant_id, name, version)
     except RouteError as exc:
         raise await why_no_route(context(request).db, call.tenant_id, name, version, exc) from None
     body = await _read_body(request, settings.max_inference_body_bytes)
@@ -293,7 +301,7 @@ async def _infer(request: web.Request, call: Call[None, None]) -> web.Response:
         return decode_request(body, header_length, max_elements=settings.max_tensor_elements)
 
     try:
-        result = await router.infer(call.tenant_id, name, version, decode)
+        result = await router.infer(call.tenant_id, name, version, decode, gone=lambda: _client_gone(request))
         payload, binary_header = encode_response(
             result.outputs, model_name=name, model_version=str(result.target.version.number), request=result.request
         )

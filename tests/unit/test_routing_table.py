@@ -91,3 +91,31 @@ def test_the_least_busy_replica_wins_and_equals_take_turns():
     assert pick_replica(replicas, {"a": 0, "b": 5}, turn=1, exclude={"a"}).server_id == "c"
     assert pick_replica(replicas, {}, turn=0, exclude={"a", "b", "c"}) is None
     assert pick_replica([], {}, turn=0) is None
+
+
+def test_a_deployment_at_zero_with_a_cold_start_budget_lets_the_request_wait_for_its_version():
+    routes = table([DeployedRow(version(2, "t1", "m"), BATCHING, cold_start_timeout_ms=5000)], [])
+    with pytest.raises(NotReady) as raised:
+        routes.resolve("t1", "m")
+    pending = raised.value.pending
+    assert pending is not None and pending.version.number == 2 and pending.version.replicas == ()
+    assert pending.model.cold_start_timeout_ms == 5000
+    with pytest.raises(NotReady) as named:
+        routes.resolve("t1", "m", 2)
+    assert named.value.pending is not None
+
+
+def test_an_older_version_still_serving_is_preferred_to_waiting_for_a_cold_start():
+    routes = table([DeployedRow(version(2, "t1", "m"), BATCHING, cold_start_timeout_ms=5000)], [ready(1, "s1")])
+    assert routes.resolve("t1", "m").version.number == 1
+
+
+def test_a_failed_load_or_no_budget_is_not_ready_at_once():
+    failed = table([DeployedRow(version(2, "t1", "m"), BATCHING, cold_start_timeout_ms=5000, failed="too big")], [])
+    with pytest.raises(NotReady, match="too big") as raised:
+        failed.resolve("t1", "m")
+    assert raised.value.pending is None
+    no_budget = table([DeployedRow(version(2, "t1", "m"), BATCHING, cold_start_timeout_ms=0)], [])
+    with pytest.raises(NotReady) as refused:
+        no_budget.resolve("t1", "m")
+    assert refused.value.pending is None
