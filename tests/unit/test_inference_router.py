@@ -1,8 +1,11 @@
 """The API's call to model servers: a replica that turns a request away (421) or cannot be reached is
-left for another one, found by re-reading the routing table; fake model servers on loopback stand in."""
+left for another one, found by re-reading the routing table; a request for a deployment at zero waits
+for a cold start (one demand per burst, sent when a replica shows up, 503 past its budget). Fake model
+servers on loopback stand in."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator
@@ -13,7 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from api.inference_router import InferenceFailed, InferenceRouter
-from api.routing_table import DeployedRow, ReplicaRow, RoutingTable, VersionRow, build_table
+from api.routing_table import DeployedRow, NotReady, ReplicaRow, RoutingTable, VersionRow, build_table
 from core.deployments import BatchingSettings
 from core.settings import Settings
 from core.tensor_codec import InferenceRequest, Tensor
@@ -121,3 +124,128 @@ async def test_a_full_queue_is_passed_on_as_503_and_not_retried(urls):
     assert (caught.value.status, caught.value.code) == (503, "queue_full")
     assert caught.value.message == "full says 503" and CALLS == ["full"]
     assert [(r["status"], r["error"]["code"]) for r in recorded] == [("failed", "queue_full")]
+
+
+# ---------------------------------------------------------------- cold starts (api.cold_start)
+
+
+def at_zero(*servers: tuple[str, str], budget_ms: int = 5000) -> RoutingTable:
+    """The deployment with a cold-start budget, and ``servers`` as its ready replicas (none: scaled to zero)."""
+    version = VersionRow("t", "m", "mdl", "mv1", 1, SIGNATURE)
+    deployed = [DeployedRow(version, BATCHING, cold_start_timeout_ms=budget_ms)]
+    return build_table(deployed, [ReplicaRow(version, sid, url) for sid, url in servers], dict(servers))
+
+
+@contextlib.asynccontextmanager
+async def cold_router(tables: list[RoutingTable]) -> AsyncIterator[tuple[InferenceRouter, list[str], list[float]]]:
+    """A router reading ``tables[-1]`` at each refresh (the test appends), its demand signals and cold starts."""
+    demanded: list[str] = []
+    waited: list[float] = []
+    router = InferenceRouter(
+        Settings(routing_refresh_s=3600, cold_start_max_waiting=40),
+        db=None,  # type: ignore[arg-type]
+        on_cold_start=lambda transport, seconds: waited.append(seconds),
+    )
+
+    async def read_table() -> RoutingTable:
+        return tables[-1]
+
+    async def signal_demand(model_id: str) -> None:
+        demanded.append(model_id)
+
+    router._read_table = read_table  # type: ignore[method-assign]
+    router._signal_demand = signal_demand  # type: ignore[method-assign]
+    await router.start()
+    try:
+        yield router, demanded, waited
+    finally:
+        router.recorder.buffer.take(1000)
+        await router.stop()
+
+
+async def test_requests_at_zero_wait_on_one_demand_and_are_sent_when_a_replica_is_ready(urls):
+    tables = [at_zero()]
+    async with cold_router(tables) as (router, demanded, waited):
+        held = [asyncio.create_task(router.infer("t", "m", None, request)) for _ in range(32)]
+        await asyncio.sleep(0.1)
+        assert not any(task.done() for task in held) and router.cold_starts.held == 32
+        tables.append(at_zero(("b", urls["fresh"])))
+        router._replicas_changed("mv1")  # what a REPLICAS_CHANNEL notification does: the loop re-reads now
+        results = await asyncio.wait_for(asyncio.gather(*held), 5)
+    assert demanded == ["mdl"]  # one signal for the burst
+    assert [r.stats["batch_id"] for r in results] == ["fresh-1"] * 32
+    assert len(waited) == 32 and all(0.1 <= s < 5 for s in waited)
+    assert router.cold_starts.held == 0 and router.cold_starts.waiters == {}
+
+
+async def test_past_the_cold_start_budget_the_answer_is_503_with_retry_after():
+    async with cold_router([at_zero(budget_ms=200)]) as (router, demanded, _):
+        with pytest.raises(InferenceFailed) as caught:
+            await router.infer("t", "m", None, request)
+        recorded = list(router.recorder.buffer.take(10))
+    assert (caught.value.status, caught.value.code, caught.value.headers) == (
+        503,
+        "cold_start_timeout",
+        {"Retry-After": "1"},
+    )
+    assert "cold_start_timeout_ms (200 ms)" in caught.value.message and demanded == ["mdl"]
+    assert [(r["status"], r["error"]["code"]) for r in recorded] == [("failed", "cold_start_timeout")]
+
+
+async def test_without_a_budget_or_after_a_failed_load_a_request_does_not_wait():
+    for routes in (
+        at_zero(budget_ms=0),
+        build_table(
+            [
+                DeployedRow(
+                    VersionRow("t", "m", "mdl", "mv1", 1, SIGNATURE),
+                    BATCHING,
+                    cold_start_timeout_ms=5000,
+                    failed="too big",
+                )
+            ],
+            [],
+            {},
+        ),
+    ):
+        async with cold_router([routes]) as (router, demanded, _):
+            with pytest.raises(NotReady):
+                await router.infer("t", "m", None, request)
+        assert demanded == []
+
+
+async def test_a_replica_unloaded_under_a_request_sends_it_back_to_wait_for_the_next_one(urls):
+    tables = [at_zero(("a", urls["draining"]))]  # the table still lists it; it answers 421
+    async with cold_router(tables) as (router, demanded, waited):
+        tables.append(at_zero())  # the refresh after the 421 finds none: scaled to zero meanwhile
+        task = asyncio.create_task(router.infer("t", "m", None, request))
+        await asyncio.sleep(0.1)
+        assert not task.done() and demanded == ["mdl"]
+        tables.append(at_zero(("b", urls["fresh"])))
+        await router.refresh()
+        result = await asyncio.wait_for(task, 5)
+    assert CALLS == ["draining", "fresh"] and result.stats["batch_id"] == "fresh-1" and len(waited) == 1
+
+
+async def test_a_client_that_goes_away_stops_waiting():
+    left: list[bool] = []
+    async with cold_router([at_zero()]) as (router, _, waited):
+        task = asyncio.create_task(router.infer("t", "m", None, request, gone=lambda: bool(left)))
+        await asyncio.sleep(0.1)
+        left.append(True)
+        with pytest.raises(InferenceFailed) as caught:
+            await asyncio.wait_for(task, 2)
+        assert router.cold_starts.held == 0
+    assert caught.value.status == 499 and waited == []
+
+
+async def test_past_the_bound_on_held_requests_a_request_is_refused_at_once():
+    async with cold_router([at_zero()]) as (router, _, _):
+        held = [asyncio.create_task(router.infer("t", "m", None, request)) for _ in range(40)]
+        await asyncio.sleep(0.1)
+        with pytest.raises(InferenceFailed) as caught:
+            await router.infer("t", "m", None, request)
+        for task in held:
+            task.cancel()
+        await asyncio.gather(*held, return_exceptions=True)
+    assert (caught.value.status, caught.value.code) == (503, "cold_start_full")
