@@ -193,8 +193,9 @@ def _onnx_inputs(path: Path) -> list[dict[str, Any]]:
     import onnx
 
     from core.onnx_signature import read_signature
+    from core.text_model import feed_inputs
 
-    return read_signature(onnx.load(str(path), load_external_data=False))["inputs"]
+    return feed_inputs(read_signature(onnx.load(str(path), load_external_data=False)))
 
 
 def _state_dict_classes(path: Path) -> int | None:

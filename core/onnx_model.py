@@ -32,6 +32,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, R
 from core.artifact_store import ArtifactStore
 from core.onnx_signature import OIP_TO_NUMPY
 from core.settings import Settings
+from core.text_model import TextPreprocessor
 
 Arrays = dict[str, np.ndarray]
 
@@ -77,9 +78,13 @@ class OnnxModel:
     session: ort.InferenceSession
     output_names: list[str]
     crowded_session: ort.InferenceSession | None = None
+    # a text model's tokenizer (``core.text_model``): strings in, token ids to the graph
+    preprocess: TextPreprocessor | None = None
 
     def run(self, inputs: Mapping[str, np.ndarray], crowded: bool = False) -> Arrays:
         """The outputs by name; ``crowded``: another batch of this model is running now."""
+        if self.preprocess is not None:
+            inputs = self.preprocess(inputs)
         feed = {name: _for_onnxruntime(array) for name, array in inputs.items()}
         session = self.crowded_session if crowded and self.crowded_session is not None else self.session
         return dict(zip(self.output_names, session.run(self.output_names, feed), strict=True))
@@ -143,7 +148,8 @@ def load_model(
         twin = None
         if crowded_session and threads > 1:
             twin = ort.InferenceSession(str(path), sess_options=session_options(1), providers=["CPUExecutionProvider"])
-    model = OnnxModel(session, [output.name for output in session.get_outputs()], twin)
+    preprocess = TextPreprocessor.of(session.get_modelmeta().custom_metadata_map)
+    model = OnnxModel(session, [output.name for output in session.get_outputs()], twin, preprocess)
     try:
         model.run(warmup_inputs(signature, warmup_rows))
         if twin is not None:

@@ -11,6 +11,8 @@ from typing import Any
 
 import onnx
 
+from core.text_model import declaration, text_signature
+
 # ONNX TensorProto element type -> OIP v2 datatype name.
 ONNX_TO_OIP: dict[int, str] = {
     onnx.TensorProto.BOOL: "BOOL",
@@ -58,13 +60,21 @@ def read_signature(model: onnx.ModelProto) -> dict[str, list[dict[str, Any]]]:
     ``shape`` holds -1 for every free or symbolic dimension, and is ``None`` when
     the model does not state the rank at all. Initializers that old exporters also
     list as graph inputs are not inputs a caller has to feed, so they are left out.
+
+    A text model (its metadata declares a tokenizer, ``core.text_model``) shows the string
+    input clients send; the graph's own inputs stay under ``graph_inputs``.
     """
     graph = model.graph
     constants = {t.name for t in graph.initializer} | {t.values.name for t in graph.sparse_initializer}
-    return {
+    signature = {
         "inputs": [_describe(v, "input") for v in graph.input if v.name not in constants],
         "outputs": [_describe(v, "output") for v in graph.output],
     }
+    try:
+        declared = declaration({prop.key: prop.value for prop in model.metadata_props})
+        return signature if declared is None else text_signature(signature, declared)
+    except ValueError as exc:
+        raise UnsupportedSignature(str(exc)) from exc
 
 
 def _describe(value: onnx.ValueInfoProto, role: str) -> dict[str, Any]:

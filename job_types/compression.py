@@ -53,9 +53,10 @@ from core.models import Artifact, File, Job, ModelVersion
 from core.onnx_signature import read_signature
 from core.settings import Settings
 from core.spec_kit import FieldProblem
+from core.text_model import feed_inputs
 from job_types.base import JobContext, JobFailed, JobType
 from job_types.lookups import dataset_file, model_not_found
-from training.spec import BUILTIN_DETAILS, ModelSpec, TrainingSpec, model_fit_problems
+from training.spec import BUILTIN_DETAILS, ModelSpec, TextEncoderSpec, TrainingSpec, model_fit_problems
 
 if TYPE_CHECKING:
     from compression.data import PipelineData, Rows
@@ -113,6 +114,9 @@ def _training_origin(
     if lineage.get("kind") != "training" or job is None or job.type != "training":
         return None, None, None
     spec = TrainingSpec.model_validate(job.spec)
+    if isinstance(spec.model, TextEncoderSpec):
+        # compressed from its ONNX graph, which takes token ids: its texts cannot be the default data
+        return None, None, None
     dataset = DataSpec(
         file_id=spec.dataset.file_id, builtin=spec.dataset.builtin, label_column=spec.dataset.label_column
     )
@@ -141,7 +145,7 @@ def _version_source(
         zoo=zoo if weights is not None else None,
         features=features,
         classes=classes,
-        inputs=version.signature.get("inputs") or [],
+        inputs=feed_inputs(version.signature),
         default_dataset=dataset,
         classes_list=(version.lineage or {}).get("classes"),
     )
@@ -294,7 +298,7 @@ def graph_inputs(resolved: ResolvedSource, graph: Path | None) -> list[dict[str,
     if graph is None:
         return resolved.facts.inputs
     try:
-        return read_signature(onnx.load(str(graph), load_external_data=False))["inputs"]
+        return feed_inputs(read_signature(onnx.load(str(graph), load_external_data=False)))
     except Exception as exc:  # onnx raises DecodeError and friends; the signature reader ValueErrors
         raise JobFailed("bad_source", f"the source's ONNX graph cannot be read: {exc}", pointer="/source") from exc
 

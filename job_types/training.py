@@ -33,6 +33,7 @@ from core.onnx_signature import read_signature
 from core.ports import pick_port
 from core.settings import Settings
 from core.spec_kit import FieldProblem
+from job_types import init_from
 from job_types.base import JobContext, JobFailed, JobPreempted, JobType, NodeContext, RunContext
 from job_types.checkpoint_retention import prune_checkpoints
 from job_types.dataset_memory import check_worker_memory
@@ -58,6 +59,7 @@ def check_training(session: Session, tenant_id: str, spec: TrainingSpec, setting
         file, found = dataset_file(session, tenant_id, spec.validation.file_id, "/validation/file_id")
         problems += found
         validation_details = file.details if file else None
+    problems += init_from.resolve(session, tenant_id, spec)[1]
     if problems:
         return problems
     return check_dataset_fits(spec, details, validation_details)
@@ -191,7 +193,7 @@ def data_args(ctx: RunContext, spec: TrainingSpec, folder: Path) -> list[str]:
         args += ["--data", str(ctx.fetch_file(spec.dataset.file_id, folder / "data"))]
     if spec.validation.file_id:
         args += ["--val-data", str(ctx.fetch_file(spec.validation.file_id, folder / "val-data"))]
-    return args
+    return args + init_from.init_from_args(ctx, spec, folder)
 
 
 def stop_file_args(ctx: RunContext, folder: Path) -> list[str]:
@@ -240,7 +242,7 @@ def publish(ctx: JobContext, spec: TrainingSpec, result: dict[str, Any]) -> dict
     if spec.register_as:
         signature = read_signature(onnx.load(files["model"], load_external_data=False))
         lineage = {"source_job_id": ctx.job_id, "kind": "training", "arch": spec.model.arch,
-                   "classes": result.get("classes")}  # fmt: skip
+                   "classes": result.get("classes"), "init_from": init_from.describe(spec)}  # fmt: skip
         version = ctx.register_model(spec.register_as, model, signature, metrics, lineage)
         published["model_version"] = {"id": version.id, "name": spec.register_as, "version": version.version}
     return published

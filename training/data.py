@@ -5,7 +5,9 @@ and which rows each data-parallel replica sees at each step.
 Data that cannot train the spec raises ``DatasetError(pointer, detail)``, the pointer
 being into the training spec (``/dataset``, ``/validation``, ``/model/arch``...).
 Rows are always flattened to float32 ``(rows, features)``; ``feature_shape`` keeps the
-original per-row shape (an npz X of shape (n, 8, 8) has feature shape (8, 8)).
+original per-row shape (an npz X of shape (n, 8, 8) has feature shape (8, 8)). A text
+dataset (the spec's ``text_column``) becomes token ids instead, ``int64 (rows, tokens)``
+(``training.text_data``).
 """
 
 from __future__ import annotations
@@ -74,6 +76,24 @@ def read_table(path: Path | None, dataset: DatasetSpec, pointer: str = "/dataset
     if head == b"PAR1":
         return _table_from_arrow(_read_arrow(lambda: pq.read_table(path), "Parquet", pointer), label, pointer)
     return _table_from_arrow(_read_arrow(lambda: pa_csv.read_csv(path), "CSV", pointer), label, pointer)
+
+
+def read_text_rows(path: Path | None, spec: TrainingSpec, pointer: str = "/dataset") -> Table:
+    """A text dataset's rows as token ids (x) and raw labels (y), tokenized with the model's tokenizer."""
+    from training.spec import TextEncoderSpec
+    from training.text_data import TextTableError, read_text_table, tokenize_texts
+    from training.text_encoder import load_tokenizer
+
+    model, text_column = spec.model, spec.dataset.text_column
+    assert isinstance(model, TextEncoderSpec) and text_column is not None  # the spec's cross-field rules
+    if path is None:
+        raise DatasetError(pointer, "the spec names an uploaded file but no data path was given")
+    try:
+        texts, labels = read_text_table(path, text_column, spec.dataset.label_column, pointer)
+    except TextTableError as exc:
+        raise DatasetError(exc.pointer, exc.detail) from None
+    ids = tokenize_texts(load_tokenizer(model.pretrained), texts, model.max_length)
+    return Table(x=ids, y=labels, feature_shape=(ids.shape[1],))
 
 
 def load_builtin(name: str) -> Table:
@@ -193,7 +213,8 @@ def split_indices(rows: int, fraction: float, seed: int) -> tuple[np.ndarray, np
 
 def load_splits(spec: TrainingSpec, data_path: Path | None, val_path: Path | None = None) -> Splits:
     """Train and validation tensors for ``spec``, checked against its model and batch size."""
-    table = read_table(data_path, spec.dataset)
+    text = spec.dataset.text_column is not None
+    table = read_text_rows(data_path, spec) if text else read_table(data_path, spec.dataset)
     for problem in model_fit_problems(spec.model, table.feature_shape):
         raise DatasetError(problem["pointer"], problem["detail"])
     codes, classes = encode_labels(table.y)
@@ -222,6 +243,9 @@ def load_splits(spec: TrainingSpec, data_path: Path | None, val_path: Path | Non
 def _read_validation(spec: TrainingSpec, val_path: Path | None, train: Table) -> Table:
     if val_path is None:
         raise DatasetError("/validation/file_id", "the spec names a validation file but no validation path was given")
+    if spec.dataset.text_column is not None:
+        # token ids of any width: the model takes any number of tokens
+        return read_text_rows(val_path, spec, "/validation/file_id")
     val_spec = DatasetSpec(file_id=spec.validation.file_id, label_column=spec.dataset.label_column)
     table = read_table(val_path, val_spec, "/validation/file_id")
     if table.x.shape[1] != train.x.shape[1]:

@@ -1,14 +1,23 @@
 """The trained model's artifacts: ONNX (input ``input`` float32 ``[batch, features]``,
 output ``logits`` ``[batch, classes]``, the batch dimension dynamic) checked with
 ``onnx.checker`` and compared with the torch model under ONNX Runtime, and the state
-dict as safetensors. Runs on one process, on CPU."""
+dict as safetensors. Runs on one process, on CPU.
+
+A text classifier (``training.text_encoder``) exports differently: input ``input_ids``
+int64 ``[batch, tokens]`` (both dimensions dynamic), outputs ``scores`` (softmax, first,
+so that a compression job measures them) and ``label`` (the class name, a string, picked
+in the graph by ArgMax and Gather), with its tokenizer declared in the file's metadata
+(``core.text_model``) so that clients send strings.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -17,12 +26,24 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+if TYPE_CHECKING:
+    from training.text_encoder import TextClassifier
+
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
+TEXT_IDS_INPUT = "input_ids"
+TEXT_INPUT = "text"
+SCORES_OUTPUT = "scores"
+LABEL_OUTPUT = "label"
 
 
-def export_onnx(model: nn.Module, num_features: int, path: Path) -> None:
+def export_onnx(model: nn.Module, num_features: int, path: Path, classes: Sequence[Any] = ()) -> None:
     """Write ``model`` (in eval mode) as one self-contained ONNX file and check it."""
+    from training.text_encoder import TextClassifier
+
+    if isinstance(model, TextClassifier):
+        export_text_onnx(model, path, classes)
+        return
     model.eval()
     example = torch.zeros(2, num_features)  # not 1: a size-1 dimension would be specialised
     batch = torch.export.Dim("batch")
@@ -44,15 +65,81 @@ def export_onnx(model: nn.Module, num_features: int, path: Path) -> None:
 
 
 def onnx_max_abs_diff(model: nn.Module, path: Path, x: torch.Tensor) -> float:
-    """The largest absolute difference between ONNX Runtime's and torch's logits on ``x``."""
+    """The largest absolute difference between ONNX Runtime's and torch's outputs on ``x``
+    (logits; a text classifier's scores)."""
+    from training.text_encoder import TextClassifier
+
     model.eval()
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    (onnx_logits,) = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy().astype(np.float32)})
-    with torch.no_grad():
-        torch_logits = model(x).numpy()
-    return float(np.abs(onnx_logits - torch_logits).max())
+    if isinstance(model, TextClassifier):
+        (onnx_out,) = session.run([SCORES_OUTPUT], {TEXT_IDS_INPUT: x.numpy().astype(np.int64)})
+        with torch.no_grad():
+            torch_out = torch.softmax(model(x), dim=1).numpy()
+    else:
+        (onnx_out,) = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy().astype(np.float32)})
+        with torch.no_grad():
+            torch_out = model(x).numpy()
+    return float(np.abs(onnx_out - torch_out).max())
+
+
+class _Scores(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(input_ids), dim=1)
+
+
+def export_text_onnx(model: TextClassifier, path: Path, classes: Sequence[Any]) -> None:
+    """A text classifier as ONNX: ids in; scores and the label out; its tokenizer declared."""
+    from core.text_model import TOKENIZER_KEY, TextDeclaration
+    from training.text_encoder import tokenizer_json
+
+    model.eval()
+    # two rows of different lengths, neither 1, so no axis is specialised by the tracer
+    example = torch.tensor([[101, 2023, 2003, 102, 0], [101, 2178, 6251, 2003, 102]], dtype=torch.int64)
+    batch, tokens = torch.export.Dim("batch"), torch.export.Dim("tokens")
+    with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _Scores(model),
+            (example,),
+            str(path),
+            input_names=[TEXT_IDS_INPUT],
+            output_names=[SCORES_OUTPUT],
+            dynamic_shapes=({0: batch, 1: tokens},),
+            opset_version=18,
+            external_data=False,
+            verbose=False,
+        )
+    graph = onnx.load(str(path))
+    _add_label_output(graph, [str(c) for c in classes])
+    declared = TextDeclaration(TEXT_INPUT, TEXT_IDS_INPUT, model.max_length, model.pad_id)
+    onnx.helper.set_model_props(
+        graph, {"maas.text": declared.to_json(), TOKENIZER_KEY: tokenizer_json(model.pretrained)}
+    )
+    onnx.save(graph, str(path))
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def _add_label_output(model: onnx.ModelProto, classes: list[str]) -> None:
+    """``label = classes[argmax(scores)]``: the class name of each row, as a string."""
+    graph = model.graph
+    encoded: Any = [c.encode() for c in classes]  # the stub knows numbers only; a STRING tensor takes bytes
+    names = onnx.helper.make_tensor("label_names", onnx.TensorProto.STRING, [len(classes)], encoded)
+    graph.initializer.append(names)
+    graph.node.extend(
+        [
+            onnx.helper.make_node("ArgMax", [SCORES_OUTPUT], ["label_index"], axis=1, keepdims=0, name="label_argmax"),
+            onnx.helper.make_node(
+                "Gather", ["label_names", "label_index"], [LABEL_OUTPUT], axis=0, name="label_gather"
+            ),
+        ]
+    )
+    graph.output.append(onnx.helper.make_tensor_value_info(LABEL_OUTPUT, onnx.TensorProto.STRING, ["batch"]))
 
 
 def save_state_dict(model: nn.Module, path: Path, metadata: dict[str, str]) -> None:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +31,7 @@ from training.checkpoint import checkpoint_dir, load_checkpoint, save_checkpoint
 from training.data import Splits, load_splits, shard_batches, steps_per_epoch
 from training.dist import DistContext, sum_across_ranks
 from training.spec import TrainingSpec
-from training.zoo import build_model
+from training.zoo import build_any
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -64,6 +64,7 @@ class RunPaths:
     val_data: Path | None = None
     resume: Path | None = None
     stop_file: Path | None = None  # its appearance asks the run to checkpoint and stop
+    init_from: Path | None = None  # a safetensors state dict to start from (the spec's init_from)
 
     def stop_requested(self) -> bool:
         return self.stop_file is not None and self.stop_file.exists()
@@ -152,7 +153,11 @@ def train(spec: TrainingSpec, paths: RunPaths, ctx: DistContext, emit: Emit, rep
         )
     splits = load_splits(spec, paths.data, paths.val_data)
     torch.manual_seed(spec.hyperparameters.seed)
-    factory = functools.partial(build_model, spec.model, splits.num_features, len(splits.classes))
+    # a text encoder is no nn.Sequential, but it trains with ddp only (a spec rule), which takes any module
+    factory = cast(
+        strategies.base.ModelFactory,
+        functools.partial(build_any, spec.model, splits.num_features, len(splits.classes), paths.init_from),
+    )
     trainable = strategies.prepare(factory, ctx, spec)
     plan = make_schedule(len(splits.train_y), spec, report_every)
     job = Job(spec, plan, trainable, splits, paths.out, ctx, emit if ctx.is_rank0 else _silent, paths.stop_requested)
@@ -274,7 +279,7 @@ class Job:
         val_loss, val_accuracy = evaluate(model, splits.val_x, splits.val_y)
         self.out.mkdir(parents=True, exist_ok=True)
         files = {name: self.out / filename for name, filename in ARTIFACTS.items()}
-        export_onnx(model, splits.num_features, files["model"])
+        export_onnx(model, splits.num_features, files["model"], classes=splits.classes)
         diff = onnx_max_abs_diff(model, files["model"], splits.val_x[:PARITY_ROWS])
         if not diff <= MAX_ONNX_ABS_DIFF:
             raise TrainingFailure(

@@ -15,7 +15,7 @@ one. Rank 0 writes one JSON object per line to stdout, and only those:
                            [, "val_loss", "val_accuracy", "val_step" of the latest validation]}
     {"type": "result", "metrics": {...}, "files": {"model", "curves", "state_dict"}, "classes", ...}
     {"type": "preempted", "step": N}   (after the checkpoint of step N, when --stop-file appeared)
-    {"type": "error", "code": "bad_spec"|"bad_launch"|"bad_dataset"|"bad_checkpoint"|"nan_loss"|
+    {"type": "error", "code": "bad_spec"|"bad_launch"|"bad_dataset"|"bad_checkpoint"|"bad_init"|"nan_loss"|
                       "out_of_memory"|"onnx_parity"|"internal", "message" [, "pointer", "rank"]}
 
 Everything else (warnings, logs, tracebacks) goes to stderr. The exit status is 0 after
@@ -42,6 +42,7 @@ from training.checkpoint import CheckpointError
 from training.data import DatasetError
 from training.loop import Preempted, RunPaths, TrainingFailure, train
 from training.spec import TrainingSpec
+from training.zoo import InitFromError
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -51,6 +52,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--val-data", type=Path, help="the validation file, when the spec names one")
     parser.add_argument("--out", type=Path, required=True, help="where checkpoints and artifacts go")
     parser.add_argument("--resume", type=Path, help="a checkpoint directory (OUT/checkpoints/step-N) to continue from")
+    parser.add_argument("--init-from", type=Path, help="a safetensors state dict to start from (the spec's init_from)")
     parser.add_argument("--report-every", type=int, help="steps between progress lines (default: about 50 a run)")
     parser.add_argument(
         "--events",
@@ -111,6 +113,8 @@ def error_event(exc: BaseException) -> tuple[dict[str, Any], bool]:
         return {"type": "error", "code": "bad_spec", "message": str(exc)}, True
     if isinstance(exc, DatasetError):
         return {"type": "error", "code": "bad_dataset", "message": exc.detail, "pointer": exc.pointer}, True
+    if isinstance(exc, InitFromError):
+        return {"type": "error", "code": "bad_init", "message": str(exc), "pointer": "/init_from"}, True
     if isinstance(exc, CheckpointError):
         return {"type": "error", "code": "bad_checkpoint", "message": str(exc)}, True
     if isinstance(exc, TrainingFailure):
@@ -131,7 +135,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         ctx = dist.setup()
         spec = read_spec(args.spec)
         paths = RunPaths(
-            out=args.out, data=args.data, val_data=args.val_data, resume=args.resume, stop_file=args.stop_file
+            out=args.out,
+            data=args.data,
+            val_data=args.val_data,
+            resume=args.resume,
+            stop_file=args.stop_file,
+            init_from=args.init_from,
         )
         train(spec, paths, ctx, emit, report_every=args.report_every)
     except Preempted as stopped:

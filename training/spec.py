@@ -107,13 +107,53 @@ class TransformerSpec(StrictModel):
         return value
 
 
+# transformer layers of each pretrained text encoder (what freeze_layers may name)
+PRETRAINED_LAYERS = {"all-minilm-l6-v2": 6}
+MAX_TEXT_TOKENS = 512
+
+
+class TextEncoderSpec(StrictModel):
+    """A pretrained text encoder (loaded from its installed package, never downloaded) with
+    masked mean pooling and a classification head, fine-tuned on a text dataset (the
+    dataset's ``text_column``). The exported model takes strings."""
+
+    arch: Literal["text_encoder"]
+    pretrained: Literal["all-minilm-l6-v2"] = Field(
+        description="which pretrained encoder: all-minilm-l6-v2 (6 layers, 384 wide, uncased WordPiece)"
+    )
+    max_length: int = Field(
+        128, ge=8, le=MAX_TEXT_TOKENS, description="tokens per text, [CLS] and [SEP] included; longer texts are cut"
+    )
+    freeze_encoder: bool = Field(False, description="train the head only; the encoder keeps its pretrained weights")
+    freeze_layers: int = Field(
+        0, ge=0, le=48, description="freeze the embeddings and this many lower transformer layers (0: train all)"
+    )
+    dropout: float = Field(0.1, ge=0.0, le=0.9, description="dropout before the head")
+
+    @model_validator(mode="after")
+    def _layers_exist(self) -> TextEncoderSpec:
+        layers = PRETRAINED_LAYERS[self.pretrained]
+        if self.freeze_layers > layers:
+            raise error_at(
+                ("freeze_layers",), f"{self.pretrained} has {layers} layers; cannot freeze {self.freeze_layers}"
+            )
+        if self.freeze_encoder and self.freeze_layers:
+            raise error_at(("freeze_layers",), "freeze_encoder already freezes every layer; give one or the other")
+        return self
+
+
 ModelSpec = Annotated[MLPSpec | CNNSpec | TransformerSpec, Field(discriminator="arch")]
-ARCH_TAGS = frozenset({"mlp", "cnn", "transformer"})
+# what a training job may train: the zoo, and the pretrained text encoders
+AnyModel = MLPSpec | CNNSpec | TransformerSpec | TextEncoderSpec
+TrainingModelSpec = Annotated[AnyModel, Field(discriminator="arch")]
+ARCH_TAGS = frozenset({"mlp", "cnn", "transformer", "text_encoder"})
 
 
-def stageable_layers(model: MLPSpec | CNNSpec | TransformerSpec) -> int:
+def stageable_layers(model: AnyModel) -> int:
     """How many top-level blocks ``training.zoo.build_model`` makes: the units a pipeline
-    stage is cut from."""
+    stage is cut from (a text encoder is not cut: 1)."""
+    if isinstance(model, TextEncoderSpec):
+        return 1
     if isinstance(model, MLPSpec):
         return len(model.hidden) + 1
     if isinstance(model, CNNSpec):
@@ -127,17 +167,27 @@ def stageable_layers(model: MLPSpec | CNNSpec | TransformerSpec) -> int:
 class DatasetSpec(StrictModel):
     """Exactly one of ``file_id`` (an uploaded npz, csv or parquet) or ``builtin``."""
 
-    model_config = ConfigDict(json_schema_extra=exactly_one_of({"file_id": ["label_column"], "builtin": []}))
+    model_config = ConfigDict(
+        json_schema_extra=exactly_one_of({"file_id": ["label_column", "text_column"], "builtin": []})
+    )
     file_id: str | None = Field(None, pattern=FILE_ID_PATTERN)
     label_column: str | None = Field(None, min_length=1, max_length=256)
+    text_column: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="a text dataset (csv or parquet) for a text_encoder: the column of texts, tokenized in the job "
+        "with the model's own tokenizer; every other column but the label is ignored",
+    )
     builtin: Literal["digits"] | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> DatasetSpec:
         if (self.file_id is None) == (self.builtin is None):
             raise one_of_error("give exactly one of file_id or builtin")
-        if self.builtin is not None and self.label_column is not None:
-            raise error_at(("label_column",), "label_column applies to an uploaded csv or parquet file, not a builtin")
+        for name in ("label_column", "text_column"):
+            if self.builtin is not None and getattr(self, name) is not None:
+                raise error_at((name,), f"{name} applies to an uploaded csv or parquet file, not a builtin")
         return self
 
 
@@ -176,8 +226,10 @@ def image_side(feature_shape: Sequence[int]) -> int | None:
     return None
 
 
-def model_fit_problems(model: MLPSpec | CNNSpec | TransformerSpec, feature_shape: Sequence[int]) -> list[FieldProblem]:
+def model_fit_problems(model: AnyModel, feature_shape: Sequence[int]) -> list[FieldProblem]:
     """Why features of ``feature_shape`` (per row) cannot feed ``model``; empty when they can."""
+    if isinstance(model, TextEncoderSpec):
+        return []  # it takes texts; describe_text_table checked the column
     features = math.prod(feature_shape)
     shape = "x".join(str(d) for d in feature_shape)
     if features < 1:
@@ -281,11 +333,23 @@ class CheckpointsSpec(StrictModel):
     )
 
 
+# --- fine-tuning -------------------------------------------------------------------------------
+
+
+class InitFromSpec(StrictModel):
+    """A registered version of the tenant's whose weights the job starts from."""
+
+    model: str = Field(min_length=1, max_length=128, description="the registered model's name")
+    version: int = Field(
+        ge=1, description="its version; it must have been trained by the platform with the same model spec"
+    )
+
+
 # --- the spec ----------------------------------------------------------------------------------
 
 
 class TrainingSpec(StrictModel):
-    model: ModelSpec
+    model: TrainingModelSpec
     dataset: DatasetSpec
     validation: ValidationSpec = Field(default_factory=lambda: ValidationSpec(fraction=0.1))
     strategy: StrategySpec = Field(default_factory=StrategySpec)
@@ -295,6 +359,11 @@ class TrainingSpec(StrictModel):
         default_factory=CheckpointsSpec, description="how many checkpoints to keep (the others are deleted)"
     )
     register_as: str | None = Field(None, pattern=REGISTER_AS_PATTERN)
+    init_from: InitFromSpec | None = Field(
+        None,
+        description="fine-tune: start from the weights of a registered version of the same architecture and "
+        "settings (a head for another number of classes starts afresh); null starts from the zoo's initialisation",
+    )
 
     @model_validator(mode="wrap")
     @classmethod
@@ -323,6 +392,9 @@ def _resolve_pipeline_defaults(strategy: StrategySpec) -> None:
 
 def _cross_field_problems(spec: TrainingSpec) -> list[tuple[Loc, str]]:
     strategy, hp = spec.strategy, spec.hyperparameters
+    text = _text_problems(spec)
+    if text:
+        return text
     if not strategy.pipelined:
         return _data_parallel_problems(strategy, hp)
     if strategy.pipeline_stages is None:
@@ -341,6 +413,19 @@ def _cross_field_problems(spec: TrainingSpec) -> list[tuple[Loc, str]]:
     return problems
 
 
+def _text_problems(spec: TrainingSpec) -> list[tuple[Loc, str]]:
+    """A text encoder trains on a text column, with DDP; a text column needs a text encoder."""
+    is_text = isinstance(spec.model, TextEncoderSpec)
+    if is_text and spec.dataset.text_column is None:
+        where: Loc = ("dataset", "text_column") if spec.dataset.file_id else ("dataset", "builtin")
+        return [(where, "a text_encoder trains on texts: give a csv or parquet file_id and its text_column")]
+    if not is_text and spec.dataset.text_column is not None:
+        return [(("dataset", "text_column"), f"text_column is for a text_encoder; a {spec.model.arch} takes numbers")]
+    if is_text and spec.strategy.kind != "ddp":
+        return [(("strategy", "kind"), "a text_encoder trains with ddp (its encoder is not cut into stages or shards)")]
+    return []
+
+
 def _data_parallel_problems(strategy: StrategySpec, hp: HyperparametersSpec) -> list[tuple[Loc, str]]:
     problems: list[tuple[Loc, str]] = []
     for name in ("pipeline_stages", "microbatches"):
@@ -357,7 +442,7 @@ def _data_parallel_problems(strategy: StrategySpec, hp: HyperparametersSpec) -> 
     return problems
 
 
-def _pipeline_problems(strategy: StrategySpec, model: MLPSpec | CNNSpec | TransformerSpec) -> list[tuple[Loc, str]]:
+def _pipeline_problems(strategy: StrategySpec, model: AnyModel) -> list[tuple[Loc, str]]:
     stages, world = strategy.stages, strategy.world_size
     blocks = stageable_layers(model)
     if stages > blocks:
@@ -452,13 +537,25 @@ def check_dataset_fits(
         dataset_details = BUILTIN_DETAILS[spec.dataset.builtin]
     if dataset_details is None:
         return [{"pointer": "/dataset/file_id", "detail": "the dataset file has no stored details"}]
+    text_column = spec.dataset.text_column
     try:
-        rows, feature_shape = _describe(dataset_details, spec.dataset.label_column, "/dataset")
+        if text_column is not None:
+            rows, feature_shape = describe_text_table(
+                dataset_details, text_column, spec.dataset.label_column, "/dataset"
+            )
+        else:
+            rows, feature_shape = _describe(dataset_details, spec.dataset.label_column, "/dataset")
     except FieldError as exc:
         return [exc.problem]
     problems = model_fit_problems(spec.model, feature_shape)
     if validation_details is not None and spec.validation.file_id is not None:
-        problems += _validation_file_problems(validation_details, spec.dataset.label_column, feature_shape)
+        if text_column is not None:
+            try:
+                describe_text_table(validation_details, text_column, spec.dataset.label_column, "/validation")
+            except FieldError as exc:
+                problems.append(exc.problem)
+        else:
+            problems += _validation_file_problems(validation_details, spec.dataset.label_column, feature_shape)
     if spec.validation.fraction is not None:
         n_train, _ = split_sizes(rows, spec.validation.fraction)
         if n_train < 1:
@@ -531,6 +628,37 @@ def _describe_npz(stored: StoredDataset, pointer: str) -> tuple[int, tuple[int, 
     if x.shape[0] < 2:
         raise FieldError(pointer, f"a dataset needs at least 2 rows, this one has {x.shape[0]}")
     return x.shape[0], tuple(x.shape[1:])
+
+
+def describe_text_table(
+    details: dict[str, Any], text_column: str, label_column: str | None, pointer: str
+) -> tuple[int, tuple[int, ...]]:
+    """(rows, ()) of a text dataset's stored details: a csv or parquet with ``text_column``
+    (strings, where the type is known) and the label column; ``FieldError`` when it cannot."""
+    try:
+        stored = stored_dataset(details)
+    except ValueError as exc:
+        raise FieldError(pointer, str(exc)) from None
+    if not stored.is_table:
+        raise FieldError(
+            f"{pointer}/text_column", "a text dataset is a csv or parquet file with a text column, not an npz"
+        )
+    names = stored.column_names
+    for column, name, field in (
+        (text_column, text_column, "text_column"),
+        (label_column, label_column or "label", "label_column"),
+    ):
+        if name not in names:
+            where = f"{pointer}/{field}" if column else pointer
+            hint = "" if column else " (the default label column); set label_column"
+            raise FieldError(where, f"there is no column '{name}'{hint}; columns are {', '.join(names[:20])}")
+    typed = {c.name: c.type for c in stored.columns or ()}
+    kind = typed.get(text_column)
+    if kind is not None and not kind.startswith(("string", "large_string", "utf8", "large_utf8")):
+        raise FieldError(f"{pointer}/text_column", f"column '{text_column}' has type {kind}; texts must be strings")
+    if stored.rows < 2:
+        raise FieldError(pointer, f"a dataset needs at least 2 rows, this one has {stored.rows}")
+    return stored.rows, ()
 
 
 def _describe_table(stored: StoredDataset, label_column: str | None, pointer: str) -> tuple[int, tuple[int, ...]]:

@@ -1,5 +1,9 @@
-"""The model zoo: the math of every architecture a training spec can name, and how a model
-is cut into pipeline stages. Knows nothing of processes or parallelism.
+"""The model zoo: the math of every architecture a training spec can name, how a model
+is cut into pipeline stages, and how a model starts from a registered version's weights
+(``init_from``). Knows nothing of processes or parallelism.
+
+The pretrained text encoders (``training.text_encoder``) are built here too; they map
+token ids ``int64 (batch, tokens)`` to logits and are not cut into stages.
 
 Every model maps float32 features ``(batch, num_features)`` to logits ``(batch,
 num_classes)`` and is an ``nn.Sequential`` of blocks (``training.spec.stageable_layers``
@@ -11,11 +15,12 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from pathlib import Path
 
 import torch
 from torch import nn
 
-from training.spec import CNNSpec, MLPSpec, TransformerSpec, image_side, stageable_layers
+from training.spec import AnyModel, CNNSpec, MLPSpec, TextEncoderSpec, TransformerSpec, image_side, stageable_layers
 
 
 def build_model(model_spec: MLPSpec | CNNSpec | TransformerSpec, num_features: int, num_classes: int) -> nn.Sequential:
@@ -29,6 +34,75 @@ def build_model(model_spec: MLPSpec | CNNSpec | TransformerSpec, num_features: i
     model = nn.Sequential(*blocks)
     assert len(model) == stageable_layers(model_spec)
     return model
+
+
+def build_any(model_spec: AnyModel, num_features: int, num_classes: int, init_from: Path | None = None) -> nn.Module:
+    """The model a training job trains: a zoo model or a pretrained text encoder with a fresh
+    head, then the weights of ``init_from`` (a safetensors state dict) when given."""
+    model: nn.Module
+    if isinstance(model_spec, TextEncoderSpec):
+        from training.text_encoder import build_text_classifier  # transformers: only text jobs pay for it
+
+        model = build_text_classifier(
+            model_spec.pretrained,
+            num_classes,
+            max_length=model_spec.max_length,
+            dropout=model_spec.dropout,
+            freeze_encoder=model_spec.freeze_encoder,
+            freeze_layers=model_spec.freeze_layers,
+        )
+    else:
+        model = build_model(model_spec, num_features, num_classes)
+    if init_from is not None:
+        load_initial_weights(model, init_from)
+    return model
+
+
+class InitFromError(ValueError):
+    """The weights to start from do not fit the model (``init_from``)."""
+
+
+def head_prefix(model: nn.Module) -> str:
+    """The state-dict prefix of the output layer: what may differ when the classes differ."""
+    if isinstance(model, nn.Sequential):
+        return f"{len(model) - 1}."
+    return "head."
+
+
+def load_initial_weights(model: nn.Module, path: Path) -> list[str]:
+    """Load every tensor of the safetensors file ``path`` into ``model``; the head's tensors
+    are skipped (left freshly initialised) when their shapes differ, as when the new data has
+    another number of classes. Returns the names skipped; raises ``InitFromError`` when any
+    other tensor is missing, extra or of another shape (another architecture or settings)."""
+    from safetensors.torch import load_file
+
+    try:
+        stored = load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types
+        raise InitFromError(f"init_from: the version's weights cannot be read: {exc}") from exc
+    own = model.state_dict()
+    head = head_prefix(model)
+    missing = sorted(set(own) - set(stored))
+    extra = sorted(set(stored) - set(own))
+    if missing or extra:
+        raise InitFromError(
+            f"init_from: the version's weights are not this model's (missing {missing[:3]}, unexpected {extra[:3]})"
+        )
+    skipped = []
+    for name, tensor in own.items():
+        if tuple(stored[name].shape) == tuple(tensor.shape):
+            continue
+        if not name.startswith(head):
+            raise InitFromError(
+                f"init_from: tensor {name} has shape {list(stored[name].shape)} in the version, "
+                f"{list(tensor.shape)} here; the features or the settings differ"
+            )
+        skipped.append(name)
+    with torch.no_grad():
+        for name, tensor in own.items():
+            if name not in skipped:
+                tensor.copy_(stored[name])
+    return skipped
 
 
 def stage_sizes(num_blocks: int, num_stages: int) -> list[int]:

@@ -1,0 +1,98 @@
+"""Fine-tuning from a registered version (a training spec's ``init_from``): which version,
+whether its weights fit the job's model, and fetching them for the training processes.
+
+A version can be started from when the platform trained it (its source job is a training
+job, whose ``weights`` artifact is the safetensors state dict) with the same architecture
+and the same weight-shaping settings; everything else answers 422 naming ``/init_from``.
+Another tenant's version is not found, as any other model reference. A head for another
+number of classes is re-initialised in the job (``training.zoo.load_initial_weights``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from core.model_registry import find_version
+from core.models import Artifact, Job
+from core.spec_kit import FieldProblem
+from job_types.base import JobFailed, RunContext
+from job_types.lookups import model_not_found
+from training.spec import AnyModel, TrainingSpec
+
+# the settings that decide the shapes of the weights; the others (dropout, freezing, max_length) may differ
+WEIGHT_SHAPING = {
+    "mlp": ("hidden",),
+    "cnn": ("channels", "kernel_size"),
+    "transformer": ("d_model", "heads", "layers", "ff_dim"),
+    "text_encoder": ("pretrained",),
+}
+
+
+def fit_problems(source: AnyModel, model: AnyModel, describe: str) -> list[FieldProblem]:
+    """Why the weights of a ``source`` model cannot start ``model`` (pure)."""
+    if source.arch != model.arch:
+        return [{"pointer": "/init_from", "detail": f"{describe} is a {source.arch}; this job trains a {model.arch}"}]
+    differ = [name for name in WEIGHT_SHAPING[model.arch] if getattr(source, name) != getattr(model, name)]
+    if differ:
+        was = ", ".join(f"{name} {getattr(source, name)!r}" for name in differ)
+        return [
+            {
+                "pointer": "/init_from",
+                "detail": f"{describe} has {was}; the weights only fit a {model.arch} with the same settings",
+            }
+        ]
+    return []
+
+
+def resolve(session: Session, tenant_id: str, spec: TrainingSpec) -> tuple[Artifact | None, list[FieldProblem]]:
+    """The weights artifact ``spec.init_from`` names for ``tenant_id``, or why there is none."""
+    ref = spec.init_from
+    if ref is None:
+        return None, []
+    version = find_version(session, tenant_id, ref.model, ref.version)
+    if version is None:
+        return None, [
+            model_not_found(session, tenant_id, ref.model, ref.version, "/init_from/model", "/init_from/version")
+        ]
+    describe = f"model {ref.model!r} version {ref.version}"
+    job = session.get(Job, version.source_job_id) if version.source_job_id else None
+    if job is None or job.type != "training" or (version.lineage or {}).get("kind") != "training":
+        detail = f"{describe} was not trained by a training job here, so there are no zoo weights to start from"
+        return None, [{"pointer": "/init_from/version", "detail": detail}]
+    source = TrainingSpec.model_validate(job.spec).model
+    problems = fit_problems(source, spec.model, describe)
+    if problems:
+        return None, problems
+    weights = session.scalar(
+        select(Artifact)
+        .where(Artifact.job_id == job.id, Artifact.kind == "weights")
+        .order_by(Artifact.id.desc())
+        .limit(1)
+    )
+    if weights is None:
+        return None, [{"pointer": "/init_from/version", "detail": f"the weights of {describe} are gone"}]
+    return weights, []
+
+
+def init_from_args(ctx: RunContext, spec: TrainingSpec, folder: Path) -> list[str]:
+    """``--init-from`` and the weights fetched (sha256 checked) into ``folder``; [] without init_from."""
+    if spec.init_from is None:
+        return []
+    with ctx.db() as session:
+        weights, problems = resolve(session, ctx.tenant_id, spec)
+        key, sha256 = (weights.storage_key, weights.sha256) if weights is not None else ("", "")
+    if weights is None:
+        raise JobFailed("bad_init", problems[0]["detail"], pointer=problems[0]["pointer"])
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / "init.safetensors"
+    ctx.store.download_file(key, target, expected_sha256=sha256)
+    return ["--init-from", str(target)]
+
+
+def describe(spec: TrainingSpec) -> dict[str, Any] | None:
+    """What the lineage of a version made by ``spec`` records of where it started."""
+    return None if spec.init_from is None else spec.init_from.model_dump()

@@ -1,0 +1,232 @@
+"""Fine-tuning pieces without a service: the text-encoder spec and its 422s, text datasets read
+and tokenized with MiniLM's own tokenizer, the text model's declared tokenizer and signature,
+and starting from a version's weights (``init_from``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from pydantic import ValidationError
+from safetensors.torch import save_file
+
+from core.onnx_model import OnnxModel
+from core.onnx_signature import UnsupportedSignature, read_signature
+from core.text_model import TOKENIZER_KEY, TextDeclaration, TextPreprocessor, declaration, feed_inputs
+from job_types.init_from import fit_problems
+from training.data import DatasetError, load_splits
+from training.spec import CNNSpec, MLPSpec, TextEncoderSpec, TrainingSpec, check_dataset_fits
+from training.text_data import TextTableError, read_text_table, tokenize_texts
+from training.text_encoder import load_tokenizer, tokenizer_json
+from training.zoo import InitFromError, build_model, load_initial_weights
+
+TEXT_MODEL = {"arch": "text_encoder", "pretrained": "all-minilm-l6-v2", "max_length": 16}
+TEXT_DATA = {"file_id": "file_abc", "text_column": "text", "label_column": "source"}
+
+
+def text_spec(**parts: Any) -> dict[str, Any]:
+    return {"model": TEXT_MODEL, "dataset": TEXT_DATA, **parts}
+
+
+def pointers(data: dict[str, Any]) -> list[str]:
+    with pytest.raises(ValidationError) as info:
+        TrainingSpec.model_validate(data)
+    return ["".join(f"/{part}" for part in e["loc"]) for e in info.value.errors()]
+
+
+# --- the spec ----------------------------------------------------------------------------------
+
+
+def test_a_text_encoder_spec_validates_with_its_defaults() -> None:
+    spec = TrainingSpec.model_validate(text_spec())
+    assert isinstance(spec.model, TextEncoderSpec)
+    assert (spec.model.freeze_encoder, spec.model.freeze_layers, spec.model.max_length) == (False, 0, 16)
+    assert spec.dataset.text_column == "text" and spec.init_from is None
+
+
+@pytest.mark.parametrize(
+    ("data", "pointer"),
+    [
+        (text_spec(dataset={"file_id": "file_abc", "label_column": "source"}), "/dataset/text_column"),
+        (text_spec(dataset={"builtin": "digits"}), "/dataset/builtin"),
+        ({"model": {"arch": "mlp"}, "dataset": TEXT_DATA}, "/dataset/text_column"),
+        (text_spec(strategy={"kind": "fsdp", "nproc_per_node": 2}), "/strategy/kind"),
+        (text_spec(model={**TEXT_MODEL, "freeze_layers": 7}), "/model/freeze_layers"),
+        (text_spec(model={**TEXT_MODEL, "freeze_layers": 2, "freeze_encoder": True}), "/model/freeze_layers"),
+        (text_spec(model={**TEXT_MODEL, "pretrained": "bert-large"}), "/model/pretrained"),
+        (text_spec(model={**TEXT_MODEL, "max_length": 4096}), "/model/max_length"),
+        (text_spec(init_from={"model": "reviews", "version": 0}), "/init_from/version"),
+    ],
+)
+def test_misused_text_options_are_refused_at_their_field(data: dict[str, Any], pointer: str) -> None:
+    assert pointers(data) == [pointer]
+
+
+def fits(details: dict[str, Any], **parts: Any) -> list[str]:
+    return [p["pointer"] for p in check_dataset_fits(TrainingSpec.model_validate(text_spec(**parts)), details)]
+
+
+def test_the_text_column_must_exist_in_the_uploaded_file() -> None:
+    assert fits({"columns": ["text", "source"], "rows": 100}) == []
+    assert fits({"columns": ["body", "source"], "rows": 100}) == ["/dataset/text_column"]
+    assert fits({"columns": ["text", "label"], "rows": 100}) == ["/dataset/label_column"]
+    parquet = {"columns": [{"name": "text", "type": "int64"}, {"name": "source", "type": "string"}], "rows": 100}
+    assert fits(parquet) == ["/dataset/text_column"]
+    assert fits({"arrays": {"X": {"dtype": "float32", "shape": [10, 4]}}}) == ["/dataset/text_column"]
+    details = check_dataset_fits(TrainingSpec.model_validate(text_spec()), {"columns": ["body", "source"], "rows": 9})
+    assert "there is no column 'text'" in details[0]["detail"] and "body, source" in details[0]["detail"]
+
+
+def test_a_batch_larger_than_the_training_rows_is_refused_for_texts_too() -> None:
+    hp = {"batch_size": 64}
+    assert fits({"columns": ["text", "source"], "rows": 40}, hyperparameters=hp) == ["/hyperparameters/batch_size"]
+
+
+# --- text datasets -----------------------------------------------------------------------------
+
+
+def write_csv(path: Path, rows: list[tuple[str, str]]) -> Path:
+    import csv
+
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "source"])
+        writer.writerows(rows)
+    return path
+
+
+ROWS = [
+    ("Arrays hold numbers of one type.", "numpy"),
+    ("A session talks to the database.", "sqlalchemy"),
+    ("12345", "numpy"),  # text that looks like a number stays text
+    ("The client sends an HTTP request and reads the response.", "aiohttp"),
+] * 3
+
+
+def test_a_csv_text_set_is_read_as_strings_and_labels(tmp_path: Path) -> None:
+    texts, labels = read_text_table(write_csv(tmp_path / "d.csv", ROWS), "text", "source", "/dataset")
+    assert texts[:3] == ["Arrays hold numbers of one type.", "A session talks to the database.", "12345"]
+    assert list(labels[:2]) == ["numpy", "sqlalchemy"]
+    with pytest.raises(TextTableError) as missing:
+        read_text_table(tmp_path / "d.csv", "body", "source", "/dataset")
+    assert missing.value.pointer == "/dataset/text_column"
+
+
+def test_a_parquet_text_column_of_numbers_is_refused(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"text": [1, 2, 3], "source": ["a", "b", "a"]}), tmp_path / "d.parquet")
+    with pytest.raises(TextTableError) as wrong:
+        read_text_table(tmp_path / "d.parquet", "text", "source", "/dataset")
+    assert wrong.value.pointer == "/dataset/text_column" and "int64" in wrong.value.detail
+
+
+def test_texts_are_tokenized_with_minilms_tokenizer_cut_at_max_length() -> None:
+    tokenizer = load_tokenizer("all-minilm-l6-v2")
+    ids = tokenize_texts(tokenizer, ["Hello world.", "word " * 100], max_length=16)
+    assert ids.dtype == np.int64 and ids.shape == (2, 16)
+    assert ids[0, 0] == tokenizer.cls_token_id and ids[1, -1] == tokenizer.sep_token_id
+    assert (ids[0, 5:] == tokenizer.pad_token_id).all()  # [CLS] hello world . [SEP], then padding
+
+
+def test_load_splits_gives_token_ids_and_the_sources_as_classes(tmp_path: Path) -> None:
+    spec = TrainingSpec.model_validate(text_spec(validation={"fraction": 0.25}, hyperparameters={"batch_size": 4}))
+    splits = load_splits(spec, write_csv(tmp_path / "d.csv", ROWS))
+    assert splits.classes == ["aiohttp", "numpy", "sqlalchemy"]
+    assert splits.train_x.dtype == torch.int64 and len(splits.train_y) == 9 and len(splits.val_y) == 3
+    missing = TrainingSpec.model_validate(text_spec(dataset={**TEXT_DATA, "text_column": "body"}))
+    with pytest.raises(DatasetError) as info:
+        load_splits(missing, tmp_path / "d.csv")
+    assert info.value.pointer == "/dataset/text_column"
+
+
+# --- the text model: declared tokenizer, signature, serving --------------------------------------
+
+
+def ids_model(path: Path, max_length: int = 8) -> Path:
+    """A tiny graph over token ids (score = number of non-padding tokens) declaring MiniLM's tokenizer."""
+    ids = onnx.helper.make_tensor_value_info("input_ids", onnx.TensorProto.INT64, ["batch", "tokens"])
+    out = onnx.helper.make_tensor_value_info("count", onnx.TensorProto.INT64, ["batch"])
+    zero = onnx.helper.make_tensor("zero", onnx.TensorProto.INT64, [], [0])
+    axes = onnx.helper.make_tensor("axes", onnx.TensorProto.INT64, [1], [1])
+    nodes = [
+        onnx.helper.make_node("Greater", ["input_ids", "zero"], ["real"]),
+        onnx.helper.make_node("Cast", ["real"], ["real64"], to=onnx.TensorProto.INT64),
+        onnx.helper.make_node("ReduceSum", ["real64", "axes"], ["count"], keepdims=0),
+    ]
+    graph = onnx.helper.make_graph(nodes, "count", [ids], [out], [zero, axes])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
+    declared = TextDeclaration("text", "input_ids", max_length, 0)
+    onnx.helper.set_model_props(
+        model, {"maas.text": declared.to_json(), TOKENIZER_KEY: tokenizer_json("all-minilm-l6-v2")}
+    )
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_text_model_shows_clients_a_string_input_and_keeps_its_graph_inputs(tmp_path: Path) -> None:
+    signature = read_signature(onnx.load(str(ids_model(tmp_path / "m.onnx"))))
+    assert signature["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
+    assert feed_inputs(signature) == [{"name": "input_ids", "datatype": "INT64", "shape": [-1, -1]}]
+    model = onnx.load(str(tmp_path / "m.onnx"))
+    del model.metadata_props[1]  # the tokenizer
+    with pytest.raises(UnsupportedSignature, match=r"carries no maas\.tokenizer"):
+        read_signature(model)
+
+
+def test_a_session_tokenizes_a_batch_of_strings_padded_to_its_longest(tmp_path: Path) -> None:
+    session = ort.InferenceSession(str(ids_model(tmp_path / "m.onnx")), providers=["CPUExecutionProvider"])
+    preprocess = TextPreprocessor.of(session.get_modelmeta().custom_metadata_map)
+    assert preprocess is not None
+    model = OnnxModel(session, ["count"], preprocess=preprocess)
+    texts = np.array([b"Hello world.", "caf\u00e9".encode(), b"word " * 50], dtype=object)
+    feed = preprocess({"text": texts})
+    assert feed["input_ids"].shape == (3, 8)  # the longest row, cut at max_length
+    # [CLS] hello world . [SEP] = 5; [CLS] cafe [SEP] = 3 (accents stripped); 8 at most
+    assert model.run({"text": texts})["count"].tolist() == [5, 3, 8]
+
+
+def test_a_malformed_declaration_is_refused() -> None:
+    assert declaration({}) is None
+    with pytest.raises(ValueError, match="malformed"):
+        declaration({"maas.text": "{}", TOKENIZER_KEY: "{}"})
+
+
+# --- init_from -----------------------------------------------------------------------------------
+
+
+def test_init_from_needs_the_same_architecture_and_weight_shaping_settings() -> None:
+    mlp = MLPSpec(arch="mlp", hidden=[64])
+    assert fit_problems(mlp, MLPSpec(arch="mlp", hidden=[64], dropout=0.5), "v1") == []
+    (other,) = fit_problems(CNNSpec(arch="cnn"), mlp, "model 'digits' version 1")
+    assert other == {"pointer": "/init_from", "detail": "model 'digits' version 1 is a cnn; this job trains a mlp"}
+    (wider,) = fit_problems(MLPSpec(arch="mlp", hidden=[128]), mlp, "v1")
+    assert wider["pointer"] == "/init_from" and "hidden [128]" in wider["detail"]
+    text = TextEncoderSpec(arch="text_encoder", pretrained="all-minilm-l6-v2")
+    frozen = TextEncoderSpec(arch="text_encoder", pretrained="all-minilm-l6-v2", freeze_layers=3)
+    assert fit_problems(text, frozen, "v") == []
+
+
+def test_a_versions_weights_are_loaded_and_a_head_for_other_classes_starts_afresh(tmp_path: Path) -> None:
+    spec = MLPSpec(arch="mlp", hidden=[16])
+    torch.manual_seed(0)
+    source = build_model(spec, 8, 3)
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(tmp_path / "w.safetensors"))
+    torch.manual_seed(1)
+    same = build_model(spec, 8, 3)
+    assert load_initial_weights(same, tmp_path / "w.safetensors") == []
+    x = torch.randn(4, 8)
+    assert torch.equal(same(x), source(x))
+    torch.manual_seed(1)
+    more_classes = build_model(spec, 8, 5)
+    assert load_initial_weights(more_classes, tmp_path / "w.safetensors") == ["1.weight", "1.bias"]
+    assert torch.equal(more_classes[0][0].weight, source[0][0].weight)
+    with pytest.raises(InitFromError, match="shape"):
+        load_initial_weights(build_model(spec, 12, 3), tmp_path / "w.safetensors")
+    with pytest.raises(InitFromError, match="not this model's"):
+        load_initial_weights(build_model(MLPSpec(arch="mlp", hidden=[16, 16]), 8, 3), tmp_path / "w.safetensors")
