@@ -23,8 +23,10 @@ from api.metrics import ApiMetrics
 from api.openapi import ENDPOINT_TABLES as TABLES_KEY
 from api.pg_listener import listener_context
 from api.problems import Problem, oip_path
+from api.rate_limits import RateLimiter
 from api.routes import ENDPOINT_TABLES
 from api.routes.ui import add_ui_routes
+from api.usage_meter import UsageMeter
 from core.artifact_store import ArtifactStore
 from core.broker import create_celery
 from core.db import async_session_factory, make_async_engine
@@ -100,18 +102,24 @@ def create_app(settings: Settings) -> web.Application:
     async def services(app: web.Application) -> AsyncIterator[None]:
         engine = make_async_engine(settings)
         keys = KnownKeys(settings)
+        db = async_session_factory(engine)
+        usage = UsageMeter(settings, db)
         app[CONTEXT] = ApiContext(
             settings=settings,
             engine=engine,
-            db=async_session_factory(engine),
+            db=db,
             store=ArtifactStore(settings),
             celery=create_celery(settings),
             job_types=job_types,
             metrics=ApiMetrics(),
             keys=keys,
+            rates=RateLimiter(settings, db),
+            usage=usage,
         )
         keys.start()
+        usage.start()
         yield
+        await usage.stop()
         await keys.stop()
         app[CONTEXT].celery.close()
         await engine.dispose()

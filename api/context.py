@@ -18,6 +18,8 @@ from job_types.registry import JobTypes
 
 if TYPE_CHECKING:
     from api.auth import KnownKeys
+    from api.rate_limits import RateLimiter
+    from api.usage_meter import UsageMeter
 
 
 @dataclass
@@ -30,6 +32,9 @@ class ApiContext:
     metrics: ApiMetrics
     keys: KnownKeys
     job_types: JobTypes
+    # tenant limits (api/rate_limits.py) and usage metering (api/usage_meter.py)
+    rates: RateLimiter
+    usage: UsageMeter
 
 
 CONTEXT = web.AppKey("context", ApiContext)

@@ -34,6 +34,7 @@ from api.auth import authenticate
 from api.context import context
 from api.idempotency import Claim
 from api.problems import Problem, validation_problem
+from api.rate_limits import limit_request
 from core.spec_kit import FieldProblem, json_pointer, validation_problems
 
 # what a PostgreSQL text column cannot hold: NUL, and lone surrogates (JSON's "\ud800", which
@@ -225,32 +226,44 @@ def render(model: BaseModel, status: int = 200) -> web.Response:
     return web.Response(status=status, text=model.model_dump_json(by_alias=True), content_type="application/json")
 
 
+async def _handle(endpoint: Endpoint, request: web.Request, tenant_id: str) -> web.StreamResponse:
+    _check_parameters(request)
+    query = _parse_query(endpoint, request)
+    body, raw = await _parse_body(endpoint, request)
+    call: Call[Any, Any] = Call(
+        tenant_id=tenant_id, params=dict(request.match_info), body=body, query=query, raw_body=raw
+    )
+    if endpoint.idempotent:
+        outcome = await idempotency.claim(context(request), request, tenant_id, raw)
+        if isinstance(outcome, web.StreamResponse):
+            return outcome
+        call.idempotency = outcome
+    try:
+        result = await endpoint.handler(request, call)
+    except BaseException:
+        if call.idempotency:
+            await idempotency.finish(context(request), call.idempotency, None, None)
+        raise
+    response = render(result, endpoint.status) if isinstance(result, BaseModel) else result
+    response.headers.update(call.response_headers)
+    if call.idempotency:
+        body_json = result.model_dump(mode="json", by_alias=True) if isinstance(result, BaseModel) else None
+        await idempotency.finish(context(request), call.idempotency, response, body_json)
+    return response
+
+
 def wrap(endpoint: Endpoint) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     async def handle(request: web.Request) -> web.StreamResponse:
         _check_headers(endpoint, request)
         tenant_id = await authenticate(request) if endpoint.auth else ""
-        _check_parameters(request)
-        query = _parse_query(endpoint, request)
-        body, raw = await _parse_body(endpoint, request)
-        call: Call[Any, Any] = Call(
-            tenant_id=tenant_id, params=dict(request.match_info), body=body, query=query, raw_body=raw
-        )
-        if endpoint.idempotent:
-            outcome = await idempotency.claim(context(request), request, tenant_id, raw)
-            if isinstance(outcome, web.StreamResponse):
-                return outcome
-            call.idempotency = outcome
+        # on every answer of a limited route, refusals and errors included (429 here, before any work)
+        rate_headers = await limit_request(request, tenant_id, endpoint.method, endpoint.path) if tenant_id else {}
         try:
-            result = await endpoint.handler(request, call)
-        except BaseException:
-            if call.idempotency:
-                await idempotency.finish(context(request), call.idempotency, None, None)
+            response = await _handle(endpoint, request, tenant_id)
+        except Problem as problem:
+            problem.headers = {**rate_headers, **problem.headers}
             raise
-        response = render(result, endpoint.status) if isinstance(result, BaseModel) else result
-        response.headers.update(call.response_headers)
-        if call.idempotency:
-            body_json = result.model_dump(mode="json", by_alias=True) if isinstance(result, BaseModel) else None
-            await idempotency.finish(context(request), call.idempotency, response, body_json)
+        response.headers.update(rate_headers)
         return response
 
     handle.__name__ = endpoint.operation_id

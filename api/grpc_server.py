@@ -35,6 +35,7 @@ from api.inference_router import ROUTER, InferenceFailed, InferenceRouter
 from api.oip_grpc import open_inference_grpc_pb2 as pb
 from api.oip_grpc import open_inference_grpc_pb2_grpc as pb_grpc
 from api.problems import Problem
+from api.rate_limits import INFERENCE, QUOTA_OF
 from api.routes.inference import (
     PLATFORM,
     TensorMetadata,
@@ -105,9 +106,16 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         raise AssertionError("abort returns only by raising")  # pragma: no cover
 
     async def _tenant(self, context: grpc.aio.ServicerContext) -> str:
-        metadata = dict(context.invocation_metadata() or ())
-        header = metadata.get("authorization", "")
-        return await tenant_of(self.ctx, header if isinstance(header, str) else header.decode())
+        return await tenant_of(self.ctx, _authorization(context))
+
+    async def _limit(self, tenant_id: str, context: grpc.aio.ServicerContext) -> None:
+        """Take an inference token (api/rate_limits.py); the rate-limit headers go back as trailing metadata."""
+        decision = await self.ctx.rates.take(tenant_id, _authorization(context), INFERENCE)
+        if decision is None:
+            return
+        context.set_trailing_metadata(tuple((name.lower(), value) for name, value in decision.headers().items()))
+        if not decision.allowed:
+            raise _Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, decision.problem(QUOTA_OF[INFERENCE]).detail)
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext) -> Any:
         async def handle(tenant_id: str) -> pb.ServerLiveResponse:
@@ -158,6 +166,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> Any:
         async def handle(tenant_id: str) -> pb.ModelInferResponse:
+            await self._limit(tenant_id, context)
             return await self._infer(tenant_id, request, context)
 
         return await self._answer("ModelInfer", context, handle)
@@ -190,6 +199,11 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             raise _Refused(status_of(exc.status), exc.message) from None
         except CodecError as exc:
             raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+
+
+def _authorization(context: grpc.aio.ServicerContext) -> str:
+    header = dict(context.invocation_metadata() or ()).get("authorization", "")
+    return header if isinstance(header, str) else header.decode()
 
 
 def _tensor_metadata(tensor: TensorMetadata) -> pb.ModelMetadataResponse.TensorMetadata:

@@ -340,7 +340,8 @@ class InferenceRouter:
                 started_at=started_at,
                 stats=result.stats,
                 transport=transport,
-            )
+            ),
+            rows=request_rows(result.request),
         )
         self.on_answer(transport, "ok")
         return result
@@ -519,6 +520,12 @@ def request_timeout_ms(request: InferenceRequest) -> int | None:
     return math.ceil(value / 1000)
 
 
+def request_rows(request: InferenceRequest) -> int:
+    """The rows (first dimension) of a request: what usage counts as its items."""
+    shape = request.inputs[0].shape if request.inputs else ()
+    return int(shape[0]) if shape else 1
+
+
 def effective_timeout_ms(deployment_ms: int, request_ms: int | None) -> int:
     """The queue timeout of one request: the shorter of the deployment's and the request's (0: none)."""
     limits = [ms for ms in (deployment_ms, request_ms) if ms]
@@ -567,6 +574,7 @@ async def serving_context(app: web.Application) -> AsyncIterator[None]:
         ctx.settings, ctx.db, on_answer=ctx.metrics.count_inference, on_cold_start=ctx.metrics.observe_cold_start
     )
     ctx.metrics.registry.register(router.server_metrics)
+    router.recorder.on_record = ctx.usage.count_prediction
     await router.start(app[LISTENER])
     app[ROUTER] = router
     yield

@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from api import idempotency
 from api.endpoints import Endpoint, Endpoints
 from api.problems import TITLES, oip_path
+from api.rate_limits import rate_class
 from core.ids import PREFIXES
 from core.spec_kit import INT4_MAX, MODEL_NAME_PATTERN, id_pattern
 
@@ -50,6 +51,10 @@ PROBLEM_SCHEMA = {
                 },
             },
         },
+        "quota": {"type": "string", "description": "over a quota or rate limit: its name"},
+        "limit": {"type": "integer", "description": "over a quota or rate limit: its value"},
+        "used": {"type": "integer", "description": "over a quota or rate limit: the use before this request"},
+        "unit": {"type": "string", "description": "over a quota: what limit and used count"},
     },
     "required": ["type", "title", "status", "detail"],
 }
@@ -225,6 +230,13 @@ def _problem(status: int, path: str) -> dict[str, Any]:
     }
 
 
+RATE_LIMIT_HEADERS = {
+    "RateLimit-Limit": {"schema": {"type": "integer"}, "description": "the API key's bucket: requests per minute"},
+    "RateLimit-Remaining": {"schema": {"type": "integer"}, "description": "requests left in the bucket now"},
+    "RateLimit-Reset": {"schema": {"type": "integer"}, "description": "seconds until the bucket is full again"},
+}
+
+
 def _operation(endpoint: Endpoint, components: _Components, app: web.Application | None) -> dict[str, Any]:
     op: dict[str, Any] = {
         "operationId": endpoint.operation_id,
@@ -255,8 +267,14 @@ def _operation(endpoint: Endpoint, components: _Components, app: web.Application
         statuses |= {413, 415, 422}
     if endpoint.idempotent:
         statuses |= {409, 422}
+    limited = endpoint.auth and rate_class(endpoint.method, endpoint.path) is not None
+    if limited:
+        statuses.add(429)
     for status in sorted(statuses):
         responses[str(status)] = _problem(status, endpoint.path)
+    if limited:  # every answer of a rate-limited route carries them (api/rate_limits.py)
+        for response in responses.values():
+            response["headers"] = {**RATE_LIMIT_HEADERS, **response.get("headers", {})}
     op["responses"] = responses
     if endpoint.auth:
         op["security"] = [{"apiKey": []}]

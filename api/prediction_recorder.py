@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -104,8 +104,13 @@ class PredictionRecorder:
         self.buffer = RecordBuffer(settings.prediction_buffer_max_rows)
         self._due = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # told of every record with its request's rows (the usage meter, api/usage_meter.py)
+        self.on_record: Callable[[dict[str, Any], int], None] | None = None
 
-    def record(self, row: dict[str, Any]) -> None:
+    def record(self, row: dict[str, Any], rows: int = 0) -> None:
+        """Keep ``row`` for the next insert; ``rows``: the request's first dimension (0 when it failed)."""
+        if self.on_record is not None:
+            self.on_record(row, rows)
         self.buffer.add(row)
         if len(self.buffer) >= self._batch_rows:
             self._due.set()

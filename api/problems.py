@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from core.quotas import QuotaExceeded
 from core.spec_kit import FieldProblem
 
 PROBLEM_JSON = "application/problem+json"
@@ -98,6 +99,19 @@ def validation_problem(errors: Sequence[FieldProblem], detail: str | None = None
         detail or "; ".join(f"{e['pointer'] or '/'}: {e['detail']}" for e in errors),
         type_=TYPE_BASE + "validation-error",
         errors=errors,
+    )
+
+
+def quota_problem(exceeded: QuotaExceeded, status: int = 409) -> Problem:
+    """Over a tenant quota (``core.quotas``): the quota, its limit and the use, as extension members."""
+    return Problem(
+        status,
+        f"over quota: {exceeded}; free some or ask for a higher quota",
+        type_=TYPE_BASE + "quota-exceeded",
+        quota=exceeded.quota,
+        limit=exceeded.limit,
+        used=exceeded.used,
+        unit=exceeded.unit,
     )
 
 

@@ -5,7 +5,8 @@ maas up                                  run the whole platform locally (embedde
 maas api | maas worker [--queues Q,…]    run one API server or one Celery worker (of some queues)
 maas serve [--host H] [--port P]         run one model server (python -m serving)
 maas db upgrade [REV] | downgrade [REV] | current
-maas admin tenants create NAME | list
+maas admin tenants create NAME | list | quotas [--tenant T] | set-quota TENANT NAME VALUE
+maas admin usage [--from T] [--to T] [--group-by day|model|job_type]
 maas admin keys create --tenant T [--name N] | revoke KEY_ID_OR_PREFIX | list [--tenant T]
 
 Against a running platform, through the SDK (see cli/client_commands.py; each takes --output json):
@@ -140,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     tenants.add_parser("list")
     for p in tenants.choices.values():
         p.set_defaults(func=cmd_tenants)
+    from cli import admin_limits
+
+    admin_limits.add_commands(admin, tenants)  # tenants quotas | set-quota, and admin usage
 
     keys = admin.add_parser("keys").add_subparsers(dest="action", required=True)
     create = keys.add_parser("create")

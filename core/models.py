@@ -381,4 +381,5 @@ class RateBucket(Base):
     __tablename__ = "rate_buckets"
     key: Mapped[str] = mapped_column(String(100), primary_key=True)
     tokens: Mapped[float]
+    granted: Mapped[int] = mapped_column(Integer)  # what the last lease got (returned by the same UPDATE)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

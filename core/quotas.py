@@ -211,6 +211,7 @@ def check(session: Session, tenant_id: str, name: str, used: int, adding: int, s
 
 def check_new_job(session: Session, tenant_id: str, job_type: str, settings: Settings) -> None:
     lock_tenant(session, tenant_id)
+    check(session, tenant_id, STORED_BYTES, stored_bytes(session, tenant_id), 0, settings)  # already past it
     check(session, tenant_id, QUEUED_JOBS, queued_job_count(session, tenant_id), 1, settings)
     if queued_jobs(job_type) in overrides(session, tenant_id):
         used = queued_job_count(session, tenant_id, job_type)

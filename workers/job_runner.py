@@ -37,6 +37,7 @@ from core.job_states import QUEUED, RUNNING, TERMINAL
 from core.model_registry import register_version
 from core.models import Artifact, File, Job, JobEvent, ModelVersion
 from job_types.base import JobCanceled, JobFailed, JobPreempted, JobType
+from workers.job_metering import meter_job
 from workers.preemption import PreemptWatch
 from workers.process_tree import ChildProcess
 from workers.runtime import WorkerRuntime, holder_is_gone
@@ -412,6 +413,7 @@ def run_job(rt: WorkerRuntime, job_id: str, sender) -> None:
     beat = Heartbeat(ctx)
     beat.start()
     ctx.preemption.start()
+    began = time.monotonic()
     try:
         result = job_type.handler(ctx) or {}
         if ctx.canceled.is_set() or ctx.lost.is_set():  # a result that came too late
@@ -431,6 +433,7 @@ def run_job(rt: WorkerRuntime, job_id: str, sender) -> None:
         beat.done.set()
         ctx.preemption.done.set()
         ctx.stop_children()
+        meter_job(rt, job.tenant_id, job.type, job.spec, time.monotonic() - began)  # whatever the outcome
     if ctx.canceled.is_set():
         finish(rt, ctx, "canceled", sender, message="canceled while running")
 

@@ -21,6 +21,7 @@ import urllib3
 from celery import shared_task
 from sqlalchemy import select
 
+from core import usage
 from core.deployments import live_since
 from core.dispatch import commit_and_send
 from core.job_states import QUEUED, RUNNING
@@ -166,5 +167,10 @@ def run(self, prediction_id: str) -> None:
     except PredictionFailed as exc:
         values, target = {"error": {"code": exc.code, "message": exc.message}}, "failed"
     with rt.db() as session:
-        transition(session, prediction_id, target, view=view, values=values)
+        done = transition(session, prediction_id, target, view=view, values=values)
+        if done is not None and rt.settings.usage_metering_enabled:  # metered with its end, in one transaction
+            ok = target == "succeeded"
+            rows = int((prediction.input["inputs"][0].get("shape") or [1])[0]) if ok else 0
+            ms, batch = (stats.get("inference_ms"), stats.get("batch_size")) if ok else (None, None)
+            usage.record_inference(session, prediction.tenant_id, version_id, "async", rows, ms, batch)
         commit_and_send(session, self.app)

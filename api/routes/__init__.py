@@ -8,6 +8,7 @@ from api.routes.inference import inference
 from api.routes.jobs import jobs
 from api.routes.models import models
 from api.routes.predictions import predictions
+from api.routes.usage import usage
 from api.routes.webhooks import webhooks
 
-ENDPOINT_TABLES = [health, api_keys, files, jobs, models, deployments, inference, predictions, webhooks]
+ENDPOINT_TABLES = [health, api_keys, files, jobs, models, deployments, inference, predictions, webhooks, usage]

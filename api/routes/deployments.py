@@ -15,8 +15,9 @@ from sqlalchemy.orm import Session
 
 from api.context import context
 from api.endpoints import Call, Endpoints
-from api.problems import Problem, not_found, validation_problem
+from api.problems import Problem, not_found, quota_problem, validation_problem
 from api.routes.models import model_name
+from core import quotas
 from core.deployments import (
     BatchingSettings,
     batching_problems,
@@ -74,12 +75,21 @@ def _render(session: Session, settings: Settings, model: Model, deployment: Depl
     )
 
 
+def _check_quotas(session: Session, tenant_id: str, model_id: str, replicas: int, settings: Settings) -> None:
+    """409 past the tenant's deployments or replicas quota (core/quotas.py), under its lock until commit."""
+    is_new = session.scalar(select(Deployment.id).where(Deployment.model_id == model_id)) is None
+    try:
+        quotas.check_deployment(session, tenant_id, model_id, replicas, is_new, settings)
+    except quotas.QuotaExceeded as exc:
+        raise quota_problem(exc) from None
+
+
 @deployments.put(
     "/v1/models/{name}/deployment",
     summary="Deploy a version of the model, or change the deployed version or its batching settings",
     body=DeploymentPut,
     response=DeploymentObject,
-    errors=(404,),
+    errors=(404, 409),
 )
 async def put_deployment(request: web.Request, call: Call[DeploymentPut, None]) -> DeploymentObject:
     ctx = context(request)
@@ -95,6 +105,7 @@ async def put_deployment(request: web.Request, call: Call[DeploymentPut, None]) 
         problems = batching_problems(version.signature, body.max_batch_size)
         if problems:
             raise validation_problem([{"pointer": "/max_batch_size", "detail": p} for p in problems])
+        _check_quotas(session, call.tenant_id, model.id, getattr(body, "max_replicas", 1), ctx.settings)
         batching = BatchingSettings(**body.model_dump(exclude={"version"}))
         return _render(session, ctx.settings, model, upsert_deployment(session, model.id, version, batching))
 

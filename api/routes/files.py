@@ -24,18 +24,21 @@ from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import ConfigDict, Field
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from api.context import ApiContext, context
 from api.deleting import run_delete
 from api.endpoints import Call, Endpoints
 from api.pagination import Page, PageQuery, make_page, page_statement
-from api.problems import Problem, not_found, validation_problem
+from api.problems import Problem, not_found, quota_problem, validation_problem
+from core import quotas
 from core.artifact_store import MultipartWriter
 from core.deletion import delete_file as delete_file_rows
 from core.file_validation import FORMATS_BY_PURPOSE, InvalidFile, detect_format, validate_file
 from core.ids import new_id
 from core.models import File
 from core.objects import DeletedFile, FileObject
+from core.settings import Settings
 from core.spec_kit import StrictModel
 
 files = Endpoints("files")
@@ -102,7 +105,7 @@ class _Upload:
 
     def __init__(self, ctx: ApiContext, key: str, tmp_dir: str):
         self.ctx = ctx
-        self.limit = ctx.settings.max_upload_bytes
+        self.limit = ctx.settings.max_upload_bytes  # or the tenant's lower upload_bytes quota (create_file)
         self.writer: MultipartWriter = ctx.store.writer(key)
         self.path = Path(tmp_dir) / "upload"
         self._fh = open(self.path, "wb")  # noqa: SIM115 - closed in finish()/abort()
@@ -115,7 +118,7 @@ class _Upload:
     async def feed(self, chunks: AsyncIterator[bytes]) -> None:
         async for chunk in chunks:
             if self.writer.bytes_written + len(self._pending) + len(chunk) > self.limit:
-                raise Problem(413, f"the file is larger than the limit of {self.limit} bytes")
+                raise _too_large(self.ctx, self.limit, self.writer.bytes_written + len(self._pending) + len(chunk))
             self._pending += chunk
             if len(self._pending) >= SINK_CHUNK:
                 data, self._pending = bytes(self._pending), bytearray()
@@ -128,6 +131,13 @@ class _Upload:
     async def abort(self) -> None:
         self._fh.close()
         await asyncio.to_thread(self.writer.abort)
+
+
+def _too_large(ctx: ApiContext, limit: int, size: int) -> Problem:
+    """413: past the platform's max_upload_bytes, or (a problem naming it) the tenant's upload_bytes quota."""
+    if limit < ctx.settings.max_upload_bytes:
+        return quota_problem(quotas.QuotaExceeded(quotas.UPLOAD_BYTES, limit, size, "bytes"), 413)
+    return Problem(413, f"the file is larger than the limit of {limit} bytes")
 
 
 async def _body_chunks(request: web.Request) -> AsyncIterator[bytes]:
@@ -205,16 +215,19 @@ async def _receive(request: web.Request, query: UploadQuery, upload: _Upload) ->
     request_doc=UPLOAD_DOC,
     response=FileObject,
     status=201,
-    errors=(400, 413, 422),
+    errors=(400, 409, 413, 422),
 )
 async def create_file(request: web.Request, call: Call[None, UploadQuery]) -> FileObject:
     ctx = context(request)
-    if request.content_length is not None and request.content_length > ctx.settings.max_upload_bytes:
-        raise Problem(413, f"the file is larger than the limit of {ctx.settings.max_upload_bytes} bytes")
+    async with ctx.db() as session:
+        limit = await session.run_sync(lambda s: quotas.upload_limit(s, call.tenant_id, ctx.settings))
+    if request.content_length is not None and request.content_length > limit:
+        raise _too_large(ctx, limit, request.content_length)
     file_id = new_id("file")
     key = f"files/{call.tenant_id}/{file_id}"
     with tempfile.TemporaryDirectory(prefix="maas-upload-") as tmp_dir:
         upload = _Upload(ctx, key, tmp_dir)
+        upload.limit = limit
         try:
             purpose, raw_name = await _receive(request, call.query, upload)
             if purpose is None:
@@ -242,6 +255,7 @@ async def create_file(request: web.Request, call: Call[None, UploadQuery]) -> Fi
     )
     try:
         async with ctx.db() as session:
+            await session.run_sync(lambda s: _check_storage(s, call.tenant_id, stored.bytes, ctx.settings))
             session.add(row)
             await session.commit()
             await session.refresh(row)
@@ -250,6 +264,14 @@ async def create_file(request: web.Request, call: Call[None, UploadQuery]) -> Fi
         raise
     ctx.metrics.upload_bytes.inc(stored.bytes)
     return FileObject.model_validate(row)
+
+
+def _check_storage(session: Session, tenant_id: str, size: int, settings: Settings) -> None:
+    """409 past the tenant's stored_bytes quota, under its lock until the file's row is committed."""
+    try:
+        quotas.check_storage(session, tenant_id, size, settings)
+    except quotas.QuotaExceeded as exc:
+        raise quota_problem(exc) from None
 
 
 async def _get_file(ctx: ApiContext, tenant_id: str, file_id: str) -> File:
@@ -286,6 +308,7 @@ async def get_file_content(request: web.Request, call: Call[None, None]) -> web.
     ctx = context(request)
     row = await _get_file(ctx, call.tenant_id, call.params["id"])
     url, expires_at = await asyncio.to_thread(ctx.store.presigned_url, row.storage_key, filename=row.filename)
+    ctx.usage.count_download(call.tenant_id, "file", row.bytes)
     raise web.HTTPFound(url, headers={"Expires": expires_at.strftime("%a, %d %b %Y %H:%M:%S GMT")})
 
 

@@ -20,8 +20,9 @@ from api.deleting import run_delete
 from api.endpoints import Call, Endpoints
 from api.pagination import Page, PageQuery, make_page, page_statement
 from api.prefer_wait import hold
-from api.problems import Problem, not_found, validation_problem
+from api.problems import Problem, not_found, quota_problem, validation_problem
 from core import jobs as job_service
+from core import quotas
 from core.deletion import AlreadyDeleted
 from core.deletion import delete_artifact as delete_artifact_rows
 from core.models import Artifact, Job, JobEvent, WebhookDelivery
@@ -149,6 +150,10 @@ async def create_job(request: web.Request, call: Call[JobCreate, None]) -> JobOb
 
     def create(session) -> JobObject:
         _check_world(session, job_type, call.tenant_id, spec, ctx.settings)
+        try:  # under the tenant's lock until commit: two creates cannot both take the last slot
+            quotas.check_new_job(session, call.tenant_id, body.type, ctx.settings)
+        except quotas.QuotaExceeded as exc:
+            raise quota_problem(exc) from None
         job = job_service.create_job(
             session,
             tenant_id=call.tenant_id,
@@ -318,6 +323,7 @@ async def get_artifact(request: web.Request, call: Call[None, None]) -> Artifact
     if row.deleted_at is not None:
         raise _gone(row)
     url, expires_at = await asyncio.to_thread(ctx.store.presigned_url, row.storage_key, filename=row.name)
+    ctx.usage.count_download(call.tenant_id, "artifact", row.bytes)
     return ArtifactDownload.from_row(row, url, expires_at)
 
 

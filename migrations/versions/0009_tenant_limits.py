@@ -48,6 +48,7 @@ def upgrade() -> None:
         "rate_buckets",
         sa.Column("key", sa.String(length=100), nullable=False),
         sa.Column("tokens", sa.Float(), nullable=False),
+        sa.Column("granted", sa.Integer(), nullable=False),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("key", name=op.f("pk_rate_buckets")),
     )

@@ -27,6 +27,9 @@ TABLES = {
     "idempotency_keys",
     "model_servers",
     "model_replicas",
+    "tenant_quotas",
+    "usage_hourly",
+    "rate_buckets",
     "serving_events",
 }
 

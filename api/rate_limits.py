@@ -1,0 +1,169 @@
+"""Rate limits per API key on inference and on create calls, from the buckets every API process shares.
+
+Each request takes one token from its key's bucket of its class (``inference``: /v2 infer, gRPC
+ModelInfer, POST /v1/predictions; ``creates``: the other POST/PUT creates under /v1). Tokens come
+from the shared PostgreSQL bucket (``core.rate_buckets``, where the reason for PostgreSQL and
+for leases is written) in leases held in memory for ``LEASE_TTL_LEASES`` lease periods, so most
+requests cost a dict lookup. A refused key is remembered until its next token is due, so a
+flood of refused requests does not reach the database either.
+
+Every limited answer carries ``RateLimit-Limit`` (the bucket, = the per-minute limit),
+``RateLimit-Remaining`` (the shared bucket after this process's last lease, plus what this
+process still holds) and ``RateLimit-Reset`` (seconds until the bucket is full); a refusal is a
+429 problem with ``Retry-After``, ``RESOURCE_EXHAUSTED`` over gRPC. The limit is the tenant's
+``inference_per_min`` / ``creates_per_min`` quota (``core.quotas``), re-read every
+``LIMITS_TTL_S``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from sqlalchemy.ext.asyncio import async_sessionmaker
+
+from api.context import context
+from api.problems import TYPE_BASE, Problem
+from core import quotas
+from core.api_keys import hash_key
+from core.rate_buckets import TAKE, Grant, lease_size, take_params
+from core.settings import Settings
+
+INFERENCE = "inference"
+CREATES = "creates"
+QUOTA_OF = {INFERENCE: quotas.INFERENCE_PER_MIN, CREATES: quotas.CREATES_PER_MIN}
+LIMITS_TTL_S = 10.0
+LEASE_TTL_LEASES = 10  # a lease is spent within ten lease periods or dropped
+NOT_CREATES = ("/cancel", "/rotate")
+
+
+def rate_class(method: str, path: str) -> str | None:
+    """Which bucket a route's requests take from (a route template or a path), or None."""
+    if method != "POST" and method != "PUT":
+        return None
+    if path.startswith("/v2/") and path.endswith("/infer"):
+        return INFERENCE
+    if path == "/v1/predictions":
+        return INFERENCE
+    if path.startswith("/v1/") and not path.endswith(NOT_CREATES) and path != "/v1/usage":
+        return CREATES
+    return None
+
+
+@dataclass
+class Decision:
+    """One request's answer from the limiter."""
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_s: float
+    retry_after_s: float = 0.0
+
+    def headers(self) -> dict[str, str]:
+        headers = {
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(max(0, self.remaining)),
+            "RateLimit-Reset": str(math.ceil(self.reset_s)),
+        }
+        if not self.allowed:
+            headers["Retry-After"] = str(max(1, math.ceil(self.retry_after_s)))
+        return headers
+
+    def problem(self, quota: str) -> Problem:
+        retry = self.headers()["Retry-After"]
+        return Problem(
+            429,
+            f"rate limit {quota} is {self.limit} per minute for this API key; retry in {retry} s",
+            type_=TYPE_BASE + "rate-limited",
+            headers=self.headers(),
+            quota=quota,
+            limit=self.limit,
+            used=self.limit - max(0, self.remaining),
+        )
+
+
+@dataclass
+class _Lease:
+    tokens: int = 0
+    expires_at: float = 0.0
+    grant: Grant | None = None
+    denied_until: float = 0.0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class RateLimiter:
+    """This API process's leases and its cache of the tenants' limits."""
+
+    def __init__(self, settings: Settings, db: async_sessionmaker) -> None:
+        self.settings = settings
+        self.db = db
+        self.enabled = settings.rate_limits_enabled
+        self._leases: dict[str, _Lease] = {}
+        self._limits: dict[tuple[str, str], tuple[int, float]] = {}  # (tenant, quota) → (value, read at)
+        self.leases_taken = 0
+
+    async def _limit(self, tenant_id: str, quota: str) -> int:
+        now = time.monotonic()
+        cached = self._limits.get((tenant_id, quota))
+        if cached is not None and now - cached[1] < LIMITS_TTL_S:
+            return cached[0]
+        async with self.db() as session:
+            value = await session.run_sync(lambda s: quotas.effective_quota(s, tenant_id, quota, self.settings))
+        self._limits[(tenant_id, quota)] = (value, now)
+        return value
+
+    async def take(self, tenant_id: str, authorization: str, kind: str) -> Decision | None:
+        """Take one token for the API key in ``authorization``; None when limits are off."""
+        if not self.enabled:
+            return None
+        quota = QUOTA_OF[kind]
+        per_min = await self._limit(tenant_id, quota)
+        key = f"{kind}:{hash_key(authorization.partition(' ')[2].strip())[:40]}"
+        lease = self._leases.setdefault(key, _Lease())
+        now = time.monotonic()
+        if lease.tokens <= 0 or now >= lease.expires_at:
+            if now < lease.denied_until and lease.grant is not None:
+                return self._refused(lease.grant, per_min, lease.denied_until - now)
+            async with lease.lock:  # one lease at a time per key: the others wait for it and share it
+                if lease.tokens <= 0 or time.monotonic() >= lease.expires_at:
+                    await self._renew(lease, key, per_min)
+            if lease.tokens <= 0:
+                assert lease.grant is not None
+                return self._refused(lease.grant, per_min, lease.grant.retry_after_s())
+        lease.tokens -= 1
+        grant = lease.grant
+        assert grant is not None
+        return Decision(True, per_min, int(grant.left) + lease.tokens, grant.reset_s())
+
+    async def _renew(self, lease: _Lease, key: str, per_min: int) -> None:
+        want = lease_size(per_min, self.settings.rate_limit_lease_s)
+        async with self.db() as session:
+            row = (await session.execute(TAKE, take_params(key, per_min, want))).one()
+            await session.commit()
+        self.leases_taken += 1
+        now = time.monotonic()
+        lease.grant = Grant(int(row.granted), float(row.tokens), float(per_min), per_min / 60.0)
+        lease.tokens = lease.grant.tokens
+        lease.expires_at = now + self.settings.rate_limit_lease_s * LEASE_TTL_LEASES
+        lease.denied_until = now + lease.grant.retry_after_s() if lease.tokens <= 0 else 0.0
+
+    @staticmethod
+    def _refused(grant: Grant, per_min: int, retry_after_s: float) -> Decision:
+        return Decision(False, per_min, int(grant.left), grant.reset_s(), retry_after_s)
+
+
+async def limit_request(request: web.Request, tenant_id: str, method: str, route: str) -> dict[str, str]:
+    """Take a token for an HTTP request on a limited route: its rate-limit headers, or a 429 Problem."""
+    kind = rate_class(method, route)
+    if kind is None:
+        return {}
+    decision = await context(request).rates.take(tenant_id, request.headers.get("Authorization", ""), kind)
+    if decision is None:
+        return {}
+    if not decision.allowed:
+        raise decision.problem(QUOTA_OF[kind])
+    return decision.headers()
