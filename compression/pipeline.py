@@ -3,9 +3,11 @@ the speed of every stage and the report. Shared by the worker and the CLI.
 
 Owns: evaluating a stage (accuracy on the eval rows when there are labels, and always output
 fidelity against the source's outputs), the accuracy-floor rule (``floor_breach``, pure),
-running the passes with their data and the caller's hooks (progress, cancellation), and
-measuring speed once at the end, stage after stage under the same thread settings. Knows
-nothing of jobs, HTTP or storage: the caller hands in the source state and the rows.
+running the passes with their data and the caller's hooks (progress, cancellation, the progress
+after each pass for the caller to save), resuming after the passes a saved ``Progress`` did
+(``compression.resume``), and measuring speed once at the end, stage after stage under the same
+thread settings. Knows nothing of jobs, HTTP or storage: the caller hands in the source state
+and the rows.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from compression.passes import ExportParityError, ModelState, Pass, PassContext,
 from compression.prune import PruneError
 from compression.quantize import CalibrationMismatch, QuantizationError
 from compression.report import Stage, build_report, stage_row
+from compression.resume import Progress
 from compression.spec import AccuracyFloor, MeasurementSpec, PassSpec
 from core.spec_kit import FieldError
 
@@ -46,6 +49,7 @@ class Hooks:
     on_batch: Callable[[], None] = _nothing
     on_epoch: Callable[[int, int, int, float], None] = _nothing  # pass index, epoch, epochs, loss
     log: Callable[[str], None] = _nothing
+    pass_saved: Callable[[Progress], None] = _nothing  # after ``pass_finished``: the run so far
 
 
 @dataclass(frozen=True)
@@ -150,9 +154,11 @@ def run(
     measurement: MeasurementSpec | None = None,
     hooks: Hooks | None = None,
     meta: dict[str, Any] | None = None,
+    resume: Progress | None = None,
 ) -> PipelineResult:
     """Run ``passes`` on ``source`` and measure every stage; raises ``AccuracyFloorBreached``
-    and ``PassFailed``."""
+    and ``PassFailed``. With ``resume`` (saved by an earlier run of the same passes on the same
+    source and data) the passes it did are skipped and the run goes on from its state."""
     hooks, floor, measurement = hooks or Hooks(), floor or AccuracyFloor(), measurement or MeasurementSpec()
     workdir.mkdir(parents=True, exist_ok=True)
     runners = [p if isinstance(p, Pass) else make_pass(p) for p in passes]
@@ -163,7 +169,11 @@ def run(
     stages = [_stage("source", "source", source, source_quality)]
     files = [source.onnx_path]
     state = source
+    if resume is not None:
+        stages, files, state = list(resume.stages), list(resume.files), resume.state
     for index, runner in enumerate(runners):
+        if resume is not None and index < resume.done:
+            continue
         hooks.on_batch()
         hooks.pass_started(index, len(runners), runner.kind)
         name = f"{index + 1}. {runner.kind}"
@@ -181,6 +191,7 @@ def run(
         if breach is not None:
             raise AccuracyFloorBreached(index, name, breach, [stage_row(s) for s in stages])
         hooks.pass_finished(index, len(runners), stage_row(stage))
+        hooks.pass_saved(Progress(index + 1, list(stages), list(files), state))
     hooks.on_batch()
     if measurement.speed:
         stages = _with_speed(stages, files, data.eval_x, measurement, hooks)

@@ -16,9 +16,16 @@ checked against its recorded sha256; weights load through safetensors (no pickle
 reports a progress event when it starts, after each training epoch and when it is measured;
 cancellation is checked before every training step and between passes. A pass that takes the
 model below the spec's accuracy floor fails the job with code ``accuracy_floor`` and the
-numbers, and nothing is registered. A job re-run after its worker died starts over (a run takes
-minutes, not hours). Torch and the compression library are imported inside the handler, so that
-the API and workers of other queues do not pay for them.
+numbers, and nothing is registered. Torch and the compression library are imported inside the
+handler, so that the API and workers of other queues do not pay for them.
+
+After every pass the run so far (``compression.resume``: the stages measured, their models, the
+weights) is uploaded as the job's checkpoint, replacing the one before. When the worker is told
+to stop, the job stops at its next training step or pass boundary and goes back to the queue;
+the next attempt (also one after a worker died) resumes from the newest checkpoint it can read,
+skipping the passes it holds, so its report is the one an uninterrupted run makes. A checkpoint
+is recorded only once its object is wholly stored and is read with its sha256 checked: one that
+does not match, or was made by other passes, is passed over with a warning.
 """
 
 from __future__ import annotations
@@ -54,7 +61,7 @@ from core.onnx_signature import read_signature
 from core.settings import Settings
 from core.spec_kit import FieldProblem
 from core.text_model import feed_inputs
-from job_types.base import JobContext, JobFailed, JobType
+from job_types.base import JobContext, JobFailed, JobPreempted, JobType
 from job_types.lookups import dataset_file, model_not_found
 from training.spec import BUILTIN_DETAILS, ModelSpec, TextEncoderSpec, TrainingSpec, model_fit_problems
 
@@ -62,6 +69,7 @@ if TYPE_CHECKING:
     from compression.data import PipelineData, Rows
     from compression.passes import ModelState
     from compression.pipeline import Hooks, PipelineResult
+    from compression.resume import Progress
 
 
 # --- the source, before the job is created and on the worker ------------------------------------
@@ -348,7 +356,81 @@ def load_source(ctx: JobContext, resolved: ResolvedSource, data: PipelineData, w
 # --- running -----------------------------------------------------------------------------------
 
 
-def hooks(ctx: JobContext, spec: CompressionSpec) -> Hooks:
+def pass_options(spec: CompressionSpec) -> list[dict[str, Any]]:
+    """Each pass's options as a saved progress records them (what ``Pass.describe`` gives)."""
+    return [p.model_dump(mode="json") for p in spec.passes]
+
+
+class Checkpoints:
+    """Saves the run after every pass as the job's only checkpoint, and stops the run at its next
+    safe point (a training step, a pass boundary) once the worker is stopping."""
+
+    def __init__(self, ctx: JobContext, spec: CompressionSpec, work: Path, resumed: int = 0) -> None:
+        self.ctx, self.spec, self.work = ctx, spec, work
+        self.saved = resumed  # passes held by the newest checkpoint
+        # polled by ``on_batch``; registering says this handler gives itself back when asked
+        ctx.on_preempt(lambda: None)
+
+    def save(self, progress: Progress) -> None:
+        from compression.resume import save_progress
+
+        ctx = self.ctx
+        path = self.work / f"after-pass-{progress.done}.tar"
+        try:
+            save_progress(progress, pass_options(self.spec), path)
+            saved = ctx.checkpoint(path, progress.done, passes_done=progress.done, stage=progress.stages[-1].name)
+        except Exception as exc:  # a run that cannot be saved still runs; a later attempt redoes more
+            ctx.log(f"the run after pass {progress.done} could not be saved: {exc}", level="warning")
+            return
+        finally:
+            path.unlink(missing_ok=True)
+        self.saved = progress.done
+        for older in ctx.checkpoints():
+            if older.id != saved.id:
+                ctx.delete_artifact(older, f"the checkpoint after pass {progress.done} holds its passes")
+
+    def on_batch(self) -> None:
+        self.ctx.raise_if_canceled()
+        if self.ctx.preempt_requested():
+            if self.saved:
+                message = f"passes 1-{self.saved} are saved; the job resumes after pass {self.saved}"
+            else:
+                message = "no pass had finished; the job starts over"
+            raise JobPreempted(message, passes_done=self.saved)
+
+
+def resume_point(ctx: JobContext, spec: CompressionSpec, work: Path) -> Progress | None:
+    """The newest checkpoint of an earlier attempt that this run can go on from, or None."""
+    from compression.resume import ProgressMismatch, load_progress
+
+    recorded = ctx.checkpoint_data()
+    for saved in reversed(ctx.checkpoints()):
+        done = recorded.get(saved.id, {}).get("passes_done")
+        if not isinstance(done, int):
+            continue
+        target = work / "resume" / saved.id
+        target.mkdir(parents=True)
+        try:
+            ctx.store.download_file(saved.storage_key, target / "progress.tar", expected_sha256=saved.sha256)
+            progress = load_progress(target / "progress.tar", target, pass_options(spec))
+        except (ChecksumMismatch, ProgressMismatch) as exc:
+            ctx.log(f"checkpoint {saved.name} is passed over: {exc}", level="warning", artifact_id=saved.id)
+            continue
+        except Exception as exc:  # the store lost it or is down: redoing the passes is the safe side
+            ctx.log(f"checkpoint {saved.name} cannot be fetched: {exc}", level="warning", artifact_id=saved.id)
+            continue
+        skipped = [stage.name for stage in progress.stages[1:]]
+        ctx.log(
+            f"resuming after pass {progress.done}: an earlier attempt saved {', '.join(skipped)}; skipping it",
+            resumed_passes=progress.done,
+            skipped=skipped,
+            artifact_id=saved.id,
+        )
+        return progress
+    return None
+
+
+def hooks(ctx: JobContext, spec: CompressionSpec, checkpoints: Checkpoints | None = None) -> Hooks:
     from compression.pipeline import Hooks
 
     total = len(spec.passes)
@@ -363,7 +445,9 @@ def hooks(ctx: JobContext, spec: CompressionSpec) -> Hooks:
     def finished(index: int, _: int, row: dict[str, Any]) -> None:
         ctx.progress(index + 1, total, stage=row["stage"], status="measured", **_headline(row))
 
-    return Hooks(started, finished, ctx.raise_if_canceled, epoch, ctx.log)
+    if checkpoints is None:
+        return Hooks(started, finished, ctx.raise_if_canceled, epoch, ctx.log)
+    return Hooks(started, finished, checkpoints.on_batch, epoch, ctx.log, checkpoints.save)
 
 
 def _headline(row: dict[str, Any]) -> dict[str, Any]:
@@ -376,6 +460,11 @@ def run_passes(
 ) -> PipelineResult:
     from compression import pipeline
 
+    resume = resume_point(ctx, spec, work)
+    if resume is not None:
+        last = resume.stages[-1]
+        ctx.progress(resume.done, len(spec.passes), stage=last.name, status="resumed")
+    checkpoints = Checkpoints(ctx, spec, work, resume.done if resume is not None else 0)
     try:
         return pipeline.run(
             source,
@@ -384,8 +473,9 @@ def run_passes(
             work / "stages",
             floor=spec.accuracy_floor,
             measurement=spec.measurement,
-            hooks=hooks(ctx, spec),
+            hooks=hooks(ctx, spec, checkpoints),
             meta={"job_id": ctx.job_id, "source": spec.source.model_dump(exclude_none=True)},
+            resume=resume,
         )
     except pipeline.AccuracyFloorBreached as exc:
         breach = exc.breach
@@ -510,7 +600,10 @@ def run_compression(ctx: JobContext) -> dict[str, Any]:
         source = load_source(ctx, resolved, data, work)
         ctx.raise_if_canceled()
         result = run_passes(ctx, spec, source, data, work)
-        return publish(ctx, spec, resolved, result, data, work)
+        published = publish(ctx, spec, resolved, result, data, work)
+    for saved in ctx.checkpoints():  # the run so far: all in the published model and report now
+        ctx.delete_artifact(saved, "the job finished: its stages are in the report")
+    return published
 
 
 def _rows(x: Any) -> int | None:
