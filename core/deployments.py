@@ -1,8 +1,10 @@
 """Deployments and the replicas that serve them: the rules the API and the model servers share.
 
-A model has at most one deployment: the version to serve and its batching settings (Triton's
-meanings). Model servers (``serving/``, ``maas serve``) load what is deployed and report every
-version they hold as a ``model_replicas`` row; a server whose heartbeat is older than
+A model has at most one deployment: the version to serve, its batching settings (Triton's
+meanings) and its scaling settings (:class:`ScalingSettings`, Knative's and Ray Serve's meanings).
+One placer among the model servers (``serving.placer``) assigns its replicas to servers; each
+server (``serving/``, ``maas serve``) loads what is assigned to it and reports every version it
+holds as a ``model_replicas`` row; a server whose heartbeat is older than
 ``model_server_timeout_s`` is dead and its replicas count for nothing. The session functions run
 on a synchronous Session (the API calls them through ``run_sync``); the rest is pure.
 """
@@ -20,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from core.ids import new_id
 from core.models import Deployment, ModelReplica, ModelServerRecord, ModelVersion
+from core.serving_signals import DEMAND_CHANNEL, notify
 from core.settings import Settings
 
 PENDING, READY, FAILED = "pending", "ready", "failed"
@@ -44,6 +47,27 @@ class BatchingSettings:
         )
 
 
+@dataclass(frozen=True)
+class ScalingSettings:
+    """How many replicas a deployment has, and when that changes (``serving.placement`` decides)."""
+
+    min_replicas: int  # never fewer (0: scale to zero); a replica of a deployment with 1+ is never evicted
+    max_replicas: int  # never more (the autoscaler's ceiling; at most one replica per model server)
+    target_concurrency: int  # in-flight requests per replica the autoscaler aims at
+    idle_timeout_s: int  # no request for this long: a replica above min_replicas unloads
+    cold_start_timeout_ms: int  # how long the API holds a request while a replica loads, then 503
+
+    @classmethod
+    def of(cls, deployment: Deployment) -> ScalingSettings:
+        return cls(
+            min_replicas=deployment.min_replicas,
+            max_replicas=deployment.max_replicas,
+            target_concurrency=deployment.target_concurrency,
+            idle_timeout_s=deployment.idle_timeout_s,
+            cold_start_timeout_ms=deployment.cold_start_timeout_ms,
+        )
+
+
 def batching_problems(signature: Mapping[str, Any], max_batch_size: int) -> list[str]:
     """Why a version cannot be served with ``max_batch_size`` (requests are merged along axis 0)."""
     problems = []
@@ -61,9 +85,12 @@ def batching_problems(signature: Mapping[str, Any], max_batch_size: int) -> list
     return problems
 
 
-def deployment_status(replica_statuses: Iterable[str]) -> str:
-    """``ready`` once a live server serves the deployed version, ``failed`` when every one that tried failed."""
+def deployment_status(replica_statuses: Iterable[str], placement_error: str | None = None) -> str:
+    """``ready`` once a live server serves the deployed version, ``failed`` when every one that tried failed
+    or when no server can take it (``placement_error``); otherwise ``pending`` (also while scaled to zero)."""
     statuses = list(replica_statuses)
+    if placement_error is not None and READY not in statuses:
+        return FAILED
     if READY in statuses:
         return READY
     if statuses and all(status == FAILED for status in statuses):
@@ -76,14 +103,28 @@ def live_since(settings: Settings) -> ColumnElement[datetime]:
     return func.now() - timedelta(seconds=settings.model_server_timeout_s)
 
 
-def upsert_deployment(session: Session, model_id: str, version: ModelVersion, batching: BatchingSettings) -> Deployment:
-    """Create or replace the model's deployment, in the caller's transaction."""
-    values = {"model_version_id": version.id, **asdict(batching), "updated_at": func.now()}
+def upsert_deployment(
+    session: Session, model_id: str, version: ModelVersion, batching: BatchingSettings, scaling: ScalingSettings
+) -> Deployment:
+    """Create or replace the model's deployment, in the caller's transaction, and wake the placer.
+
+    A PUT counts as a request (``demand_at``): the deployment starts one replica at once, as
+    Knative's initial scale of 1 does, and goes back to ``min_replicas`` once idle.
+    """
+    values = {
+        "model_version_id": version.id,
+        **asdict(batching),
+        **asdict(scaling),
+        "demand_at": func.now(),
+        "placement_error": None,
+        "updated_at": func.now(),
+    }
     session.execute(
         insert(Deployment)
         .values(id=new_id("deployment"), model_id=model_id, **values)
         .on_conflict_do_update(index_elements=[Deployment.model_id], set_=values)
     )
+    notify(session, DEMAND_CHANNEL, model_id)
     return session.scalars(
         select(Deployment).where(Deployment.model_id == model_id).execution_options(populate_existing=True)
     ).one()

@@ -26,7 +26,7 @@ from pydantic import (
     computed_field,
 )
 
-from core.models import ApiKey, Artifact, Deployment, Job, ModelReplica, ModelVersion, Prediction
+from core.models import ApiKey, Artifact, Deployment, Job, ModelReplica, ModelVersion, Prediction, ServingEvent
 from core.models import Model as ModelRow
 from core.status_update import rfc3339
 from core.webhooks import ROTATION_OVERLAP
@@ -316,15 +316,40 @@ class ReplicaObject(ApiObject):
         validation_alias=AliasChoices("server_id", "model_server"), description="the model server's id"
     )
     version: int = Field(description="the model version it holds")
-    status: Literal["loading", "ready", "draining", "failed"] = Field(
-        description="loading → ready → draining (then gone); failed when the load did not work"
+    status: Literal["assigned", "loading", "ready", "draining", "failed"] = Field(
+        description="assigned (placed on that server) → loading → ready → draining (then gone); "
+        "failed when the load did not work"
     )
     error: str | None = Field(description="why the load failed; null otherwise")
+    memory_bytes: int | None = Field(
+        description="memory it holds on that server, measured when it loaded (an estimate until then)"
+    )
+    in_flight: int = Field(description="requests queued or running on it, as its server last reported")
+    last_used_at: Timestamp | None = Field(description="when a request last reached it; null: never")
+    evict_reason: str | None = Field(description="why it is being removed (idle, room, scale-in); null otherwise")
     updated_at: Timestamp = Field(description="when its status last changed")
 
     @classmethod
     def from_row(cls, replica: ModelReplica, version: int) -> ReplicaObject:
         return cls.model_validate(_Row(replica, version=version))
+
+
+class ServingEventObject(ApiObject):
+    """A decision about a deployment's replicas: placed, loaded, evicted, unloaded, scaled, failed."""
+
+    action: Literal["assign", "loaded", "load_failed", "evict", "unloaded", "scale_up", "scale_down", "failed"] = Field(
+        description="what happened"
+    )
+    reason: str = Field(description="why, in words (or how long a load took, and its steps)")
+    model_server: str | None = Field(
+        validation_alias=AliasChoices("server_id", "model_server"), description="the model server concerned, if one"
+    )
+    version: int | None = Field(description="the model version concerned, if one")
+    created_at: Timestamp = Field(description="when")
+
+    @classmethod
+    def from_row(cls, event: ServingEvent, version: int | None) -> ServingEventObject:
+        return cls.model_validate(_Row(event, version=version))
 
 
 class DeploymentObject(ApiObject):
@@ -341,11 +366,22 @@ class DeploymentObject(ApiObject):
     )
     max_queue_size: int = Field(description="requests waiting per replica; past it, 503 with Retry-After")
     timeout_ms: int = Field(description="a request still queued after this many milliseconds is dropped (0: never)")
-    status: Literal["pending", "ready", "failed"] = Field(
-        description="ready once a live model server serves the deployed version; "
-        "failed when every server that tried failed"
+    min_replicas: int = Field(description="replicas always kept (0: scales to zero when idle)")
+    max_replicas: int = Field(description="most replicas the autoscaler adds (one per model server at most)")
+    target_concurrency: int = Field(description="in-flight requests per replica the autoscaler aims at")
+    idle_timeout_s: int = Field(description="a replica above min_replicas without a request for this long unloads")
+    cold_start_timeout_ms: int = Field(
+        description="how long a request waits for a replica to become ready; past it, 503 with Retry-After"
     )
+    status: Literal["pending", "ready", "failed"] = Field(
+        description="ready once a live model server serves the deployed version; failed when every server "
+        "that tried failed, or when no server can hold it (see status_reason); pending otherwise (also at zero)"
+    )
+    status_reason: str | None = Field(description="why it is failed when no server can hold it; null otherwise")
     replicas: list[ReplicaObject] = Field(description="every version of the model held by a live model server")
+    events: list[ServingEventObject] = Field(
+        description="the latest placement, load, unload and scale decisions about its replicas, newest first"
+    )
     created_at: Timestamp = Field(description="when the model was first deployed")
     updated_at: Timestamp = Field(description="when the version or the settings last changed")
 
@@ -358,8 +394,19 @@ class DeploymentObject(ApiObject):
         version: int,
         status: str,
         replicas: list[ReplicaObject],
+        events: list[ServingEventObject],
     ) -> DeploymentObject:
-        return cls.model_validate(_Row(deployment, model=model, version=version, status=status, replicas=replicas))
+        return cls.model_validate(
+            _Row(
+                deployment,
+                model=model,
+                version=version,
+                status=status,
+                status_reason=deployment.placement_error,
+                replicas=replicas,
+                events=events,
+            )
+        )
 
 
 # --- the tenant's keys and secrets --------------------------------------------------------

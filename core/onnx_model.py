@@ -20,21 +20,23 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, RuntimeException
 
-from core.artifact_store import ArtifactStore
 from core.onnx_signature import OIP_TO_NUMPY
 from core.settings import Settings
 from core.text_model import TextPreprocessor
 
 Arrays = dict[str, np.ndarray]
+CPU = ("CPUExecutionProvider",)
+CPU = ("CPUExecutionProvider",)
 
 
 def usable_cores() -> int:
@@ -124,8 +126,24 @@ def session_options(threads: int, *, spinning: bool = True) -> ort.SessionOption
     return options
 
 
+class ModelFiles(Protocol):
+    """Where :func:`load_model` gets a model file: the artifact store, or a cache in front of it."""
+
+    def download_file(self, key: str, path: Path, expected_sha256: str | None = None) -> object: ...
+
+
+def inference_providers(settings: Settings) -> list[str]:
+    """ONNX Runtime's execution providers, in order: ``inference_providers``, or CUDA when this onnxruntime
+    has it (a GPU build), then CPU. (The CUDA path is untested: no GPU where this was written.)"""
+    if settings.inference_providers:
+        return [name.strip() for name in settings.inference_providers.split(",") if name.strip()]
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
 def load_model(
-    store: ArtifactStore,
+    store: ModelFiles,
     *,
     storage_key: str,
     sha256: str,
@@ -134,26 +152,36 @@ def load_model(
     warmup_rows: int,
     spinning: bool = True,
     crowded_session: bool = False,
+    providers: Sequence[str] = CPU,
+    timings: dict[str, float] | None = None,
 ) -> OnnxModel:
     """Download (checking the sha256), open and warm up a model; raises with the reason when it cannot.
 
     ``crowded_session``: also open the single-threaded twin (when ``threads`` > 1), see :class:`OnnxModel`.
+    ``store``: the artifact store, or a model server's cache in front of it (``serving.artifact_cache``).
+    ``timings``, when given, receives the seconds each step took: download, session, warmup.
     """
+    started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="maas-model-") as folder:
         path = Path(folder) / "model.onnx"
         store.download_file(storage_key, path, expected_sha256=sha256)
+        downloaded = time.perf_counter()
         session = ort.InferenceSession(
-            str(path), sess_options=session_options(threads, spinning=spinning), providers=["CPUExecutionProvider"]
+            str(path), sess_options=session_options(threads, spinning=spinning), providers=list(providers)
         )
         twin = None
         if crowded_session and threads > 1:
-            twin = ort.InferenceSession(str(path), sess_options=session_options(1), providers=["CPUExecutionProvider"])
+            twin = ort.InferenceSession(str(path), sess_options=session_options(1), providers=list(providers))
     preprocess = TextPreprocessor.of(session.get_modelmeta().custom_metadata_map)
     model = OnnxModel(session, [output.name for output in session.get_outputs()], twin, preprocess)
+    opened = time.perf_counter()
+    opened = time.perf_counter()
     try:
         model.run(warmup_inputs(signature, warmup_rows))
         if twin is not None:
             model.run(warmup_inputs(signature, warmup_rows), crowded=True)
     except Exception as exc:
         raise RuntimeError(f"the warm-up batch of {warmup_rows} rows failed: {exc}") from exc
+    if timings is not None:
+        timings.update(download=downloaded - started, session=opened - downloaded, warmup=time.perf_counter() - opened)
     return model

@@ -4,7 +4,8 @@
     python -m serving --host 0.0.0.0 --port 8500      # listen elsewhere than MAAS_MODEL_SERVER_HOST/PORT
 
 Configured by MAAS_* variables (``core.settings``): it needs the database and the S3 store, never
-the broker. It loads every deployed model version, registers in ``model_servers`` where the APIs
+the broker. It loads the model versions the placer assigns it (one of the servers is the placer:
+see ``serving.placer``), registers in ``model_servers`` where the APIs
 find it (port 0, the default, picks a free one), and serves their inference requests. SIGTERM or
 Ctrl-C stops it gracefully: its replicas are announced draining, keep serving while the APIs
 re-read their routing tables, finish what is queued, then it leaves; a second signal stops it

@@ -1,21 +1,26 @@
-"""The model server's control loop: what it holds, against what is deployed, told to PostgreSQL.
+"""The model server's control loop: what it holds, against what the placer assigned it, told to PostgreSQL.
 
 It:
 
-- registers the server in ``model_servers`` (where its data plane listens) and heartbeats every
-  ``model_server_heartbeat_s``; the live servers delete the rows of servers silent for
-  ``model_server_timeout_s`` (their replicas go with them);
-- every ``model_server_poll_s`` reads the deployments, compares them with the replicas it holds
-  and carries out ``serving.plan``'s :class:`ReplicaSteps`: loads deployed versions (download,
-  sha256 check, ONNX Runtime session, warm-up, lanes, dynamic batcher), reports each as a
-  ``model_replicas`` row (loading → ready, or failed with the reason), rebuilds a batcher whose
-  deployment settings changed, retires (drains) a version that is no longer deployed once its
-  successor is ready here, reinstates one deployed again, and unloads drained ones;
+- registers the server in ``model_servers`` (where its data plane listens, its memory budget) and
+  heartbeats every ``model_server_heartbeat_s`` with the memory its replicas hold and, per replica,
+  the requests in flight and when the last one came (the placer's autoscaler and idle timeout read
+  them); the live servers delete the rows of servers silent for ``model_server_timeout_s`` (their
+  replicas go with them);
+- reads the replicas assigned to it (``model_replicas`` rows the placer, ``serving.placer``, wrote
+  with status ``assigned``) when the placer notifies it (``ASSIGNMENTS_CHANNEL``), and at least every
+  ``model_server_poll_s``, and carries out ``serving.plan``'s :class:`ReplicaSteps`: loads them
+  (through the local artifact cache, sha256 checked; ONNX Runtime session, warm-up, lanes,
+  dynamic batcher; the resident memory it took is measured and stored for the next placement),
+  reports each state (loading → ready, or failed with the reason) with a ``REPLICAS_CHANNEL``
+  notice in the same transaction, rebuilds a batcher whose deployment settings changed, retires
+  (drains) a replica the placer evicted or whose model is no longer deployed (after a version
+  switch, once its successor is ready here), and unloads drained ones;
 - on stop, drains: every ready replica is announced draining, keeps serving while the APIs
   notice, finishes what is queued; then the server's row goes.
 
 It holds the replicas (:class:`serving.replica.LoadedReplica`) the data plane reads; it does not
-answer HTTP.
+answer HTTP, and it does not decide where replicas go (the placer does).
 """
 
 from __future__ import annotations
@@ -30,34 +35,44 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, cast
 
+import psycopg
 from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from core.artifact_store import ArtifactStore
-from core.db import async_session_factory, make_async_engine
+from core.db import async_session_factory, libpq_url, make_async_engine
 from core.deployments import BatchingSettings, live_since
-from core.models import Artifact, Deployment, Model, ModelReplica, ModelServerRecord, ModelVersion
-from core.onnx_model import inference_threads, is_input_error, load_model
+from core.models import Artifact, Deployment, Model, ModelReplica, ModelServerRecord, ModelVersion, ServingEvent
+from core.onnx_model import inference_providers, inference_threads, is_input_error, load_model
+from core.serving_signals import ASSIGNMENTS_CHANNEL, REPLICAS_CHANNEL, notification
 from core.settings import Settings
+from serving.artifact_cache import ArtifactCache
 from serving.batcher import DynamicBatcher
 from serving.lanes import Lanes
+from serving.memory import memory_budget, resident_bytes
 from serving.metrics import ModelLabels, ModelServerMetrics
+from serving.placement import evict_kind
+from serving.placer import Placer
 from serving.plan import DRAINING, FAILED, LOADING, READY, UNLOADING, Wanted, plan
 from serving.replica import LoadedReplica
 
 log = logging.getLogger("maas.model_server")
 
+LISTEN_RETRY_S = 1.0
+
 
 @dataclass(frozen=True)
-class Deployed:
-    """A deployed version with what loading it takes."""
+class Assigned:
+    """A replica the placer assigned to this server, with what loading it takes."""
 
     wanted: Wanted
     labels: ModelLabels
     signature: dict[str, Any]
     sha256: str
     storage_key: str
+    artifact_bytes: int
+    reason: str  # the placer's last event about it (why it was assigned), for the load metric
 
 
 class ControlLoop:
@@ -65,27 +80,39 @@ class ControlLoop:
 
     settings: Settings
     store: ArtifactStore
+    cache: ArtifactCache
     server_id: str
     metrics: ModelServerMetrics
     threads: int  # ONNX Runtime intra-op threads of each model
+    providers: list[str]  # ONNX Runtime execution providers
+    budget_bytes: int  # what the placer may fill here
     grace_s: float  # how long a retired replica keeps serving before it is drained
     replicas: dict[str, LoadedReplica]  # by model version id; the data plane reads it
+    evicted: dict[str, str]  # version id → why the placer evicted it (for the unload's event and metric)
     url: str  # where the data plane listens, as registered
+    placer: Placer | None  # decides where every server's replicas go, while this server holds the placer lock
 
     def __init__(self, settings: Settings, store: ArtifactStore, server_id: str, metrics: ModelServerMetrics) -> None:
         self.settings = settings
         self.store = store
+        self.cache = ArtifactCache(store, settings.model_cache_path, settings.model_cache_bytes)
         self.server_id = server_id
         self.metrics = metrics
         self.threads = inference_threads(settings)
-        # APIs re-read their routing table this often; a retired version serves two of those periods
+        self.providers = inference_providers(settings)
+        self.budget_bytes = memory_budget(settings)
+        # APIs re-read their routing table this often (and at once on a REPLICAS_CHANNEL notice); a retired
+        # version serves two of those periods
         self.grace_s = 2 * settings.routing_refresh_s
         self.replicas = {}
+        self.evicted = {}
         self.url = ""
+        self.placer = None
         self._engine: AsyncEngine | None = None
         self._sessions: async_sessionmaker[AsyncSession] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._resync = False
+        self._wake = asyncio.Event()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -95,17 +122,29 @@ class ControlLoop:
         self._sessions = async_session_factory(self._engine)
 
     async def start(self, url: str) -> None:
-        """Register as serving at ``url``, then heartbeat and follow the deployments until :meth:`stop`."""
+        """Register as serving at ``url``, then heartbeat and follow the assignments until :meth:`stop`."""
         self.url = url
         await self._register()
         self._spawn(self._every(self.settings.model_server_heartbeat_s, self.heartbeat), "heartbeat")
-        self._spawn(self._every(self.settings.model_server_poll_s, self.reconcile), "control-loop")
+        self._spawn(self._listen(), "assignments")
+        self._spawn(self._follow(), "control-loop")
+        assert self._sessions is not None
+        self.placer = Placer(self.settings, self.server_id, self._sessions)
+        self._spawn(self.placer.run(), "placer")  # it leads, or waits to take over
 
     async def stop(self) -> None:
         """Stop taking new work gracefully: announce draining, let APIs notice, finish what is queued, leave."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):  # the placer puts nothing more here
+            async with self._db() as session:
+                await session.execute(
+                    update(ModelServerRecord)
+                    .where(ModelServerRecord.id == self.server_id)
+                    .values(memory_budget_bytes=0)
+                )
+                await session.commit()
         serving = [replica for replica in self.replicas.values() if replica.status == READY]
         for replica in serving:
             await self._set_status(replica, DRAINING)
@@ -120,6 +159,8 @@ class ControlLoop:
         with contextlib.suppress(Exception):
             async with self._db() as session:
                 await session.execute(delete(ModelServerRecord).where(ModelServerRecord.id == self.server_id))
+                for version_id in self.replicas:
+                    await session.execute(notification(REPLICAS_CHANNEL, version_id))
                 await session.commit()
 
     async def close(self) -> None:
@@ -146,10 +187,44 @@ class ControlLoop:
                 log.exception("model server %s: %s failed; trying again", self.server_id, step.__name__)
             await asyncio.sleep(interval_s)
 
+    async def _follow(self) -> None:
+        """Reconcile when the placer says so, and at least every ``model_server_poll_s``."""
+        while True:
+            self._wake.clear()
+            try:
+                await self.reconcile()
+            except Exception:
+                log.exception("model server %s: reconcile failed; trying again", self.server_id)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.model_server_poll_s)
+
+    async def _listen(self) -> None:
+        """LISTEN for the placer's notices to this server; a lost connection only slows us to the poll."""
+        url = libpq_url(self.settings.service("database_url"))
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {ASSIGNMENTS_CHANNEL}")
+                    self._wake.set()  # what was sent before we listened
+                    async for notice in conn.notifies():
+                        if notice.payload == self.server_id:
+                            self._wake.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("model server %s: cannot listen for assignments (polling): %s", self.server_id, exc)
+            await asyncio.sleep(LISTEN_RETRY_S)
+
     # ------------------------------------------------------------ registration
 
     async def _register(self) -> None:
-        row = {"url": self.url, "hostname": socket.gethostname(), "pid": os.getpid(), "threads": self.threads}
+        row = {
+            "url": self.url,
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "threads": self.threads,
+            "memory_budget_bytes": self.budget_bytes,
+        }
         async with self._db() as session:
             await session.execute(
                 insert(ModelServerRecord)
@@ -161,122 +236,214 @@ class ControlLoop:
             await session.commit()
 
     async def heartbeat(self) -> None:
+        held = self.memory_held()
         async with self._db() as session:
             beat = (
-                update(ModelServerRecord).where(ModelServerRecord.id == self.server_id).values(heartbeat_at=func.now())
+                update(ModelServerRecord)
+                .where(ModelServerRecord.id == self.server_id)
+                .values(heartbeat_at=func.now(), memory_used_bytes=held)
             )
             # an UPDATE's result is a CursorResult; Session.execute is typed as returning a plain Result
             alive = cast(CursorResult[Any], await session.execute(beat)).rowcount
+            await self._report_use(session)
             await session.execute(
                 delete(ModelServerRecord).where(ModelServerRecord.heartbeat_at < live_since(self.settings))
             )
             await session.commit()
+        self.metrics.show_holdings(((r.labels, r.status) for r in self.replicas.values()), held, self.budget_bytes)
         if not alive or self._resync:
             # our row was taken for a dead server's (we stalled), or a status write failed: say it all again
             self._resync = False
             await self._register()
 
+    def memory_held(self) -> int:
+        """Bytes the replicas held here take (measured at load), failed ones aside."""
+        return sum(r.memory_bytes or 0 for r in self.replicas.values() if r.status != FAILED)
+
+    async def _report_use(self, session: AsyncSession) -> None:
+        """Requests in flight and the last request's time, per replica, where they changed."""
+        now = time.monotonic()
+        for replica in self.replicas.values():
+            use = (replica.in_flight, replica.last_used)
+            if use == replica.reported or replica.status not in (READY, DRAINING):
+                continue
+            values: dict[str, Any] = {"in_flight": replica.in_flight}
+            if replica.last_used:
+                values["last_used_at"] = func.now() - func.make_interval(0, 0, 0, 0, 0, 0, now - replica.last_used)
+            await session.execute(
+                update(ModelReplica)
+                .where(ModelReplica.server_id == self.server_id, ModelReplica.model_version_id == replica.version_id)
+                .values(**values)
+            )
+            replica.reported = use
+
     def _replica_upsert(self, replica: LoadedReplica) -> Any:
-        values = {"status": _db_status(replica.status), "error": replica.error, "updated_at": func.now()}
+        values: dict[str, Any] = {
+            "status": _db_status(replica.status),
+            "error": replica.error,
+            "updated_at": func.now(),
+        }
+        if replica.memory_bytes is not None:
+            values["memory_bytes"] = replica.memory_bytes
+        if replica.status == READY:
+            values["last_used_at"] = func.now()  # idle time counts from when it became ready
         return (
             insert(ModelReplica)
             .values(server_id=self.server_id, model_version_id=replica.version_id, **values)
             .on_conflict_do_update(index_elements=[ModelReplica.server_id, ModelReplica.model_version_id], set_=values)
         )
 
-    async def _set_status(self, replica: LoadedReplica, status: str) -> None:
-        """Change a replica's status here, and report it; a failed report is repeated by the next heartbeat."""
+    async def _set_status(self, replica: LoadedReplica, status: str, event: tuple[str, str] | None = None) -> None:
+        """Change a replica's status here, and report it (with a notice to the APIs, and ``event``: action,
+        reason); a failed report is repeated by the next heartbeat."""
         replica.status, replica.since = status, time.monotonic()
         try:
             async with self._db() as session:
                 await session.execute(self._replica_upsert(replica))
+                if event is not None:
+                    session.add(self._event(replica, *event))
+                await session.execute(notification(REPLICAS_CHANNEL, replica.version_id))
                 await session.commit()
         except Exception as exc:
             log.warning("could not report %s as %s (the next heartbeat will): %s", replica.labels, status, exc)
             self._resync = True
 
-    # ------------------------------------------------------------ deployments → replicas
+    def _event(self, replica: LoadedReplica, action: str, reason: str) -> ServingEvent:
+        return ServingEvent(
+            model_id=replica.model_id,
+            model_version_id=replica.version_id,
+            server_id=self.server_id,
+            action=action,
+            reason=reason,
+        )
 
-    async def _deployed(self) -> dict[str, Deployed]:
+    # ------------------------------------------------------------ assignments → replicas
+
+    async def _assigned(self) -> tuple[dict[str, Assigned], dict[str, str]]:
+        """The replicas the placer wants here (by version id), and the evicted ones with the reason."""
         statement = (
-            select(Deployment, ModelVersion, Model.tenant_id, Model.name, Artifact.storage_key)
-            .join(ModelVersion, ModelVersion.id == Deployment.model_version_id)
-            .join(Model, Model.id == Deployment.model_id)
+            select(ModelReplica, ModelVersion, Deployment, Model.tenant_id, Model.name, Artifact)
+            .join(ModelVersion, ModelVersion.id == ModelReplica.model_version_id)
+            .join(Model, Model.id == ModelVersion.model_id)
             .join(Artifact, Artifact.id == ModelVersion.artifact_id)
+            .join(Deployment, Deployment.model_id == Model.id)  # an undeployed model's replicas are wanted nowhere
+            .where(ModelReplica.server_id == self.server_id)
         )
         async with self._db() as session:
             rows = (await session.execute(statement)).all()
-        return {
-            version.id: Deployed(
-                wanted=Wanted(version.id, deployment.model_id, BatchingSettings.of(deployment)),
+        assigned, evicted = {}, {}
+        for replica, version, deployment, tenant_id, name, artifact in rows:
+            if replica.evict_reason is not None:
+                evicted[version.id] = replica.evict_reason
+                continue
+            assigned[version.id] = Assigned(
+                wanted=Wanted(version.id, version.model_id, BatchingSettings.of(deployment)),
                 labels=ModelLabels(tenant_id, name, str(version.version)),
                 signature=version.signature,
                 sha256=version.sha256,
-                storage_key=storage_key,
+                storage_key=artifact.storage_key,
+                artifact_bytes=artifact.bytes,
+                reason="retry" if replica.status == FAILED else "assign",
             )
-            for deployment, version, tenant_id, name, storage_key in rows
-        }
+        return assigned, evicted
 
     async def reconcile(self) -> None:
-        """One pass: read the deployments, then load, rebatch, retire, reinstate and unload."""
-        deployed = await self._deployed()
+        """One pass: read the assignments, then load, rebatch, retire, reinstate and unload."""
+        assigned, self.evicted = await self._assigned()
         held = {version_id: replica.held() for version_id, replica in self.replicas.items()}
         steps = plan(
-            [d.wanted for d in deployed.values()],
+            [a.wanted for a in assigned.values()],
             held,
             time.monotonic(),
             grace_s=self.grace_s,
             retry_s=self.settings.model_load_retry_s,
         )
         for version_id in steps.load:
-            await self._start_load(deployed[version_id])
+            await self._start_load(assigned[version_id])
         for version_id in steps.rebatch:
-            self._rebatch(self.replicas[version_id], deployed[version_id].wanted.batching)
+            self._rebatch(self.replicas[version_id], assigned[version_id].wanted.batching)
         for version_id in steps.retire:
-            log.info("retiring %s: draining in %.1f s", self.replicas[version_id].labels, self.grace_s)
-            await self._set_status(self.replicas[version_id], DRAINING)
+            replica = self.replicas[version_id]
+            log.info("retiring %s (%s): draining in %.1f s", replica.labels, self._why_gone(version_id), self.grace_s)
+            await self._set_status(replica, DRAINING)
         for version_id in steps.reinstate:
             await self._set_status(self.replicas[version_id], READY)
         for version_id in steps.unload:
             replica = self.replicas[version_id]
             replica.status = UNLOADING
-            self._spawn(self._unload(replica), f"unload-{version_id}")
+            self._spawn(self._unload(replica, self._why_gone(version_id)), f"unload-{version_id}")
 
-    async def _start_load(self, deployed: Deployed) -> None:
-        wanted = deployed.wanted
-        replica = LoadedReplica(wanted.version_id, wanted.model_id, deployed.labels, LOADING, time.monotonic())
+    def _why_gone(self, version_id: str) -> str:
+        replica = self.replicas.get(version_id)
+        if replica is not None and replica.status == FAILED:
+            return "failed: the load failed and the replica is no longer wanted"
+        return self.evicted.get(version_id) or "undeployed: the model's deployment is gone"
+
+    async def _start_load(self, assigned: Assigned) -> None:
+        wanted = assigned.wanted
+        replica = LoadedReplica(wanted.version_id, wanted.model_id, assigned.labels, LOADING, time.monotonic())
         self.replicas[wanted.version_id] = replica
         await self._set_status(replica, LOADING)
-        self._spawn(self._load(replica, deployed), f"load-{wanted.version_id}")
+        self._spawn(self._load(replica, assigned), f"load-{wanted.version_id}")
 
-    async def _load(self, replica: LoadedReplica, deployed: Deployed) -> None:
-        batching = deployed.wanted.batching
-        log.info("loading %s (%s)", replica.labels, replica.version_id)
+    async def _load(self, replica: LoadedReplica, assigned: Assigned) -> None:
+        batching = assigned.wanted.batching
+        cached = self.cache.holds(assigned.sha256)
+        log.info("loading %s (%s)%s", replica.labels, replica.version_id, " from the local cache" if cached else "")
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
         try:
-            model = await asyncio.to_thread(
-                load_model,
-                self.store,
-                storage_key=deployed.storage_key,
-                sha256=deployed.sha256,
-                signature=deployed.signature,
-                threads=self.threads,
-                warmup_rows=batching.max_batch_size,
-                spinning=self.settings.inference_spinning,
-                crowded_session=self.settings.inference_concurrent_batches > 1,
-            )
+            model, memory = await asyncio.to_thread(self._load_measured, assigned, batching, timings)
         except Exception as exc:
             log.warning("loading %s failed: %s", replica.labels, exc)
             replica.error = f"{type(exc).__name__}: {exc}"[:2000]
-            await self._set_status(replica, FAILED)
+            self.metrics.loads.labels(assigned.reason, "failed").inc()
+            await self._set_status(replica, FAILED, ("load_failed", replica.error))
             return
-        replica.model, replica.error = model, None
+        took = time.perf_counter() - started
+        replica.model, replica.error, replica.memory_bytes = model, None, max(memory, assigned.artifact_bytes)
         replica.lanes = Lanes(
             model.run, self.settings.inference_concurrent_batches, f"onnxruntime-{replica.labels.model}"
         )
         replica.batching, replica.batcher = batching, self._batcher(replica, batching)
         self.metrics.watch_queue(replica.labels, lambda: replica.batcher.queue_depth if replica.batcher else 0)
-        await self._set_status(replica, READY)
-        log.info("%s is ready", replica.labels)
+        self.metrics.loads.labels(assigned.reason, "ok").inc()
+        for step, seconds in timings.items():
+            self.metrics.load_seconds.labels(step).observe(seconds)
+        steps = ", ".join(f"{step} {seconds:.3f} s" for step, seconds in timings.items())
+        source = "local cache" if cached else "S3"
+        reason = f"loaded in {took:.3f} s ({steps}; from {source}); holds {replica.memory_bytes / (1 << 20):.1f} MiB"
+        await self._remember_memory(replica)
+        await self._set_status(replica, READY, ("loaded", reason))
+        log.info("%s is ready: %s", replica.labels, reason)
+
+    def _load_measured(self, assigned: Assigned, batching: BatchingSettings, timings: dict[str, float]) -> Any:
+        """Load in this thread; the model and the resident memory it added (other loads at once blur it)."""
+        before = resident_bytes()
+        model = load_model(
+            self.cache,
+            storage_key=assigned.storage_key,
+            sha256=assigned.sha256,
+            signature=assigned.signature,
+            threads=self.threads,
+            warmup_rows=batching.max_batch_size,
+            spinning=self.settings.inference_spinning,
+            crowded_session=self.settings.inference_concurrent_batches > 1,
+            providers=self.providers,
+            timings=timings,
+        )
+        return model, max(0, resident_bytes() - before)
+
+    async def _remember_memory(self, replica: LoadedReplica) -> None:
+        """Store what the version took, for the next placement of it (anywhere)."""
+        with contextlib.suppress(Exception):
+            async with self._db() as session:
+                await session.execute(
+                    update(ModelVersion)
+                    .where(ModelVersion.id == replica.version_id)
+                    .values(memory_bytes=replica.memory_bytes)
+                )
+                await session.commit()
 
     def _batcher(self, replica: LoadedReplica, batching: BatchingSettings) -> DynamicBatcher:
         assert replica.lanes is not None
@@ -299,13 +466,14 @@ class ControlLoop:
         if old is not None:
             self._spawn(old.drain(), f"drain-{replica.version_id}")
 
-    async def _unload(self, replica: LoadedReplica) -> None:
+    async def _unload(self, replica: LoadedReplica, why: str) -> None:
         if replica.batcher is not None:
             await replica.batcher.drain()
         if replica.lanes is not None:
             replica.lanes.shutdown()
         self.replicas.pop(replica.version_id, None)
         self.metrics.forget(replica.labels)
+        self.metrics.unloads.labels(evict_kind(why)).inc()
         try:
             async with self._db() as session:
                 await session.execute(
@@ -313,10 +481,12 @@ class ControlLoop:
                         ModelReplica.server_id == self.server_id, ModelReplica.model_version_id == replica.version_id
                     )
                 )
+                session.add(self._event(replica, "unloaded", why))
+                await session.execute(notification(REPLICAS_CHANNEL, replica.version_id))
                 await session.commit()
         except Exception as exc:  # the row says draining, which nothing routes to; it goes with this server's row
             log.warning("could not delete the replica row of %s: %s", replica.labels, exc)
-        log.info("unloaded %s", replica.labels)
+        log.info("unloaded %s (%s)", replica.labels, why)
 
 
 def _db_status(status: str) -> str:

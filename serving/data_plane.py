@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Mapping
 
 from aiohttp import web
@@ -59,6 +60,8 @@ class DataPlane:
             batcher = replica.batcher if replica is not None and replica.status != UNLOADING else None
             if replica is None or batcher is None:
                 break
+            replica.in_flight += 1  # the placer's autoscaler and idle timeout read these (through heartbeats)
+            replica.last_used = time.monotonic()
             try:
                 outputs, info = await batcher.submit_with_info(arrays, timeout_ms)
             except BatcherClosed:
@@ -72,6 +75,8 @@ class DataPlane:
             except Exception as exc:
                 log.warning("%s: model call failed: %s", replica.labels, exc)
                 return _error(500, f"the model failed on this batch: {type(exc).__name__}: {exc}")
+            finally:
+                replica.in_flight -= 1
             stats = {
                 "queue_ms": round(info.queue_s * 1000, 3),
                 "inference_ms": round(info.run_s * 1000, 3),

@@ -1,6 +1,8 @@
 """Per-model Prometheus metrics of a model server, fed by each batcher's observer hooks.
 
-Labelled by tenant, model and version. The model server serves them at ``GET /metrics`` on its
+Labelled by tenant, model and version; next to them, the server's own serving lifecycle: loads
+and unloads by reason, load seconds by step, the replicas it holds per model and state, and the
+memory they hold against its budget. The model server serves them at ``GET /metrics`` on its
 own port; the API's ``/metrics`` fetches every live server's and re-exports them with a
 ``model_server`` label (see ``api.serving_metrics``), so one scrape of the API sees them all.
 """
@@ -8,7 +10,7 @@ own port; the API's ``/metrics`` fetches every live server's and re-exports them
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -73,6 +75,36 @@ class ModelServerMetrics:
         self.queue_depth = Gauge(
             "maas_inference_queue_depth", "Requests waiting in the batcher's queue", LABELS, registry=self.registry
         )
+        self.loads = Counter(
+            "maas_replica_loads",
+            "Replica loads: reason is the placer's (assign: a replica it needed, scale_up) or retry; result ok|failed",
+            ("reason", "result"),
+            registry=self.registry,
+        )
+        self.unloads = Counter(
+            "maas_replica_unloads",
+            "Replicas unloaded: idle, room (evicted for another), scale_down, version_switch, undeployed, failed",
+            ("reason",),
+            registry=self.registry,
+        )
+        self.load_seconds = Histogram(
+            "maas_replica_load_seconds",
+            "Seconds of each step of a load: download (from S3 or the local cache), session, warmup",
+            ("step",),
+            buckets=SECONDS,
+            registry=self.registry,
+        )
+        self.replicas = Gauge(
+            "maas_replicas", "Replicas held here, by model and state", (*LABELS, "state"), registry=self.registry
+        )
+        self.memory_held = Gauge(
+            "maas_model_server_memory_bytes", "Memory held by this server's replicas (measured)", registry=self.registry
+        )
+        self.memory_budget = Gauge(
+            "maas_model_server_memory_budget_bytes",
+            "What placement may fill on this server (MAAS_MODEL_SERVER_MEMORY_BYTES)",
+            registry=self.registry,
+        )
 
     def observer(self, labels: ModelLabels) -> BatcherObserver:
         return _Observer(self, labels.values())
@@ -97,6 +129,14 @@ class ModelServerMetrics:
         for reason in REJECT_REASONS:
             with contextlib.suppress(KeyError):
                 self.rejections.remove(*values, reason)
+
+    def show_holdings(self, replicas: Iterable[tuple[ModelLabels, str]], memory_bytes: int, budget_bytes: int) -> None:
+        """What the server holds now: replicas by model and state, their memory, and the budget."""
+        self.replicas.clear()
+        for labels, state in replicas:
+            self.replicas.labels(*labels.values(), state).inc()
+        self.memory_held.set(memory_bytes)
+        self.memory_budget.set(budget_bytes)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -30,6 +30,10 @@ class LoadedReplica:
     batcher: DynamicBatcher | None = None
     lanes: Lanes | None = None
     error: str | None = None
+    memory_bytes: int | None = None  # measured when it loaded
+    in_flight: int = 0  # requests the data plane is serving on it now
+    last_used: float = 0.0  # when the data plane last took a request for it, monotonic seconds
+    reported: tuple[int, float] = (0, 0.0)  # (in_flight, last_used) as the last heartbeat told PostgreSQL
 
     def held(self) -> Held:
         return Held(self.version_id, self.model_id, self.status, self.batching, self.since)

@@ -1,9 +1,10 @@
 """A model's deployment over HTTP: which version serves, with which batching settings, and where it is ready.
 
 ``PUT`` creates or replaces it (a new version switches without dropping requests: the old one
-serves until the new one is ready on each server), ``GET`` shows it with its replicas, ``DELETE``
-undeploys (the replicas drain, then unload). The model servers do the work; see
-``serving.control_loop``.
+serves until the new one is ready), with its batching and scaling settings (``min_replicas``…;
+a PUT starts one replica at once), ``GET`` shows it with its replicas (where, state, memory,
+last use) and its latest serving events, ``DELETE`` undeploys (the replicas drain, then unload).
+The model servers do the work; see ``serving.placer`` and ``serving.control_loop``.
 """
 
 from __future__ import annotations
@@ -20,18 +21,20 @@ from api.routes.models import model_name
 from core import quotas
 from core.deployments import (
     BatchingSettings,
+    ScalingSettings,
     batching_problems,
     delete_deployment,
     deployment_status,
     live_replicas,
     upsert_deployment,
 )
-from core.models import Deployment, Model, ModelVersion
-from core.objects import DeploymentObject, ReplicaObject
+from core.models import Deployment, Model, ModelVersion, ServingEvent
+from core.objects import DeploymentObject, ReplicaObject, ServingEventObject
 from core.settings import Settings
-from core.spec_kit import INT4_MAX, StrictModel
+from core.spec_kit import INT4_MAX, FieldProblem, StrictModel
 
 deployments = Endpoints("deployments")
+EVENTS = 20  # serving events shown with a deployment
 
 
 class DeploymentPut(StrictModel):
@@ -52,6 +55,38 @@ class DeploymentPut(StrictModel):
         le=3_600_000,
         description="a request still queued after this many milliseconds is dropped (0: never)",
     )
+    min_replicas: int = Field(
+        default=0, ge=0, le=1000, description="replicas always kept loaded; 0: scale to zero when idle"
+    )
+    max_replicas: int = Field(
+        default=1,
+        ge=1,
+        le=1000,
+        description="most replicas the autoscaler adds under load (at most one per model server); at least "
+        "min_replicas",
+    )
+    target_concurrency: int = Field(
+        default=16,
+        ge=1,
+        le=100_000,
+        description="in-flight requests per replica the autoscaler aims at: above it for a while, one more replica",
+    )
+    idle_timeout_s: int = Field(
+        default=300,
+        ge=1,
+        le=30 * 86_400,
+        description="a replica above min_replicas without a request this long unloads",
+    )
+    cold_start_timeout_ms: int = Field(
+        default=30_000,
+        ge=0,
+        le=3_600_000,
+        description="how long a request waits for a replica to become ready; past it, 503 with Retry-After",
+    )
+
+
+BATCHING = set(BatchingSettings.__dataclass_fields__)
+SCALING = set(ScalingSettings.__dataclass_fields__)
 
 
 def _model(session: Session, tenant_id: str, name: str) -> Model:
@@ -66,12 +101,17 @@ def _render(session: Session, settings: Settings, model: Model, deployment: Depl
         session.execute(select(ModelVersion.id, ModelVersion.version).where(ModelVersion.model_id == model.id)).all()
     )
     replicas = live_replicas(session, settings, numbers)
+    events = session.scalars(
+        select(ServingEvent).where(ServingEvent.model_id == model.id).order_by(ServingEvent.id.desc()).limit(EVENTS)
+    )
+    statuses = (r.status for r in replicas if r.model_version_id == deployment.model_version_id)
     return DeploymentObject.from_row(
         deployment,
         model=model.name,
         version=numbers[deployment.model_version_id],
-        status=deployment_status(r.status for r in replicas if r.model_version_id == deployment.model_version_id),
+        status=deployment_status(statuses, deployment.placement_error),
         replicas=[ReplicaObject.from_row(r, numbers[r.model_version_id]) for r in replicas],
+        events=[ServingEventObject.from_row(e, numbers.get(e.model_version_id or "")) for e in events],
     )
 
 
@@ -86,7 +126,7 @@ def _check_quotas(session: Session, tenant_id: str, model_id: str, replicas: int
 
 @deployments.put(
     "/v1/models/{name}/deployment",
-    summary="Deploy a version of the model, or change the deployed version or its batching settings",
+    summary="Deploy a version of the model, or change the deployed version, its batching or its scaling settings",
     body=DeploymentPut,
     response=DeploymentObject,
     errors=(404, 409),
@@ -102,12 +142,20 @@ async def put_deployment(request: web.Request, call: Call[DeploymentPut, None]) 
         )
         if version is None:
             raise Problem(404, f"model {name!r} has no version {body.version}")
-        problems = batching_problems(version.signature, body.max_batch_size)
+        problems: list[FieldProblem] = [
+            {"pointer": "/max_batch_size", "detail": p}
+            for p in batching_problems(version.signature, body.max_batch_size)
+        ]
+        if body.max_replicas < body.min_replicas:
+            detail = f"must be at least min_replicas ({body.min_replicas}); it is {body.max_replicas}"
+            problems.append({"pointer": "/max_replicas", "detail": detail})
         if problems:
-            raise validation_problem([{"pointer": "/max_batch_size", "detail": p} for p in problems])
+            raise validation_problem(problems)
+        batching = BatchingSettings(**body.model_dump(include=BATCHING))
+        scaling = ScalingSettings(**body.model_dump(include=SCALING))
         _check_quotas(session, call.tenant_id, model.id, getattr(body, "max_replicas", 1), ctx.settings)
-        batching = BatchingSettings(**body.model_dump(exclude={"version"}))
-        return _render(session, ctx.settings, model, upsert_deployment(session, model.id, version, batching))
+        deployment = upsert_deployment(session, model.id, version, batching, scaling)
+        return _render(session, ctx.settings, model, deployment)
 
     async with ctx.db() as session:
         rendered = await session.run_sync(deploy)
@@ -117,7 +165,7 @@ async def put_deployment(request: web.Request, call: Call[DeploymentPut, None]) 
 
 @deployments.get(
     "/v1/models/{name}/deployment",
-    summary="The model's deployment: version, batching settings, status and replicas",
+    summary="The model's deployment: version, batching and scaling settings, status, replicas and serving events",
     response=DeploymentObject,
     errors=(404,),
 )

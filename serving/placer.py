@@ -1,0 +1,255 @@
+"""The placer: the one control loop that decides where replicas go, run by one model server at a time.
+
+Every model server runs a :class:`Placer`; the one that holds a PostgreSQL advisory lock
+(``PLACER_LOCK``, on a connection of its own) is the leader, the others retry every
+``model_server_heartbeat_s`` and take over when the leader's connection goes (it stopped, or died).
+The leader LISTENs on ``DEMAND_CHANNEL`` (a request waits: act now, not at the next poll) and
+``REPLICAS_CHANNEL`` (a replica became ready, or went: a demand is met, memory is free), and
+passes at least every ``model_server_poll_s`` (idle timeouts, the autoscaler's delays).
+
+A pass reads the live servers, their replicas and the deployments (one transaction), asks
+``serving.placement.place`` what to do, and writes it (one transaction): ``assigned`` replica rows
+(the chosen server loads them, woken by ``ASSIGNMENTS_CHANNEL``), ``evict_reason`` on replicas that
+go (their server drains and unloads them), ``placement_error`` on deployments that fit nowhere,
+``demand_at`` cleared once a replica is ready, and a ``serving_events`` row for each decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from typing import Any
+
+import psycopg
+from sqlalchemy import Float, cast, func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from core.db import libpq_url
+from core.deployments import ScalingSettings, live_since
+from core.models import Artifact, Deployment, Model, ModelReplica, ModelServerRecord, ModelVersion, ServingEvent
+from core.serving_signals import ASSIGNMENTS_CHANNEL, DEMAND_CHANNEL, REPLICAS_CHANNEL, notification
+from core.settings import Settings
+from serving.placement import (
+    READY,
+    Decisions,
+    DeploymentView,
+    ReplicaView,
+    ServerView,
+    Trend,
+    autoscale_signal,
+    estimated_memory,
+    observe,
+    place,
+)
+
+log = logging.getLogger("maas.placer")
+
+PLACER_LOCK = 0x6D616173_706C6163  # "maasplac": the advisory lock whose holder places replicas
+
+
+class Placer:
+    settings: Settings
+    server_id: str  # the model server this placer runs in
+    leader: bool
+    trends: dict[str, Trend]  # the autoscaler's memory, by model id (the leader's only)
+
+    def __init__(self, settings: Settings, server_id: str, sessions: async_sessionmaker[AsyncSession]) -> None:
+        self.settings = settings
+        self.server_id = server_id
+        self._sessions = sessions
+        self.leader = False
+        self.trends = {}
+        self._wake = asyncio.Event()
+
+    async def run(self) -> None:
+        """Try to lead, forever; while leading, pass on every notice and every poll period."""
+        url = libpq_url(self.settings.service("database_url"))
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+                    while not await self._lock(conn):
+                        await asyncio.sleep(self.settings.model_server_heartbeat_s)
+                    await conn.execute(f"LISTEN {DEMAND_CHANNEL}")
+                    await conn.execute(f"LISTEN {REPLICAS_CHANNEL}")
+                    self.leader, self.trends = True, {}
+                    log.info("model server %s places replicas now (it holds the placer lock)", self.server_id)
+                    listening = asyncio.get_running_loop().create_task(self._listen(conn))
+                    try:
+                        await self._lead(listening)
+                    finally:
+                        listening.cancel()
+                        with contextlib.suppress(BaseException):
+                            await listening
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("placer of %s: %s; trying again", self.server_id, exc)
+            finally:
+                self.leader = False
+            await asyncio.sleep(self.settings.model_server_heartbeat_s)
+
+    async def _lock(self, conn: psycopg.AsyncConnection[Any]) -> bool:
+        row = await (await conn.execute("SELECT pg_try_advisory_lock(%s)", (PLACER_LOCK,))).fetchone()
+        return bool(row and row[0])
+
+    async def _listen(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        async for _ in conn.notifies():
+            self._wake.set()
+
+    async def _lead(self, listening: asyncio.Task[None]) -> None:
+        while not listening.done():
+            self._wake.clear()
+            try:
+                await self.place_once()
+            except Exception:
+                log.exception("placer pass failed; trying again")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.model_server_poll_s)
+        listening.result()  # the connection's error, if it ended with one
+
+    async def place_once(self) -> Decisions:
+        """One pass: read, decide, write."""
+        async with self._sessions() as session:
+            servers, replicas, deployments = await self._read(session)
+            decisions = place(servers, replicas, deployments)
+            await self._write(session, decisions, {d.model_id: d for d in deployments})
+            await session.commit()
+        return decisions
+
+    async def _read(self, session: AsyncSession) -> tuple[list[ServerView], list[ReplicaView], list[DeploymentView]]:
+        live = ModelServerRecord.heartbeat_at > live_since(self.settings)
+        servers = [
+            ServerView(id, budget)
+            for id, budget in (
+                await session.execute(select(ModelServerRecord.id, ModelServerRecord.memory_budget_bytes).where(live))
+            ).all()
+        ]
+        factor = self.settings.model_memory_factor
+        idle_s = cast(
+            func.extract("epoch", func.now() - func.coalesce(ModelReplica.last_used_at, ModelReplica.updated_at)),
+            Float,
+        )
+        rows = (
+            await session.execute(
+                select(ModelReplica, ModelVersion.model_id, ModelVersion.memory_bytes, Artifact.bytes, idle_s)
+                .join(ModelVersion, ModelVersion.id == ModelReplica.model_version_id)
+                .join(Artifact, Artifact.id == ModelVersion.artifact_id)
+                .join(ModelServerRecord, ModelServerRecord.id == ModelReplica.server_id)
+                .where(live)
+            )
+        ).all()
+        replicas = [
+            ReplicaView(
+                server_id=r.server_id,
+                version_id=r.model_version_id,
+                model_id=model_id,
+                status=r.status,
+                memory_bytes=r.memory_bytes or estimated_memory(measured, size, factor),
+                idle_s=max(0.0, idle or 0.0),
+                in_flight=r.in_flight,
+                evicting=r.evict_reason is not None,
+            )
+            for r, model_id, measured, size, idle in rows
+        ]
+        now = time.monotonic()
+        load: dict[str, list[ReplicaView]] = defaultdict(list)
+        for replica in replicas:
+            if replica.status == READY and not replica.evicting:
+                load[replica.version_id].append(replica)
+        deployments = []
+        for deployment, name, measured, size in (
+            await session.execute(
+                select(Deployment, Model.name, ModelVersion.memory_bytes, Artifact.bytes)
+                .join(Model, Model.id == Deployment.model_id)
+                .join(ModelVersion, ModelVersion.id == Deployment.model_version_id)
+                .join(Artifact, Artifact.id == ModelVersion.artifact_id)
+            )
+        ).all():
+            scaling = ScalingSettings.of(deployment)
+            ready = load[deployment.model_version_id]
+            trend = observe(
+                self.trends.get(deployment.model_id, Trend()),
+                sum(r.in_flight for r in ready),
+                len(ready),
+                scaling.target_concurrency,
+                now,
+            )
+            self.trends[deployment.model_id] = trend
+            deployments.append(
+                DeploymentView(
+                    model_id=deployment.model_id,
+                    version_id=deployment.model_version_id,
+                    name=name,
+                    scaling=scaling,
+                    memory_bytes=estimated_memory(measured, size, factor),
+                    demand=deployment.demand_at is not None,
+                    autoscale=autoscale_signal(
+                        trend,
+                        now,
+                        upscale_delay_s=self.settings.autoscale_upscale_delay_s,
+                        downscale_delay_s=self.settings.autoscale_downscale_delay_s,
+                    ),
+                    failed=deployment.placement_error is not None,
+                )
+            )
+        return servers, replicas, deployments
+
+    async def _write(self, session: AsyncSession, decisions: Decisions, deployments: dict[str, DeploymentView]) -> None:
+        woken: set[str] = set()
+        for assign in decisions.assign:
+            await session.execute(
+                insert(ModelReplica)
+                .values(
+                    server_id=assign.server_id,
+                    model_version_id=assign.version_id,
+                    status="assigned",
+                    memory_bytes=assign.memory_bytes,
+                )
+                .on_conflict_do_nothing()
+            )
+            session.add(_event(assign.model_id, assign.version_id, assign.server_id, assign.action, assign.reason))
+            woken.add(assign.server_id)
+            log.info("placed %s on %s: %s", deployments[assign.model_id].name, assign.server_id, assign.reason)
+        for evict in decisions.evict:
+            await session.execute(
+                update(ModelReplica)
+                .where(
+                    ModelReplica.server_id == evict.server_id,
+                    ModelReplica.model_version_id == evict.version_id,
+                    ModelReplica.evict_reason.is_(None),
+                )
+                .values(evict_reason=evict.reason)
+            )
+            session.add(_event(evict.model_id, evict.version_id, evict.server_id, evict.action, evict.reason))
+            woken.add(evict.server_id)
+            log.info("evicting %s from %s: %s", evict.version_id, evict.server_id, evict.reason)
+        for model_id, reason in decisions.fail.items():
+            deployment = deployments[model_id]
+            if deployment.failed:
+                continue  # said once
+            await session.execute(
+                update(Deployment).where(Deployment.model_id == model_id).values(placement_error=reason)
+            )
+            session.add(_event(model_id, deployment.version_id, None, "failed", reason))
+            await session.execute(notification(REPLICAS_CHANNEL, deployment.version_id))
+            log.warning("cannot place %s: %s", deployment.name, reason)
+        if decisions.unfail:
+            await session.execute(
+                update(Deployment).where(Deployment.model_id.in_(decisions.unfail)).values(placement_error=None)
+            )
+        if decisions.clear_demand:
+            await session.execute(
+                update(Deployment).where(Deployment.model_id.in_(decisions.clear_demand)).values(demand_at=None)
+            )
+        for server_id in woken:
+            await session.execute(notification(ASSIGNMENTS_CHANNEL, server_id))
+
+
+def _event(model_id: str, version_id: str | None, server_id: str | None, action: str, reason: str) -> ServingEvent:
+    return ServingEvent(
+        model_id=model_id, model_version_id=version_id, server_id=server_id, action=action, reason=reason
+    )
