@@ -175,18 +175,18 @@ class UsageRow:
     values: dict[str, float]
 
 
-def _grouping(group_by: str) -> tuple[str, str, str]:
-    """(the SQL of the group's key columns, its joins, a filter) for ``group_by``."""
+def _grouping(group_by: str) -> tuple[list[tuple[str, str]], str, str]:
+    """([(SQL expression, name)] of the group's key, its joins, a filter on the metrics) for ``group_by``."""
     if group_by == "day":
-        return "to_char(u.hour AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day", "", ""
+        return [("to_char(u.hour AT TIME ZONE 'UTC', 'YYYY-MM-DD')", "day")], "", ""
     if group_by == "model":
         return (
-            "u.subject AS model_version_id, m.name AS model, mv.version AS version",
+            [("u.subject", "model_version_id"), ("m.name", "model"), ("mv.version", "version")],
             "JOIN model_versions mv ON mv.id = u.subject JOIN models m ON m.id = mv.model_id",
             "AND u.metric LIKE 'inference_%'",
         )
     if group_by == "job_type":
-        return "u.subject AS job_type", "", "AND u.metric LIKE 'job_%'"
+        return [("u.subject", "job_type")], "", "AND u.metric LIKE 'job_%'"
     raise ValueError(f"group_by must be one of {', '.join(GROUPS)}")
 
 
@@ -195,8 +195,9 @@ def report(
 ) -> list[tuple[str, UsageRow]]:
     """Usage between ``start`` (its hour included) and ``end`` (excluded), per group; per tenant when
     ``tenant_id`` is None. Counters are summed; ``bytes_stored`` is the largest sample in the group."""
-    keys, joins, only = _grouping(group_by)
-    key_names = [part.rsplit(" AS ", 1)[1] for part in keys.split(", ")]
+    columns, joins, only = _grouping(group_by)
+    keys = ", ".join(f"{expression} AS {name}" for expression, name in columns)
+    key_names = [name for _, name in columns]
     tenant_filter = "AND u.tenant_id = :tenant" if tenant_id is not None else ""
     statement = text(
         f"""
