@@ -57,7 +57,8 @@ def notify(session: Session, job: Job, event: str, base_url: str) -> None:
 
 
 def dispatch(session: Session, job: Job, queue: str) -> None:
-    """Ask a worker of ``queue`` (the job type's) to run the job, after commit."""
+    """Ask a worker of ``queue`` (the job type's) to run the job, after commit. Only the dispatcher
+    (``workers.dispatcher``) and the reconciler (a message that may be lost) send jobs."""
     job.dispatched_at = now()
     later(session, RUN_TASK, job.id, queue=queue)
 
@@ -73,7 +74,10 @@ def create_job(
     webhook: str | None,
     webhook_events_filter: list[str],
     metadata: dict[str, str],
+    priority: int = 0,
 ) -> Job:
+    """A queued job; nothing is sent: the dispatcher sends it once a worker of ``queue`` can start it
+    and it is its tenant's turn (``core.fair_share``). The insert wakes the dispatcher."""
     job = Job(
         id=new_id("job"),
         tenant_id=tenant_id,
@@ -84,6 +88,7 @@ def create_job(
         metrics={},
         attempts=0,
         max_attempts=max_attempts,
+        priority=priority,
         webhook=webhook,
         webhook_events_filter=webhook_events_filter,
         metadata_=metadata,
@@ -91,7 +96,6 @@ def create_job(
     session.add(job)
     session.flush()
     add_event(session, job.id, "status", "queued", {"status": QUEUED})
-    dispatch(session, job, queue)
     session.flush()
     session.refresh(job)
     return job

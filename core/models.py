@@ -61,6 +61,8 @@ class Tenant(Base):
     __tablename__ = "tenants"
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
+    # its share of each job queue against the other tenants' (``core.fair_share``)
+    fair_share_weight: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     created_at: Mapped[datetime] = _now()
 
 
@@ -114,7 +116,10 @@ class Job(Base):
     error: Mapped[dict[str, Any] | None]
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    # the tenant's own order among its queued jobs, higher first (``core.fair_share``)
+    priority: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     worker_id: Mapped[str | None] = mapped_column(String(200))
+    # set when the dispatcher sent the job to its queue; null while it waits for a free slot
     dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -124,6 +129,23 @@ class Job(Base):
     created_at: Mapped[datetime] = _now()
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class JobWorker(Base):
+    """A running worker (``maas worker``): the job queues it consumes and how many jobs it runs at once.
+
+    Its main process refreshes ``heartbeat_at``; the dispatcher (``workers.dispatcher``) counts the
+    slots of live workers only. ``broker`` is a digest of the worker's broker URL: a dispatcher sends
+    only to workers that listen on its own broker.
+    """
+
+    __tablename__ = "job_workers"
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)  # the Celery node name
+    broker: Mapped[str] = mapped_column(String(64))
+    queues: Mapped[list[Any]]
+    concurrency: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = _now()
+    heartbeat_at: Mapped[datetime] = _now()
 
 
 class JobEvent(Base):

@@ -98,6 +98,9 @@ class JobObject(ApiObject):
     error: dict[str, Any] | None = Field(description="why it failed, as `{code, message}`; null unless failed")
     attempts: int = Field(description="how many times a worker started the job (one whose worker is lost is retried)")
     max_attempts: int = Field(description="starts allowed before a job whose worker keeps being lost fails")
+    priority: int = Field(
+        default=0, description="the job's place among its tenant's queued jobs: higher starts first, then oldest"
+    )
     created_at: Timestamp = Field(description="when the job was created")
     started_at: Timestamp | None = Field(description="when a worker first started it; null while queued")
     finished_at: Timestamp | None = Field(description="when it reached a final status; null before")

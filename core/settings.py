@@ -91,6 +91,16 @@ class Settings(BaseSettings):
     heartbeat_timeout_s: float = Field(default=30.0, gt=0)
     reconcile_interval_s: float = Field(default=5.0, gt=0)
     redispatch_after_s: float = Field(default=300.0, gt=0)
+    dispatch_poll_s: float = Field(
+        default=2.0,
+        gt=0,
+        description="the job dispatcher passes at least this often (a job created or finished wakes it at once)",
+    )
+    fair_share_half_life_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="a tenant's past job-seconds on a queue count half as much after this long (fair share)",
+    )
     cancel_grace_s: float = Field(default=10.0, ge=0)
     db_outage_tolerance_s: float = Field(
         default=60.0,

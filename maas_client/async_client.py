@@ -132,6 +132,7 @@ class AsyncJobs(_AsyncResource):
         webhook: str | None = None,
         webhook_events_filter: Sequence[str] | None = None,
         metadata: Mapping[str, str] | None = None,
+        priority: int | None = None,
         idempotency_key: str | None = None,
         wait: float | None = None,
     ) -> JobObject:
@@ -144,6 +145,7 @@ class AsyncJobs(_AsyncResource):
                 webhook=webhook,
                 webhook_events_filter=webhook_events_filter,
                 metadata=metadata,
+                priority=priority,
                 idempotency_key=idempotency_key,
                 wait_s=wait,
             )

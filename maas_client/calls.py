@@ -138,6 +138,7 @@ def create_job(
     metadata: Mapping[str, str] | None,
     idempotency_key: str | None,
     wait_s: float | None,
+    priority: int | None = None,
 ) -> Call[JobObject]:
     body = _query(
         type=type_,
@@ -145,6 +146,7 @@ def create_job(
         webhook=webhook,
         webhook_events_filter=list(webhook_events_filter) if webhook_events_filter is not None else None,
         metadata=dict(metadata) if metadata else None,
+        priority=priority,
     )
     headers = _creating(idempotency_key, _held(wait_s))
     return Call("POST", "/v1/jobs", _one(JobObject), json=body, headers=headers, wait_s=_held(wait_s))

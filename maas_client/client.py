@@ -146,6 +146,7 @@ class Jobs(_Resource):
         webhook: str | None = None,
         webhook_events_filter: Sequence[str] | None = None,
         metadata: Mapping[str, str] | None = None,
+        priority: int | None = None,
         idempotency_key: str | None = None,
         wait: float | None = None,
     ) -> JobObject:
@@ -153,7 +154,8 @@ class Jobs(_Resource):
 
         An ``Idempotency-Key`` is sent (a new one unless given), so a retry after a lost answer
         cannot start the job twice. ``wait`` (seconds, at most 60) holds the answer until the job
-        ends or the time passes (``Prefer: wait``). A bad spec raises ``ValidationError`` whose
+        ends or the time passes (``Prefer: wait``). ``priority`` (-100 to 100, default 0) orders
+        your own queued jobs: higher first. A bad spec raises ``ValidationError`` whose
         ``pointer`` names the field (``/spec/hyperparameters/lr``).
         """
         return self._t.send(
@@ -163,6 +165,7 @@ class Jobs(_Resource):
                 webhook=webhook,
                 webhook_events_filter=webhook_events_filter,
                 metadata=metadata,
+                priority=priority,
                 idempotency_key=idempotency_key,
                 wait_s=wait,
             )

@@ -14,7 +14,7 @@ from job_types.registry import JobTypes
 from workers import preemption
 
 # modules whose tasks and signal handlers a worker loads (the API only sends by name)
-TASK_MODULES = ("workers.jobs", "workers.webhooks", "workers.reconciler", "workers.predictions")
+TASK_MODULES = ("workers.jobs", "workers.webhooks", "workers.reconciler", "workers.dispatcher", "workers.predictions")
 
 
 def create_worker_app(settings: Settings, job_types: JobTypes) -> Celery:

@@ -11,7 +11,8 @@ it was re-queued), the work is stopped and its outcome discarded. A node's share
 multi-node job runs as a ``NodeRun`` (:func:`run_node`) until the job stops running that attempt.
 
 When the worker is shutting down (``workers.preemption``), a job whose handler did not finish
-goes back to the queue with its attempt given back (:func:`give_back`), to resume elsewhere.
+goes back to the queue with its attempt given back (:func:`give_back`), to resume elsewhere once
+the dispatcher (``workers.dispatcher``) sends it again.
 """
 
 from __future__ import annotations
@@ -465,12 +466,12 @@ def give_back(rt: WorkerRuntime, ctx: JobRun, sender, exc: Exception) -> None:
             rt.settings,
             message=f"preempted: {reason}",
             worker_id=rt.worker_id,
-            values={"worker_id": None, "attempts": Job.attempts - 1},
+            # back among the waiting jobs: the dispatcher sends it again when a slot is free
+            values={"worker_id": None, "attempts": Job.attempts - 1, "dispatched_at": None},
             event_data={"reason": "preempted"},
         )
         if job is not None:
             job_service.add_event(session, ctx.job_id, "preempted", reason, {"attempt": ctx.attempt, **details})
-            job_service.dispatch(session, job, ctx.job_type.queue)
         commit_and_send(session, sender)
     log.info("job %s preempted: %s", ctx.job_id, reason)
 
@@ -493,22 +494,21 @@ def give_up(session, job: Job, settings, reason: str) -> None:
     )
 
 
-def requeue_or_fail(session: Session, job: Job, settings, reason: str, queue: str) -> None:
-    """A running job whose worker is gone: back to the queue, or failed when out of attempts."""
+def requeue_or_fail(session: Session, job: Job, settings, reason: str) -> None:
+    """A running job whose worker is gone: back among the waiting jobs (the dispatcher sends it
+    again), or failed when out of attempts."""
     if job.attempts >= job.max_attempts:
         give_up(session, job, settings, reason)
         return
-    requeued = job_service.transition(
+    job_service.transition(
         session,
         job.id,
         QUEUED,
         settings,
         message=reason,
-        values={"worker_id": None},
+        values={"worker_id": None, "dispatched_at": None},
         event_data={"reason": reason},
     )
-    if requeued is not None:
-        job_service.dispatch(session, requeued, queue)
 
 
 class NodeRun(_Run):

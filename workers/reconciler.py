@@ -4,10 +4,11 @@ Every ``reconcile_interval_s``, in each worker's main process (rows are taken wi
 SKIP LOCKED, so several workers never act on the same one):
 
 - a running job whose heartbeat is older than ``heartbeat_timeout_s`` lost its
-  worker: it is re-queued (and dispatched), or failed when it has no attempts left. Not
-  judged for ``heartbeat_timeout_s`` after the database was unreachable: nobody could
-  heartbeat during the outage, and the running workers catch up once it is back;
-- a queued job dispatched more than ``redispatch_after_s`` ago may have lost its
+  worker: it is re-queued (the dispatcher, ``workers.dispatcher``, sends it again), or failed
+  when it has no attempts left. Not judged for ``heartbeat_timeout_s`` after the database was
+  unreachable: nobody could heartbeat during the outage, and the running workers catch up once
+  it is back;
+- a queued job dispatched more than ``redispatch_after_s`` ago and not claimed may have lost its
   message (a broker restarted without persistence): it is dispatched again (a
   duplicate is harmless, the runner's claim lets only one run it);
 - a webhook delivery overdue by more than a grace period is sent again;
@@ -66,9 +67,8 @@ def reconcile_once(rt: WorkerRuntime, sender, *, judge_heartbeats: bool = True) 
             else []
         )
         for job in stale:
-            queue = _queue_of(rt, job)
-            if queue is not None:
-                requeue_or_fail(session, job, settings, f"worker {job.worker_id} stopped sending heartbeats", queue)
+            if _queue_of(rt, job) is not None:
+                requeue_or_fail(session, job, settings, f"worker {job.worker_id} stopped sending heartbeats")
                 counts["requeued_or_failed"] += 1
 
         lost = session.scalars(

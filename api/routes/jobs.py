@@ -37,6 +37,8 @@ jobs = Endpoints("jobs")
 
 SSE_KEEPALIVE_S = 15.0
 MAX_METADATA_KEYS = 16
+# a tenant orders its own queued jobs with it; between tenants, fair share decides (core.fair_share)
+MIN_PRIORITY, MAX_PRIORITY = -100, 100
 MetadataKey = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 MetadataValue = Annotated[str, StringConstraints(max_length=512)]
 
@@ -55,6 +57,13 @@ class JobCreate(StrictModel):
         max_length=MAX_METADATA_KEYS,
         description=f"your own labels, returned as given: at most {MAX_METADATA_KEYS} keys of 1-64 characters, "
         "values of at most 512",
+    )
+    priority: int = Field(
+        default=0,
+        ge=MIN_PRIORITY,
+        le=MAX_PRIORITY,
+        description=f"{MIN_PRIORITY} to {MAX_PRIORITY}: among your own queued jobs, a higher priority starts first "
+        "(then the oldest); between tenants, the one that used the queue least recently goes first",
     )
 
 
@@ -164,6 +173,7 @@ async def create_job(request: web.Request, call: Call[JobCreate, None]) -> JobOb
             webhook=body.webhook,
             webhook_events_filter=list(body.webhook_events_filter or EVENTS),
             metadata=body.metadata,
+            priority=body.priority,
         )
         rendered = JobObject.from_row(job, ctx.settings.public_base_url)
         if call.idempotency:

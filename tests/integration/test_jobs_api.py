@@ -78,7 +78,8 @@ async def test_a_handler_failure_has_a_code(api, tenant, job_worker):
         ({"type": "test.sleep", "spec": {"seconds": -1}}, "/spec/seconds"),
         ({"type": "test.sleep", "spec": {"sleep": 1}}, "/spec/sleep"),
         ({"type": "test.sleep"}, "/spec"),
-        ({"type": "test.sleep", "spec": {}, "priority": 1}, "/priority"),
+        ({"type": "test.sleep", "spec": {}, "priority": 101}, "/priority"),
+        ({"type": "test.sleep", "spec": {}, "urgency": 1}, "/urgency"),
         ({"type": "test.sleep", "spec": {}, "webhook": "ftp://example.com/hook"}, "/webhook"),
         ({"type": "test.sleep", "spec": {}, "webhook_events_filter": ["finished"]}, "/webhook_events_filter/0"),
         ({"type": "test.sleep", "spec": {}, "metadata": {f"k{i}": "v" for i in range(17)}}, "/metadata"),
@@ -285,7 +286,7 @@ async def test_events_resume_after_a_cursor(api, tenant, job_worker):
 
 
 async def test_a_lost_broker_message_is_dispatched_again(api, tenant, job_worker, db, settings):
-    with db() as session:  # committed, but its message never reaches the broker
+    with db() as session:  # marked sent, as the dispatcher does, but its message never reaches the broker
         job = job_service.create_job(
             session,
             tenant_id=tenant.id,
@@ -297,6 +298,7 @@ async def test_a_lost_broker_message_is_dispatched_again(api, tenant, job_worker
             webhook_events_filter=[],
             metadata={},
         )
+        job.dispatched_at = job_service.now()
         session.commit()
     done = await wait_done(api, tenant, job.id, timeout_s=settings.redispatch_after_s + 20)
     assert done["status"] == "succeeded"

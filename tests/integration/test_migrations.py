@@ -31,6 +31,7 @@ TABLES = {
     "usage_hourly",
     "rate_buckets",
     "serving_events",
+    "job_workers",
 }
 
 

@@ -1,0 +1,117 @@
+"""Fair scheduling with real workers (workers.dispatcher, core.fair_share): a tenant's burst waits
+while another tenant's single job takes the first worker slot that frees up; the broker never
+holds more than the workers can start; every job runs once; ``priority`` is validated and kept.
+
+The shared test worker (``job_worker``) runs two jobs at once on ``test-shared``. Start order is
+read from the job events' ``seq``, one sequence over every job's events."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy import func, or_, select
+
+from core.models import Job, JobEvent
+from tests.support.api import create_job, wait_done
+from tests.support.eventually import eventually_async
+
+SLOTS = 2  # the job_worker's concurrency
+SHORT = {"type": "test.sleep", "spec": {"seconds": 0.4, "steps": 1}}
+
+
+def _status_events(db, job_ids: list[str], status: str) -> dict[str, list[int]]:
+    """Each job's ``status`` events of ``status``, as event sequence numbers."""
+    with db() as session:
+        rows = session.execute(
+            select(JobEvent.job_id, JobEvent.seq).where(
+                JobEvent.job_id.in_(job_ids), JobEvent.type == "status", JobEvent.data["status"].astext == status
+            )
+        ).all()
+    found: dict[str, list[int]] = {job_id: [] for job_id in job_ids}
+    for job_id, seq in rows:
+        found[job_id].append(seq)
+    return found
+
+
+def _holding(db) -> int:
+    """Jobs of the test worker's queue running, or sent to the broker and not yet claimed."""
+    with db() as session:
+        return int(
+            session.scalar(
+                select(func.count())
+                .select_from(Job)
+                .where(
+                    Job.type.in_(("test.sleep", "test.process_tree", "test.crash")),
+                    or_(Job.status == "running", (Job.status == "queued") & Job.dispatched_at.is_not(None)),
+                )
+            )
+            or 0
+        )
+
+
+async def test_another_tenants_single_job_starts_at_the_first_free_slot_ahead_of_a_burst(
+    api, tenant, other_tenant, job_worker, db
+):
+    burst = []
+    for _ in range(20):
+        response = await create_job(api, tenant, SHORT)
+        assert response.status == 201, await response.text()
+        burst.append((await response.json())["id"])
+
+    async def busy() -> bool:
+        return sum(bool(s) for s in _status_events(db, burst, "running").values()) >= SLOTS
+
+    await eventually_async(busy, 30, "tenant A's burst to fill the worker's slots")
+    single = (await (await create_job(api, other_tenant, SHORT)).json())["id"]
+
+    held_samples: list[int] = []
+
+    async def all_done() -> bool:
+        held_samples.append(_holding(db))
+        with db() as session:
+            open_jobs = session.scalar(
+                select(func.count())
+                .select_from(Job)
+                .where(Job.id.in_([*burst, single]), Job.status.in_(("queued", "running")))
+            )
+        return open_jobs == 0
+
+    await eventually_async(all_done, 120, "every job to finish", interval_s=0.1)
+
+    queued_at = _status_events(db, [single], "queued")[single][0]
+    started = _status_events(db, [*burst, single], "running")
+    assert all(len(seqs) == 1 for seqs in started.values()), started  # nothing started twice
+    b_started = started[single][0]
+    a_between = [j for j in burst if queued_at < started[j][0] < b_started]
+    # at most the jobs already sent when B arrived (one per slot) start before it
+    assert len(a_between) <= SLOTS, (len(a_between), a_between)
+    a_after = [j for j in burst if started[j][0] > b_started]
+    assert a_after, "B's job was expected ahead of part of A's burst"
+    for job_id in [*burst, single]:
+        done = await wait_done(api, tenant if job_id != single else other_tenant, job_id)
+        assert done["status"] == "succeeded" and done["attempts"] == 1, done
+    assert max(held_samples) <= SLOTS, held_samples  # the broker never held more than the slots
+
+
+async def test_priority_is_validated_naming_the_field_and_orders_a_tenants_own_jobs(api, tenant, job_worker, db):
+    for bad in (101, -101, "high", 1.5):
+        response = await create_job(api, tenant, {**SHORT, "priority": bad})
+        assert response.status == 422, (bad, await response.text())
+        problem = await response.json()
+        assert [e["pointer"] for e in problem["errors"]] == ["/priority"], problem
+
+    # the worker's slots taken by this tenant's long jobs, then a low and a high priority job queue up
+    long = {"type": "test.sleep", "spec": {"seconds": 2, "steps": 2}}
+    blockers = [(await (await create_job(api, tenant, long)).json())["id"] for _ in range(SLOTS)]
+
+    async def blocked() -> bool:
+        return all(_status_events(db, blockers, "running").values())
+
+    await eventually_async(blocked, 30, "the long jobs to take every slot")
+    low = (await (await create_job(api, tenant, SHORT)).json())["id"]
+    created = await create_job(api, tenant, {**SHORT, "priority": 7})
+    high = await created.json()
+    assert created.status == 201 and high["priority"] == 7
+    await asyncio.gather(*(wait_done(api, tenant, j, timeout_s=60) for j in (*blockers, low, high["id"])))
+    started = _status_events(db, [low, high["id"]], "running")
+    assert started[high["id"]][0] < started[low][0]
