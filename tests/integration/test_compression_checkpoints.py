@@ -84,7 +84,7 @@ def test_a_torn_newer_checkpoint_is_passed_over_for_the_older_whole_one(settings
     torn = ctx.add(after_two, 2)
     ctx.store.upload_chunks(torn.storage_key, [after_two.read_bytes()[: after_two.stat().st_size // 2]])
 
-    progress = resume_point(ctx, SPEC, tmp_path / "work")  # type: ignore[arg-type]
+    progress = resume_point(ctx, SPEC, tmp_path / "work")
     assert progress is not None and progress.done == 1
     warnings = [message for level, message in ctx.lines if level == "warning"]
     assert len(warnings) == 1 and torn.name in warnings[0] and "sha256" in warnings[0].lower(), warnings
@@ -100,6 +100,6 @@ def test_a_checkpoint_of_other_passes_or_a_missing_object_means_starting_over(se
     other = SPEC.model_copy(update={"passes": [SPEC.passes[0].model_copy(update={"amount": 0.6}), SPEC.passes[1]]})
     ctx.add(after_one, 1)
 
-    assert resume_point(ctx, other, tmp_path / "work") is None  # type: ignore[arg-type]
+    assert resume_point(ctx, other, tmp_path / "work") is None
     assert [level for level, _ in ctx.lines] == ["warning", "warning"]
     assert "other passes" in ctx.lines[0][1] and "cannot be fetched" in ctx.lines[1][1]
