@@ -120,6 +120,11 @@ class Settings(BaseSettings):
     max_nproc_per_node: int = Field(default=8, gt=0, description="torchrun processes a job may ask for per node")
     max_nnodes: int = Field(default=4, gt=0)
     training_threads_per_process: int = Field(default=1, gt=0, description="OMP_NUM_THREADS of each rank")
+    training_cuda: bool = Field(
+        default=False,
+        description="whether the training workers have CUDA GPUs: a spec asking for fp16 mixed precision is "
+        "refused (422) without them",
+    )
     worker_memory_bytes: int | None = Field(
         default=None,
         gt=0,

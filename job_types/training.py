@@ -1,20 +1,25 @@
-"""The ``training`` job type: a spec of ``training.spec`` run by torchrun on a worker of the
-``training`` queue.
+"""The ``training`` job type: a spec of ``training.spec`` run on a worker of the ``training``
+queue, by ``training.launch`` (one node: warm ranks forked after the imports and the data
+loading) or torchrun (several nodes).
 
-Before a job is created: the limits of the platform (processes per node, nodes) and the dataset
-files' stored details against the model. On the worker: fetch the data, run ``training.run``
-under torchrun, and turn what rank 0 says (JSON lines) into progress, checkpoints, artifacts and
-a registered model version. torchrun runs in its own process group, so a cancel stops every
-rank. A job re-run after its worker died starts from the newest checkpoint any earlier attempt
-uploaded. With ``nnodes > 1`` the first node hosts torchrun's c10d rendezvous and sends every
-other node its share (:func:`run_node_share`) through the queue.
+Before a job is created: the limits of the platform (processes per node, nodes, the precisions
+its workers can run) and the dataset files' stored details against the model. On the worker:
+fetch the data, run ``training.run`` on every rank, and turn what rank 0 says (JSON lines) into
+progress, checkpoints (uploaded in the background, one at a time, each resumable only once its
+upload is recorded), artifacts and a registered model version. The ranks run in their own
+process group, so a cancel stops every rank. A job re-run after its worker died starts from
+the newest checkpoint any earlier attempt uploaded. With ``nnodes > 1`` the first node hosts
+torchrun's c10d rendezvous and sends every other node its share (:func:`run_node_share`)
+through the queue.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
+import queue
 import re
 import shutil
 import sys
@@ -38,7 +43,7 @@ from job_types.base import JobContext, JobFailed, JobPreempted, JobType, NodeCon
 from job_types.checkpoint_retention import prune_checkpoints
 from job_types.dataset_memory import check_worker_memory
 from job_types.lookups import dataset_file
-from training.spec import TrainingSpec, check_dataset_fits, check_limits
+from training.spec import TrainingSpec, check_dataset_fits, check_limits, precision_problems
 
 PROTOCOL = {"progress", "checkpoint", "result", "error", "preempted"}
 LOG_TAIL_LINES = 40
@@ -50,6 +55,7 @@ MAX_LOG_EVENTS = 500
 
 def check_training(session: Session, tenant_id: str, spec: TrainingSpec, settings: Settings) -> list[FieldProblem]:
     problems = check_limits(spec, settings.max_nproc_per_node, settings.max_nnodes)
+    problems += precision_problems(spec, settings.training_cuda)
     details = validation_details = None
     if spec.dataset.file_id:
         file, found = dataset_file(session, tenant_id, spec.dataset.file_id, "/dataset/file_id")
@@ -90,6 +96,12 @@ def torchrun_command(
     ]  # fmt: skip
 
 
+def launch_command(spec: TrainingSpec, args: list[str]) -> list[str]:
+    """The command line of a one-node job: ``training.launch``, which loads torch and the data
+    once and forks warm ranks (torchrun's environment, a faster start)."""
+    return [sys.executable, "-m", "training.launch", "--nproc-per-node", str(spec.strategy.nproc_per_node), *args]
+
+
 @dataclass(frozen=True)
 class Rendezvous:
     """Where the nodes of one attempt of a job meet."""
@@ -106,8 +118,56 @@ def child_env(threads: int) -> dict[str, str]:
     return env
 
 
+class CheckpointUploads(threading.Thread):
+    """Uploads the checkpoints rank 0 announces, one at a time and in order, off the thread
+    that reads the ranks' output (so neither the ranks nor their events wait for S3). A
+    checkpoint becomes resumable only when its artifact row is written, after its upload:
+    a job killed mid-upload resumes from the one before."""
+
+    def __init__(self, ctx: JobContext, work: Path):
+        super().__init__(name=f"checkpoint-uploads-{ctx.job_id}", daemon=True)
+        self.ctx, self.work = ctx, work
+        self.pending: queue.Queue[tuple[Path, int, dict[str, Any]] | None] = queue.Queue()
+        self.error: BaseException | None = None
+        self.uploaded: list[int] = []  # steps, in upload order
+
+    def put(self, directory: Path, step: int, metrics: dict[str, Any]) -> None:
+        if not self.is_alive() and self.ident is None:
+            self.start()
+        self.pending.put((directory, step, metrics))
+
+    def close(self) -> None:
+        """Wait for every announced checkpoint to be uploaded; raise the first upload error."""
+        if self.ident is not None:
+            self.pending.put(None)
+            self.join()
+        if self.error is not None:
+            raise self.error
+
+    def run(self) -> None:
+        while (item := self.pending.get()) is not None:
+            if self.error is None:
+                try:
+                    self._upload(*item)
+                except Exception as exc:  # reported by close(), in the job's thread
+                    self.error = exc
+
+    def _upload(self, directory: Path, step: int, metrics: dict[str, Any]) -> None:
+        archive = self.work / f"{directory.name}.tar"
+        with tarfile.open(archive, "w") as tar:
+            tar.add(directory, arcname=directory.name)
+        try:
+            self.ctx.checkpoint(archive, step, **metrics)
+        finally:
+            archive.unlink(missing_ok=True)
+        self.uploaded.append(step)
+        # the newest stays (a resume starts there); older ones beyond the spec's retention go
+        prune_checkpoints(self.ctx, self.ctx.spec.checkpoints)
+
+
 class RankZeroOutput:
-    """Reads torchrun's merged output: protocol lines become job events, the rest log lines."""
+    """Reads torchrun's merged output: protocol lines become job events, the rest log lines;
+    checkpoints go to a background uploader (``close`` waits for it)."""
 
     def __init__(self, ctx: JobContext, work: Path):
         self.ctx, self.work = ctx, work
@@ -116,6 +176,7 @@ class RankZeroOutput:
         self.preempted_at: int | None = None  # the step the run stopped at when asked to
         self.tail: collections.deque[str] = collections.deque(maxlen=LOG_TAIL_LINES)
         self.logged = 0
+        self.uploads = CheckpointUploads(ctx, work)
 
     def __call__(self, line: str) -> None:
         message = _protocol_message(line)
@@ -126,7 +187,7 @@ class RankZeroOutput:
             self.ctx.progress(message["step"], message.get("total_steps"), **values)
         elif message["type"] == "checkpoint":
             metrics = {k: v for k, v in message.items() if k not in ("type", "path", "step")}
-            self._upload_checkpoint(Path(message["path"]), message["step"], metrics)
+            self.uploads.put(Path(message["path"]), message["step"], metrics)
         elif message["type"] == "result":
             self.result = message
         elif message["type"] == "preempted":
@@ -144,16 +205,9 @@ class RankZeroOutput:
             self.logged += 1
             self.ctx.log(line, level="warning" if "Error" in line or "Traceback" in line else "info")
 
-    def _upload_checkpoint(self, directory: Path, step: int, metrics: dict[str, Any]) -> None:
-        archive = self.work / f"{directory.name}.tar"
-        with tarfile.open(archive, "w") as tar:
-            tar.add(directory, arcname=directory.name)
-        try:
-            self.ctx.checkpoint(archive, step, **metrics)
-        finally:
-            archive.unlink(missing_ok=True)
-        # the newest stays (a resume starts there); older ones beyond the spec's retention go
-        prune_checkpoints(self.ctx, self.ctx.spec.checkpoints)
+    def close(self) -> None:
+        """Wait for the checkpoint uploads still running."""
+        self.uploads.close()
 
 
 # torchrun's summary of a rank that died from a signal: "exitcode  : -9 (pid: 123)"
@@ -266,16 +320,26 @@ def run_training(ctx: JobContext) -> dict[str, Any]:
             output = RankZeroOutput(ctx, local)
             env = child_env(ctx.settings.training_threads_per_process)
             args = common + data_args(ctx, spec, local) + stop_file_args(ctx, local)
-            if multinode:
-                code = run_first_node(ctx, spec, common, args, shared, output, env)
-            else:
-                code = ctx.run_process(torchrun_command(spec, args), env=env, on_line=output)
-            if output.preempted_at is not None:  # its checkpoint was uploaded when its line came
+            try:
+                if multinode:
+                    code = run_first_node(ctx, spec, common, args, shared, output, env)
+                else:
+                    code = ctx.run_process(launch_command(spec, args), env=env, on_line=output)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    output.close()  # what was announced is still uploaded; the job's own error wins
+                raise
+            if output.preempted_at is not None or classify_failure(code, output) is not None:
+                output.close()  # every announced checkpoint uploaded: the next attempt resumes from the newest
+            if output.preempted_at is not None:
                 raise JobPreempted(f"checkpointed at step {output.preempted_at}", step=output.preempted_at)
             if (failure := classify_failure(code, output)) is not None:
                 raise failure
             assert output.result is not None  # classify_failure found a result
-            return publish(ctx, spec, output.result)
+            try:
+                return publish(ctx, spec, output.result)  # while the last checkpoint uploads
+            finally:
+                output.close()
         finally:
             if multinode:
                 shutil.rmtree(shared, ignore_errors=True)

@@ -10,6 +10,13 @@ can name raise ``TrainingFailure(code, message)``.
 A run asked to stop (``RunPaths.stop_file`` appears on any rank: its worker is shutting down)
 checkpoints at the next step where the ranks sync, and raises ``Preempted``; the ranks agree
 on that step because the request travels in the same all-reduce as the loss counters.
+
+Checkpoints are due once ``checkpoint_every_steps`` steps and ``checkpoint_every_seconds``
+(rank 0's clock, shared in that all-reduce) have passed since the last one, at the last step
+and on preemption. The step only snapshots state; ``BackgroundCheckpointer`` writes it, and
+rank 0 announces the ``checkpoint`` line once it is whole. The optimisation options (the
+learning-rate schedule, early stopping with the best weights kept) live here; accumulation,
+clipping and autocast in the strategies' ``train_step``.
 """
 
 from __future__ import annotations
@@ -27,10 +34,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from training import strategies
-from training.checkpoint import checkpoint_dir, load_checkpoint, save_checkpoint
+from training.checkpoint import BackgroundCheckpointer, checkpoint_dir, load_best, load_checkpoint, snapshot
 from training.data import Splits, load_splits, shard_batches, steps_per_epoch
 from training.dist import DistContext, sum_across_ranks
-from training.spec import TrainingSpec
+from training.schedule import lr_factor
+from training.spec import EarlyStoppingSpec, TrainingSpec, total_steps
 from training.zoo import build_any
 
 Emit = Callable[[dict[str, Any]], None]
@@ -81,6 +89,7 @@ class StepSchedule:
     total_steps: int
     report_every: int
     checkpoint_every: int
+    checkpoint_seconds: float = 0.0
 
     def epoch_ends(self, step: int) -> bool:
         return step % self.steps_per_epoch == 0
@@ -88,20 +97,35 @@ class StepSchedule:
     def report_due(self, step: int) -> bool:
         return step % self.report_every == 0 or step == self.total_steps or self.epoch_ends(step)
 
-    def checkpoint_due(self, step: int) -> bool:
+    def checkpoint_candidate(self, step: int) -> bool:
+        """A step on the step cadence (whether it checkpoints also depends on the clock)."""
         return step % self.checkpoint_every == 0 or step == self.total_steps
+
+    def checkpoint_due(self, step: int, last_checkpoint: int, seconds_since: float) -> bool:
+        """Whether ``step`` checkpoints: the last step does; otherwise both the steps and the
+        seconds since the last checkpoint must have come (whichever comes later)."""
+        if step == self.total_steps:
+            return True
+        return step - last_checkpoint >= self.checkpoint_every and seconds_since >= self.checkpoint_seconds
 
     def sync_due(self, step: int) -> bool:
         """Whether the ranks pool their loss counters after ``step`` (all ranks agree)."""
-        return self.report_due(step) or self.checkpoint_due(step)
+        return self.report_due(step) or self.checkpoint_candidate(step)
 
 
 def make_schedule(train_rows: int, spec: TrainingSpec, report_every: int | None = None) -> StepSchedule:
     hp = spec.hyperparameters
     per_epoch = steps_per_epoch(train_rows, hp.batch_size)
-    total = per_epoch * hp.epochs if hp.max_steps is None else min(per_epoch * hp.epochs, hp.max_steps)
+    total = total_steps(train_rows, hp)
     every = report_every or min(50, max(5, total // 50))  # about 50 reports a run, 5 to 50 steps apart
-    return StepSchedule(per_epoch, total, every, spec.checkpoint_every_steps)
+    return StepSchedule(per_epoch, total, every, spec.checkpoint_every_steps, spec.checkpoint_every_seconds)
+
+
+def improved(value: float, best: float | None, stopping: EarlyStoppingSpec) -> bool:
+    """Whether ``value`` beats ``best`` by more than ``min_delta`` in the metric's direction."""
+    if best is None:
+        return True
+    return value < best - stopping.min_delta if stopping.mode == "min" else value > best + stopping.min_delta
 
 
 # --- the loop's own state, saved in checkpoints ------------------------------------------------
@@ -119,6 +143,8 @@ class Progress:
     history: list[dict[str, Any]] = field(default_factory=list)
     samples: float = 0.0
     seconds: float = 0.0
+    last_checkpoint: int = 0  # the step of the latest checkpoint
+    best: dict[str, Any] = field(default_factory=dict)  # early stopping: {"value", "step", "waited"}
 
     def add(self, totals: list[float], seconds: float) -> None:
         self.window = [a + b for a, b in zip(self.window, totals, strict=True)]
@@ -132,7 +158,7 @@ class Progress:
 
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> Progress:
-        return cls(**{name: meta[name] for name in cls.__dataclass_fields__})
+        return cls(**{name: meta[name] for name in cls.__dataclass_fields__ if name in meta})
 
 
 def _mean(counters: list[float]) -> tuple[float, float]:
@@ -143,15 +169,26 @@ def _mean(counters: list[float]) -> tuple[float, float]:
 # --- running -----------------------------------------------------------------------------------
 
 
-def train(spec: TrainingSpec, paths: RunPaths, ctx: DistContext, emit: Emit, report_every: int | None = None) -> None:
-    """Run the whole job on this process (every rank calls it; the group is set up)."""
+def train(
+    spec: TrainingSpec,
+    paths: RunPaths,
+    ctx: DistContext,
+    emit: Emit,
+    report_every: int | None = None,
+    splits: Splits | None = None,
+) -> None:
+    """Run the whole job on this process (every rank calls it; the group is set up).
+    ``splits``: the data when a launcher loaded it once for every rank."""
     if spec.strategy.world_size != ctx.world_size:
         raise TrainingFailure(
             "bad_launch",
             f"the spec asks for {spec.strategy.world_size} processes (nproc_per_node x nnodes) "
             f"but {ctx.world_size} were started",
         )
-    splits = load_splits(spec, paths.data, paths.val_data)
+    if spec.hyperparameters.precision == "fp16" and ctx.device.type != "cuda":
+        raise TrainingFailure("bad_spec", "fp16 autocast needs a CUDA device and this process has none")
+    if splits is None:
+        splits = load_splits(spec, paths.data, paths.val_data)
     torch.manual_seed(spec.hyperparameters.seed)
     # a text encoder is no nn.Sequential, but it trains with ddp only (a spec rule), which takes any module
     factory = cast(
@@ -160,21 +197,34 @@ def train(spec: TrainingSpec, paths: RunPaths, ctx: DistContext, emit: Emit, rep
     )
     trainable = strategies.prepare(factory, ctx, spec)
     plan = make_schedule(len(splits.train_y), spec, report_every)
-    job = Job(spec, plan, trainable, splits, paths.out, ctx, emit if ctx.is_rank0 else _silent, paths.stop_requested)
+    say = emit if ctx.is_rank0 else _silent
+    checkpointer = BackgroundCheckpointer(ctx, functools.partial(_announce, say))
+    job = Job(spec, plan, trainable, splits, paths.out, ctx, say, checkpointer, paths.stop_requested)
     progress = Progress()
     if paths.resume is not None:
         progress = Progress.from_meta(load_checkpoint(paths.resume, trainable, ctx))
-    job.run_steps(progress)
-    model = trainable.full_model_on_rank0()
-    if model is not None:
-        job.say(job.finish(model, progress))
+        if ctx.is_rank0:
+            job.best_weights = load_best(paths.resume)
+    try:
+        job.run_steps(progress)
+        model = trainable.full_model_on_rank0()
+        result = job.finish(model, progress) if model is not None else None
+    finally:
+        checkpointer.wait()  # the last checkpoint's write overlaps the export
+    if result is not None:
+        job.say(result)  # the last line: every checkpoint was announced before it
+
+
+def _announce(say: Emit, directory: Path, meta: dict[str, Any]) -> None:
+    """Rank 0's ``checkpoint`` line, once the checkpoint is whole on disk."""
+    say({"type": "checkpoint", "path": str(directory), "step": meta["step"], **_latest_validation(meta["history"])})
 
 
 def _silent(_: dict[str, Any]) -> None:
     pass
 
 
-@dataclass(frozen=True)
+@dataclass
 class Job:
     """What one process's run works with; ``say`` is silent except on rank 0."""
 
@@ -185,15 +235,20 @@ class Job:
     out: Path
     ctx: DistContext
     say: Emit
+    checkpointer: BackgroundCheckpointer
     stop_requested: Callable[[], bool] = lambda: False
+    # rank 0: the early-stopping best weights (a CPU state dict); replaced, never mutated
+    best_weights: dict[str, torch.Tensor] | None = field(default=None, compare=False)
 
     def run_steps(self, progress: Progress) -> None:
         """Take the planned steps from ``progress.step`` on; raise ``Preempted`` when asked to stop."""
         hp, device = self.spec.hyperparameters, self.ctx.device
         x, y = self.splits.train_x.to(device), self.splits.train_y.to(device)
-        pending = torch.zeros(4, device=device)  # loss sum, correct, count; and whether any rank must stop
+        # loss sum, correct, count; whether any rank must stop; whether rank 0's clock says a checkpoint is due
+        pending = torch.zeros(5, device=device)
         epoch_rows, rows_epoch = None, -1
-        started = time.perf_counter()
+        started = last_checkpoint_at = time.perf_counter()
+        schedule = hp.lr_schedule
         while progress.step < self.plan.total_steps:
             epoch, index = divmod(progress.step, self.plan.steps_per_epoch)
             if epoch_rows is None or epoch != rows_epoch:
@@ -201,40 +256,58 @@ class Job:
                 epoch_rows = shard_batches(len(y), hp.batch_size, replicas, rank, hp.seed, epoch)
                 rows_epoch = epoch
             rows = torch.from_numpy(epoch_rows[index]).to(device)
+            if schedule is not None:
+                for group in self.trainable.optimizer.param_groups:
+                    group["lr"] = hp.lr * lr_factor(progress.step + 1, self.plan.total_steps, schedule)
             pending[:3] += self.trainable.train_step(x[rows], y[rows])
             progress.step += 1
             if not self.plan.sync_due(progress.step):
                 continue
             pending[3] = float(self.stop_requested())
-            *totals, stopping = sum_across_ranks(pending).tolist()
+            pending[4] = float(
+                self.ctx.is_rank0 and time.perf_counter() - last_checkpoint_at >= self.plan.checkpoint_seconds
+            )
+            *totals, stopping, clock_due = sum_across_ranks(pending).tolist()
             progress.add(totals, time.perf_counter() - started)
             pending.zero_()
             _check_finite(progress)
-            self.after_sync(progress)
-            if stopping and progress.step < self.plan.total_steps:
-                if not self.plan.checkpoint_due(progress.step):
-                    self.save_checkpoint(progress)
+            stopped_early = self.after_sync(progress)
+            due = self.plan.checkpoint_due(progress.step, progress.last_checkpoint, math.inf if clock_due else 0.0)
+            preempted = bool(stopping) and progress.step < self.plan.total_steps
+            if due or stopped_early or preempted:
+                self.save_checkpoint(progress)
+                last_checkpoint_at = time.perf_counter()
+            if preempted:
+                self.checkpointer.wait()  # the stop's checkpoint must be whole before the process ends
                 raise Preempted(progress.step)
+            if stopped_early:
+                return
             started = time.perf_counter()  # evaluation and checkpoint time is not training time
 
-    def after_sync(self, progress: Progress) -> None:
-        """Evaluate at an epoch's end, report, checkpoint: whichever ``progress.step`` calls for."""
+    def after_sync(self, progress: Progress) -> bool:
+        """Evaluate at an epoch's end and report, whichever ``progress.step`` calls for;
+        whether early stopping ends the run here (every rank gets the same answer)."""
         step = progress.step
-        validation = self.end_epoch(progress) if self.plan.epoch_ends(step) or step == self.plan.total_steps else {}
+        evaluating = self.plan.epoch_ends(step) or step == self.plan.total_steps
+        validation = self.end_epoch(progress) if evaluating else {}
         if self.plan.report_due(step):
             self.report(progress, validation)
-        if self.plan.checkpoint_due(step):
-            self.save_checkpoint(progress)
+        stopping = self.spec.hyperparameters.early_stopping
+        if stopping is None or not evaluating or step == self.plan.total_steps:
+            return False
+        patience_spent = float(self.ctx.is_rank0 and progress.best.get("waited", 0) >= stopping.patience)
+        return bool(sum_across_ranks(torch.tensor([patience_spent], device=self.ctx.device)).item())
 
     def save_checkpoint(self, progress: Progress) -> None:
-        """Save this step's state (collective) and tell the supervisor where it is."""
-        step, meta = progress.step, progress.to_meta(self.ctx.world_size)
-        path = save_checkpoint(checkpoint_dir(self.out, step), self.trainable, meta, self.ctx)
-        self.say({"type": "checkpoint", "path": str(path), "step": step, **_latest_validation(progress)})
+        """Snapshot this step's state (collective) for the background writer; rank 0 says
+        ``checkpoint`` once it is written."""
+        progress.last_checkpoint = progress.step
+        directory, meta = checkpoint_dir(self.out, progress.step), progress.to_meta(self.ctx.world_size)
+        self.checkpointer.submit(snapshot(directory, self.trainable, meta, self.ctx, best=self.best_weights))
 
     def end_epoch(self, progress: Progress) -> dict[str, float]:
         """Close the epoch's training counters and evaluate (collective); the validation
-        metrics on rank 0, {} elsewhere."""
+        metrics on rank 0, {} elsewhere. With early stopping, rank 0 keeps the best weights."""
         loss, accuracy = _mean(progress.epoch)
         progress.last_epoch = {"loss": loss, "accuracy": accuracy}
         progress.epoch = [0.0, 0.0, 0.0]
@@ -246,7 +319,15 @@ class Job:
         progress.history.append(
             {"kind": "val", "step": progress.step, "epoch": epoch, "loss": val_loss, "accuracy": val_accuracy}
         )
-        return {"val_loss": val_loss, "val_accuracy": val_accuracy}
+        validation = {"val_loss": val_loss, "val_accuracy": val_accuracy}
+        if (stopping := self.spec.hyperparameters.early_stopping) is not None:
+            value = validation[stopping.metric]
+            if improved(value, progress.best.get("value"), stopping):
+                progress.best = {"value": value, "step": progress.step, "waited": 0}
+                self.best_weights = {k: v.clone() for k, v in model.state_dict().items()}
+            else:
+                progress.best["waited"] = progress.best.get("waited", 0) + 1
+        return validation
 
     def report(self, progress: Progress, validation: dict[str, float]) -> None:
         loss, accuracy = _mean(progress.window)
@@ -276,6 +357,8 @@ class Job:
         from training.export import INPUT_NAME, OUTPUT_NAME, export_onnx, onnx_max_abs_diff, save_state_dict
 
         splits, spec = self.splits, self.spec
+        if spec.hyperparameters.early_stopping is not None and self.best_weights is not None:
+            model.load_state_dict(self.best_weights)  # the export is the best evaluation's weights
         val_loss, val_accuracy = evaluate(model, splits.val_x, splits.val_y)
         self.out.mkdir(parents=True, exist_ok=True)
         files = {name: self.out / filename for name, filename in ARTIFACTS.items()}
@@ -300,6 +383,7 @@ class Job:
                 "epochs": round(progress.step / self.plan.steps_per_epoch, 4),
                 "samples_per_s": round(progress.samples / progress.seconds, 1) if progress.seconds else 0.0,
                 "parameters": sum(p.numel() for p in model.parameters()),
+                **({"best_step": progress.best["step"]} if progress.best else {}),
             },
             "files": {name: str(path) for name, path in files.items()},
             "classes": splits.classes,
@@ -312,9 +396,9 @@ class Job:
         }
 
 
-def _latest_validation(progress: Progress) -> dict[str, Any]:
+def _latest_validation(history: list[dict[str, Any]]) -> dict[str, Any]:
     """The metrics of the latest validation (what a checkpoint is ranked by); {} before the first."""
-    for entry in reversed(progress.history):
+    for entry in reversed(history):
         if entry["kind"] == "val":
             return {"val_loss": entry["loss"], "val_accuracy": entry["accuracy"], "val_step": entry["step"]}
     return {}

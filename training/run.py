@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,7 +40,7 @@ from pydantic import ValidationError
 from core.spec_kit import validation_problems
 from training import dist
 from training.checkpoint import CheckpointError
-from training.data import DatasetError
+from training.data import DatasetError, Splits
 from training.loop import Preempted, RunPaths, TrainingFailure, train
 from training.spec import TrainingSpec
 from training.zoo import InitFromError
@@ -72,12 +73,14 @@ class JsonLines:
 
     def __init__(self, *streams: TextIO) -> None:
         self.streams = streams
+        self.lock = threading.Lock()  # the checkpoint writer's thread says `checkpoint` too
 
     def __call__(self, event: dict[str, Any]) -> None:
         line = json.dumps(event) + "\n"
-        for stream in self.streams:
-            stream.write(line)
-            stream.flush()
+        with self.lock:
+            for stream in self.streams:
+                stream.write(line)
+                stream.flush()
 
 
 def claim_stdout() -> TextIO:
@@ -124,7 +127,8 @@ def error_event(exc: BaseException) -> tuple[dict[str, Any], bool]:
     return {"type": "error", "code": "internal", "message": f"{type(exc).__name__}: {exc}"}, False
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, splits: Splits | None = None) -> int:
+    """Run one rank; ``splits``: the data, when a launcher loaded it once for every rank."""
     args = parse_args(argv)
     streams = [claim_stdout()]
     if args.events is not None:
@@ -142,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             stop_file=args.stop_file,
             init_from=args.init_from,
         )
-        train(spec, paths, ctx, emit, report_every=args.report_every)
+        train(spec, paths, ctx, emit, report_every=args.report_every, splits=splits)
     except Preempted as stopped:
         if ctx is not None and ctx.is_rank0:
             emit({"type": "preempted", "step": stopped.step})

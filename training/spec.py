@@ -256,6 +256,10 @@ def model_fit_problems(model: AnyModel, feature_shape: Sequence[int]) -> list[Fi
 # --- strategy and hyperparameters ----------------------------------------------------------------
 
 
+# which way is better for each validation metric (early stopping, checkpoint retention)
+BEST_MODES: dict[str, Literal["min", "max"]] = {"val_loss": "min", "val_accuracy": "max"}
+
+
 class StrategySpec(StrictModel):
     """How the job is parallelised. ``pipeline`` runs one stage per process
     (``pipeline_stages`` defaults to the world size); ``hybrid`` is data parallel over
@@ -286,6 +290,45 @@ class StrategySpec(StrictModel):
         return self.kind in ("pipeline", "hybrid")
 
 
+class LRScheduleSpec(StrictModel):
+    """Linear warm-up from 0 to ``lr`` over ``warmup_steps``, then ``decay`` to
+    ``lr x min_lr_ratio`` at the run's last step (``training.schedule``)."""
+
+    decay: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="the shape after warm-up: half a cosine, a straight line, or flat at `lr`"
+    )
+    warmup_steps: int = Field(
+        0, ge=0, le=10_000_000, description="optimizer steps of linear warm-up; fewer than the run's total steps"
+    )
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="the last step's learning rate, as a fraction of lr")
+
+
+class EarlyStoppingSpec(StrictModel):
+    """Evaluate at every epoch's end; stop after ``patience`` evaluations without an
+    improvement larger than ``min_delta``; the exported model is the best evaluation's."""
+
+    metric: Literal["val_loss", "val_accuracy"] = Field(
+        "val_loss", description="the validation metric watched (evaluated at each epoch's end)"
+    )
+    mode: Literal["min", "max"] | None = Field(
+        None,
+        description="`min` (lower is better) or `max`; defaults to the metric's own (val_loss min, val_accuracy max)",
+    )
+    patience: int = Field(3, ge=1, le=10_000, description="evaluations without improvement before the run stops")
+    min_delta: float = Field(0.0, ge=0.0, description="the least change that counts as an improvement")
+
+    @model_validator(mode="after")
+    def _mode_fits_metric(self) -> EarlyStoppingSpec:
+        natural = BEST_MODES[self.metric]
+        if self.mode is not None and self.mode != natural:
+            raise error_at(
+                ("mode",),
+                f"{self.metric} is better when {'lower' if natural == 'min' else 'higher'}: mode must be {natural}",
+            )
+        self.mode = natural
+        return self
+
+
 class HyperparametersSpec(StrictModel):
     epochs: int = Field(10, ge=1, le=10_000)
     max_steps: int | None = Field(None, ge=1, le=10_000_000, description="stop after this many steps")
@@ -295,6 +338,33 @@ class HyperparametersSpec(StrictModel):
     momentum: float = Field(0.0, ge=0.0, lt=1.0, description="sgd only")
     weight_decay: float = Field(0.0, ge=0.0, le=1.0)
     seed: int = Field(0, ge=0, le=2**31 - 1)
+    lr_schedule: LRScheduleSpec | None = Field(
+        None, description="how the learning rate moves over the run; null keeps `lr` constant"
+    )
+    grad_clip_norm: float | None = Field(
+        None,
+        gt=0.0,
+        le=1e6,
+        description="clip the gradients' global L2 norm (over the whole model, all ranks) to this before each "
+        "optimizer step; null does not clip",
+    )
+    grad_accumulation_steps: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="split each replica's share of the global batch into this many chunks, backward each and "
+        "step once: the same update with a fraction of the activation memory (ddp and fsdp; it must divide "
+        "batch_size / processes)",
+    )
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="`bf16` or `fp16` run the forward pass under autocast (weights stay fp32; fp16 with a "
+        "gradient scaler). fp16 needs CUDA workers; bf16 also runs on CPU (fast only where the CPU has "
+        "native bf16, e.g. AVX512-BF16 or AMX). ddp and fsdp only",
+    )
+    early_stopping: EarlyStoppingSpec | None = Field(
+        None, description="stop when a validation metric stops improving, and export the best weights seen"
+    )
 
     @model_validator(mode="after")
     def _momentum_is_sgd(self) -> HyperparametersSpec:
@@ -304,9 +374,6 @@ class HyperparametersSpec(StrictModel):
 
 
 # --- checkpoint retention ------------------------------------------------------------------------
-
-# which way is better for each metric a checkpoint can be ranked by
-BEST_MODES: dict[str, Literal["min", "max"]] = {"val_loss": "min", "val_accuracy": "max"}
 
 
 class KeepBestSpec(StrictModel):
@@ -354,7 +421,20 @@ class TrainingSpec(StrictModel):
     validation: ValidationSpec = Field(default_factory=lambda: ValidationSpec(fraction=0.1))
     strategy: StrategySpec = Field(default_factory=StrategySpec)
     hyperparameters: HyperparametersSpec = Field(default_factory=HyperparametersSpec)
-    checkpoint_every_steps: int = Field(100, ge=1, le=10_000_000)
+    checkpoint_every_steps: int = Field(
+        100,
+        ge=1,
+        le=10_000_000,
+        description="a checkpoint is due once this many steps AND checkpoint_every_seconds have passed since the "
+        "last one (whichever comes later); the run's last step and a preemption always checkpoint",
+    )
+    checkpoint_every_seconds: float = Field(
+        300.0,
+        ge=0.0,
+        le=86_400.0,
+        description="the least time between checkpoints (0: by steps alone); checkpoints are written and uploaded "
+        "in the background, the step only copies the state",
+    )
     checkpoints: CheckpointsSpec = Field(
         default_factory=CheckpointsSpec, description="how many checkpoints to keep (the others are deleted)"
     )
@@ -373,7 +453,7 @@ class TrainingSpec(StrictModel):
     @model_validator(mode="after")
     def _cross_field(self) -> TrainingSpec:
         _resolve_pipeline_defaults(self.strategy)
-        problems = _cross_field_problems(self)
+        problems = _cross_field_problems(self) + training_option_problems(self)
         if problems:
             raise ValidationError.from_exception_data(
                 type(self).__name__,
@@ -411,6 +491,58 @@ def _cross_field_problems(spec: TrainingSpec) -> list[tuple[Loc, str]]:
                 )
             )
     return problems
+
+
+def training_option_problems(spec: TrainingSpec) -> list[tuple[Loc, str]]:
+    """Where the optimisation options (schedule, accumulation, precision) misfit the rest of
+    the spec; the warm-up against the data's step count is ``check_dataset_fits``'s."""
+    strategy, hp = spec.strategy, spec.hyperparameters
+    problems: list[tuple[Loc, str]] = []
+    accumulation = hp.grad_accumulation_steps
+    if accumulation > 1 and strategy.pipelined:
+        problems.append(
+            (
+                ("hyperparameters", "grad_accumulation_steps"),
+                f"{strategy.kind} already splits each batch into microbatches; raise strategy.microbatches "
+                "instead of accumulating",
+            )
+        )
+    elif accumulation > 1 and hp.batch_size % (strategy.world_size * accumulation):
+        problems.append(
+            (
+                ("hyperparameters", "grad_accumulation_steps"),
+                f"grad_accumulation_steps ({accumulation}) must divide each process's share of the batch: "
+                f"batch_size ({hp.batch_size}) / processes ({strategy.world_size}) is not a multiple of it",
+            )
+        )
+    if hp.precision != "fp32" and strategy.pipelined:
+        problems.append(
+            (("hyperparameters", "precision"), f"mixed precision runs with ddp and fsdp, not {strategy.kind}")
+        )
+    if hp.lr_schedule is not None and hp.max_steps is not None and hp.lr_schedule.warmup_steps >= hp.max_steps:
+        problems.append(
+            (
+                ("hyperparameters", "lr_schedule", "warmup_steps"),
+                f"warmup_steps ({hp.lr_schedule.warmup_steps}) must be fewer than the run's steps "
+                f"(max_steps {hp.max_steps})",
+            )
+        )
+    return problems
+
+
+def precision_problems(spec: TrainingSpec, cuda: bool) -> list[FieldProblem]:
+    """Where the spec asks for a precision the training workers cannot run."""
+    if spec.hyperparameters.precision == "fp16" and not cuda:
+        return [{"pointer": "/hyperparameters/precision",
+                 "detail": "fp16 autocast needs CUDA GPUs and this platform's training workers have none; "
+                           "use bf16 (runs on CPU) or fp32"}]  # fmt: skip
+    return []
+
+
+def total_steps(train_rows: int, hp: HyperparametersSpec) -> int:
+    """The optimizer steps of a run over ``train_rows`` rows (full global batches per epoch)."""
+    per_epoch = train_rows // hp.batch_size
+    return per_epoch * hp.epochs if hp.max_steps is None else min(per_epoch * hp.epochs, hp.max_steps)
 
 
 def _text_problems(spec: TrainingSpec) -> list[tuple[Loc, str]]:
@@ -572,6 +704,16 @@ def check_dataset_fits(
                 "detail": f"batch_size ({spec.hyperparameters.batch_size}) exceeds the {n_train} training rows",
             }
         )
+    elif (schedule := spec.hyperparameters.lr_schedule) is not None:
+        steps = total_steps(n_train, spec.hyperparameters)
+        if schedule.warmup_steps >= steps:
+            problems.append(
+                {
+                    "pointer": "/hyperparameters/lr_schedule/warmup_steps",
+                    "detail": f"warmup_steps ({schedule.warmup_steps}) must be fewer than the run's "
+                    f"{steps} steps ({n_train} training rows / batch_size x epochs)",
+                }
+            )
     return problems
 
 

@@ -30,6 +30,7 @@ async def test_only_the_newest_and_the_best_checkpoints_stay(api, tenant, db, se
         "strategy": {"kind": "ddp", "nproc_per_node": 1},
         "hyperparameters": {"epochs": 4, "batch_size": 32, "lr": 0.01, "optimizer": "adam", "seed": 3},
         "checkpoint_every_steps": 20,
+        "checkpoint_every_seconds": 0,  # by steps alone
         "checkpoints": {"keep_last": 2, "keep_best": {"metric": "val_accuracy"}},
     }
     response = await create_job(api, tenant, {"type": "training", "spec": spec})

@@ -46,6 +46,7 @@ async def test_a_digits_cnn_trained_with_ddp_on_two_processes(api, tenant, train
         "strategy": {"kind": "ddp", "nproc_per_node": 2},
         "hyperparameters": {"epochs": 15, "batch_size": 32, "lr": 0.001, "optimizer": "adam", "seed": 0},
         "checkpoint_every_steps": 200,
+        "checkpoint_every_seconds": 0,  # by steps alone
         "register_as": "digits-cnn",
     }
     response = await create_job(api, tenant, {"type": "training", "spec": spec})
@@ -105,6 +106,23 @@ async def test_bad_training_specs_are_422_before_anything_runs(api, tenant, othe
             "/spec/strategy/pipeline_stages",
         ),
         ({**base, "dataset": {"file_id": "file_" + "0" * 26}}, "/spec/dataset/file_id"),
+        # the training options: 64 rows per process do not split into 3 chunks; ~120 steps leave no
+        # room for 10000 warm-up steps; this platform's workers have no CUDA for fp16
+        (
+            {**base, "hyperparameters": {"batch_size": 128, "grad_accumulation_steps": 3}},
+            "/spec/hyperparameters/grad_accumulation_steps",
+        ),
+        (
+            {**base, "hyperparameters": {"batch_size": 128, "lr_schedule": {"warmup_steps": 10_000}}},
+            "/spec/hyperparameters/lr_schedule/warmup_steps",
+        ),
+        ({**base, "hyperparameters": {"batch_size": 128, "precision": "fp16"}}, "/spec/hyperparameters/precision"),
+        (
+            {**base, "hyperparameters": {"batch_size": 128, "early_stopping": {"metric": "val_loss", "mode": "max"}}},
+            "/spec/hyperparameters/early_stopping/mode",
+        ),
+        ({**base, "hyperparameters": {"batch_size": 128, "grad_clip_norm": 0}}, "/spec/hyperparameters/grad_clip_norm"),
+        ({**base, "checkpoint_every_seconds": -1}, "/spec/checkpoint_every_seconds"),
     ]
     for spec, pointer in cases:
         response = await create_job(api, tenant, {"type": "training", "spec": spec})

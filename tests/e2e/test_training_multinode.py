@@ -23,6 +23,7 @@ async def test_two_nodes_train_one_model(api, tenant, settings, tmp_path):
             "strategy": {"kind": "ddp", "nproc_per_node": 1, "nnodes": 2},
             "hyperparameters": {"epochs": 3, "batch_size": 32},
             "checkpoint_every_steps": 50,
+            "checkpoint_every_seconds": 0,  # by steps alone
         }
         job = await (await create_job(api, tenant, {"type": "training", "spec": spec})).json()
         done = await wait_done(api, tenant, job["id"], timeout_s=300)

@@ -25,6 +25,7 @@ async def test_a_worker_killed_during_training_resumes_from_its_checkpoint(api, 
         "strategy": {"kind": "ddp", "nproc_per_node": 2},
         "hyperparameters": {"epochs": 40, "batch_size": 32, "seed": 1},
         "checkpoint_every_steps": 100,
+        "checkpoint_every_seconds": 0,  # by steps alone
     }
     first = Worker(settings, "training", tmp_path / "first.log", concurrency=1)
     try:

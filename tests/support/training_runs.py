@@ -127,11 +127,14 @@ def running(process: psutil.Process) -> bool:
 
 
 def ranks_of(worker: Worker) -> list[psutil.Process]:
-    """The training processes (not torchrun itself) under a worker."""
+    """The training processes (not torchrun or training.launch itself) under a worker: ranks
+    torchrun started, or ranks training.launch forked (a launcher's children)."""
     ranks = []
     for process in psutil.Process(worker.process.pid).children(recursive=True):
         with contextlib.suppress(psutil.Error):
             cmdline = " ".join(process.cmdline())
-            if "training.run" in cmdline and "torch.distributed.run" not in cmdline:
+            torchrun_rank = "training.run" in cmdline and "torch.distributed.run" not in cmdline
+            forked_rank = "training.launch" in cmdline and "training.launch" in " ".join(process.parent().cmdline())
+            if torchrun_rank or forked_rank:
                 ranks.append(process)
     return ranks

@@ -80,9 +80,9 @@ def test_the_spec_defaults_and_bounds() -> None:
 
 def test_a_checkpoint_carries_the_latest_validation() -> None:
     progress = Progress()
-    assert _latest_validation(progress) == {}
+    assert _latest_validation(progress.history) == {}
     progress.history = [
         {"kind": "val", "step": 10, "epoch": 1.0, "loss": 0.5, "accuracy": 0.8},
         {"kind": "train", "step": 12, "epoch": 1.2, "loss": 0.4, "accuracy": 0.9},
     ]
-    assert _latest_validation(progress) == {"val_loss": 0.5, "val_accuracy": 0.8, "val_step": 10}
+    assert _latest_validation(progress.history) == {"val_loss": 0.5, "val_accuracy": 0.8, "val_step": 10}

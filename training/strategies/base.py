@@ -11,8 +11,10 @@ All methods except ``train_step`` are collective: every rank calls them.
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,6 +30,8 @@ from torch.distributed.checkpoint.state_dict import (
 
 from training.spec import HyperparametersSpec
 
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
 ModelFactory = Callable[[], nn.Sequential]
 
 # Optimizer state keyed by parameter name, so ranks holding different stages never collide.
@@ -39,6 +43,7 @@ class Trainable(ABC):
 
     data_replicas: int  # how many replicas split each global batch
     data_rank: int  # which share this process feeds
+    optimizer: torch.optim.Optimizer  # the learning-rate schedule sets its groups' lr
 
     @abstractmethod
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -58,22 +63,71 @@ class Trainable(ABC):
         """An unwrapped CPU copy of the whole model on rank 0 (None elsewhere)."""
 
 
+@dataclass(frozen=True)
+class StepOptions:
+    """How a data-parallel step runs: accumulation chunks, autocast, gradient clipping."""
+
+    accumulation: int = 1
+    precision: str = "fp32"
+    clip_norm: float | None = None
+    device_type: str = "cpu"
+
+    @classmethod
+    def from_spec(cls, hp: HyperparametersSpec, device: torch.device) -> StepOptions:
+        return cls(hp.grad_accumulation_steps, hp.precision, hp.grad_clip_norm, device.type)
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=AUTOCAST_DTYPES[self.precision])
+
+
 class WholeModelTrainable(Trainable):
     """A data-parallel strategy's common part: each process runs the whole (wrapped) model
-    on its share of the batch, and the wrapper exchanges gradients during backward."""
+    on its share of the batch, and the wrapper exchanges gradients during backward (once per
+    step: accumulation chunks before the last skip it)."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, replicas: int, rank: int) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        replicas: int,
+        rank: int,
+        options: StepOptions | None = None,
+    ) -> None:
         self.model = model
         self.optimizer = optimizer
         self.data_replicas, self.data_rank = replicas, rank
+        self.options = options or StepOptions()
+        # fp16's narrow range needs loss scaling; bf16 has fp32's range
+        self.scaler = torch.amp.GradScaler(self.options.device_type) if self.options.precision == "fp16" else None
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
-        logits = self.model(x)
-        loss = classification_loss(logits, y)
-        loss.backward()
-        self.optimizer.step()
-        return batch_stats(loss, logits, y)
+        chunks = self.options.accumulation
+        stats = []
+        for index, (x_part, y_part) in enumerate(zip(x.chunk(chunks), y.chunk(chunks), strict=True)):
+            with self.gradient_sync(index == chunks - 1), self.options.autocast():
+                logits = self.model(x_part).float()
+                loss = classification_loss(logits, y_part)
+                scaled = loss / chunks if chunks > 1 else loss
+                (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+            stats.append(batch_stats(loss, logits, y_part))
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if self.options.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.options.clip_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        return stats[0] if chunks == 1 else torch.stack(stats).sum(dim=0)
+
+    @contextlib.contextmanager
+    def gradient_sync(self, enabled: bool) -> Iterator[None]:
+        """Whether this backward exchanges gradients (the wrapper's own switch; see ddp, fsdp)."""
+        yield
 
     def state_dict_for_checkpoint(self) -> dict[str, Any]:
         return module_checkpoint_state(self.model, self.optimizer)

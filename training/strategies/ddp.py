@@ -4,14 +4,16 @@ one process with the same global batch."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from training.dist import DistContext
 from training.spec import TrainingSpec
-from training.strategies.base import ModelFactory, WholeModelTrainable, build_optimizer
+from training.strategies.base import ModelFactory, StepOptions, WholeModelTrainable, build_optimizer
 
 
 class DDPTrainable(WholeModelTrainable):
@@ -20,8 +22,18 @@ class DDPTrainable(WholeModelTrainable):
     def __init__(self, model: nn.Module, ctx: DistContext, spec: TrainingSpec) -> None:
         device_ids = [ctx.device.index] if ctx.device.type == "cuda" else None
         wrapped = DistributedDataParallel(model.to(ctx.device), device_ids=device_ids)
-        super().__init__(wrapped, build_optimizer(wrapped.parameters(), spec.hyperparameters), ctx.world_size, ctx.rank)
+        optimizer = build_optimizer(wrapped.parameters(), spec.hyperparameters)
+        options = StepOptions.from_spec(spec.hyperparameters, ctx.device)
+        super().__init__(wrapped, optimizer, ctx.world_size, ctx.rank, options)
         self.ctx = ctx
+
+    @contextlib.contextmanager
+    def gradient_sync(self, enabled: bool) -> Iterator[None]:
+        if enabled:
+            yield
+        else:
+            with self.model.no_sync():
+                yield
 
     def full_model_on_rank0(self) -> nn.Module | None:
         return copy.deepcopy(self.model.module).cpu() if self.ctx.is_rank0 else None

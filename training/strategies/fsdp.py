@@ -5,17 +5,19 @@ is gathered whole at a time."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import cast
 
 import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import FSDPModule, fully_shard
 
 from training.dist import DistContext
 from training.spec import TrainingSpec
-from training.strategies.base import ModelFactory, WholeModelTrainable, build_optimizer, materialize
+from training.strategies.base import ModelFactory, StepOptions, WholeModelTrainable, build_optimizer, materialize
 
 
 class FSDPTrainable(WholeModelTrainable):
@@ -26,9 +28,21 @@ class FSDPTrainable(WholeModelTrainable):
             if any(p.requires_grad for p in block.parameters()):
                 fully_shard(block, mesh=mesh)
         fully_shard(model, mesh=mesh)
-        super().__init__(model, build_optimizer(model.parameters(), spec.hyperparameters), ctx.world_size, ctx.rank)
+        optimizer = build_optimizer(model.parameters(), spec.hyperparameters)
+        options = StepOptions.from_spec(spec.hyperparameters, ctx.device)
+        super().__init__(model, optimizer, ctx.world_size, ctx.rank, options)
+        self.fsdp_model = cast(FSDPModule, model)
         self.factory = factory
         self.ctx = ctx
+
+    @contextlib.contextmanager
+    def gradient_sync(self, enabled: bool) -> Iterator[None]:
+        # FSDP2: without sync, gradients stay unsharded and accumulate until the last chunk's backward
+        self.fsdp_model.set_requires_gradient_sync(enabled)
+        try:
+            yield
+        finally:
+            self.fsdp_model.set_requires_gradient_sync(True)
 
     def full_model_on_rank0(self) -> nn.Module | None:
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)

@@ -60,6 +60,8 @@ class PipelineTrainable(Trainable):
         self.factory = factory
         self.ctx = ctx
         self.after_backward = after_backward
+        self.stage_group = group  # every stage of this pipeline (None: the whole world)
+        self.clip_norm = spec.hyperparameters.grad_clip_norm
         self.data_replicas, self.data_rank = data_replicas, data_rank
 
     @property
@@ -77,6 +79,8 @@ class PipelineTrainable(Trainable):
         logits = self.schedule.step(*inputs, target=y if self.is_last else None, losses=losses)
         if self.after_backward is not None:
             self.after_backward(list(self.module.parameters()))
+        if self.clip_norm is not None:
+            clip_across_stages(list(self.module.parameters()), self.clip_norm, self.stage_group)
         self.optimizer.step()
         if not self.is_last:
             return no_stats(self.ctx.device)
@@ -102,6 +106,18 @@ class PipelineTrainable(Trainable):
         for received in parts:
             merged.update(received)
         return materialize(self.factory, merged)
+
+
+def clip_across_stages(params: list[nn.Parameter], max_norm: float, group: dist.ProcessGroup | None) -> None:
+    """Scale the gradients so the whole model's L2 norm (every stage's share summed) is at
+    most ``max_norm``, as ``clip_grad_norm_`` would on the unsplit model."""
+    grads = [p.grad for p in params if p.grad is not None]
+    device = params[0].device if params else torch.device("cpu")
+    squares = torch.stack([g.pow(2).sum() for g in grads]).sum() if grads else torch.zeros((), device=device)
+    dist.all_reduce(squares, op=dist.ReduceOp.SUM, group=group)
+    scale = max_norm / (float(squares.sqrt()) + 1e-6)
+    if scale < 1.0:
+        torch._foreach_mul_(grads, scale)
 
 
 def prepare(factory: ModelFactory, ctx: DistContext, spec: TrainingSpec) -> PipelineTrainable:

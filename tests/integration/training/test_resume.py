@@ -9,6 +9,7 @@ import signal
 import subprocess
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.support.training_runs import (
@@ -21,19 +22,26 @@ from tests.support.training_runs import (
     training_spec,
 )
 
-SPEC = training_spec(
-    "ddp",
-    2,
-    model={"arch": "mlp", "hidden": [32, 32], "dropout": 0.2},
-    hyperparameters={"epochs": 2, "max_steps": None, "optimizer": "adam", "lr": 0.003, "momentum": 0.0},
-    checkpoint_every_steps=20,
-)
+
+def spec_for(kind: str) -> dict[str, object]:
+    return training_spec(
+        kind,
+        2,
+        model={"arch": "mlp", "hidden": [32, 32], "dropout": 0.2},
+        hyperparameters={"epochs": 2, "max_steps": None, "optimizer": "adam", "lr": 0.003, "momentum": 0.0},
+        checkpoint_every_steps=20,
+        checkpoint_every_seconds=0,  # by steps alone, so that step 20 checkpoints
+    )
 
 
-def kill_after_first_checkpoint(directory: Path) -> dict[str, object]:
-    """Start the run, and SIGKILL its whole process tree once it reports a checkpoint."""
+SPEC = spec_for("ddp")
+
+
+def kill_after_first_checkpoint(directory: Path, spec: dict[str, object] = SPEC) -> dict[str, object]:
+    """Start the run, and SIGKILL its whole process tree once it reports a checkpoint (written
+    in the background while the steps went on)."""
     spec_path = directory / "killed.json"
-    spec_path.write_text(json.dumps(SPEC))
+    spec_path.write_text(json.dumps(spec))
     process = subprocess.Popen(
         command(spec_path, directory / "killed", 2),
         cwd=REPO,
@@ -57,15 +65,17 @@ def kill_after_first_checkpoint(directory: Path) -> dict[str, object]:
         process.wait(timeout=RUN_TIMEOUT_S)
 
 
-def test_a_killed_run_resumes_to_the_same_parameters(tmp_path: Path) -> None:
-    checkpoint = kill_after_first_checkpoint(tmp_path)
+@pytest.mark.parametrize("kind", ["ddp", "fsdp"])
+def test_a_killed_run_resumes_to_the_same_parameters(tmp_path: Path, kind: str) -> None:
+    spec = spec_for(kind)
+    checkpoint = kill_after_first_checkpoint(tmp_path, spec)
     assert checkpoint["step"] == 20
     assert not (tmp_path / "killed" / "model.safetensors").exists()  # it really did not finish
 
-    resumed = run_training(tmp_path, SPEC, 2, "--resume", str(checkpoint["path"]), name="resumed")
+    resumed = run_training(tmp_path, spec, 2, "--resume", str(checkpoint["path"]), name="resumed")
     assert resumed.returncode == 0, resumed.describe()
     assert min(e["step"] for e in resumed.of_type("progress")) > 20  # it continued, it did not restart
-    whole = run_training(tmp_path, SPEC, 2, name="whole")
+    whole = run_training(tmp_path, spec, 2, name="whole")
 
     expected = whole.params()
     for name, value in resumed.params().items():

@@ -12,9 +12,9 @@ from pydantic import ValidationError
 
 from training.checkpoint import CheckpointError
 from training.data import DatasetError
-from training.loop import Progress, StepSchedule, TrainingFailure, make_schedule
+from training.loop import Progress, StepSchedule, TrainingFailure, improved, make_schedule
 from training.run import error_event, parse_args
-from training.spec import TrainingSpec
+from training.spec import EarlyStoppingSpec, TrainingSpec
 
 
 def spec(**hyperparameters: object) -> TrainingSpec:
@@ -48,8 +48,25 @@ def test_reports_are_every_few_steps() -> None:
 def test_the_plan_reports_at_epoch_ends_and_checkpoints_at_the_end() -> None:
     plan = StepSchedule(steps_per_epoch=10, total_steps=25, report_every=4, checkpoint_every=7)
     assert [s for s in range(1, 26) if plan.report_due(s)] == [4, 8, 10, 12, 16, 20, 24, 25]
-    assert [s for s in range(1, 26) if plan.checkpoint_due(s)] == [7, 14, 21, 25]
-    assert all(plan.sync_due(s) for s in range(1, 26) if plan.report_due(s) or plan.checkpoint_due(s))
+    assert [s for s in range(1, 26) if plan.checkpoint_candidate(s)] == [7, 14, 21, 25]
+    assert all(plan.sync_due(s) for s in range(1, 26) if plan.report_due(s) or plan.checkpoint_candidate(s))
+
+
+def test_a_checkpoint_waits_for_both_the_steps_and_the_seconds() -> None:
+    plan = StepSchedule(steps_per_epoch=10, total_steps=100, report_every=4, checkpoint_every=7, checkpoint_seconds=60)
+    assert not plan.checkpoint_due(7, last_checkpoint=0, seconds_since=10)  # steps came, the time did not
+    assert not plan.checkpoint_due(6, last_checkpoint=0, seconds_since=600)  # the time came, the steps did not
+    assert plan.checkpoint_due(8, last_checkpoint=0, seconds_since=61)  # both: whichever came later
+    assert not plan.checkpoint_due(12, last_checkpoint=8, seconds_since=600)
+    assert plan.checkpoint_due(100, last_checkpoint=99, seconds_since=0)  # the last step always does
+
+
+def test_early_stopping_counts_only_real_improvements() -> None:
+    loss = EarlyStoppingSpec(metric="val_loss", min_delta=0.01)
+    assert improved(1.0, None, loss)
+    assert improved(0.98, 1.0, loss) and not improved(0.995, 1.0, loss) and not improved(1.2, 1.0, loss)
+    accuracy = EarlyStoppingSpec(metric="val_accuracy")
+    assert accuracy.mode == "max" and improved(0.9, 0.8, accuracy) and not improved(0.8, 0.8, accuracy)
 
 
 def test_progress_survives_the_checkpoint_meta_round_trip() -> None:
