@@ -45,3 +45,9 @@ def new_id(kind: str, *, now_ms: int | None = None) -> str:
 def has_prefix(value: str, kind: str) -> bool:
     prefix = PREFIXES[kind] + "_"
     return value.startswith(prefix) and len(value) == len(prefix) + 26
+
+
+def first_id_at(kind: str, ms: int) -> str:
+    """The smallest id of ``kind`` made at or after ``ms`` (Unix milliseconds): a lower bound for
+    a range of rows by creation time that the ``(tenant_id, id)`` indexes can serve."""
+    return f"{PREFIXES[kind]}_{_encode(ms, 10)}{'0' * 16}"
