@@ -1,0 +1,120 @@
+"""The SDK's registry and housekeeping calls against the real API, PostgreSQL and S3: registering
+model versions and deleting one (409 while deployed, a number never given again), cancelling a
+queued prediction, deleting a finished job's artifact (409 while the job runs, 410 after), and
+rotating the webhook secret. The blocking ``Client`` runs in a thread while the test's loop
+serves the API."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+
+import numpy as np
+import pytest
+
+from core.artifact_store import ArtifactStore
+from core.ids import new_id
+from core.models import Artifact
+from core.objects import ArtifactObject, DeletedModelVersion, ModelVersionObject, PredictionObject
+from maas_client import Client, Conflict, Gone, NotFound
+from tests.support.api import create_job
+from tests.support.onnx_models import tiny_onnx
+
+
+def base_url(api) -> str:
+    return str(api.make_url("")).rstrip("/")
+
+
+async def test_versions_are_registered_and_deleted_but_not_while_deployed(api, tenant):
+    name = f"sdk-{secrets.token_hex(3)}"
+
+    def work() -> tuple[list[ModelVersionObject], DeletedModelVersion, ModelVersionObject]:
+        with Client(base_url(api), tenant.key) as maas:
+            file = maas.files.upload(tiny_onnx(), purpose="model", filename="tiny.onnx")
+            first = maas.models.register(name, file.id, metrics={"accuracy": 0.5})
+            second = maas.models.register(name, file.id)
+            maas.deployments.deploy(name, 2)
+            with pytest.raises(Conflict) as refused:
+                maas.models.delete_version(name, 2)
+            assert "deployed" in refused.value.problem.detail
+            deleted = maas.models.delete_version(name, 1)
+            with pytest.raises(NotFound):
+                maas.models.get_version(name, 1)
+            maas.deployments.undeploy(name)
+            third = maas.models.register(name, file.id)
+            return [first, second], deleted, third
+
+    (first, second), deleted, third = await asyncio.to_thread(work)
+    assert isinstance(first, ModelVersionObject) and (first.version, second.version) == (1, 2)
+    assert first.metrics == {"accuracy": 0.5} and first.signature["inputs"][0]["shape"][1] == 4
+    assert isinstance(deleted, DeletedModelVersion) and deleted.version == 1 and deleted.deleted
+    assert third.version == 3  # the deleted number is not given again
+
+
+async def test_a_queued_prediction_is_canceled(api, tenant):
+    name = f"sdk-{secrets.token_hex(3)}"
+
+    def work() -> tuple[PredictionObject, PredictionObject, PredictionObject]:
+        with Client(base_url(api), tenant.key) as maas:
+            file = maas.files.upload(tiny_onnx(), purpose="model", filename="tiny.onnx")
+            maas.models.register(name, file.id)
+            maas.deployments.deploy(name, 1)  # no inference worker runs here: the prediction stays queued
+            created = maas.predictions.create(name, {"x": np.ones((2, 4), np.float32)})
+            canceled = maas.predictions.cancel(created.id)
+            return created, canceled, maas.predictions.get(created.id)
+
+    created, canceled, seen = await asyncio.to_thread(work)
+    assert created.status == "queued"
+    assert isinstance(canceled, PredictionObject) and canceled.id == created.id and canceled.status == "canceled"
+    assert seen.status == "canceled" and seen.completed_at is not None
+
+
+async def test_a_finished_jobs_artifact_is_deleted_and_then_gone(api, tenant, db, settings):
+    response = await create_job(api, tenant, {"type": "test.unclaimed", "spec": {}})
+    assert response.status == 201, await response.text()
+    job_id = (await response.json())["id"]
+    store = ArtifactStore(settings)
+    artifact_id, key = new_id("artifact"), f"jobs/{tenant.id}/{job_id}/notes.txt"
+    stored = store.upload_chunks(key, [b"notes"])
+    with db() as session:
+        session.add(
+            Artifact(
+                id=artifact_id,
+                tenant_id=tenant.id,
+                job_id=job_id,
+                kind="report",
+                name="notes.txt",
+                bytes=stored.bytes,
+                sha256=stored.sha256,
+                storage_key=key,
+            )
+        )
+        session.commit()
+
+    def work() -> ArtifactObject:
+        with Client(base_url(api), tenant.key) as maas:
+            with pytest.raises(Conflict):  # the job has not ended
+                maas.artifacts.delete(artifact_id)
+            maas.jobs.cancel(job_id)
+            deleted = maas.artifacts.delete(artifact_id)
+            with pytest.raises(Gone):
+                maas.artifacts.get(artifact_id)
+            return deleted
+
+    deleted = await asyncio.to_thread(work)
+    assert isinstance(deleted, ArtifactObject) and deleted.id == artifact_id
+    assert deleted.deleted_at is not None and deleted.deleted_reason == "deleted by the tenant"
+    assert not store.exists(key)
+
+
+async def test_the_webhook_secret_rotates(api, tenant):
+    def work():
+        with Client(base_url(api), tenant.key) as maas:
+            before = maas.webhooks.secret()
+            rotated = maas.webhooks.rotate()
+            return before, rotated, maas.webhooks.secret()
+
+    before, rotated, after = await asyncio.to_thread(work)
+    assert before.rotated_at is None and rotated.rotated_at is not None
+    assert rotated.key.startswith("whsec_") and rotated.key != before.key
+    assert after.key == rotated.key and after.created_at == before.created_at
