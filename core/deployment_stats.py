@@ -5,8 +5,9 @@ its status, when it started and ended, and the batch its model call merged it in
 deployment of the tenant, :func:`deployment_stats` counts the rows of the last ``window`` for
 any version of the deployed model: requests per minute, the share that failed, the p50/p99 of
 the latency as the API measured it (request in to answer out) and the batch sizes of the
-succeeded ones. Asynchronous predictions are not counted (their latency is the worker queue's).
-Rows still in an API process's buffer (``prediction_flush_s``) are not counted yet.
+succeeded ones (a batch's size is the rows of its model call). Asynchronous predictions are
+not counted (their latency is the worker queue's). Rows still in an API process's buffer
+(``prediction_flush_s``) are not counted yet.
 """
 
 from __future__ import annotations

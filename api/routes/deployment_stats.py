@@ -39,9 +39,10 @@ class DeploymentStatsObject(BaseModel):
     )
     latency_p99_ms: float | None = Field(description="99th percentile of the same, in ms")
     mean_batch_size: float | None = Field(
-        description="mean number of requests merged into the model call that served each succeeded request"
+        description="mean rows of the model call that served each succeeded request (its rows and those of "
+        "the requests batched with it)"
     )
-    max_batch_size: int | None = Field(description="the largest such batch")
+    max_batch_size: int | None = Field(description="the most rows of such a model call")
 
 
 class DeploymentStatsList(BaseModel):
