@@ -54,11 +54,10 @@ class UsageMeasures(BaseModel):
 
 
 class UsageRowObject(UsageMeasures):
-    day: str | None = Field(default=None, description="group_by=day: the UTC day, YYYY-MM-DD")
-    model: str | None = Field(default=None, description="group_by=model: the model's name")
-    version: int | None = Field(default=None, description="group_by=model: the version")
-    model_version_id: str | None = Field(default=None, description="group_by=model: the version's id")
-    job_type: str | None = Field(default=None, description="group_by=job_type: the job type")
+    group: dict[str, str | int] = Field(
+        description="what the row is about: `{day}` (UTC, YYYY-MM-DD), `{model, version, model_version_id}` "
+        "(inference measures only) or `{job_type}` (job measures only)"
+    )
 
 
 class UsageReport(BaseModel):
@@ -105,6 +104,6 @@ async def get_usage(request: web.Request, call: Call[None, UsageQuery]) -> Usage
         **{"from": usage_service.hour_of(start)},
         to=end.astimezone(UTC),
         group_by=group_by,
-        data=[UsageRowObject(**row.key, **measures(row.values)) for row in rows],
+        data=[UsageRowObject(group=row.key, **measures(row.values)) for row in rows],
         total=UsageMeasures(**measures(usage_service.totals(days))),
     )

@@ -114,7 +114,7 @@ async def test_usage_reports_a_known_workload(api, db, tenant, other_tenant):
     items = [*rows_sent, 2]
 
     by_model = await _usage(api, tenant, "model")
-    assert [(row["model"], row["version"]) for row in by_model["data"]] == [(name, 1)]
+    assert [(row["group"]["model"], row["group"]["version"]) for row in by_model["data"]] == [(name, 1)]
     model_row = by_model["data"][0]
     assert model_row["inference_requests"] == 4
     assert model_row["inference_items"] == sum(items)
@@ -125,7 +125,7 @@ async def test_usage_reports_a_known_workload(api, db, tenant, other_tenant):
     assert model_row["inference_seconds"] == pytest.approx(wanted, rel=0.10, abs=0.002)
 
     by_type = await _usage(api, tenant, "job_type")
-    assert [row["job_type"] for row in by_type["data"]] == ["test.sleep"]
+    assert [row["group"] for row in by_type["data"]] == [{"job_type": "test.sleep"}]
     assert by_type["data"][0]["job_seconds"] == pytest.approx((ended - started).total_seconds(), rel=0.10)
 
     by_day = await _usage(api, tenant, "day")
