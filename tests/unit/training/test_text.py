@@ -230,3 +230,14 @@ def test_a_versions_weights_are_loaded_and_a_head_for_other_classes_starts_afres
         load_initial_weights(build_model(spec, 12, 3), tmp_path / "w.safetensors")
     with pytest.raises(InitFromError, match="not this model's"):
         load_initial_weights(build_model(MLPSpec(arch="mlp", hidden=[16, 16]), 8, 3), tmp_path / "w.safetensors")
+
+
+def test_a_validation_file_of_texts_is_tokenized_the_same_way(tmp_path: Path) -> None:
+    spec = TrainingSpec.model_validate(text_spec(validation={"file_id": "file_val"}, hyperparameters={"batch_size": 4}))
+    val = write_csv(tmp_path / "v.csv", [("A database session.", "sqlalchemy"), ("word " * 40, "numpy")])
+    splits = load_splits(spec, write_csv(tmp_path / "d.csv", ROWS), val)
+    assert splits.val_x.shape == (2, 16) and splits.val_y.tolist() == [2, 1]
+    unknown = write_csv(tmp_path / "u.csv", [("A new label.", "pandas")])
+    with pytest.raises(DatasetError) as info:
+        load_splits(spec, tmp_path / "d.csv", unknown)
+    assert info.value.pointer == "/validation/file_id"
