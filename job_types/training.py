@@ -161,6 +161,7 @@ class CheckpointUploads(threading.Thread):
         finally:
             archive.unlink(missing_ok=True)
         self.uploaded.append(step)
+        shutil.rmtree(directory, ignore_errors=True)  # in the store now; the ranks' disk is not for keeping
         # the newest stays (a resume starts there); older ones beyond the spec's retention go
         prune_checkpoints(self.ctx, self.ctx.spec.checkpoints)
 
@@ -292,6 +293,8 @@ def publish(ctx: JobContext, spec: TrainingSpec, result: dict[str, Any]) -> dict
         "classes": result.get("classes"),
         "artifacts": {"model": model.id, "curves": curves.id, "weights": weights.id},
         "model_version": None,
+        # rank 0's clock: first and last step (unix times), seconds the steps spent on checkpoints, the export
+        "timings": result.get("timings"),
     }
     if spec.register_as:
         signature = read_signature(onnx.load(files["model"], load_external_data=False))

@@ -239,6 +239,8 @@ class Job:
     stop_requested: Callable[[], bool] = lambda: False
     # rank 0: the early-stopping best weights (a CPU state dict); replaced, never mutated
     best_weights: dict[str, torch.Tensor] | None = field(default=None, compare=False)
+    # where this process's time went (unix times and seconds): the result's ``timings``
+    timings: dict[str, float] = field(default_factory=lambda: {"checkpoint_s": 0.0, "checkpoints": 0})
 
     def run_steps(self, progress: Progress) -> None:
         """Take the planned steps from ``progress.step`` on; raise ``Preempted`` when asked to stop."""
@@ -259,6 +261,7 @@ class Job:
             if schedule is not None:
                 for group in self.trainable.optimizer.param_groups:
                     group["lr"] = hp.lr * lr_factor(progress.step + 1, self.plan.total_steps, schedule)
+            self.timings.setdefault("first_step_at", time.time())
             pending[:3] += self.trainable.train_step(x[rows], y[rows])
             progress.step += 1
             if not self.plan.sync_due(progress.step):
@@ -277,6 +280,7 @@ class Job:
             if due or stopped_early or preempted:
                 self.save_checkpoint(progress)
                 last_checkpoint_at = time.perf_counter()
+            self.timings["last_step_at"] = time.time()
             if preempted:
                 self.checkpointer.wait()  # the stop's checkpoint must be whole before the process ends
                 raise Preempted(progress.step)
@@ -301,9 +305,12 @@ class Job:
     def save_checkpoint(self, progress: Progress) -> None:
         """Snapshot this step's state (collective) for the background writer; rank 0 says
         ``checkpoint`` once it is written."""
+        began = time.perf_counter()
         progress.last_checkpoint = progress.step
         directory, meta = checkpoint_dir(self.out, progress.step), progress.to_meta(self.ctx.world_size)
         self.checkpointer.submit(snapshot(directory, self.trainable, meta, self.ctx, best=self.best_weights))
+        self.timings["checkpoint_s"] += time.perf_counter() - began  # what the steps waited for
+        self.timings["checkpoints"] += 1
 
     def end_epoch(self, progress: Progress) -> dict[str, float]:
         """Close the epoch's training counters and evaluate (collective); the validation
@@ -352,6 +359,7 @@ class Job:
 
     def finish(self, model: nn.Module, progress: Progress) -> dict[str, Any]:
         """Rank 0's last act: evaluate, export, check parity, save, draw; the result object."""
+        began = time.perf_counter()
         # imported here: only rank 0 needs matplotlib and ONNX, and they are slow to import
         from training.curves import draw_curves
         from training.export import INPUT_NAME, OUTPUT_NAME, export_onnx, onnx_max_abs_diff, save_state_dict
@@ -393,6 +401,7 @@ class Job:
                 "feature_shape": list(splits.feature_shape),
             },
             "output": {"name": OUTPUT_NAME, "shape": [None, len(splits.classes)]},
+            "timings": {**self.timings, "export_s": round(time.perf_counter() - began, 3)},
         }
 
 
