@@ -19,12 +19,13 @@ from safetensors.torch import save_file
 
 from core.onnx_model import OnnxModel
 from core.onnx_signature import UnsupportedSignature, read_signature
-from core.text_model import TOKENIZER_KEY, TextDeclaration, TextPreprocessor, declaration, feed_inputs
+from core.text_model import TOKENIZER_KEY, TextPreprocessor, declaration, feed_inputs
 from job_types.init_from import fit_problems
+from tests.support.text_models import token_count_model
 from training.data import DatasetError, load_splits
 from training.spec import CNNSpec, MLPSpec, TextEncoderSpec, TrainingSpec, check_dataset_fits
 from training.text_data import TextTableError, read_text_table, tokenize_texts
-from training.text_encoder import load_tokenizer, tokenizer_json
+from training.text_encoder import load_tokenizer
 from training.zoo import InitFromError, build_model, load_initial_weights
 
 TEXT_MODEL = {"arch": "text_encoder", "pretrained": "all-minilm-l6-v2", "max_length": 16}
@@ -149,23 +150,7 @@ def test_load_splits_gives_token_ids_and_the_sources_as_classes(tmp_path: Path) 
 
 
 def ids_model(path: Path, max_length: int = 8) -> Path:
-    """A tiny graph over token ids (score = number of non-padding tokens) declaring MiniLM's tokenizer."""
-    ids = onnx.helper.make_tensor_value_info("input_ids", onnx.TensorProto.INT64, ["batch", "tokens"])
-    out = onnx.helper.make_tensor_value_info("count", onnx.TensorProto.INT64, ["batch"])
-    zero = onnx.helper.make_tensor("zero", onnx.TensorProto.INT64, [], [0])
-    axes = onnx.helper.make_tensor("axes", onnx.TensorProto.INT64, [1], [1])
-    nodes = [
-        onnx.helper.make_node("Greater", ["input_ids", "zero"], ["real"]),
-        onnx.helper.make_node("Cast", ["real"], ["real64"], to=onnx.TensorProto.INT64),
-        onnx.helper.make_node("ReduceSum", ["real64", "axes"], ["count"], keepdims=0),
-    ]
-    graph = onnx.helper.make_graph(nodes, "count", [ids], [out], [zero, axes])
-    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 18)])
-    declared = TextDeclaration("text", "input_ids", max_length, 0)
-    onnx.helper.set_model_props(
-        model, {"maas.text": declared.to_json(), TOKENIZER_KEY: tokenizer_json("all-minilm-l6-v2")}
-    )
-    onnx.save(model, str(path))
+    path.write_bytes(token_count_model(max_length))
     return path
 
 
