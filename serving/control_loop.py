@@ -50,7 +50,7 @@ from core.settings import Settings
 from serving.artifact_cache import ArtifactCache
 from serving.batcher import DynamicBatcher
 from serving.lanes import Lanes
-from serving.memory import memory_budget, resident_bytes
+from serving.memory import memory_budget, resident_bytes, start_onnxruntime
 from serving.metrics import ModelLabels, ModelServerMetrics
 from serving.placement import evict_kind
 from serving.placer import Placer
@@ -124,6 +124,7 @@ class ControlLoop:
     async def start(self, url: str) -> None:
         """Register as serving at ``url``, then heartbeat and follow the assignments until :meth:`stop`."""
         self.url = url
+        await asyncio.to_thread(start_onnxruntime, self.threads, self.providers)
         await self._register()
         self._spawn(self._every(self.settings.model_server_heartbeat_s, self.heartbeat), "heartbeat")
         self._spawn(self._listen(), "assignments")
@@ -261,13 +262,17 @@ class ControlLoop:
         return sum(r.memory_bytes or 0 for r in self.replicas.values() if r.status != FAILED)
 
     async def _report_use(self, session: AsyncSession) -> None:
-        """Requests in flight and the last request's time, per replica, where they changed."""
+        """Mean requests in flight since the last heartbeat (at least 1 while one is) and the last request's
+        time, per replica, where they changed."""
         now = time.monotonic()
         for replica in self.replicas.values():
-            use = (replica.in_flight, replica.last_used)
-            if use == replica.reported or replica.status not in (READY, DRAINING):
+            if replica.status not in (READY, DRAINING):
                 continue
-            values: dict[str, Any] = {"in_flight": replica.in_flight}
+            load = max(round(replica.mean_in_flight(now)), 1 if replica.in_flight else 0)
+            use = (load, replica.last_used)
+            if use == replica.reported:
+                continue
+            values: dict[str, Any] = {"in_flight": load}
             if replica.last_used:
                 values["last_used_at"] = func.now() - func.make_interval(0, 0, 0, 0, 0, 0, now - replica.last_used)
             await session.execute(
@@ -401,7 +406,11 @@ class ControlLoop:
             await self._set_status(replica, FAILED, ("load_failed", replica.error))
             return
         took = time.perf_counter() - started
-        replica.model, replica.error, replica.memory_bytes = model, None, max(memory, assigned.artifact_bytes)
+        # the resident set's growth, but never less than the weights once per session: the allocator reuses
+        # what an unloaded model freed, so a load after an unload may barely move the resident set
+        sessions = 2 if model.crowded_session is not None else 1
+        replica.model, replica.error = model, None
+        replica.memory_bytes = max(memory, assigned.artifact_bytes * sessions)
         replica.lanes = Lanes(
             model.run, self.settings.inference_concurrent_batches, f"onnxruntime-{replica.labels.model}"
         )
@@ -419,6 +428,10 @@ class ControlLoop:
 
     def _load_measured(self, assigned: Assigned, batching: BatchingSettings, timings: dict[str, float]) -> Any:
         """Load in this thread; the model and the resident memory it added (other loads at once blur it)."""
+        started = time.perf_counter()
+        if self.cache.enabled:  # the download outside the measure: its buffers are not the model's
+            self.cache.fetch(assigned.storage_key, assigned.sha256)
+        fetched = time.perf_counter() - started
         before = resident_bytes()
         model = load_model(
             self.cache,
@@ -432,6 +445,7 @@ class ControlLoop:
             providers=self.providers,
             timings=timings,
         )
+        timings["download"] += fetched
         return model, max(0, resident_bytes() - before)
 
     async def _remember_memory(self, replica: LoadedReplica) -> None:

@@ -60,8 +60,7 @@ class DataPlane:
             batcher = replica.batcher if replica is not None and replica.status != UNLOADING else None
             if replica is None or batcher is None:
                 break
-            replica.in_flight += 1  # the placer's autoscaler and idle timeout read these (through heartbeats)
-            replica.last_used = time.monotonic()
+            replica.request_started(time.monotonic())  # the placer's autoscaler and idle timeout read these
             try:
                 outputs, info = await batcher.submit_with_info(arrays, timeout_ms)
             except BatcherClosed:
@@ -76,7 +75,7 @@ class DataPlane:
                 log.warning("%s: model call failed: %s", replica.labels, exc)
                 return _error(500, f"the model failed on this batch: {type(exc).__name__}: {exc}")
             finally:
-                replica.in_flight -= 1
+                replica.request_ended(time.monotonic())
             stats = {
                 "queue_ms": round(info.queue_s * 1000, 3),
                 "inference_ms": round(info.run_s * 1000, 3),

@@ -139,6 +139,8 @@ class _Pass:
         for deployment in self.deployments.values():
             needs.extend(self._scale(deployment))
             self._check_fits(deployment)
+        for server in self.servers.values():
+            self._relieve(server)
         for _, deployment, action, reason in sorted(needs, key=lambda need: need[0]):
             if deployment.model_id not in self.decisions.fail:
                 self._place_one(deployment, action, reason)
@@ -210,6 +212,23 @@ class _Pass:
         elif deployment.failed:
             self.decisions.unfail.append(deployment.model_id)
 
+    def _relieve(self, server: ServerView) -> None:
+        """A server over its budget (a load measured more than its estimate) sheds idle replicas until within it."""
+        over = self.held[server.id] - self._leaving(server.id) - server.budget_bytes
+        if over <= 0:
+            return
+        reason = f"{ROOM}: the server holds more than its budget of {_mib(server.budget_bytes)}"
+        for victim in self._victims(server, over) or []:
+            self._evict(victim, "evict", reason)
+
+    def _leaving(self, server_id: str) -> int:
+        """Memory on its way out of a server: replicas being evicted."""
+        return sum(
+            r.memory_bytes
+            for r in self.replicas
+            if r.server_id == server_id and not self._live(r) and r.status != FAILED
+        )
+
     def _place_one(self, deployment: DeploymentView, action: str, reason: str) -> None:
         need = deployment.memory_bytes
         taken = {r.server_id for r in self.replicas if r.version_id == deployment.version_id}
@@ -230,10 +249,7 @@ class _Pass:
                 assign = Assign(deployment.model_id, deployment.version_id, server.id, need, action, reason)
                 self.decisions.assign.append(assign)
                 return
-        leaving: dict[str, int] = defaultdict(int)  # memory on its way out (evictions under way)
-        for r in self.replicas:
-            if not self._live(r) and r.status != FAILED:
-                leaving[r.server_id] += r.memory_bytes
+        leaving = {s.id: self._leaving(s.id) for s in candidates}
         if any(s.budget_bytes - self.held[s.id] + leaving[s.id] >= need for s in candidates):
             self.decisions.waiting[deployment.model_id] = "waiting for evicted replicas to unload"
             return

@@ -33,7 +33,35 @@ class LoadedReplica:
     memory_bytes: int | None = None  # measured when it loaded
     in_flight: int = 0  # requests the data plane is serving on it now
     last_used: float = 0.0  # when the data plane last took a request for it, monotonic seconds
-    reported: tuple[int, float] = (0, 0.0)  # (in_flight, last_used) as the last heartbeat told PostgreSQL
+    reported: tuple[int, float] = (0, 0.0)  # (load, last_used) as the last heartbeat told PostgreSQL
+    # requests in flight integrated over time since ``window_start``: the mean concurrency of a window
+    # (Little's law), what the autoscaler compares with target_concurrency; a snapshot would mostly see 0
+    _area: float = 0.0
+    _changed: float = 0.0
+    _window_start: float | None = None
+
+    def request_started(self, now: float) -> None:
+        self._account(now)
+        self.in_flight += 1
+        self.last_used = now
+
+    def request_ended(self, now: float) -> None:
+        self._account(now)
+        self.in_flight -= 1
+
+    def mean_in_flight(self, now: float) -> float:
+        """Requests in flight on average since the last call (or since it loaded); starts a new window."""
+        self._account(now)
+        span = now - (now if self._window_start is None else self._window_start)
+        mean = self._area / span if span > 0 else float(self.in_flight)
+        self._area, self._window_start = 0.0, now
+        return mean
+
+    def _account(self, now: float) -> None:
+        if self._window_start is None:
+            self._window_start = self._changed = now
+        self._area += self.in_flight * (now - self._changed)
+        self._changed = now
 
     def held(self) -> Held:
         return Held(self.version_id, self.model_id, self.status, self.batching, self.since)

@@ -203,3 +203,9 @@ def test_memory_is_the_measure_once_known_and_the_file_size_times_the_factor_bef
     assert estimated_memory(None, 10 * MB, 2.0) == 20 * MB
     assert estimated_memory(30 * MB, 10 * MB, 2.0) == 30 * MB
     assert estimated_memory(1 * MB, 10 * MB, 2.0) == 10 * MB  # never less than the weights themselves
+
+
+def test_a_server_over_its_budget_after_a_load_measured_more_sheds_its_least_recently_used_idle_replica():
+    held = [replica("a", "s0", memory=120 * MB, idle_s=30), replica("b", "s0", memory=100 * MB, idle_s=5)]
+    decisions = place(servers(200), held, [deployment("a"), deployment("b")])
+    assert [(e.model_id, evict_kind(e.reason)) for e in decisions.evict] == [("a", "room")]
