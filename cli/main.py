@@ -6,6 +6,7 @@ maas api | maas worker [--queues Q,…]    run one API server or one Celery work
 maas serve [--host H] [--port P]         run one model server (python -m serving)
 maas db upgrade [REV] | downgrade [REV] | current
 maas admin tenants create NAME | list | quotas [--tenant T] | set-quota TENANT NAME VALUE
+maas admin tenants set-weight TENANT WEIGHT   its share of each job queue against the others' (default 1)
 maas admin usage [--from T] [--to T] [--group-by day|model|job_type]
 maas admin keys create --tenant T [--name N] | revoke KEY_ID_OR_PREFIX | list [--tenant T]
 
@@ -70,7 +71,7 @@ def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_tenants(settings: Settings, args: argparse.Namespace) -> int:
     from sqlalchemy import select
 
-    from core.api_keys import create_tenant
+    from core.api_keys import create_tenant, find_tenant
     from core.models import Tenant
 
     with _session(settings) as session:
@@ -78,9 +79,17 @@ def cmd_tenants(settings: Settings, args: argparse.Namespace) -> int:
             tenant = create_tenant(session, args.name)
             session.commit()
             print(f"{tenant.id}  {tenant.name}")
+        elif args.action == "set-weight":
+            tenant = find_tenant(session, args.tenant)
+            tenant.fair_share_weight = args.weight
+            session.commit()
+            print(f"{tenant.id}  {tenant.name}  fair-share weight {tenant.fair_share_weight}")
         else:
             for tenant in session.scalars(select(Tenant).order_by(Tenant.id)):
-                print(f"{tenant.id}  {tenant.name}  created {tenant.created_at:%Y-%m-%d %H:%M:%S}")
+                print(
+                    f"{tenant.id}  {tenant.name}  created {tenant.created_at:%Y-%m-%d %H:%M:%S}  "
+                    f"weight {tenant.fair_share_weight}"
+                )
     return 0
 
 
@@ -104,6 +113,12 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
                 state = f"revoked {row.revoked_at:%Y-%m-%d}" if row.revoked_at else "active"
                 print(f"{row.id}  {row.prefix}  tenant={row.tenant_id}  name={row.name}  last used {used}  {state}")
     return 0
+
+
+def _weight(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 1000:
+        raise argparse.ArgumentTypeError(f"a weight is a whole number from 1 to 1000, not {text!r}")
+    return int(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -139,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     create_tenant = tenants.add_parser("create")
     create_tenant.add_argument("name")
     tenants.add_parser("list")
+    set_weight = tenants.add_parser("set-weight", help="a tenant's share of each job queue (fair scheduling)")
+    set_weight.add_argument("tenant", help="tenant id or name")
+    set_weight.add_argument("weight", type=_weight, help="a whole number from 1 to 1000; default 1")
     for p in tenants.choices.values():
         p.set_defaults(func=cmd_tenants)
     from cli import admin_limits

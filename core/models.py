@@ -104,6 +104,7 @@ class Job(Base):
         CheckConstraint(_in("status", STATUSES), name="status"),
         Index(None, "tenant_id", "id"),
         Index(None, "status"),
+        Index(None, "finished_at"),  # the dispatcher's recent-usage read (workers.dispatcher)
     )
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))

@@ -4,7 +4,8 @@ A job is created ``queued`` with no message (``core.jobs.create_job``): PostgreS
 in order, and the broker holds at most what the workers can start now. Each worker's main process:
 
 - registers itself in ``job_workers`` (its node, queues, concurrency, broker) and refreshes its
-  heartbeat; it leaves on shutdown, and a worker that stopped beating is no longer counted;
+  heartbeat; it leaves as soon as it is told to stop (before its jobs are given back), and a
+  worker that stopped beating is no longer counted;
 - tries to be **the** dispatcher of its broker: a session-level advisory lock on a connection of
   its own, so one process at a time dispatches and another takes over when it dies (its
   connection, hence its lock, goes with it);
@@ -35,7 +36,7 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 from celery import Celery
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_ready, worker_shutdown, worker_shutting_down
 from sqlalchemy import and_, delete, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
@@ -292,6 +293,14 @@ def _start(sender, **_: object) -> None:
     queues = list(sender.app.amqp.queues.consume_from)
     _thread = Dispatcher(sender.app, queues, int(controller.concurrency))
     _thread.start()
+
+
+@worker_shutting_down.connect
+def _leave(**_: object) -> None:
+    # at once, before the running jobs are given back: no slot of a stopping worker is filled again,
+    # and another worker becomes the dispatcher
+    if _thread is not None:
+        _thread.stopped.set()
 
 
 @worker_shutdown.connect

@@ -2,6 +2,7 @@
 
 - ``jobs.priority``: a tenant's own order among its queued jobs (higher first);
 - ``tenants.fair_share_weight``: a tenant's share of each queue against the others (default 1);
+- an index on ``jobs.finished_at``: each dispatch pass reads the jobs that ended recently;
 - ``job_workers``: each worker's queues and concurrency, with a heartbeat: what the dispatcher
   (``workers.dispatcher``) counts as the slots of a queue;
 - a statement trigger on ``jobs`` sends ``NOTIFY maas_job_dispatch`` when a job is created or
@@ -25,6 +26,8 @@ depends_on = None
 def upgrade() -> None:
     op.add_column("jobs", sa.Column("priority", sa.Integer(), server_default="0", nullable=False))
     op.add_column("tenants", sa.Column("fair_share_weight", sa.Integer(), server_default="1", nullable=False))
+    # each dispatch pass reads the jobs that ended within a few half-lives
+    op.create_index(op.f("ix_jobs_finished_at"), "jobs", ["finished_at"])
     op.create_table(
         "job_workers",
         sa.Column("id", sa.String(length=200), nullable=False),
@@ -58,5 +61,6 @@ def downgrade() -> None:
     op.execute("DROP TRIGGER jobs_notify_dispatch ON jobs")
     op.execute("DROP FUNCTION maas_notify_job_dispatch()")
     op.drop_table("job_workers")
+    op.drop_index(op.f("ix_jobs_finished_at"), table_name="jobs")
     op.drop_column("tenants", "fair_share_weight")
     op.drop_column("jobs", "priority")

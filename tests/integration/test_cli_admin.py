@@ -47,6 +47,20 @@ async def test_tenant_and_key_lifecycle_from_the_cli(settings, api):
     assert "revoked" in maas(settings, "admin", "keys", "list", "--tenant", name).stdout
 
 
+def test_a_tenants_fair_share_weight_is_set_from_the_cli(settings, db, tenant):
+    from core.models import Tenant
+
+    done = maas(settings, "admin", "tenants", "set-weight", tenant.id, "3")
+    assert done.returncode == 0, done.stderr
+    assert "fair-share weight 3" in done.stdout
+    with db() as session:
+        assert session.get_one(Tenant, tenant.id).fair_share_weight == 3
+    listed = maas(settings, "admin", "tenants", "list").stdout.splitlines()
+    assert next(line for line in listed if line.startswith(tenant.id)).endswith("weight 3")
+    refused = maas(settings, "admin", "tenants", "set-weight", tenant.id, "0")
+    assert refused.returncode == 2 and "from 1 to 1000" in refused.stderr
+
+
 def test_cli_errors_are_one_line_and_exit_2(settings, tmp_path):
     missing = maas(settings, "admin", "keys", "create", "--tenant", "no-such-tenant")
     assert missing.returncode == 2
