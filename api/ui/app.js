@@ -51,7 +51,7 @@ async function route() {
     if (parts[0] === "jobs" && parts[1]) await jobPage(main, parts[1], current.signal);
     else if (parts[0] === "models" && parts[1]) await modelPage(main, parts[1]);
     else if (parts[0] === "models") await modelsPage(main);
-    else if (parts[0] === "deployments") await deploymentsPage(main);
+    else if (parts[0] === "deployments") await deploymentsPage(main, current.signal);
     else if (parts[0] === "files") await filesPage(main);
     else await jobsPage(main, params, current.signal);
   } catch (err) {

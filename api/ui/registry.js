@@ -82,12 +82,36 @@ export async function modelPage(main, name) {
   fill(main, h("h1", {}, "Model ", h("span", { className: "name" }, name)), cards);
 }
 
-export async function deploymentsPage(main) {
+const STATS_WINDOW_MIN = 5;
+const STATS_REFRESH_MS = 5000;
+
+function fixed(x, suffix = "") {
+  return x === null || x === undefined ? "–" : `${x.toFixed(2)}${suffix}`;
+}
+
+/** One row per deployment: the last minutes of synchronous traffic (GET /v1/deployments/stats). */
+function statsTable(stats) {
+  return table(
+    ["Model", "Requests/min", "Requests", "Error rate", "p50 latency", "p99 latency", "Mean batch", "Max batch"],
+    stats.data.map((s) => [
+      h("a", { href: `#/models/${enc(s.model)}` }, s.model),
+      h("span", { "data-stat": "requests_per_minute" }, fixed(s.requests_per_minute)),
+      h("span", { "data-stat": "requests" }, number(s.requests)),
+      h("span", { "data-stat": "error_rate" }, s.error_rate === null ? "–" : `${(100 * s.error_rate).toFixed(1)}%`),
+      h("span", { "data-stat": "latency_p50_ms" }, fixed(s.latency_p50_ms, " ms")),
+      h("span", { "data-stat": "latency_p99_ms" }, fixed(s.latency_p99_ms, " ms")),
+      h("span", { "data-stat": "mean_batch_size" }, fixed(s.mean_batch_size)),
+      h("span", { "data-stat": "max_batch_size" }, s.max_batch_size ?? "–"),
+    ]),
+    { "data-testid": "deployment-stats" },
+  );
+}
+
+export async function deploymentsPage(main, signal) {
   const models = await listAll("/v1/models");
   const deployments = (await Promise.all(models.map((m) => deploymentOf(m.name)))).filter(Boolean);
+  const traffic = h("div", { "data-testid": "traffic" });
   fill(main, h("h1", {}, "Deployments"),
-    h("p", { className: "muted note" }, "Latency percentiles and batch sizes are exported on /metrics " +
-      "(Prometheus, behind its own token); this page shows what the /v1 API gives."),
     deployments.length === 0 ? h("p", { className: "muted" }, "No deployments.") : table(
       ["Model", "Version", "State", "Replicas", "Batching", "Updated"],
       deployments.map((d) => [
@@ -101,7 +125,20 @@ export async function deploymentsPage(main) {
         when(d.updated_at),
       ]),
       { "data-testid": "deployments-table" },
-    ));
+    ),
+    deployments.length === 0 ? null : [h("h2", {}, `Traffic, last ${STATS_WINDOW_MIN} minutes`), traffic]);
+  if (deployments.length === 0) return;
+
+  async function refresh() {
+    const stats = await call(`/v1/deployments/stats?window_minutes=${STATS_WINDOW_MIN}`);
+    fill(traffic, statsTable(stats),
+      h("p", { className: "muted note" }, "Synchronous requests (REST and gRPC) as the API recorded them; latency " +
+        `from request to answer of the succeeded ones. Updated ${new Date().toLocaleTimeString()}, every ` +
+        `${STATS_REFRESH_MS / 1000} s.`));
+  }
+  await refresh();
+  const timer = setInterval(() => refresh().catch(() => {}), STATS_REFRESH_MS);
+  signal?.addEventListener("abort", () => clearInterval(timer));
 }
 
 export async function filesPage(main) {

@@ -1,20 +1,26 @@
 """The dashboard over the whole platform, in Debian's Chromium: a training job's curves, a
 compression job's report (table and charts) and an artifact downloaded through the page, the new
 version's lineage chain from training to compression to deployment, and the deployment's replica
-on a model server. Every page screenshotted; none may open a dialog or break its CSP."""
+on a model server with its traffic (requests, error rate, p50/p99 latency, batch sizes) after
+requests sent while the page is open. Every page screenshotted; none may open a dialog or break its CSP."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from sklearn.datasets import load_digits
 
-from tests.support.api import deploy_ready, download_artifact, job_artifacts, run_job
+from tests.support.api import deploy_ready, download_artifact, infer, job_artifacts, run_job
 from tests.support.browser import log_in
 from tests.support.processes import Worker
+from training.export import INPUT_NAME
 
 pytestmark = pytest.mark.slow
+REQUESTS = 12
 
 TRAINING = {
     "model": {"arch": "mlp", "hidden": [32]},
@@ -115,7 +121,7 @@ def test_lineage_from_training_to_deployment(live, watched, pipeline):
     watched.screenshot("model")
 
 
-def test_a_deployments_replicas(live, watched, pipeline):
+def test_a_deployments_replicas_and_traffic(live, watched, pipeline):
     tenant, _, _ = pipeline
     log_in(watched, live, tenant.key, "#/deployments")
     page = watched.page
@@ -123,4 +129,27 @@ def test_a_deployments_replicas(live, watched, pipeline):
     assert row.query_selector("td").text_content() == "digits-mlp-small"
     replica = page.wait_for_selector("[data-testid=deployments-table] li[data-replica=ready]")
     assert "v1" in replica.text_content()
+
+    # requests sent while the page is open show up in its traffic table at its next refresh
+    x = load_digits().data[:4].astype(np.float32) / 16.0
+    body = {"inputs": [{"name": INPUT_NAME, "datatype": "FP32", "shape": list(x.shape), "data": x.ravel().tolist()}]}
+
+    async def send(api) -> list[int]:
+        answers = await asyncio.gather(*(infer(api, tenant, "digits-mlp-small", body) for _ in range(REQUESTS)))
+        return [a.status for a in answers]
+
+    assert live.run(send) == [200] * REQUESTS
+    stat = "[data-testid=deployment-stats] tbody tr [data-stat={}]".format
+    page.wait_for_function(
+        "([selector, n]) => document.querySelector(selector)?.textContent === String(n)",
+        arg=[stat("requests"), REQUESTS],
+        timeout=30_000,
+    )
+    assert float(page.text_content(stat("requests_per_minute"))) == pytest.approx(REQUESTS / 5, abs=0.01)
+    assert page.text_content(stat("error_rate")) == "0.0%"
+    p50, p99 = (float(page.text_content(stat(f"latency_{p}_ms")).removesuffix(" ms")) for p in ("p50", "p99"))
+    assert 0 < p50 <= p99
+    mean_batch = float(page.text_content(stat("mean_batch_size")))
+    max_batch = int(page.text_content(stat("max_batch_size")))
+    assert 4 <= mean_batch <= max_batch <= 4 * REQUESTS  # rows per model call: 4 a request
     watched.screenshot("deployments")
