@@ -53,7 +53,8 @@ async def test_a_model_deployed_through_the_api_is_served_by_maas_serve(api, ten
     assert maas_serve.url.startswith("http://127.0.0.1:")
     name = f"lin-{secrets.token_hex(3)}"
     await register_version(api, tenant, name, LINEAR_MODELS[0])
-    await deploy(api, tenant, name, 1)
+    # two replicas: one on the session's model server, one on maas serve (the placer spreads them)
+    await deploy(api, tenant, name, 1, min_replicas=2, max_replicas=2)
 
     async def ready_on_maas_serve() -> bool:
         shown = await (await api.get(f"/v1/models/{name}/deployment", headers=tenant.headers)).json()

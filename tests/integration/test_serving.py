@@ -117,7 +117,10 @@ async def test_bad_deployments_are_refused(api, tenant):
 
 async def test_a_model_whose_artifact_changed_fails_its_load_with_the_reason(api, tenant, settings, db):
     name = f"lin-{secrets.token_hex(3)}"
-    version = await register_version(api, tenant, name, LINEAR_MODELS[0])
+    # bytes of its own: a model server's local cache (keyed by sha256) cannot already hold them
+    rng = np.random.default_rng()
+    own = linear_classifier(rng.normal(size=(4, 3)), rng.normal(size=3))
+    version = await register_version(api, tenant, name, own)
     with db() as session:
         key = session.scalar(select(Artifact.storage_key).where(Artifact.id == version["artifact"]["id"]))
     # other bytes behind the registered version: its recorded sha256 no longer matches
