@@ -48,8 +48,8 @@ MODELS = {"cnn": {"arch": "cnn", "channels": [32, 64]}, "mlp": {"arch": "mlp", "
 # name: (strategy, model, epochs of a full run)
 WORKLOADS = {
     "ddp x2 cnn": ("ddp", "cnn", 180),
-    "fsdp x2 cnn": ("fsdp", "cnn", 60),
-    "pipeline x2 mlp": ("pipeline", "mlp", 60),
+    "fsdp x2 cnn": ("fsdp", "cnn", 90),
+    "pipeline x2 mlp": ("pipeline", "mlp", 120),
 }
 TEXT_WORKLOAD = None  # the text-encoder fine-tune: needs a tokenizing plain script (not written yet)
 BATCH, LR, SEED = 64, 0.001, 0
