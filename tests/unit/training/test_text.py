@@ -19,13 +19,14 @@ from safetensors.torch import save_file
 
 from core.onnx_model import OnnxModel
 from core.onnx_signature import UnsupportedSignature, read_signature
-from core.text_model import TOKENIZER_KEY, TextPreprocessor, declaration, feed_inputs
+from core.text_model import TOKENIZER_KEY, TextDeclaration, TextPreprocessor, declaration, feed_inputs
 from job_types.init_from import fit_problems
 from tests.support.text_models import token_count_model
 from training.data import DatasetError, load_splits
+from training.export import export_onnx, onnx_max_abs_diff
 from training.spec import CNNSpec, MLPSpec, TextEncoderSpec, TrainingSpec, check_dataset_fits
 from training.text_data import TextTableError, read_text_table, tokenize_texts
-from training.text_encoder import load_tokenizer
+from training.text_encoder import TextClassifier, freeze, load_tokenizer, trainable_parameters
 from training.zoo import InitFromError, build_model, load_initial_weights
 
 TEXT_MODEL = {"arch": "text_encoder", "pretrained": "all-minilm-l6-v2", "max_length": 16}
@@ -226,3 +227,54 @@ def test_a_validation_file_of_texts_is_tokenized_the_same_way(tmp_path: Path) ->
     with pytest.raises(DatasetError) as info:
         load_splits(spec, tmp_path / "d.csv", unknown)
     assert info.value.pointer == "/validation/file_id"
+
+
+# --- the text classifier on a tiny random BERT: freezing, export --------------------------------
+
+
+def tiny_classifier(classes: int = 3) -> TextClassifier:
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(
+        vocab_size=64, hidden_size=16, num_hidden_layers=3, num_attention_heads=2, intermediate_size=32, pad_token_id=0
+    )
+    config._attn_implementation = "eager"  # as build_text_classifier asks: plain MatMul/Softmax in the graph
+    torch.manual_seed(0)
+    encoder = BertModel(config, add_pooling_layer=False)
+    return TextClassifier(encoder, classes, pretrained="all-minilm-l6-v2", max_length=8, pad_id=0, dropout=0.0)
+
+
+def test_freezing_stops_the_embeddings_and_lower_layers_or_the_whole_encoder() -> None:
+    model = tiny_classifier()
+    every = trainable_parameters(model)
+    freeze(model, encoder_entirely=False, lower_layers=2)
+    trains = {name.split(".")[0] + "." + name.split(".")[1] for name, p in model.named_parameters() if p.requires_grad}
+    assert trains == {"encoder.encoder", "head.weight", "head.bias"}
+    assert all(p.requires_grad for p in model.encoder.encoder.layer[2].parameters())
+    assert not any(p.requires_grad for p in model.encoder.encoder.layer[1].parameters())
+    assert 0 < trainable_parameters(model) < every
+    freeze(model, encoder_entirely=True, lower_layers=0)
+    assert trainable_parameters(model) == 3 * 16 + 3
+
+
+@pytest.mark.slow  # the dynamo ONNX exporter: 10-20 s on 2 loaded cores
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
+def test_a_text_classifier_exports_scores_labels_and_its_tokenizer(tmp_path: Path) -> None:
+    model = tiny_classifier().eval()
+    ids = torch.tensor([[1, 5, 9, 2, 0, 0], [1, 7, 7, 7, 8, 2], [1, 2, 0, 0, 0, 0]])
+    path = tmp_path / "text.onnx"
+    export_onnx(model, 6, path, classes=["aiohttp", "numpy", "sqlalchemy"])
+    assert onnx_max_abs_diff(model, path, ids) < 1e-5
+    signature = read_signature(onnx.load(str(path)))
+    assert signature["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
+    assert [(o["name"], o["datatype"]) for o in signature["outputs"]] == [("scores", "FP32"), ("label", "BYTES")]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    scores, labels = session.run(["scores", "label"], {"input_ids": ids.numpy()})
+    with torch.no_grad():
+        expected = torch.softmax(model(ids), dim=1).numpy()
+    np.testing.assert_allclose(scores, expected, atol=1e-5)
+    assert labels.tolist() == [["aiohttp", "numpy", "sqlalchemy"][i] for i in expected.argmax(1)]
+    # padding does not change a text's scores: the mask comes from the padding id
+    np.testing.assert_allclose(session.run(["scores"], {"input_ids": ids[2:, :2].numpy()})[0], scores[2:], atol=1e-5)
+    declared = declaration(session.get_modelmeta().custom_metadata_map)
+    assert declared == TextDeclaration("text", "input_ids", 8, 0)
