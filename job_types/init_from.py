@@ -1,9 +1,10 @@
 """Fine-tuning from a registered version (a training spec's ``init_from``): which version,
 whether its weights fit the job's model, and fetching them for the training processes.
 
-A version can be started from when the platform trained it (its source job is a training
-job, whose ``weights`` artifact is the safetensors state dict) with the same architecture
-and the same weight-shaping settings; everything else answers 422 naming ``/init_from``.
+A version can be started from when the platform made it as a zoo model (its source job is a
+training job, or a compression job that kept a zoo model, as pruning and distillation do; the
+job's ``weights`` artifact is the safetensors state dict) with the same architecture and the
+same weight-shaping settings; everything else answers 422 naming ``/init_from``.
 Another tenant's version is not found, as any other model reference. A head for another
 number of classes is re-initialised in the job (``training.zoo.load_initial_weights``).
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -21,7 +23,7 @@ from core.models import Artifact, Job
 from core.spec_kit import FieldProblem
 from job_types.base import JobFailed, RunContext
 from job_types.lookups import model_not_found
-from training.spec import AnyModel, TrainingSpec
+from training.spec import AnyModel, ModelSpec, TrainingSpec
 
 # the settings that decide the shapes of the weights; the others (dropout, freezing, max_length) may differ
 WEIGHT_SHAPING = {
@@ -48,6 +50,19 @@ def fit_problems(source: AnyModel, model: AnyModel, describe: str) -> list[Field
     return []
 
 
+def source_model(job: Job, lineage: dict[str, Any]) -> AnyModel | None:
+    """The zoo model a version's weights belong to: its training job's, or the one a compression
+    job recorded in the lineage (pruned, distilled: still a zoo model); None when there is none."""
+    try:
+        if job.type == "training" and lineage.get("kind") == "training":
+            return TrainingSpec.model_validate(job.spec).model
+        if job.type == "compression" and isinstance(lineage.get("model"), dict):
+            return TypeAdapter(ModelSpec).validate_python(lineage["model"])
+    except ValidationError:  # a spec of an older schema this version of the platform no longer reads
+        return None
+    return None
+
+
 def resolve(session: Session, tenant_id: str, spec: TrainingSpec) -> tuple[Artifact | None, list[FieldProblem]]:
     """The weights artifact ``spec.init_from`` names for ``tenant_id``, or why there is none."""
     ref = spec.init_from
@@ -60,16 +75,17 @@ def resolve(session: Session, tenant_id: str, spec: TrainingSpec) -> tuple[Artif
         ]
     describe = f"model {ref.model!r} version {ref.version}"
     job = session.get(Job, version.source_job_id) if version.source_job_id else None
-    if job is None or job.type != "training" or (version.lineage or {}).get("kind") != "training":
-        detail = f"{describe} was not trained by a training job here, so there are no zoo weights to start from"
+    source = source_model(job, version.lineage or {}) if job is not None else None
+    if source is None:
+        detail = f"{describe} has no zoo weights to start from (it was not made by a training job, or by a compression "
+        "job that kept a zoo model)"
         return None, [{"pointer": "/init_from/version", "detail": detail}]
-    source = TrainingSpec.model_validate(job.spec).model
     problems = fit_problems(source, spec.model, describe)
     if problems:
         return None, problems
     weights = session.scalar(
         select(Artifact)
-        .where(Artifact.job_id == job.id, Artifact.kind == "weights")
+        .where(Artifact.job_id == version.source_job_id, Artifact.kind == "weights")
         .order_by(Artifact.id.desc())
         .limit(1)
     )

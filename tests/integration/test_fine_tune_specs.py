@@ -42,7 +42,7 @@ async def test_init_from_needs_a_version_a_training_job_made_for_this_tenant(api
     spec = {"model": {"arch": "mlp"}, "dataset": {"builtin": "digits"}}
     (uploaded,) = await problems(api, tenant, {**spec, "init_from": {"model": "uploaded", "version": 1}})
     assert uploaded["pointer"] == "/spec/init_from/version"
-    assert "was not trained by a training job here" in uploaded["detail"]
+    assert "has no zoo weights to start from" in uploaded["detail"]
     (missing,) = await problems(api, tenant, {**spec, "init_from": {"model": "uploaded", "version": 2}})
     assert missing == {"pointer": "/spec/init_from/version", "detail": "model 'uploaded' has no version 2"}
     (foreign,) = await problems(api, other_tenant, {**spec, "init_from": {"model": "uploaded", "version": 1}})

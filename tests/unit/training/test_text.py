@@ -278,3 +278,16 @@ def test_a_text_classifier_exports_scores_labels_and_its_tokenizer(tmp_path: Pat
     np.testing.assert_allclose(session.run(["scores"], {"input_ids": ids[2:, :2].numpy()})[0], scores[2:], atol=1e-5)
     declared = declaration(session.get_modelmeta().custom_metadata_map)
     assert declared == TextDeclaration("text", "input_ids", 8, 0)
+
+
+def test_the_zoo_model_of_a_version_comes_from_its_training_job_or_a_compression_lineage() -> None:
+    from core.models import Job
+    from job_types.init_from import source_model
+
+    spec = {"model": {"arch": "mlp", "hidden": [8]}, "dataset": {"builtin": "digits"}}
+    trained = source_model(Job(type="training", spec=spec), {"kind": "training"})
+    assert trained == MLPSpec(arch="mlp", hidden=[8])
+    pruned = {"kind": "compression", "model": {"arch": "cnn", "channels": [4, 8]}}
+    assert source_model(Job(type="compression", spec={}), pruned) == CNNSpec(arch="cnn", channels=[4, 8])
+    assert source_model(Job(type="compression", spec={}), {"kind": "compression"}) is None  # an ONNX-only result
+    assert source_model(Job(type="training", spec={"model": {"arch": "gone"}}), {"kind": "training"}) is None
