@@ -44,7 +44,6 @@ class Waiter:
     version_id: str
     model_id: str
     held: int = 0
-    since: float = field(default_factory=time.monotonic)
     woken: asyncio.Event = field(default_factory=asyncio.Event)
 
     def wake(self) -> None:
