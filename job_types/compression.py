@@ -176,7 +176,7 @@ def _file_source(
             ]
         signature = file.details.get("signature") or {}
         width, classes = _io_sizes(signature)
-        facts = SourceFacts(describe, None, width, classes, signature.get("inputs") or [])
+        facts = SourceFacts(describe, None, width, classes, feed_inputs(signature))
         return ResolvedSource(facts, onnx=file), []
     if source.arch is None:
         return None, [{"pointer": "/source/arch", "detail": f"{describe} is a state dict: give its zoo arch"}]
