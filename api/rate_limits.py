@@ -12,12 +12,14 @@ Every limited answer carries ``RateLimit-Limit`` (the bucket, = the per-minute l
 process still holds) and ``RateLimit-Reset`` (seconds until the bucket is full); a refusal is a
 429 problem with ``Retry-After``, ``RESOURCE_EXHAUSTED`` over gRPC. The limit is the tenant's
 ``inference_per_min`` / ``creates_per_min`` quota (``core.quotas``), re-read every
-``LIMITS_TTL_S``.
+``LIMITS_TTL_S``. While PostgreSQL cannot be reached, a process grants its leases itself (fails open,
+logged): bookkeeping never fails a request, as ``api.prediction_recorder`` does not.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -31,6 +33,8 @@ from core import quotas
 from core.api_keys import hash_key
 from core.rate_buckets import TAKE, Grant, lease_size, take_params
 from core.settings import Settings
+
+log = logging.getLogger("maas.api.rate_limits")
 
 INFERENCE = "inference"
 CREATES = "creates"
@@ -51,6 +55,11 @@ def rate_class(method: str, path: str) -> str | None:
     if path.startswith("/v1/") and not path.endswith(NOT_CREATES) and path != "/v1/usage":
         return CREATES
     return None
+
+
+def bucket_key(authorization: str, kind: str) -> str:
+    """The shared bucket of an API key (its hash, never the key) and a rate class."""
+    return f"{kind}:{hash_key(authorization.partition(' ')[2].strip())[:40]}"
 
 
 @dataclass
@@ -111,8 +120,14 @@ class RateLimiter:
         cached = self._limits.get((tenant_id, quota))
         if cached is not None and now - cached[1] < LIMITS_TTL_S:
             return cached[0]
-        async with self.db() as session:
-            value = await session.run_sync(lambda s: quotas.effective_quota(s, tenant_id, quota, self.settings))
+        try:
+            async with self.db() as session:
+                value = await session.run_sync(lambda s: quotas.effective_quota(s, tenant_id, quota, self.settings))
+        except Exception as exc:  # the database is away: the last value read, else the default
+            log.warning(
+                "cannot read %s of %s (using %s): %s", quota, tenant_id, "the last" if cached else "the default", exc
+            )
+            value = cached[0] if cached else int(quotas.default_quota(self.settings, quota) or 0)
         self._limits[(tenant_id, quota)] = (value, now)
         return value
 
@@ -122,7 +137,7 @@ class RateLimiter:
             return None
         quota = QUOTA_OF[kind]
         per_min = await self._limit(tenant_id, quota)
-        key = f"{kind}:{hash_key(authorization.partition(' ')[2].strip())[:40]}"
+        key = bucket_key(authorization, kind)
         lease = self._leases.setdefault(key, _Lease())
         now = time.monotonic()
         if lease.tokens <= 0 or now >= lease.expires_at:
@@ -141,12 +156,19 @@ class RateLimiter:
 
     async def _renew(self, lease: _Lease, key: str, per_min: int) -> None:
         want = lease_size(per_min, self.settings.rate_limit_lease_s)
-        async with self.db() as session:
-            row = (await session.execute(TAKE, take_params(key, per_min, want))).one()
-            await session.commit()
+        try:
+            async with self.db() as session:
+                row = (await session.execute(TAKE, take_params(key, per_min, want))).one()
+                await session.commit()
+            granted, left = int(row.granted), float(row.tokens)
+        except Exception as exc:
+            # the shared bucket cannot be reached: this process lets one lease through on its own rather
+            # than fail requests over bookkeeping (as api.prediction_recorder keeps serving)
+            log.warning("cannot take tokens from the shared bucket (one lease granted locally): %s", exc)
+            granted, left = want, float(per_min - want)
         self.leases_taken += 1
         now = time.monotonic()
-        lease.grant = Grant(int(row.granted), float(row.tokens), float(per_min), per_min / 60.0)
+        lease.grant = Grant(granted, left, float(per_min), per_min / 60.0)
         lease.tokens = lease.grant.tokens
         lease.expires_at = now + self.settings.rate_limit_lease_s * LEASE_TTL_LEASES
         lease.denied_until = now + lease.grant.retry_after_s() if lease.tokens <= 0 else 0.0

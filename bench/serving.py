@@ -33,12 +33,23 @@ works offline):
     .venv/bin/python bench/serving.py [--models minilm-int8,minilm-fp32,digits-cnn] [--seconds 15]
 
 Prints a table and writes bench/results/serving.json.
+
+The cost of tenant limits (``--limits-side-by-side``): one ``maas up`` platform serving minilm-int8, and
+two more API processes on it that differ only in ``MAAS_RATE_LIMITS_ENABLED`` and
+``MAAS_USAGE_METERING_ENABLED`` (on: every request takes a rate-limit token and is metered; off: neither).
+``--clients`` clients load one API, then the other, alternating the order each round (``--rounds``), so
+drift on a shared machine hits both alike; the cost is 1 - on/off of the items/s summed over rounds.
+The inference limit is set high enough never to refuse (``--limit-per-min``): this measures the cost,
+not the refusals. Writes bench/results/serving_limits.json:
+
+    .venv/bin/python bench/serving.py --limits-side-by-side [--rounds 3 --seconds 10 --warmup 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -50,7 +61,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import metadata
@@ -71,6 +82,7 @@ from api.oip_grpc import open_inference_grpc_pb2_grpc as pb_grpc
 from bench.local_platform import Platform, local_platform
 
 RESULTS = Path(__file__).resolve().parent / "results" / "serving.json"
+LIMITS_RESULTS = RESULTS.with_name("serving_limits.json")
 MODELS = ("minilm-int8", "minilm-fp32", "digits-cnn")
 SEQUENCE_LENGTH = 32
 DISTINCT_INPUTS = 256  # the clients cycle through this many different requests
@@ -748,6 +760,13 @@ def main() -> None:
     parser.add_argument("--skip", default="", help="comma-separated systems to skip: a, b, c")
     parser.add_argument("--workdir", type=Path, default=None, help="keep built models here (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--limits-side-by-side",
+        action="store_true",
+        help="only measure minilm-int8 through the platform with rate limits + metering on vs off (see above)",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="--limits-side-by-side: on/off rounds")
+    parser.add_argument("--limit-per-min", type=int, default=600_000, help="--limits-side-by-side: inference limit")
     parser.add_argument("--serve-floor", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -772,6 +791,9 @@ def main() -> None:
         workdir.mkdir(parents=True, exist_ok=True)
     load = psutil.getloadavg()
     print(f"load average before the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
+    if args.limits_side_by_side:
+        measure_limits_cost(build_minilm(workdir, int8=True), args, threads, load)
+        return
 
     builders = {
         "minilm-fp32": lambda: build_minilm(workdir, int8=False),
@@ -886,6 +908,166 @@ def setup(args: argparse.Namespace, threads: int, load: tuple[float, float, floa
             "settings": platform_settings(args),
         },
     }
+
+
+@contextlib.contextmanager
+def extra_api(maas: Platform, settings: Mapping[str, str], log: Path) -> Iterator[tuple[str, int]]:
+    """One more API process (``maas api``) on ``maas``'s services, with MAAS_* ``settings``: its URL and pid."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_")}
+    env.update({"MAAS_DATA_DIR": str(maas.data_dir), "MAAS_API_PORT": str(port), "MAAS_GRPC_ENABLED": "false"})
+    env.update({f"MAAS_{k.upper()}": v for k, v in settings.items()})
+    with open(log, "ab") as out:
+        process = subprocess.Popen([sys.executable, "-m", "cli.main", "api"], env=env, stdout=out, stderr=out)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(url + "/healthz", timeout=1).close()
+                break
+            except (urllib.error.URLError, OSError):
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError(f"the extra API did not start; see {log}") from None
+                time.sleep(0.3)
+        yield url, process.pid
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def hot_path_us(requests: int = 100_000) -> dict[str, float]:
+    """What limits and metering add to one request inside the API process, in microseconds of CPU: a token
+    taken from a held lease and its headers (``api.rate_limits``), and the usage counters of one answered
+    request (``api.usage_meter``). Lease renewals (one database round trip per lease) are not in it."""
+    from api.rate_limits import INFERENCE, RateLimiter, _Lease, bucket_key
+    from api.usage_meter import UsageMeter
+    from core.rate_buckets import Grant
+    from core.settings import Settings
+
+    settings, authorization = Settings(), "Bearer maas_0123abcd_" + "k" * 43
+    limiter, meter = RateLimiter(settings, None), UsageMeter(settings, None)  # type: ignore[arg-type]
+    limiter._limits[("ten_bench", "inference_per_min")] = (10**9, float("inf"))
+    row = {"tenant_id": "ten_bench", "model_version_id": "mv_bench", "transport": "http", "status": "succeeded",
+           "inference_ms": 3.0, "batch_size": 16}  # fmt: skip
+
+    async def take_all() -> float:
+        # a lease held for good: what every request but the one renewing it finds
+        limiter._leases[bucket_key(authorization, INFERENCE)] = _Lease(10**9, float("inf"), Grant(10**9, 1e6, 1e9, 1e7))
+        started = time.perf_counter()
+        for _ in range(requests):
+            decision = await limiter.take("ten_bench", authorization, INFERENCE)
+            assert decision is not None
+            decision.headers()
+        return time.perf_counter() - started
+
+    take_s = asyncio.run(take_all())
+    started = time.perf_counter()
+    for _ in range(requests):
+        meter.count_prediction(row, 1)
+    meter_s = time.perf_counter() - started
+    return {"rate_limit_us": round(take_s / requests * 1e6, 2), "metering_us": round(meter_s / requests * 1e6, 2)}
+
+
+def measure_limits_cost(model: BenchModel, args: argparse.Namespace, threads: int, load: Any) -> None:
+    """minilm-int8 at ``--clients`` through two API processes, rate limits + metering on and off, alternating."""
+    batching = {"max_batch_size": args.batch, "max_queue_delay_us": args.queue_delay_us, "max_queue_size": 1024,
+                "timeout_ms": 30_000}  # fmt: skip
+    limit = str(args.limit_per_min)
+    modes = {
+        "on": {"rate_limits_enabled": "true", "usage_metering_enabled": "true", "quota_inference_per_min": limit},
+        "off": {"rate_limits_enabled": "false", "usage_metering_enabled": "false", "quota_inference_per_min": limit},
+    }
+    runs: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
+    settings = {"worker_concurrency": "1", "quota_inference_per_min": limit}
+    with local_platform(**settings) as maas, tempfile.TemporaryDirectory(prefix="maas-bench-limits-") as logs:
+        deploy(maas, model, batching)
+        wait_ready(maas, [model.name])
+        with contextlib.ExitStack() as stack:
+            apis = {mode: stack.enter_context(extra_api(maas, values, Path(logs) / f"{mode}.log"))
+                    for mode, values in modes.items()}  # fmt: skip
+            for url, _ in apis.values():  # both answer what ONNX Runtime answers
+                asyncio.run(check_platform(f"{url}/v2/models/{model.name}/infer", model, maas.key))
+            for round_ in range(args.rounds):
+                for mode in ("on", "off") if round_ % 2 == 0 else ("off", "on"):
+                    url, pid = apis[mode]
+                    before = cpu_snapshot()
+                    run = asyncio.run(
+                        run_load(f"{url}/v2/models/{model.name}/infer", platform_bodies(model, maas.key),
+                                 clients=args.clients, warmup_s=args.warmup, seconds=args.seconds)
+                    )  # fmt: skip
+                    after = cpu_snapshot()
+                    # CPU time per request (not wall time): what a loaded machine disturbs least. The
+                    # warm-up's requests are estimated at the window's rate (the same bias in both modes)
+                    served = run["items_per_s"] * (args.warmup + args.seconds) or 1.0
+                    spent = {p: s - before[p][1] for p, (role, s) in after.items() if p in before}
+                    run["api_cpu_ms_per_request"] = round(spent.get(pid, 0.0) * 1000 / served, 4)
+                    platform_pids = [p for p, (role, _) in after.items() if role not in ("machine", "load generator")]
+                    run["platform_cpu_ms_per_request"] = round(
+                        sum(spent.get(p, 0.0) for p in platform_pids if p != "machine") * 1000 / served, 4
+                    )
+                    runs[mode].append(run)
+                    print(
+                        f"  round {round_ + 1} {mode:<3} {run['items_per_s']:8.1f} items/s {run['non_200']}", flush=True
+                    )
+    rate = {mode: sum(r["items_per_s"] for r in done) / len(done) for mode, done in runs.items()}
+    cost = 1 - rate["on"] / rate["off"] if rate["off"] else None
+    print(f"\n{'mode':<6}{'items/s (mean of rounds)':>26}{'p50 ms':>10}{'p99 ms':>10}")
+    for mode, done in runs.items():
+        p50 = sum(r["latency_ms"]["p50"] for r in done) / len(done)
+        p99 = sum(r["latency_ms"]["p99"] for r in done) / len(done)
+        print(f"{mode:<6}{rate[mode]:>26.1f}{p50:>10.1f}{p99:>10.1f}")
+    cpu = {mode: {name: sum(r[name] for r in done) / len(done)
+                  for name in ("api_cpu_ms_per_request", "platform_cpu_ms_per_request")}
+           for mode, done in runs.items()}  # fmt: skip
+    cpu_cost = (cpu["on"]["api_cpu_ms_per_request"] - cpu["off"]["api_cpu_ms_per_request"]) / (
+        cpu["off"]["platform_cpu_ms_per_request"] or 1.0
+    )
+    print(f"API CPU per request: on {cpu['on']['api_cpu_ms_per_request']:.3f} ms, off "
+          f"{cpu['off']['api_cpu_ms_per_request']:.3f} ms; the whole platform's (off) "
+          f"{cpu['off']['platform_cpu_ms_per_request']:.3f} ms: limits + metering add {cpu_cost:.1%}")  # fmt: skip
+    hot = hot_path_us()
+    per_request_ms = (hot["rate_limit_us"] + hot["metering_us"]) / 1000
+    share = per_request_ms / (cpu["off"]["platform_cpu_ms_per_request"] or 1)
+    print(
+        f"in-process hot path: rate limit {hot['rate_limit_us']} us + metering {hot['metering_us']} us per request "
+        f"= {share:.2%} of the platform's CPU per request"
+    )
+    spread = [r["items_per_s"] for r in runs["off"]]
+    noise = (max(spread) - min(spread)) / (sum(spread) / len(spread)) if spread else 0.0
+    print(f"round-to-round spread of the off runs: {noise:.1%} (a throughput difference below it is noise)")
+    verdict = "met" if cost is not None and cost <= 0.03 else "NOT met"
+    print(
+        f"cost of rate limits + metering: {cost:.1%} of throughput (target <= 3%: {verdict})"
+        if cost is not None
+        else ""
+    )
+    document = {
+        "benchmark": "serving_limits",
+        "when": datetime.now().isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "machine": {"cpus": os.cpu_count(), "load_average_before": [round(x, 2) for x in load], "threads": threads},
+        "model": model.name,
+        "clients": args.clients,
+        "inference_per_min": args.limit_per_min,
+        "modes": modes,
+        "items_per_s": {mode: round(value, 1) for mode, value in rate.items()},
+        "cost": round(cost, 4) if cost is not None else None,
+        "cpu_ms_per_request": cpu,
+        "cost_in_cpu": round(cpu_cost, 4),
+        "hot_path_us": hot,
+        "hot_path_share_of_platform_cpu": round(share, 5),
+        "off_round_spread": round(noise, 4),
+        "target": 0.03,
+        "runs": runs,
+    }
+    out = args.out if args.out != RESULTS else LIMITS_RESULTS
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(document, indent=2) + "\n")
+    print(f"wrote {out}")
 
 
 def platform_settings(args: argparse.Namespace) -> dict[str, Any]:

@@ -54,13 +54,14 @@ def cmd_quotas(settings: Settings, args: argparse.Namespace) -> int:
             return 0
         tenants = [find_tenant(session, args.tenant)] if args.tenant else list(session.scalars(select(Tenant)))
         print(f"{'TENANT':<30} {'QUOTA':<28} {'VALUE':>16} {'FROM':<8} {'USED':>16}")
-        print(f"{'(replicas count ' + quotas.replicas_per_deployment() + ')':<30}")
         for tenant in sorted(tenants, key=lambda t: t.id):
             own = quotas.overrides(session, tenant.id)
             for name in sorted({*quotas.QUOTAS, *own}):
                 value = quotas.effective_quota(session, tenant.id, name, settings)
                 source = "tenant" if name in own else "default"
                 print(f"{tenant.id:<30} {name:<28} {value:>16} {source:<8} {_used(session, tenant.id, name):>16}")
+        print(f"(replicas: each deployment counts {quotas.replicas_per_deployment()}; - : a rate, or enforced "
+              "at dispatch)")  # fmt: skip
     return 0
 
 

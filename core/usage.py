@@ -18,6 +18,7 @@ DO UPDATE`` (``write``) every few seconds: a request costs a dict update, never 
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -67,6 +68,15 @@ class UsageCounters:
 
     def __init__(self) -> None:
         self._values: defaultdict[Key, float] = defaultdict(float)
+        self._hour, self._hour_ends = datetime.min.replace(tzinfo=UTC), 0.0
+
+    def _now_hour(self) -> datetime:
+        """The current hour, recomputed once an hour (a request pays a float compare, not a datetime)."""
+        now = time.time()
+        if now >= self._hour_ends:
+            self._hour = hour_of(datetime.fromtimestamp(now, UTC))
+            self._hour_ends = self._hour.timestamp() + 3600
+        return self._hour
 
     def __len__(self) -> int:
         return len(self._values)
@@ -80,7 +90,7 @@ class UsageCounters:
         transport: str = "",
         at: datetime | None = None,
     ) -> None:
-        self._values[(hour_of(at or datetime.now(UTC)), tenant_id, metric, subject, transport)] += value
+        self._values[(hour_of(at) if at else self._now_hour(), tenant_id, metric, subject, transport)] += value
 
     def inference(
         self,
@@ -93,12 +103,13 @@ class UsageCounters:
         at: datetime | None = None,
     ) -> None:
         """One answered inference request of ``rows`` rows (0 when it failed)."""
-        at = at or datetime.now(UTC)
-        self.add(tenant_id, INFERENCE_REQUESTS, 1, model_version_id, transport, at)
+        hour = hour_of(at) if at else self._now_hour()
+        values = self._values
+        values[(hour, tenant_id, INFERENCE_REQUESTS, model_version_id, transport)] += 1
         if rows:
-            self.add(tenant_id, INFERENCE_ITEMS, rows, model_version_id, transport, at)
+            values[(hour, tenant_id, INFERENCE_ITEMS, model_version_id, transport)] += rows
             seconds = inference_seconds(inference_ms, rows, batch_size)
-            self.add(tenant_id, INFERENCE_SECONDS, seconds, model_version_id, transport, at)
+            values[(hour, tenant_id, INFERENCE_SECONDS, model_version_id, transport)] += seconds
 
     def take(self) -> list[dict[str, Any]]:
         values, self._values = self._values, defaultdict(float)
@@ -128,9 +139,12 @@ def upsert(rows: list[dict[str, Any]]) -> Any:
     )
 
 
+WRITE_CHUNK = 5000  # rows per statement: 6 parameters each, under PostgreSQL's 65535
+
+
 def write(session: Session, rows: list[dict[str, Any]]) -> None:
-    if rows:
-        session.execute(upsert(rows))
+    for start in range(0, len(rows), WRITE_CHUNK):
+        session.execute(upsert(rows[start : start + WRITE_CHUNK]))
 
 
 def record(
@@ -148,13 +162,17 @@ def record(
     write(session, counters.take())
 
 
+# tenants storing nothing get no row (an hour without a sample reads as 0)
 STORAGE_SAMPLE = text(
     """
     INSERT INTO usage_hourly (hour, tenant_id, metric, subject, transport, value)
-    SELECT date_trunc('hour', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC', t.id, 'bytes_stored', '', '',
-           coalesce((SELECT sum(f.bytes) FROM files f WHERE f.tenant_id = t.id), 0)
-         + coalesce((SELECT sum(a.bytes) FROM artifacts a WHERE a.tenant_id = t.id AND a.deleted_at IS NULL), 0)
-    FROM tenants t
+    SELECT hour, id, 'bytes_stored', '', '', stored FROM (
+        SELECT date_trunc('hour', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS hour, t.id,
+               coalesce((SELECT sum(f.bytes) FROM files f WHERE f.tenant_id = t.id), 0)
+             + coalesce((SELECT sum(a.bytes) FROM artifacts a WHERE a.tenant_id = t.id AND a.deleted_at IS NULL), 0)
+               AS stored
+        FROM tenants t
+    ) sample WHERE stored > 0
     ON CONFLICT (hour, tenant_id, metric, subject, transport)
     DO UPDATE SET value = greatest(usage_hourly.value, excluded.value)
     """

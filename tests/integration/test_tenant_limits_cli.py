@@ -4,12 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-import pytest
-
 from core import quotas, usage
 from tests.integration.test_cli_admin import maas
-
-pytestmark = pytest.mark.slow  # each command is a fresh `maas` process: several seconds apiece on 2 cores
 
 
 def test_a_quota_is_set_shown_and_reset_from_the_cli(settings, db, tenant, api):
