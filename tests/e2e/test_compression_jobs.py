@@ -124,7 +124,12 @@ async def test_a_trained_model_pruned_and_quantized_becomes_a_new_version(
     assert [p["epoch"] for p in progress if "epoch" in p] == [1, 2]
     assert any("held out (fraction 0.2, seed 0)" in e["message"] for e in history if e["type"] == "log")
 
-    artifacts = {(a["kind"], a["name"]): a for a in await job_artifacts(api, tenant, job["id"])}
+    listed = await job_artifacts(api, tenant, job["id"])
+    # the run after each pass was a checkpoint, deleted once the job finished
+    checkpoints = [a for a in listed if a["kind"] == "checkpoint"]
+    assert [a["name"] for a in checkpoints] == ["after-pass-1.tar", "after-pass-2.tar"]
+    assert all(a["deleted_at"] for a in checkpoints), checkpoints
+    artifacts = {(a["kind"], a["name"]): a for a in listed if a["kind"] != "checkpoint"}
     assert set(artifacts) == {
         ("model", "model.onnx"),
         ("report", "report.json"),
