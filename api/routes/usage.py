@@ -17,6 +17,8 @@ from core.spec_kit import StrictModel
 
 usage = Endpoints("usage")
 MAX_RANGE = timedelta(days=366)
+# what the report's hour arithmetic and PostgreSQL's timestamps both hold, with room to spare
+EARLIEST, LATEST = datetime(2000, 1, 1, tzinfo=UTC), datetime(9000, 1, 1, tzinfo=UTC)
 
 
 class UsageQuery(StrictModel):
@@ -30,6 +32,9 @@ class UsageQuery(StrictModel):
 
     @model_validator(mode="after")
     def _range(self) -> UsageQuery:
+        for name, value in (("from", self.from_), ("to", self.to)):
+            if value is not None and not EARLIEST <= value <= LATEST:
+                raise ValueError(f"`{name}` must be between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d}")
         start, end = self.span()
         if start >= end:
             raise ValueError("`from` must be before `to`")
