@@ -41,13 +41,12 @@ from sqlalchemy import and_, delete, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from core import fair_share
+from core import fair_share, quotas
 from core.db import libpq_url
 from core.dispatch import Sender, commit_and_send, later
 from core.job_states import QUEUED, RUNNING
 from core.jobs import RUN_TASK
-from core.models import Job, JobWorker, Tenant
-from core.quotas import effective_quota, running_jobs
+from core.models import Job, JobWorker, Tenant, TenantQuota
 from core.settings import Settings
 from job_types.registry import JobTypes
 from workers.runtime import WorkerRuntime, runtime
@@ -147,8 +146,11 @@ def read_state(session: Session, job_types: JobTypes, settings: Settings, broker
         if queue is not None:
             recent[(queue, tenant)] = recent.get((queue, tenant), 0.0) + float(seconds or 0.0)
 
-    # each tenant's first jobs per type, no more than could be sent in one pass
-    most = sum(w.concurrency for w in workers)
+    # each tenant's first jobs per type, no more than could be sent in one pass; none while every
+    # slot is taken (most passes, under load, end here)
+    most = sum(w.concurrency for w in workers) - sum(load.get(q, 0) for q in served)
+    if most <= 0:
+        return fair_share.State(workers=workers, candidates=[], load=load, half_life_s=half_life)
     types = [name for name, queue in queue_of.items() if queue in served]
     rank = (
         func.row_number()
@@ -166,10 +168,16 @@ def read_state(session: Session, job_types: JobTypes, settings: Settings, broker
     ]
     tenants = {c.tenant_id for c in candidates}
     weights = dict(session.execute(select(Tenant.id, Tenant.fair_share_weight).where(Tenant.id.in_(tenants))).all())
-    limits = {
-        (c.tenant_id, c.job_type): effective_quota(session, c.tenant_id, running_jobs(c.job_type), settings)
-        for c in {(c.tenant_id, c.job_type): c for c in candidates}.values()
-    }
+    own: dict[str, dict[str, int]] = {tenant: {} for tenant in tenants}
+    for tenant, name, value in session.execute(
+        select(TenantQuota.tenant_id, TenantQuota.name, TenantQuota.value).where(TenantQuota.tenant_id.in_(tenants))
+    ):
+        own[tenant][name] = value
+    limits = {}
+    for tenant, type_ in {(c.tenant_id, c.job_type) for c in candidates}:
+        limit = quotas.resolve(quotas.running_jobs(type_), own[tenant], settings)
+        if limit is not None:
+            limits[(tenant, type_)] = limit
     return fair_share.State(
         workers=workers,
         candidates=candidates,

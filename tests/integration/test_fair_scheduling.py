@@ -1,6 +1,8 @@
 """Fair scheduling with real workers (workers.dispatcher, core.fair_share): a tenant's burst waits
 while another tenant's single job takes the first worker slot that frees up; the broker never
-holds more than the workers can start; every job runs once; ``priority`` is validated and kept.
+holds more than the workers can start; every job runs once; a tenant's ``running_jobs_<type>``
+quota holds it back while the slot goes to another; ``priority`` is validated and orders a
+tenant's own jobs.
 
 The shared test worker (``job_worker``) runs two jobs at once on ``test-shared``. Start order is
 read from the job events' ``seq``, one sequence over every job's events."""
@@ -8,9 +10,11 @@ read from the job events' ``seq``, one sequence over every job's events."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 from sqlalchemy import func, or_, select
 
+from core import quotas
 from core.models import Job, JobEvent
 from tests.support.api import create_job, wait_done
 from tests.support.eventually import eventually_async
@@ -115,3 +119,23 @@ async def test_priority_is_validated_naming_the_field_and_orders_a_tenants_own_j
     await asyncio.gather(*(wait_done(api, tenant, j, timeout_s=60) for j in (*blockers, low, high["id"])))
     started = _status_events(db, [low, high["id"]], "running")
     assert started[high["id"]][0] < started[low][0]
+
+
+async def test_the_running_jobs_quota_of_a_type_holds_a_tenant_to_it_while_the_free_slot_goes_to_another(
+    api, tenant, other_tenant, job_worker, db
+):
+    with db() as session:
+        quotas.set_quota(session, tenant.id, quotas.running_jobs("test.sleep"), 1)
+        session.commit()
+    body = {"type": "test.sleep", "spec": {"seconds": 0.6, "steps": 2}}
+    limited = [(await (await create_job(api, tenant, body)).json())["id"] for _ in range(3)]
+    other = (await (await create_job(api, other_tenant, body)).json())["id"]
+    done = await asyncio.gather(*(wait_done(api, tenant, j, timeout_s=60) for j in limited))
+    assert all(job["status"] == "succeeded" and job["attempts"] == 1 for job in done), done
+    with db() as session:
+        spans = sorted(session.execute(select(Job.started_at, Job.finished_at).where(Job.id.in_(limited))).all())
+        other_started = session.scalar(select(Job.started_at).where(Job.id == other))
+    # one at a time: each of the tenant's jobs started after the one before it had finished
+    assert all(later.started_at >= earlier.finished_at for earlier, later in itertools.pairwise(spans)), spans
+    # the slot it could not use went to the other tenant, not to waiting
+    assert other_started is not None and other_started < spans[-1].started_at
