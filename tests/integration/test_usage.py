@@ -148,3 +148,29 @@ async def test_a_usage_range_is_checked(api, tenant):
     assert "from" in (await backwards.json())["detail"]
     grouped = await api.get("/v1/usage", params={"group_by": "week"}, headers=tenant.headers)
     assert grouped.status == 400 and "group_by" in (await grouped.json())["detail"]
+
+
+@pytest.mark.usefixtures("model_server", "inference_worker")
+async def test_an_asynchronous_prediction_is_metered_when_it_ends(api, db, tenant):
+    name = await deployed_model(api, tenant, LINEAR_MODELS[0], prefix="usage-async")
+    x = np.ones((3, 4), np.float32)
+    created = await api.post(
+        "/v1/predictions", json={"model": name, **json_request(x)}, headers={**tenant.headers, "Prefer": "wait=30"}
+    )
+    assert created.status == 201, await created.text()
+    prediction = await created.json()
+    assert prediction["status"] == "succeeded", prediction
+
+    async def metered() -> dict | None:
+        with db() as session:
+            found = session.execute(
+                select(UsageHour.metric, UsageHour.value).where(
+                    UsageHour.tenant_id == tenant.id, UsageHour.transport == "async"
+                )
+            ).all()
+        return dict(found) if found else None
+
+    values = await eventually_async(metered, 10, "the prediction's usage")
+    assert values["inference_requests"] == 1 and values["inference_items"] == 3
+    share = prediction["metrics"]["inference_ms"] / 1000  # alone or not, its rows' share of its batch
+    assert 0 < values["inference_seconds"] <= share + 1e-6
