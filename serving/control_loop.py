@@ -60,6 +60,7 @@ from serving.replica import LoadedReplica
 log = logging.getLogger("maas.model_server")
 
 LISTEN_RETRY_S = 1.0
+UNDEPLOYED = "undeployed: the model's deployment is gone"
 
 
 @dataclass(frozen=True)
@@ -331,13 +332,16 @@ class ControlLoop:
             .join(ModelVersion, ModelVersion.id == ModelReplica.model_version_id)
             .join(Model, Model.id == ModelVersion.model_id)
             .join(Artifact, Artifact.id == ModelVersion.artifact_id)
-            .join(Deployment, Deployment.model_id == Model.id)  # an undeployed model's replicas are wanted nowhere
+            .outerjoin(Deployment, Deployment.model_id == Model.id)
             .where(ModelReplica.server_id == self.server_id)
         )
         async with self._db() as session:
             rows = (await session.execute(statement)).all()
         assigned, evicted = {}, {}
         for replica, version, deployment, tenant_id, name, artifact in rows:
+            if deployment is None:  # an undeployed model's replicas are wanted nowhere
+                evicted[version.id] = UNDEPLOYED
+                continue
             if replica.evict_reason is not None:
                 evicted[version.id] = replica.evict_reason
                 continue
@@ -377,12 +381,27 @@ class ControlLoop:
             replica = self.replicas[version_id]
             replica.status = UNLOADING
             self._spawn(self._unload(replica, self._why_gone(version_id)), f"unload-{version_id}")
+        never_loaded = [version_id for version_id in self.evicted if version_id not in self.replicas]
+        if never_loaded:  # evicted or undeployed before this server loaded them: only their rows to drop
+            await self._drop_rows(never_loaded)
+
+    async def _drop_rows(self, version_ids: list[str]) -> None:
+        async with self._db() as session:
+            await session.execute(
+                delete(ModelReplica).where(
+                    ModelReplica.server_id == self.server_id,
+                    ModelReplica.model_version_id.in_(version_ids),
+                )
+            )
+            for version_id in version_ids:
+                await session.execute(notification(REPLICAS_CHANNEL, version_id))
+            await session.commit()
 
     def _why_gone(self, version_id: str) -> str:
         replica = self.replicas.get(version_id)
         if replica is not None and replica.status == FAILED:
             return "failed: the load failed and the replica is no longer wanted"
-        return self.evicted.get(version_id) or "undeployed: the model's deployment is gone"
+        return self.evicted.get(version_id) or UNDEPLOYED
 
     async def _start_load(self, assigned: Assigned) -> None:
         wanted = assigned.wanted

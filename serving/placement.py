@@ -178,7 +178,7 @@ class _Pass:
             reason = f"min_replicas is {scaling.min_replicas}"
             needs = [(0, deployment, "assign", reason)] * (min(scaling.min_replicas, ceiling) - count)
         elif deployment.demand and count == 0:
-            needs = [(0, deployment, "assign", "a request waits and no replica is placed")]
+            needs = [(0, deployment, "assign", "demand: a request waits (or a PUT), and no replica is placed")]
         elif deployment.autoscale == UP and count < ceiling and len(ready) == count:
             needs = [(1, deployment, "scale_up", f"in-flight per replica above {scaling.target_concurrency}")]
         elif deployment.autoscale == DOWN and count > max(scaling.min_replicas, 1):

@@ -32,7 +32,7 @@ from core.artifact_store import ArtifactStore
 from core.models import Artifact, Prediction
 from tests.support.api import deploy, deployed_model, infer, json_request, register_version
 from tests.support.eventually import eventually_async
-from tests.support.onnx_models import LINEAR_MODELS, linear_expected, masked_sum
+from tests.support.onnx_models import LINEAR_MODELS, linear_classifier, linear_expected, masked_sum
 from tests.support.processes import REPO, inherited_env
 
 WAIT_S = 90.0
@@ -289,7 +289,11 @@ async def test_full_queue_and_not_ready_are_unavailable(api, tenant, stub, setti
 
     # a version whose artifact changed never loads (its sha256 does not match): deployed, never ready
     broken = "broken-lin"
-    version = await register_version(api, tenant, broken, LINEAR_MODELS[0])
+    # bytes of its own: a model server's local cache (keyed by sha256) cannot already hold them
+    rng = np.random.default_rng()
+    version = await register_version(
+        api, tenant, broken, linear_classifier(rng.normal(size=(4, 3)), rng.normal(size=3))
+    )
     with db() as session:
         key = session.scalar(select(Artifact.storage_key).where(Artifact.id == version["artifact"]["id"]))
     await asyncio.to_thread(ArtifactStore(settings).upload_chunks, key, [LINEAR_MODELS[1]])
