@@ -64,6 +64,13 @@ class ApiMetrics:
         )
 
         self.jobs = Gauge("maas_jobs", "Jobs by type and status", ["type", "status"], registry=self.registry)
+        self.jobs_waiting = Gauge(
+            "maas_jobs_waiting",
+            "Queued jobs the dispatcher has not sent to the broker yet (no free slot, or not their tenant's turn), "
+            "by type; counted in maas_jobs{status=queued} too",
+            ["type"],
+            registry=self.registry,
+        )
         self.queue_depth = Gauge(
             "maas_queue_depth", "Messages waiting in each broker queue", ["queue"], registry=self.registry
         )
@@ -72,6 +79,11 @@ class ApiMetrics:
         self.jobs.clear()
         for type_, status, count in rows:
             self.jobs.labels(type_, status).set(count)
+
+    def set_waiting_jobs(self, rows: list[tuple[str, int]]) -> None:
+        self.jobs_waiting.clear()
+        for type_, count in rows:
+            self.jobs_waiting.labels(type_).set(count)
 
     def set_queue_depths(self, depths: dict[str, int]) -> None:
         for queue, depth in depths.items():

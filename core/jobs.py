@@ -155,3 +155,9 @@ def request_cancel(session: Session, job_id: str, tenant_id: str, settings: Sett
 
 def counts_by_status(session: Session) -> list[tuple[str, str, int]]:
     return list(session.execute(select(Job.type, Job.status, func.count()).group_by(Job.type, Job.status)))
+
+
+def waiting_counts(session: Session) -> list[tuple[str, int]]:
+    """Queued jobs not sent to the broker yet, by type: the demand waiting for a free slot."""
+    waiting = (Job.status == QUEUED) & Job.dispatched_at.is_(None)
+    return [(t, n) for t, n in session.execute(select(Job.type, func.count()).where(waiting).group_by(Job.type))]

@@ -31,6 +31,7 @@ from api.inference_router import ROUTER
 from api.openapi import ENDPOINT_TABLES, openapi_document
 from api.problems import Problem
 from core.jobs import counts_by_status as job_counts_by_status
+from core.jobs import waiting_counts as waiting_job_counts
 from core.settings import Settings
 
 log = logging.getLogger("maas.api")
@@ -214,6 +215,7 @@ async def metrics(request: web.Request, call: Call[None, None]) -> web.Response:
     metrics = ctx.metrics
     async with ctx.db() as session:
         metrics.set_job_counts(await session.run_sync(job_counts_by_status))
+        metrics.set_waiting_jobs(await session.run_sync(waiting_job_counts))
     try:
         depths = await asyncio.wait_for(asyncio.to_thread(_queue_depths, ctx), ctx.settings.readiness_timeout_s + 1)
         metrics.set_queue_depths(depths)

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import socket
 
 from sqlalchemy import func, or_, select
 
 from core import quotas
-from core.models import Job, JobEvent
+from core.models import Job, JobEvent, JobWorker
 from tests.support.api import create_job, wait_done
-from tests.support.eventually import eventually_async
+from tests.support.eventually import eventually, eventually_async
+from tests.support.processes import Worker
 
 SLOTS = 2  # the job_worker's concurrency
 SHORT = {"type": "test.sleep", "spec": {"seconds": 0.4, "steps": 1}}
@@ -139,3 +141,40 @@ async def test_the_running_jobs_quota_of_a_type_holds_a_tenant_to_it_while_the_f
     assert all(later.started_at >= earlier.finished_at for earlier, later in itertools.pairwise(spans)), spans
     # the slot it could not use went to the other tenant, not to waiting
     assert other_started is not None and other_started < spans[-1].started_at
+
+
+def test_a_worker_registers_its_queues_and_slots_and_leaves_the_registry_when_it_stops(settings, db, tmp_path):
+    worker = Worker(settings, "test-recovery", tmp_path / "worker.log", concurrency=1)
+    node = f"{socket.gethostname()}:{worker.process.pid}"
+
+    def registered():
+        with db() as session:
+            return session.get(JobWorker, node)
+
+    try:
+        row = eventually(registered, 30, f"worker {node} to register")
+        assert (row.queues, row.concurrency) == (["test-recovery"], 1)
+    finally:
+        worker.stop()
+    assert registered() is None
+
+
+async def test_jobs_no_worker_can_start_wait_in_postgresql_and_are_counted_as_demand(api, tenant, job_worker, db):
+    # test-unclaimed has no worker: nothing is sent, the rows are the demand KEDA and /metrics count
+    body = {"type": "test.unclaimed", "spec": {}}
+    created = [(await (await create_job(api, tenant, body)).json())["id"] for _ in range(3)]
+    # a job created after them ran: the dispatcher made passes since, and left them where they are
+    assert (await wait_done(api, tenant, (await (await create_job(api, tenant, SHORT)).json())["id"]))[
+        "status"
+    ] == "succeeded"
+    with db() as session:
+        sent = session.scalar(
+            select(func.count()).select_from(Job).where(Job.id.in_(created), Job.dispatched_at.is_not(None))
+        )
+        waiting = session.scalar(
+            select(func.count()).select_from(Job).where(Job.type == "test.unclaimed", Job.status == "queued")
+        )
+    assert sent == 0
+    metrics = await (await api.get("/metrics")).text()
+    assert f'maas_jobs_waiting{{type="test.unclaimed"}} {float(waiting)}' in metrics
+    assert f'maas_jobs{{status="queued",type="test.unclaimed"}} {float(waiting)}' in metrics
