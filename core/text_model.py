@@ -15,9 +15,10 @@ one sha256, and a compressed copy keeps it (the quantizer keeps the metadata).
 
 Owns: those keys, the signature a text model shows to clients (``text`` BYTES ``[-1]``
 instead of the ids; the graph's own inputs stay under ``graph_inputs`` for whoever feeds
-the graph directly, such as a compression job), and :class:`TextPreprocessor`, which a
-model session runs on a whole batch of strings before ONNX Runtime (padding to the longest
-row of the batch, at most ``max_length`` tokens).
+the graph directly, such as a compression job), :class:`TextPreprocessor`, which a model
+session runs on a whole batch of strings before ONNX Runtime (padding to the longest row of
+the batch, at most ``max_length`` tokens), and the same for data files: an npz of texts
+(an array named after the clients' input) turned into the graph's ids for a compression job.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -109,3 +111,39 @@ class TextPreprocessor:
         for row, encoding in enumerate(encodings):
             ids[row, : len(encoding.ids)] = encoding.ids
         return ids
+
+
+# --- data files for the graph (a compression job's eval and calibration npz) ------------------
+
+
+def texts_as_ids_details(details: dict[str, Any], signature: Mapping[str, Any]) -> dict[str, Any]:
+    """An npz's stored details as the graph will see them: for a text model, an array named after
+    the input clients send (its texts) stands for the token ids the graph takes; other details
+    and other models' pass unchanged."""
+    graph_inputs, inputs = signature.get("graph_inputs"), signature.get("inputs") or []
+    arrays = details.get("arrays")
+    if not graph_inputs or len(inputs) != 1 or not isinstance(arrays, Mapping):
+        return details
+    text, ids = inputs[0]["name"], graph_inputs[0]["name"]
+    if text not in arrays or ids in arrays:
+        return details
+    rows = list(arrays[text].get("shape") or [0])[:1]
+    described = {name: found for name, found in arrays.items() if name != text}
+    return {**details, "arrays": {**described, ids: {"dtype": "int64", "shape": [*rows, 1]}}}
+
+
+def npz_texts_as_ids(path: Path, preprocess: TextPreprocessor, target: Path) -> Path:
+    """``path`` with its texts (the array named after the input clients send) tokenized into the
+    graph's ids, written to ``target``; ``path`` itself when it is no npz or holds no texts."""
+    declared = preprocess.declared
+    with path.open("rb") as f:
+        if not f.read(4).startswith((b"PK\x03\x04", b"PK\x05\x06")):
+            return path
+    with np.load(path, allow_pickle=False) as npz:
+        if declared.input not in npz.files or declared.ids_input in npz.files:
+            return path
+        arrays = {name: npz[name] for name in npz.files if name != declared.input}
+        texts = [str(t) for t in npz[declared.input].reshape(-1)]
+    arrays[declared.ids_input] = preprocess.ids(texts)
+    np.savez(target, **arrays)
+    return target

@@ -60,7 +60,7 @@ from core.models import Artifact, File, Job, ModelVersion
 from core.onnx_signature import read_signature
 from core.settings import Settings
 from core.spec_kit import FieldProblem
-from core.text_model import feed_inputs
+from core.text_model import TextPreprocessor, feed_inputs, npz_texts_as_ids, texts_as_ids_details
 from job_types.base import JobContext, JobFailed, JobPreempted, JobType
 from job_types.lookups import dataset_file, model_not_found
 from training.spec import BUILTIN_DETAILS, ModelSpec, TextEncoderSpec, TrainingSpec, model_fit_problems
@@ -269,7 +269,17 @@ def check_compression(
     problems += found
     if resolved is None:
         return problems
+    # a text model's data may hold texts: the worker tokenizes them into the ids the graph takes
+    signature = served_signature(resolved)
+    details = {pointer: texts_as_ids_details(d, signature) if d else d for pointer, d in details.items()}
     return problems + check_against_source(spec, resolved.facts) + check_data_fits(spec, resolved.facts, details)
+
+
+def served_signature(resolved: ResolvedSource) -> dict[str, Any]:
+    """The signature clients see of the source (a text model's shows its text input)."""
+    if resolved.version is not None:
+        return resolved.version.signature
+    return (getattr(resolved.onnx, "details", None) or {}).get("signature") or {}
 
 
 # --- on the worker: the source and the data ----------------------------------------------------
@@ -318,6 +328,7 @@ def load_data(
     from compression.data import DataError, assemble, read_rows
 
     cache: dict[str, Path] = {}
+    preprocess = text_preprocessor(work / "source.onnx")
 
     def load(data: DataSpec, pointer: str) -> Rows:
         path = None
@@ -325,6 +336,8 @@ def load_data(
             if data.file_id not in cache:
                 cache[data.file_id] = ctx.fetch_file(data.file_id, work / data.file_id)
             path = cache[data.file_id]
+            if preprocess is not None:  # a text model: texts in the npz become its token ids
+                path = npz_texts_as_ids(path, preprocess, work / f"{data.file_id}.ids.npz")
         return read_rows(path, data, pointer, inputs)
 
     facts = resolved.facts
@@ -339,6 +352,14 @@ def load_data(
         )
     except DataError as exc:
         raise JobFailed("bad_dataset", exc.detail, pointer=exc.pointer) from exc
+
+
+def text_preprocessor(graph: Path) -> TextPreprocessor | None:
+    """The tokenizer a text model's graph declares; None for other models or without a graph."""
+    if not graph.exists():
+        return None
+    metadata = {prop.key: prop.value for prop in onnx.load(str(graph), load_external_data=False).metadata_props}
+    return TextPreprocessor.of(metadata)
 
 
 def load_source(ctx: JobContext, resolved: ResolvedSource, data: PipelineData, work: Path) -> ModelState:

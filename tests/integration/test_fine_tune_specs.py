@@ -49,8 +49,9 @@ async def test_init_from_needs_a_version_a_training_job_made_for_this_tenant(api
     assert foreign == {"pointer": "/spec/init_from/model", "detail": "no model 'uploaded'"}
 
 
-async def test_an_uploaded_text_model_is_compressed_from_token_ids(api, tenant):
-    """Its eval data feed the graph's own input (``input_ids``), not the strings clients send."""
+async def test_an_uploaded_text_model_is_compressed_from_token_ids_or_texts(api, tenant):
+    """Its eval data feed the graph's own input (``input_ids``), or hold texts (an array named
+    after the input clients send, ``text``) that the worker tokenizes with the model's tokenizer."""
     import numpy as np
 
     from tests.support.datasets import npz
@@ -58,15 +59,13 @@ async def test_an_uploaded_text_model_is_compressed_from_token_ids(api, tenant):
 
     model_id = await upload(api, tenant, token_count_model(), "count.onnx", purpose="model")
     ids = np.array([[101, 7592, 102, 0], [101, 2088, 1012, 102]], dtype=np.int64)
-    eval_id = await upload(api, tenant, npz(input_ids=ids), "ids.npz")
-    spec = {
-        "source": {"file_id": model_id},
-        "passes": [{"kind": "quantize", "mode": "fp16"}],
-        "eval": {"file_id": eval_id},
-    }
-    created = await create_job(api, tenant, {"type": "compression", "spec": spec})
-    assert created.status == 201, await created.text()
-    await api.post(f"/v1/jobs/{(await created.json())['id']}/cancel", headers=tenant.headers)
-    texts_id = await upload(api, tenant, npz(text=np.array(["a text", "another"])), "texts.npz")
-    refused = await create_job(api, tenant, {"type": "compression", "spec": {**spec, "eval": {"file_id": texts_id}}})
+    texts = np.array(["a text", "another"])
+    spec = {"source": {"file_id": model_id}, "passes": [{"kind": "quantize", "mode": "fp16"}]}
+    for arrays in ({"input_ids": ids}, {"text": texts}):
+        eval_id = await upload(api, tenant, npz(**arrays), "eval.npz")
+        created = await create_job(api, tenant, {"type": "compression", "spec": {**spec, "eval": {"file_id": eval_id}}})
+        assert created.status == 201, await created.text()
+        await api.post(f"/v1/jobs/{(await created.json())['id']}/cancel", headers=tenant.headers)
+    other_id = await upload(api, tenant, npz(words=texts), "words.npz")
+    refused = await create_job(api, tenant, {"type": "compression", "spec": {**spec, "eval": {"file_id": other_id}}})
     assert refused.status == 422 and "input_ids" in await refused.text()

@@ -291,3 +291,25 @@ def test_the_zoo_model_of_a_version_comes_from_its_training_job_or_a_compression
     assert source_model(Job(type="compression", spec={}), pruned) == CNNSpec(arch="cnn", channels=[4, 8])
     assert source_model(Job(type="compression", spec={}), {"kind": "compression"}) is None  # an ONNX-only result
     assert source_model(Job(type="training", spec={"model": {"arch": "gone"}}), {"kind": "training"}) is None
+
+
+def test_an_npz_of_texts_stands_for_the_token_ids_of_a_text_model(tmp_path: Path) -> None:
+    from core.text_model import npz_texts_as_ids, texts_as_ids_details
+
+    signature = read_signature(onnx.load(str(ids_model(tmp_path / "m.onnx"))))
+    texts = {"arrays": {"text": {"dtype": "<U12", "shape": [2]}, "y": {"dtype": "<U5", "shape": [2]}}}
+    seen = texts_as_ids_details(texts, signature)
+    assert seen["arrays"] == {"y": {"dtype": "<U5", "shape": [2]}, "input_ids": {"dtype": "int64", "shape": [2, 1]}}
+    ids = {"arrays": {"input_ids": {"dtype": "int64", "shape": [2, 4]}}}
+    assert texts_as_ids_details(ids, signature) is ids
+    tensors = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}], "outputs": []}
+    assert texts_as_ids_details(texts, tensors) is texts
+
+    preprocess = TextPreprocessor.of({p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props})
+    assert preprocess is not None
+    np.savez(tmp_path / "t.npz", text=np.array(["Hello world.", "cafe"]), y=np.array(["a", "b"]))
+    converted = npz_texts_as_ids(tmp_path / "t.npz", preprocess, tmp_path / "ids.npz")
+    with np.load(converted) as out:
+        assert sorted(out.files) == ["input_ids", "y"] and out["input_ids"].shape == (2, 5)
+    np.savez(tmp_path / "x.npz", input_ids=np.zeros((2, 3), np.int64))
+    assert npz_texts_as_ids(tmp_path / "x.npz", preprocess, tmp_path / "no.npz") == tmp_path / "x.npz"
