@@ -6,13 +6,13 @@ of 16 MiB, which a server holds twice (its ONNX Runtime session and the single-t
 32 MiB and what else its load measures, against a 52 MiB budget. What is checked:
 
 - a deployment with ``min_replicas`` 0 loads on its PUT (initial scale 1), unloads after
-  ``idle_timeout_s`` without traffic (the memory its server reports goes back down), and a request
-  at zero brings it back and succeeds;
+  ``idle_timeout_s`` without traffic (the memory its server reports, in its row and its metrics,
+  goes back to 0), and 32 requests arriving at zero all succeed after one load;
 - three models on two one-model budgets: calling them in turn always succeeds, no server ever
   holds more than its budget, and the pinned one (``min_replicas`` 1) is never the one evicted;
 - a model bigger than every budget leaves its deployment ``failed`` with the reason, placed nowhere;
 - a deployment under load grows to a second replica on the other server and shrinks back when the
-  load stops, with no failed request during either.
+  load falls (one client still calling through the scale-in), with no failed request.
 
 The requests at zero rely on the API holding them while a replica loads (``api.cold_start``).
 """
@@ -25,6 +25,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 from sqlalchemy import delete, select
@@ -196,9 +197,20 @@ async def test_scale_to_zero_after_the_idle_timeout_and_back_on_the_next_request
     assert deployment["status"] == "pending"  # at zero, not failed
     reasons = [e["reason"] for e in deployment["events"] if e["action"] in ("evict", "unloaded")]
     assert reasons and all(r.startswith("idle: no request for") for r in reasons), deployment["events"]
+    server = next(s for s in servers if s.id == replica["model_server"])
 
-    await call(api, tenant, name, row=5)  # held while a replica loads again, then answered
-    assert any(r["status"] == "ready" for r in (await shown(api, tenant, name))["replicas"])
+    async def metrics_say_so() -> bool:
+        async with aiohttp.ClientSession() as session, session.get(f"{server.url}/metrics") as response:
+            text = await response.text()
+        unloaded = 'maas_replica_unloads_total{reason="idle"} 1.0' in text
+        return unloaded and "\nmaas_model_server_memory_bytes 0.0" in text
+
+    await eventually_async(metrics_say_so, 10, "the server's metrics to count the idle unload and hold 0 bytes")
+
+    # 32 requests at zero: all held while ONE replica loads, then all answered
+    await asyncio.gather(*(call(api, tenant, name, row=row) for row in range(32)))
+    loads = [e for e in (await shown(api, tenant, name))["events"] if e["action"] == "loaded"]
+    assert len(loads) == 2, loads  # the PUT's, and one for the 32
 
 
 async def test_three_models_on_two_one_model_budgets_always_answer_and_the_pinned_one_stays(api, tenant, db, servers):
@@ -245,28 +257,36 @@ async def test_under_load_a_second_replica_starts_on_the_other_server_and_goes_w
 
     await eventually_async(ready_on, 90, f"{name} to load")
     failures: list[str] = []
-    stop = asyncio.Event()
+    answered = 0
 
-    async def client() -> None:
+    async def client(stop: asyncio.Event) -> None:
+        nonlocal answered
         while not stop.is_set():
             answer = await api.post(f"/v2/models/{name}/infer", json=ids_request(2), headers=tenant.headers)
             if answer.status != 200:
                 failures.append(f"{answer.status} {await answer.text()}")
+            answered += 1
 
-    clients = [asyncio.create_task(client()) for _ in range(16)]
-    try:
-        both = await eventually_async(lambda: _two(ready_on), 60, f"{name} to grow to a replica on each server")
-        assert both == {s.id for s in servers}
-        await asyncio.sleep(2)  # both serve a while
-    finally:
-        stop.set()
-        await asyncio.gather(*clients)
-    assert failures == []
+    burst, trickle = asyncio.Event(), asyncio.Event()
+    clients = [asyncio.create_task(client(burst)) for _ in range(15)] + [asyncio.create_task(client(trickle))]
 
     async def one_left() -> bool:
         return len(await ready_on()) == 1 and len((await shown(api, tenant, name))["replicas"]) == 1
 
-    await eventually_async(one_left, 60, f"{name} to shrink back to one replica")
+    try:
+        both = await eventually_async(lambda: _two(ready_on), 60, f"{name} to grow to a replica on each server")
+        assert both == {s.id for s in servers}
+        await asyncio.sleep(2)  # both serve a while
+        burst.set()  # one client goes on: requests are in flight while a replica drains and unloads
+        await asyncio.gather(*clients[:15])
+        before = answered
+        await eventually_async(one_left, 60, f"{name} to shrink back to one replica")
+        assert answered > before  # the trickle was served through the scale-in
+    finally:
+        burst.set()
+        trickle.set()
+        await asyncio.gather(*clients)
+    assert failures == []
     actions = [e["action"] for e in (await shown(api, tenant, name))["events"]]
     assert "scale_up" in actions and "scale_down" in actions, actions
     await call(api, tenant, name)
