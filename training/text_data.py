@@ -33,7 +33,9 @@ def read_text_table(
             head = f.read(4)
         if head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
             raise TextTableError(f"{pointer}/text_column", "a text dataset is a csv or parquet file, not an npz")
-        table = pq.read_table(path) if head == b"PAR1" else pa_csv.read_csv(path, convert_options=_csv_options(text_column))
+        table = (
+            pq.read_table(path) if head == b"PAR1" else pa_csv.read_csv(path, convert_options=_csv_options(text_column))
+        )
     except (pa.ArrowException, OSError) as exc:
         raise TextTableError(pointer, f"not a readable csv or parquet file: {exc}") from exc
     label = label_column or "label"
