@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from core.artifact_store import ArtifactStore
+from core.onnx_model import ModelFiles
 
 log = logging.getLogger("maas.model_server")
 
@@ -27,7 +27,7 @@ CHUNK = 1 << 20
 
 
 class ArtifactCache:
-    def __init__(self, store: ArtifactStore, folder: Path, max_bytes: int) -> None:
+    def __init__(self, store: ModelFiles, folder: Path, max_bytes: int) -> None:
         self.store = store
         self.folder = folder
         self.max_bytes = max_bytes
