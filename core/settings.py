@@ -216,7 +216,9 @@ class Settings(BaseSettings):
 
     # tenant limits (core/quotas.py): each quota_X is the default of quota X; `maas admin tenants set-quota`
     # overrides it per tenant
-    quota_queued_jobs: int = Field(default=100, ge=0, description="jobs a tenant may have queued, all types together")
+    quota_queued_jobs: int = Field(
+        default=1000, ge=0, description="jobs a tenant may have queued, all types together (waiting costs no worker)"
+    )
     quota_running_jobs: int = Field(
         default=4, ge=0, description="jobs of one type a tenant may have running at once (enforced at dispatch)"
     )
