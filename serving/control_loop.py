@@ -11,7 +11,8 @@ It:
   with status ``assigned``) when the placer notifies it (``ASSIGNMENTS_CHANNEL``), and at least every
   ``model_server_poll_s``, and carries out ``serving.plan``'s :class:`ReplicaSteps`: loads them
   (through the local artifact cache, sha256 checked; ONNX Runtime session, warm-up, lanes,
-  dynamic batcher; the resident memory it took is measured and stored for the next placement),
+  dynamic batcher; the resident memory it took is measured and stored for the next placement; the
+  single-threaded twin session is opened once the replica is ready, off the cold start's path),
   reports each state (loading → ready, or failed with the reason) with a ``REPLICAS_CHANNEL``
   notice in the same transaction, rebuilds a batcher whose deployment settings changed, retires
   (drains) a replica the placer evicted or whose model is no longer deployed (after a version
@@ -27,14 +28,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
+import onnxruntime as ort
 import psycopg
 from sqlalchemy import CursorResult, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
@@ -44,7 +49,14 @@ from core.artifact_store import ArtifactStore
 from core.db import async_session_factory, libpq_url, make_async_engine
 from core.deployments import BatchingSettings, live_since
 from core.models import Artifact, Deployment, Model, ModelReplica, ModelServerRecord, ModelVersion, ServingEvent
-from core.onnx_model import inference_providers, inference_threads, is_input_error, load_model
+from core.onnx_model import (
+    inference_providers,
+    inference_threads,
+    is_input_error,
+    load_model,
+    session_options,
+    warmup_inputs,
+)
 from core.serving_signals import ASSIGNMENTS_CHANNEL, REPLICAS_CHANNEL, notification
 from core.settings import Settings
 from serving.artifact_cache import ArtifactCache
@@ -427,7 +439,7 @@ class ControlLoop:
         took = time.perf_counter() - started
         # the resident set's growth, but never less than the weights once per session: the allocator reuses
         # what an unloaded model freed, so a load after an unload may barely move the resident set
-        sessions = 2 if model.crowded_session is not None else 1
+        sessions = 2 if self._twin_wanted else 1
         replica.model, replica.error = model, None
         replica.memory_bytes = max(memory, assigned.artifact_bytes * sessions)
         replica.lanes = Lanes(
@@ -444,6 +456,33 @@ class ControlLoop:
         await self._remember_memory(replica)
         await self._set_status(replica, READY, ("loaded", reason))
         log.info("%s is ready: %s", replica.labels, reason)
+        if self._twin_wanted:
+            self._spawn(self._open_twin(replica, assigned), f"twin-{replica.version_id}")
+
+    @property
+    def _twin_wanted(self) -> bool:
+        """Whether models get the single-threaded twin session (``core.onnx_model.OnnxModel``)."""
+        return self.settings.inference_concurrent_batches > 1 and self.threads > 1
+
+    async def _open_twin(self, replica: LoadedReplica, assigned: Assigned) -> None:
+        """Open and warm the twin session of a ready replica; until then, every batch uses the main one."""
+        try:
+            await asyncio.to_thread(self._twin, replica, assigned)
+        except Exception as exc:  # the replica serves without it
+            log.warning("%s: the single-threaded twin session did not open: %s", replica.labels, exc)
+
+    def _twin(self, replica: LoadedReplica, assigned: Assigned) -> None:
+        model = replica.model
+        if model is None:
+            return
+        with tempfile.TemporaryDirectory(prefix="maas-twin-") as folder:
+            path = Path(folder) / "model.onnx"
+            self.cache.download_file(assigned.storage_key, path, expected_sha256=assigned.sha256)
+            twin = ort.InferenceSession(str(path), sess_options=session_options(1), providers=self.providers)
+        rows = assigned.wanted.batching.max_batch_size
+        dataclasses.replace(model, session=twin, crowded_session=None).run(warmup_inputs(assigned.signature, rows))
+        if replica.status in (READY, DRAINING):
+            model.crowded_session = twin
 
     def _load_measured(self, assigned: Assigned, batching: BatchingSettings, timings: dict[str, float]) -> Any:
         """Load in this thread; the model and the resident memory it added (other loads at once blur it)."""
@@ -460,7 +499,7 @@ class ControlLoop:
             threads=self.threads,
             warmup_rows=batching.max_batch_size,
             spinning=self.settings.inference_spinning,
-            crowded_session=self.settings.inference_concurrent_batches > 1,
+            crowded_session=False,  # opened after the replica is ready (_open_twin): not on the cold start's path
             providers=self.providers,
             timings=timings,
         )
