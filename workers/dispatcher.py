@@ -32,7 +32,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import psycopg
 from celery import Celery
@@ -95,7 +95,8 @@ def read_state(session: Session, job_types: JobTypes, settings: Settings, broker
     """What ``core.fair_share.plan`` needs, as PostgreSQL has it now."""
     queue_of = {name: job_types[name].queue for name in job_types.names()}
     job_queues = set(queue_of.values())
-    alive = datetime.now(UTC) - timedelta(seconds=settings.heartbeat_timeout_s)
+    # the database's clock, which stamped the heartbeats, not this host's
+    alive = func.now() - timedelta(seconds=settings.heartbeat_timeout_s)
     workers = [
         fair_share.WorkerSlots(frozenset(q for q in queues if q in job_queues), concurrency)
         for queues, concurrency in session.execute(
@@ -207,7 +208,7 @@ def dispatch_once(rt: WorkerRuntime, sender: Sender, broker: str) -> list[str]:
             if marked is not None:
                 later(session, RUN_TASK, candidate.job_id, queue=candidate.queue)
                 sent.append(candidate.job_id)
-        session.execute(delete(JobWorker).where(JobWorker.heartbeat_at < datetime.now(UTC) - FORGET_AFTER))
+        session.execute(delete(JobWorker).where(JobWorker.heartbeat_at < func.now() - FORGET_AFTER))
         commit_and_send(session, sender)
     if sent:
         log.info("dispatched %d job(s): %s", len(sent), ", ".join(sent))
