@@ -40,6 +40,32 @@ class ArtifactCache:
         """Whether the file is cached (not checked: :meth:`fetch` checks it)."""
         return self.enabled and (self.folder / sha256).exists()
 
+    def link_unchecked(self, sha256: str, path: Path) -> bool:
+        """Put the cached file with ``sha256`` at ``path`` without checking it (the caller checks it with
+        :meth:`verify` meanwhile, before it trusts what it made of the file); False when not cached."""
+        if not self.holds(sha256):
+            return False
+        try:
+            _link(self.folder / sha256, path)
+        except FileNotFoundError:  # evicted just now
+            return False
+        with contextlib.suppress(OSError):
+            os.utime(self.folder / sha256)
+        return True
+
+    def verify(self, sha256: str) -> bool:
+        """Whether the cached file still has its sha256; one that does not is dropped."""
+        path = self.folder / sha256
+        try:
+            if file_sha256(path) == sha256:
+                return True
+        except FileNotFoundError:
+            return False
+        log.warning("cached model file %s does not match its sha256: dropped", path)
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return False
+
     def download_file(self, key: str, path: Path, expected_sha256: str | None = None) -> bool:
         """``ArtifactStore.download_file`` through the cache (``core.onnx_model.ModelFiles``): the file at
         ``path``, linked (or copied) from the cache; True when it was cached already."""
@@ -47,10 +73,7 @@ class ArtifactCache:
             self.store.download_file(key, path, expected_sha256=expected_sha256)
             return False
         cached, hit = self.fetch(key, expected_sha256)
-        try:
-            os.link(cached, path)
-        except OSError:  # another filesystem
-            shutil.copyfile(cached, path)
+        _link(cached, path)
         return hit
 
     def fetch(self, storage_key: str, sha256: str) -> tuple[Path, bool]:
@@ -103,6 +126,15 @@ class ArtifactCache:
         if not self.folder.exists():
             return 0
         return sum(e.stat().st_size for e in self.folder.iterdir() if not e.name.startswith("."))
+
+
+def _link(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except FileNotFoundError:
+        raise
+    except OSError:  # another filesystem
+        shutil.copyfile(source, target)
 
 
 def file_sha256(path: Path) -> str:

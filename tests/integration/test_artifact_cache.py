@@ -1,6 +1,7 @@
 """A model server's local cache of model files, in front of the real S3 store: a second fetch does not
-go to S3, a cached file that no longer matches its sha256 is fetched again, the cache stays under its
-bound by dropping the least recently used files, and a file under the wrong sha256 is never kept."""
+go to S3, a cached file that no longer matches its sha256 is fetched again (or dropped by the check
+that runs while a model server already opens it), the cache stays under its bound by dropping the
+least recently used files, and a file under the wrong sha256 is never kept."""
 
 from __future__ import annotations
 
@@ -72,3 +73,15 @@ def test_a_file_that_does_not_match_its_recorded_sha256_is_not_kept(settings, tm
     with pytest.raises(ChecksumMismatch):
         cache.fetch(key, wrong)
     assert not cache.holds(wrong) and cache.size() == 0
+
+
+def test_a_file_linked_before_its_check_is_dropped_when_the_check_fails(settings, tmp_path):
+    cache = ArtifactCache(ArtifactStore(settings), tmp_path / "cache", 1 << 20)
+    key, sha, data = stored(settings, 1000)
+    cache.fetch(key, sha)
+    assert cache.link_unchecked(sha, tmp_path / "fast.onnx") and (tmp_path / "fast.onnx").read_bytes() == data
+    assert cache.verify(sha)
+    (tmp_path / "cache" / sha).write_bytes(b"rotten")
+    assert cache.link_unchecked(sha, tmp_path / "rotten.onnx")  # linked at once, unchecked...
+    assert not cache.verify(sha) and not cache.holds(sha)  # ...and the check drops it
+    assert not cache.link_unchecked(sha, tmp_path / "gone.onnx")
