@@ -181,6 +181,10 @@ class _Pass:
             needs = [(0, deployment, "assign", "demand: a request waits (or a PUT), and no replica is placed")]
         elif deployment.autoscale == UP and count < ceiling and len(ready) == count:
             needs = [(1, deployment, "scale_up", f"in-flight per replica above {scaling.target_concurrency}")]
+        elif count > ceiling:  # max_replicas was lowered: the quietest go
+            for replica in sorted(ready or current, key=lambda r: (r.in_flight, -r.idle_s))[: count - ceiling]:
+                self._evict(replica, "scale_down", f"{SCALE_DOWN}: max_replicas is {scaling.max_replicas}")
+            count = ceiling
         elif deployment.autoscale == DOWN and count > max(scaling.min_replicas, 1):
             quietest = min(ready or current, key=lambda r: (r.in_flight, -r.idle_s))
             reason = f"{SCALE_DOWN}: in-flight per replica well below {scaling.target_concurrency}"

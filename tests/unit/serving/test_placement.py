@@ -209,3 +209,10 @@ def test_a_server_over_its_budget_after_a_load_measured_more_sheds_its_least_rec
     held = [replica("a", "s0", memory=120 * MB, idle_s=30), replica("b", "s0", memory=100 * MB, idle_s=5)]
     decisions = place(servers(200), held, [deployment("a"), deployment("b")])
     assert [(e.model_id, evict_kind(e.reason)) for e in decisions.evict] == [("a", "room")]
+
+
+def test_lowering_max_replicas_drains_the_quietest_extra_replicas():
+    held = [replica("a", "s0", in_flight=3), replica("a", "s1", in_flight=0), replica("a", "s2", in_flight=1)]
+    decisions = place(servers(500, 500, 500), held, [deployment("a", max_replicas=1)])
+    assert sorted(e.server_id for e in decisions.evict) == ["s1", "s2"]
+    assert all(e.action == "scale_down" and "max_replicas is 1" in e.reason for e in decisions.evict)
