@@ -7,6 +7,7 @@ takes its token (the limit is checked before anything else), then answers 404.
 
 from __future__ import annotations
 
+import secrets
 import socket
 from collections.abc import Iterator
 
@@ -139,3 +140,28 @@ async def test_two_api_processes_share_one_budget(db, tenant, two_api_processes)
     assert 10 <= sum(accepted) <= 11, statuses
     assert all(side >= 1 for side in accepted), statuses
     assert count(db, Job, tenant) == sum(accepted)
+
+
+def test_concurrent_leases_never_hand_out_more_than_the_bucket(db):
+    """Eight threads taking leases of 3 from one shared bucket of 40: 40 tokens in all (the refill of
+    40 a minute may add one while they run), each lease granted in whole tokens."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from core.rate_buckets import TAKE, take_params
+
+    key = f"test:{secrets.token_hex(6)}"
+
+    def drain() -> list[int]:
+        grants = []
+        with db() as session:
+            while True:
+                granted = int(session.execute(TAKE, take_params(key, 40, 3)).one().granted)
+                session.commit()
+                if granted == 0:
+                    return grants
+                grants.append(granted)
+
+    with ThreadPoolExecutor(8) as pool:
+        grants = [g for thread in pool.map(lambda _: drain(), range(8)) for g in thread]
+    assert 40 <= sum(grants) <= 41, grants
+    assert all(1 <= g <= 3 for g in grants)
