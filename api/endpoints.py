@@ -12,7 +12,9 @@ malformed ``Idempotency-Key``), authenticates (unless ``auth=False``), parses th
 the ``body`` model and the query string into the ``query`` model (pydantic, unknown fields
 forbidden, a parameter given twice refused), and turns every validation error into a
 problem+json whose ``errors`` carry a JSON pointer to the field (or name the parameter or
-header). ``api.openapi`` reads the same tables.
+header). Right after authentication, a rate-limited route (inference, creates) takes a token of
+the caller's API key (``api.rate_limits``): a 429 before any work, and the ``RateLimit-*``
+headers on every answer, errors included. ``api.openapi`` reads the same tables.
 A handler's ``Call[Body, Query]`` names the same two models (``None`` for none), so a type
 checker sees ``call.body`` and ``call.query`` as what the wrapper parsed; a unit test holds
 the annotations to the declarations.
