@@ -13,11 +13,13 @@ import asyncio
 import itertools
 import socket
 
+import pytest
 from sqlalchemy import func, or_, select
 
 from core import quotas
 from core.models import Job, JobEvent, JobWorker
-from tests.support.api import create_job, wait_done
+from maas_client import AsyncClient, ValidationError
+from tests.support.api import cancel_job, create_job, wait_done
 from tests.support.eventually import eventually, eventually_async
 from tests.support.processes import Worker
 
@@ -106,19 +108,22 @@ async def test_priority_is_validated_naming_the_field_and_orders_a_tenants_own_j
         problem = await response.json()
         assert [e["pointer"] for e in problem["errors"]] == ["/priority"], problem
 
-    # the worker's slots taken by this tenant's long jobs, then a low and a high priority job queue up
-    long = {"type": "test.sleep", "spec": {"seconds": 2, "steps": 2}}
-    blockers = [(await (await create_job(api, tenant, long)).json())["id"] for _ in range(SLOTS)]
+    # the worker's slots held by this tenant's jobs (until canceled), while a low then a high priority job queue up
+    hold = {"type": "test.sleep", "spec": {"seconds": 60, "steps": 60}}
+    blockers = [(await (await create_job(api, tenant, hold)).json())["id"] for _ in range(SLOTS)]
 
     async def blocked() -> bool:
         return all(_status_events(db, blockers, "running").values())
 
-    await eventually_async(blocked, 30, "the long jobs to take every slot")
+    await eventually_async(blocked, 30, "the holding jobs to take every slot")
     low = (await (await create_job(api, tenant, SHORT)).json())["id"]
     created = await create_job(api, tenant, {**SHORT, "priority": 7})
     high = await created.json()
     assert created.status == 201 and high["priority"] == 7
-    await asyncio.gather(*(wait_done(api, tenant, j, timeout_s=60) for j in (*blockers, low, high["id"])))
+    for blocker in blockers:  # one slot frees up, then the other
+        assert (await cancel_job(api, tenant, blocker)).status == 200
+        await wait_done(api, tenant, blocker)
+    await asyncio.gather(*(wait_done(api, tenant, j, timeout_s=60) for j in (low, high["id"])))
     started = _status_events(db, [low, high["id"]], "running")
     assert started[high["id"]][0] < started[low][0]
 
@@ -178,3 +183,13 @@ async def test_jobs_no_worker_can_start_wait_in_postgresql_and_are_counted_as_de
     metrics = await (await api.get("/metrics")).text()
     assert f'maas_jobs_waiting{{type="test.unclaimed"}} {float(waiting)}' in metrics
     assert f'maas_jobs{{status="queued",type="test.unclaimed"}} {float(waiting)}' in metrics
+
+
+async def test_the_sdk_sends_priority_and_reads_it_back(api, tenant):
+    async with AsyncClient(str(api.make_url("")).rstrip("/"), tenant.key) as maas:
+        job = await maas.jobs.create("test.unclaimed", {}, priority=-20)
+        assert job.priority == -20 and (await maas.jobs.get(job.id)).priority == -20
+        with pytest.raises(ValidationError) as raised:
+            await maas.jobs.create("test.unclaimed", {}, priority=500)
+        assert raised.value.pointer == "/priority"
+        await maas.jobs.cancel(job.id)
