@@ -137,7 +137,8 @@ class AsyncJobs(_AsyncResource):
         wait: float | None = None,
     ) -> JobObject:
         """Create a job; an ``Idempotency-Key`` is sent (a new one unless given); ``wait`` holds the
-        answer up to that many seconds (at most 60). A bad spec raises ``ValidationError`` with its pointer."""
+        answer up to that many seconds (at most 60); ``priority`` (-100 to 100, default 0) orders your own
+        queued jobs, higher first. A bad spec raises ``ValidationError`` with its pointer."""
         return await self._t.send(
             calls.create_job(
                 type,
