@@ -11,7 +11,8 @@ A pass reads the live servers, their replicas and the deployments (one transacti
 ``serving.placement.place`` what to do, and writes it (one transaction): ``assigned`` replica rows
 (the chosen server loads them, woken by ``ASSIGNMENTS_CHANNEL``), ``evict_reason`` on replicas that
 go (their server drains and unloads them), ``placement_error`` on deployments that fit nowhere,
-``demand_at`` cleared once a replica is ready, and a ``serving_events`` row for each decision.
+``demand_at`` cleared once a replica is ready, and a ``serving_events`` row for each decision
+(kept for ``EVENTS_KEPT``).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
+from datetime import timedelta
 from typing import Any
 
 import psycopg
-from sqlalchemy import Float, cast, func, select, update
+from sqlalchemy import Float, cast, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -49,6 +51,8 @@ from serving.placement import (
 log = logging.getLogger("maas.placer")
 
 PLACER_LOCK = 0x6D616173_706C6163  # "maasplac": the advisory lock whose holder places replicas
+EVENTS_KEPT = timedelta(days=7)  # serving events older than this are deleted
+PRUNE_EVERY_S = 600.0
 
 
 class Placer:
@@ -64,6 +68,7 @@ class Placer:
         self.leader = False
         self.trends = {}
         self._wake = asyncio.Event()
+        self._pruned = 0.0
 
     async def run(self) -> None:
         """Try to lead, forever; while leading, pass on every notice and every poll period."""
@@ -117,6 +122,9 @@ class Placer:
             servers, replicas, deployments = await self._read(session)
             decisions = place(servers, replicas, deployments)
             await self._write(session, decisions, {d.model_id: d for d in deployments})
+            if time.monotonic() - self._pruned >= PRUNE_EVERY_S:
+                await session.execute(delete(ServingEvent).where(ServingEvent.created_at < func.now() - EVENTS_KEPT))
+                self._pruned = time.monotonic()
             await session.commit()
         return decisions
 
