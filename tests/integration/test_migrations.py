@@ -74,3 +74,37 @@ def test_the_status_guard_in_the_migration_is_the_state_machine():
 
     initial = import_module("migrations.versions.0001_initial_schema")
     assert initial.GUARD_STATUS.strip() == trigger_sql().strip()
+
+
+def test_deployments_that_existed_before_serverless_stay_loaded_and_new_ones_scale_to_zero(services):
+    from sqlalchemy import text
+
+    with scratch_database(services.database_admin_url, "maas_migrate") as url:
+        runner.upgrade(url, "0007")
+        engine = create_engine(sqlalchemy_url(url))
+        rows = """
+            INSERT INTO tenants (id, name) VALUES ('ten_1', 't');
+            INSERT INTO models (id, tenant_id, name) VALUES ('mdl_1', 'ten_1', 'm'), ('mdl_2', 'ten_1', 'n');
+            INSERT INTO artifacts (id, tenant_id, kind, name, bytes, sha256, storage_key, content_type)
+                VALUES ('art_1', 'ten_1', 'model', 'm.onnx', 1, 'x', 'k', 'application/octet-stream');
+            INSERT INTO model_versions (id, model_id, version, artifact_id, sha256, signature, metrics, lineage)
+                VALUES ('mv_1', 'mdl_1', 1, 'art_1', 'x', '{}', '{}', '{}'),
+                       ('mv_2', 'mdl_2', 1, 'art_1', 'x', '{}', '{}', '{}');
+        """
+        deployment = """
+            INSERT INTO deployments (id, model_id, model_version_id, max_batch_size, max_queue_delay_us,
+                max_queue_size, timeout_ms) VALUES (:id, :model, :version, 8, 500, 64, 1000)
+        """
+        try:
+            with engine.begin() as conn:
+                for statement in rows.split(";"):
+                    if statement.strip():
+                        conn.execute(text(statement))
+                conn.execute(text(deployment), {"id": "dep_1", "model": "mdl_1", "version": "mv_1"})
+            runner.upgrade(url)
+            with engine.begin() as conn:
+                conn.execute(text(deployment), {"id": "dep_2", "model": "mdl_2", "version": "mv_2"})
+                got = dict(conn.execute(text("SELECT id, min_replicas FROM deployments")).all())
+        finally:
+            engine.dispose()
+        assert got == {"dep_1": 1, "dep_2": 0}
