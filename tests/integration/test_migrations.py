@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
 
 from core.db import sqlalchemy_url
 from core.models import Base
@@ -77,8 +77,6 @@ def test_the_status_guard_in_the_migration_is_the_state_machine():
 
 
 def test_deployments_that_existed_before_serverless_stay_loaded_and_new_ones_scale_to_zero(services):
-    from sqlalchemy import text
-
     with scratch_database(services.database_admin_url, "maas_migrate") as url:
         runner.upgrade(url, "0007")
         engine = create_engine(sqlalchemy_url(url))
