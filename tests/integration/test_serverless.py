@@ -13,6 +13,7 @@ of 16 MiB, which a server holds twice (its ONNX Runtime session and the single-t
 - a model bigger than every budget leaves its deployment ``failed`` with the reason, placed nowhere;
 - a deployment under load grows to a second replica on the other server and shrinks back when the
   load falls (one client still calling through the scale-in), with no failed request.
+- when the server that runs the placer stops, the other takes the placer lock and places replicas.
 
 The requests at zero rely on the API holding them while a replica loads (``api.cold_start``).
 """
@@ -295,3 +296,18 @@ async def test_under_load_a_second_replica_starts_on_the_other_server_and_goes_w
 async def _two(ready_on) -> set[str] | None:
     servers = await ready_on()
     return servers if len(servers) == 2 else None
+
+
+async def test_when_the_placing_server_stops_the_other_one_places(api, tenant, db, servers):
+    # last in this module: it stops a server
+    leader = next(s for s in servers if "places replicas now" in s.log_path.read_text())
+    other = next(s for s in servers if s is not leader)
+    assert leader.stop() == 0
+
+    def took_over() -> bool:
+        return "places replicas now" in other.log_path.read_text()
+
+    await eventually_async(took_over, 30, f"{other.id} to take the placer lock")
+    name = await new_model(api, tenant, "after")
+    await call(api, tenant, name)
+    assert [r["model_server"] for r in (await shown(api, tenant, name))["replicas"]] == [other.id]
