@@ -1,8 +1,8 @@
 """Cold starts through the real API and a real model server: a deployment scaled to zero is not ready
 (and a readiness probe loads nothing), its first request is held while a replica loads and then
 succeeds, a burst of 32 concurrent requests is served in batches after exactly one load, a request past
-``cold_start_timeout_ms`` gets 503 with Retry-After (gRPC: UNAVAILABLE), and an asynchronous prediction
-waits the same way.
+``cold_start_timeout_ms`` gets 503 with Retry-After (gRPC: UNAVAILABLE), an asynchronous prediction
+waits the same way, and requests sent right after a first deploy wait for it instead of getting 503.
 
 A deployment gets to zero as a user's would: ``min_replicas`` 0 and ``idle_timeout_s`` 1, so the
 replica the PUT starts unloads a second after it became ready with no traffic.
@@ -168,3 +168,13 @@ async def test_an_asynchronous_prediction_at_zero_waits_for_the_load(api, tenant
     assert body["status"] == "succeeded", body
     scores = next(o for o in body["output"]["outputs"] if o["name"] == "scores")
     np.testing.assert_allclose(np.array(scores["data"]).reshape(2, 3), linear_expected(x)["scores"], rtol=1e-5)
+
+
+async def test_requests_sent_right_after_a_first_deploy_wait_for_it_instead_of_503(api, tenant):
+    # before cold starts, every request between the PUT and the first ready replica was refused with 503
+    name = f"cold-{secrets.token_hex(3)}"
+    await register_version(api, tenant, name, LINEAR_MODELS[0])
+    await deploy(api, tenant, name, 1)  # not waiting: the table may not even know the deployment yet
+    x = np.ones((1, 4), np.float32)
+    answers = await asyncio.gather(*(infer(api, tenant, name, json_request(x)) for _ in range(8)))
+    assert [a.status for a in answers] == [200] * 8, [await a.text() for a in answers if a.status != 200]
