@@ -1,4 +1,5 @@
-"""The program torchrun runs for a training job.
+"""The program torchrun runs for a training job (``training.launch`` runs the same ``main`` in
+ranks it forks with torchrun's environment, the data already loaded).
 
     # on 2 processes of this machine
     torchrun --nproc_per_node 2 -m training.run --spec spec.json --data data.npz --out out/
