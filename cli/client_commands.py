@@ -237,10 +237,24 @@ def cmd_models_list(maas: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+# the deployment's batching and scaling settings, as options of `maas deploy`
+DEPLOY_SETTINGS = (
+    "max-batch-size",
+    "max-queue-delay-us",
+    "max-queue-size",
+    "timeout-ms",
+    "min-replicas",
+    "max-replicas",
+    "target-concurrency",
+    "idle-timeout-s",
+    "cold-start-timeout-ms",
+)
+
+
 def cmd_deploy(maas: Client, args: argparse.Namespace) -> int:
     settings = {
         name: getattr(args, name)
-        for name in ("max_batch_size", "max_queue_delay_us", "max_queue_size", "timeout_ms")
+        for name in (option.replace("-", "_") for option in DEPLOY_SETTINGS)
         if getattr(args, name) is not None
     }
     deployment = maas.deployments.deploy(args.name, args.version, **settings)
@@ -257,6 +271,8 @@ def cmd_deploy(maas: Client, args: argparse.Namespace) -> int:
                     ("status", deployment.status),
                     ("max_batch_size", deployment.max_batch_size),
                     ("max_queue_delay_us", deployment.max_queue_delay_us),
+                    ("replicas (min-max)", f"{deployment.min_replicas}-{deployment.max_replicas}"),
+                    ("idle_timeout_s", deployment.idle_timeout_s),
                     ("replicas", replicas),
                 ]
             )
@@ -344,7 +360,7 @@ def add_client_commands(sub: Any) -> None:
     deploy = leaf(sub, "deploy", cmd_deploy, "deploy a model version (or switch to it)")
     deploy.add_argument("name")
     deploy.add_argument("--version", type=int, required=True)
-    for option in ("max-batch-size", "max-queue-delay-us", "max-queue-size", "timeout-ms"):
+    for option in DEPLOY_SETTINGS:
         deploy.add_argument(f"--{option}", type=int)
     deploy.add_argument("--wait", action="store_true", help="until the version is ready on a model server")
     deploy.add_argument("--timeout", type=float, default=120.0, help="for --wait, in seconds")

@@ -306,7 +306,7 @@ class AsyncDeployments(_AsyncResource):
         while True:
             deployment = await self.get(name)
             if deployment.status == "failed":
-                errors = "; ".join(r.error for r in deployment.replicas if r.error)
+                errors = deployment.status_reason or "; ".join(r.error for r in deployment.replicas if r.error)
                 raise DeploymentFailed(f"{name} v{deployment.version} failed to load: {errors}", deployment)
             if deployment.status == "ready" and version in (None, deployment.version):
                 return deployment

@@ -309,7 +309,9 @@ class Deployments(_Resource):
 
     def deploy(self, name: str, version: int, **settings: int) -> DeploymentObject:
         """Deploy ``version`` of ``name`` (or switch to it, dropping no request); ``settings``:
-        ``max_batch_size``, ``max_queue_delay_us``, ``max_queue_size``, ``timeout_ms``."""
+        ``max_batch_size``, ``max_queue_delay_us``, ``max_queue_size``, ``timeout_ms``, and the scaling
+        ones ``min_replicas``, ``max_replicas``, ``target_concurrency``, ``idle_timeout_s``,
+        ``cold_start_timeout_ms``."""
         return self._t.send(calls.deploy(name, version, settings))
 
     def get(self, name: str) -> DeploymentObject:
@@ -331,7 +333,7 @@ class Deployments(_Resource):
         while True:
             deployment = self.get(name)
             if deployment.status == "failed":
-                errors = "; ".join(r.error for r in deployment.replicas if r.error)
+                errors = deployment.status_reason or "; ".join(r.error for r in deployment.replicas if r.error)
                 raise DeploymentFailed(f"{name} v{deployment.version} failed to load: {errors}", deployment)
             if deployment.status == "ready" and version in (None, deployment.version):
                 return deployment
