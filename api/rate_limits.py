@@ -3,9 +3,9 @@
 Each request takes one token from its key's bucket of its class (``inference``: /v2 infer, gRPC
 ModelInfer, POST /v1/predictions; ``creates``: the other POST/PUT creates under /v1). Tokens come
 from the shared PostgreSQL bucket (``core.rate_buckets``, where the reason for PostgreSQL and
-for leases is written) in leases held in memory for ``LEASE_TTL_LEASES`` lease periods, so most
-requests cost a dict lookup. A refused key is remembered until its next token is due, so a
-flood of refused requests does not reach the database either.
+for leases is written) in leases held in memory, so most requests cost a dict lookup; the next
+lease is fetched in the background once a quarter of one is left. A refused key is remembered
+until its next token is due, so a flood of refused requests does not reach the database either.
 
 Every limited answer carries ``RateLimit-Limit`` (the bucket, = the per-minute limit),
 ``RateLimit-Remaining`` (the shared bucket after this process's last lease, plus what this
@@ -40,7 +40,6 @@ INFERENCE = "inference"
 CREATES = "creates"
 QUOTA_OF = {INFERENCE: quotas.INFERENCE_PER_MIN, CREATES: quotas.CREATES_PER_MIN}
 LIMITS_TTL_S = 10.0
-LEASE_TTL_LEASES = 10  # a lease is spent within ten lease periods or dropped
 NOT_CREATES = ("/cancel", "/rotate")
 
 
@@ -97,15 +96,22 @@ class Decision:
 
 @dataclass
 class _Lease:
-    tokens: int = 0
-    expires_at: float = 0.0
+    tokens: int = 0  # held by this process, to spend without asking the database
+    low_water: int = 0  # at or below it, the next lease is fetched in the background
     grant: Grant | None = None
     denied_until: float = 0.0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    renewing: asyncio.Task[None] | None = None
 
 
 class RateLimiter:
-    """This API process's leases and its cache of the tenants' limits."""
+    """This API process's leases and its cache of the tenants' limits.
+
+    A request waits for the database only when its process holds no token of its key (the first
+    request, or a key spending faster than its leases come): a lease that runs low is renewed ahead,
+    in the background, and a stale limit is re-read the same way. Tokens a process holds stay
+    spendable (they left the shared bucket when leased): at most one lease per key and process
+    waits unused, about ``rate_limit_lease_s`` of the key's rate."""
 
     def __init__(self, settings: Settings, db: async_sessionmaker) -> None:
         self.settings = settings
@@ -113,13 +119,22 @@ class RateLimiter:
         self.enabled = settings.rate_limits_enabled
         self._leases: dict[str, _Lease] = {}
         self._limits: dict[tuple[str, str], tuple[int, float]] = {}  # (tenant, quota) → (value, read at)
+        self._reading: dict[tuple[str, str], asyncio.Task[None]] = {}
         self.leases_taken = 0
 
     async def _limit(self, tenant_id: str, quota: str) -> int:
-        now = time.monotonic()
         cached = self._limits.get((tenant_id, quota))
-        if cached is not None and now - cached[1] < LIMITS_TTL_S:
-            return cached[0]
+        if cached is None:
+            await self._read_limit(tenant_id, quota)
+            return self._limits[(tenant_id, quota)][0]
+        if time.monotonic() - cached[1] >= LIMITS_TTL_S and (tenant_id, quota) not in self._reading:
+            task = asyncio.get_running_loop().create_task(self._read_limit(tenant_id, quota))
+            self._reading[(tenant_id, quota)] = task
+            task.add_done_callback(lambda _: self._reading.pop((tenant_id, quota), None))
+        return cached[0]
+
+    async def _read_limit(self, tenant_id: str, quota: str) -> None:
+        cached = self._limits.get((tenant_id, quota))
         try:
             async with self.db() as session:
                 value = await session.run_sync(lambda s: quotas.effective_quota(s, tenant_id, quota, self.settings))
@@ -128,8 +143,7 @@ class RateLimiter:
                 "cannot read %s of %s (using %s): %s", quota, tenant_id, "the last" if cached else "the default", exc
             )
             value = cached[0] if cached else int(quotas.default_quota(self.settings, quota) or 0)
-        self._limits[(tenant_id, quota)] = (value, now)
-        return value
+        self._limits[(tenant_id, quota)] = (value, time.monotonic())
 
     async def take(self, tenant_id: str, authorization: str, kind: str) -> Decision | None:
         """Take one token for the API key in ``authorization``; None when limits are off."""
@@ -140,21 +154,31 @@ class RateLimiter:
         key = bucket_key(authorization, kind)
         lease = self._leases.setdefault(key, _Lease())
         now = time.monotonic()
-        if lease.tokens <= 0 or now >= lease.expires_at:
+        if lease.tokens <= 0:
             if now < lease.denied_until and lease.grant is not None:
                 return self._refused(lease.grant, per_min, lease.denied_until - now)
             async with lease.lock:  # one lease at a time per key: the others wait for it and share it
-                if lease.tokens <= 0 or time.monotonic() >= lease.expires_at:
+                if lease.tokens <= 0:
                     await self._renew(lease, key, per_min)
             if lease.tokens <= 0:
                 assert lease.grant is not None
                 return self._refused(lease.grant, per_min, lease.grant.retry_after_s())
+        elif lease.tokens <= lease.low_water and lease.renewing is None:
+            lease.renewing = asyncio.get_running_loop().create_task(self._renew_ahead(lease, key, per_min))
         lease.tokens -= 1
         grant = lease.grant
         assert grant is not None
         return Decision(True, per_min, int(grant.left) + lease.tokens, grant.reset_s())
 
+    async def _renew_ahead(self, lease: _Lease, key: str, per_min: int) -> None:
+        try:
+            async with lease.lock:
+                await self._renew(lease, key, per_min)
+        finally:
+            lease.renewing = None
+
     async def _renew(self, lease: _Lease, key: str, per_min: int) -> None:
+        """Add a lease's tokens to what this process holds."""
         want = lease_size(per_min, self.settings.rate_limit_lease_s)
         try:
             async with self.db() as session:
@@ -169,8 +193,8 @@ class RateLimiter:
         self.leases_taken += 1
         now = time.monotonic()
         lease.grant = Grant(granted, left, float(per_min), per_min / 60.0)
-        lease.tokens = lease.grant.tokens
-        lease.expires_at = now + self.settings.rate_limit_lease_s * LEASE_TTL_LEASES
+        lease.tokens += granted
+        lease.low_water = want // 4
         lease.denied_until = now + lease.grant.retry_after_s() if lease.tokens <= 0 else 0.0
 
     @staticmethod

@@ -14,12 +14,15 @@ from collections.abc import Iterator
 import aiohttp
 import grpc
 import pytest
+from sqlalchemy import select
 
+from api.context import CONTEXT
 from api.grpc_server import GRPC_ENDPOINT
 from api.oip_grpc import open_inference_grpc_pb2 as pb
 from api.oip_grpc import open_inference_grpc_pb2_grpc as pb_grpc
+from api.rate_limits import INFERENCE, bucket_key
 from core import quotas
-from core.models import Job
+from core.models import Job, RateBucket
 from core.settings import Settings, to_env
 from tests.integration.test_tenant_quotas import count, set_quota
 from tests.support.eventually import eventually
@@ -165,3 +168,16 @@ def test_concurrent_leases_never_hand_out_more_than_the_bucket(db):
         grants = [g for thread in pool.map(lambda _: drain(), range(8)) for g in thread]
     assert 40 <= sum(grants) <= 41, grants
     assert all(1 <= g <= 3 for g in grants)
+
+
+async def test_a_process_takes_tokens_in_leases_not_one_database_write_per_request(api, db, tenant):
+    set_quota(db, tenant, quotas.INFERENCE_PER_MIN, 6000)  # 100 a second: leases of 10 (0.1 s of refill)
+    rates = api.server.app[CONTEXT].rates
+    for _ in range(40):
+        answer = await api.post("/v2/models/nope/infer", json=INFER, headers=tenant.headers)
+        assert answer.status == 404
+    assert 4 <= rates.leases_taken <= 6  # 40 tokens in leases of 10, the next fetched ahead in the background
+    with db() as session:
+        key = bucket_key(f"Bearer {tenant.key}", INFERENCE)
+        left = session.scalar(select(RateBucket.tokens).where(RateBucket.key == key))
+    assert left is not None and left <= 6000 - 40 + 100  # leases left the shared bucket (refill: 100 a second)
