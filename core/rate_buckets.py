@@ -5,9 +5,9 @@ embedded stack's Redis is only a broker), and a bucket is one row updated by one
 Why leases: an API process does not ask the database for each request. It takes a *lease* of
 up to ``rate * lease_s`` tokens in one UPDATE and spends it from memory (``api.rate_limits``);
 at 1000 requests a second and a 0.1 s lease that is ten small updates a second per key and
-process, off the request path for all the others. The bucket itself is exact: tokens are only
-ever handed out once, so every process together never passes the limit; a lease a process does
-not use before it expires is simply not spent (the client loses at most one lease's tokens).
+process, fetched in the background before the last one runs out. The bucket itself is exact:
+tokens are only ever handed out once, so every process together never passes the limit; what a
+process holds and does not use is at most one lease per key (``rate * lease_s`` tokens).
 
 The bucket holds at most ``capacity`` tokens (the per-minute limit: a full minute's burst after a
 quiet minute) and refills at ``capacity / 60`` tokens a second, on the database's clock.
