@@ -36,7 +36,6 @@ from core.text_model import TextPreprocessor
 
 Arrays = dict[str, np.ndarray]
 CPU = ("CPUExecutionProvider",)
-CPU = ("CPUExecutionProvider",)
 
 
 def usable_cores() -> int:
@@ -174,7 +173,6 @@ def load_model(
             twin = ort.InferenceSession(str(path), sess_options=session_options(1), providers=list(providers))
     preprocess = TextPreprocessor.of(session.get_modelmeta().custom_metadata_map)
     model = OnnxModel(session, [output.name for output in session.get_outputs()], twin, preprocess)
-    opened = time.perf_counter()
     opened = time.perf_counter()
     try:
         model.run(warmup_inputs(signature, warmup_rows))
