@@ -32,6 +32,10 @@ pytestmark = pytest.mark.usefixtures("model_server")
 WAIT_S = 90.0
 
 
+def auth(tenant) -> tuple[tuple[str, str]]:
+    return (("authorization", f"Bearer {tenant.key}"),)
+
+
 def replica_rows(db, version_id: str) -> int:
     with db() as session:
         return session.scalar(
@@ -81,11 +85,15 @@ async def test_at_zero_readiness_probes_load_nothing_and_the_first_request_waits
 ):
     name, version_id = await deployed_at_zero(api, tenant, db)
     assigned = serving_events(db, version_id, "assign")
-    for _ in range(4):
-        for path in (f"/v2/models/{name}/ready", f"/v2/models/{name}/versions/1/ready"):
-            answer = await api.get(path, headers=tenant.headers)
-            assert answer.status == 503, await answer.text()
-        await asyncio.sleep(0.4)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{api.app[GRPC_ENDPOINT].port}") as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        for _ in range(4):
+            for path in (f"/v2/models/{name}/ready", f"/v2/models/{name}/versions/1/ready"):
+                answer = await api.get(path, headers=tenant.headers)
+                assert answer.status == 503, await answer.text()
+            ready = await stub.ModelReady(pb.ModelReadyRequest(name=name), metadata=auth(tenant))
+            assert not ready.ready
+            await asyncio.sleep(0.4)
     assert demand_at(db, name, tenant.id) is None
     assert replica_rows(db, version_id) == 0 and serving_events(db, version_id, "assign") == assigned
 
@@ -143,7 +151,7 @@ async def test_past_its_cold_start_timeout_a_request_gets_503_with_retry_after_a
         stub = pb_grpc.GRPCInferenceServiceStub(channel)
         # side by side, so both arrive while the load their demand started is still running
         over_grpc, answer = await asyncio.gather(
-            stub.ModelInfer(request, metadata=(("authorization", f"Bearer {tenant.key}"),)),
+            stub.ModelInfer(request, metadata=auth(tenant)),
             infer(api, tenant, name, json_request(x)),
             return_exceptions=True,
         )
