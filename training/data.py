@@ -1,5 +1,6 @@
 """Training data: reading a dataset file (npz with arrays X and y; csv or parquet with a
-label column) or a builtin, mapping labels to 0..C-1, the seeded train/validation split,
+label column) or a builtin, mapping labels to 0..C-1 (a regression head's labels stay
+numbers: float32 targets, no classes), the seeded train/validation split,
 and which rows each data-parallel replica sees at each step.
 
 Data that cannot train the spec raises ``DatasetError(pointer, detail)``, the pointer
@@ -24,7 +25,7 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from core.spec_kit import FieldError
-from training.spec import MAX_CLASSES, DatasetSpec, TrainingSpec, model_fit_problems, split_sizes
+from training.spec import MAX_CLASSES, DatasetSpec, TrainingSpec, is_regression, model_fit_problems, split_sizes
 
 
 class DatasetError(FieldError):
@@ -44,8 +45,13 @@ class Splits:
     train_y: torch.Tensor
     val_x: torch.Tensor
     val_y: torch.Tensor
-    classes: list[Any]  # classes[i] is the original label of class i
+    classes: list[Any]  # classes[i] is the original label of class i; [] for a regression head
     feature_shape: tuple[int, ...]
+
+    @property
+    def regression(self) -> bool:
+        """The targets are numbers (float32), not class indices."""
+        return self.train_y.is_floating_point()
 
     @property
     def num_features(self) -> int:
@@ -190,6 +196,18 @@ def encode_labels(
     return codes.astype(np.int64), list(classes)
 
 
+def regression_targets(
+    labels: np.ndarray, spec: TrainingSpec, pointer: str = "/dataset"
+) -> tuple[np.ndarray, list[Any]]:
+    """float32 targets of a regression head (and no classes); numbers only, all finite."""
+    where = f"{pointer}/label_column" if pointer == "/dataset" and spec.dataset.label_column else pointer
+    if labels.dtype.kind not in "fiub":
+        raise DatasetError(where, f"the labels are {labels.dtype} values, not numbers; a regression head needs numbers")
+    values = labels.astype(np.float32)
+    _check_finite(values, "the labels", where)
+    return values, []
+
+
 def _normalise_labels(labels: np.ndarray, pointer: str) -> np.ndarray:
     if labels.dtype.kind == "f":
         if not np.isfinite(labels).all() or (labels != np.round(labels)).any():
@@ -217,14 +235,19 @@ def load_splits(spec: TrainingSpec, data_path: Path | None, val_path: Path | Non
     table = read_text_rows(data_path, spec) if text else read_table(data_path, spec.dataset)
     for problem in model_fit_problems(spec.model, table.feature_shape):
         raise DatasetError(problem["pointer"], problem["detail"])
-    codes, classes = encode_labels(table.y)
+    regression = is_regression(spec)
+    codes, classes = regression_targets(table.y, spec) if regression else encode_labels(table.y)
     if spec.validation.fraction is not None:
         train, val = split_indices(len(codes), spec.validation.fraction, spec.hyperparameters.seed)
         train_x, train_y, val_x, val_y = table.x[train], codes[train], table.x[val], codes[val]
     else:
         val_table = _read_validation(spec, val_path, table)
         train_x, train_y = table.x, codes
-        val_x, (val_y, _) = val_table.x, encode_labels(val_table.y, classes, "/validation/file_id")
+        val_x = val_table.x
+        if regression:
+            val_y, _ = regression_targets(val_table.y, spec, "/validation/file_id")
+        else:
+            val_y, _ = encode_labels(val_table.y, classes, "/validation/file_id")
     if spec.hyperparameters.batch_size > len(train_y):
         raise DatasetError(
             "/hyperparameters/batch_size",

@@ -7,7 +7,8 @@ A text classifier (``training.text_encoder``) exports differently: input ``input
 int64 ``[batch, tokens]`` (both dimensions dynamic), outputs ``scores`` (softmax, first,
 so that a compression job measures them) and ``label`` (the class name, a string, picked
 in the graph by ArgMax and Gather), with its tokenizer declared in the file's metadata
-(``core.text_model``) so that clients send strings.
+(``core.text_model``) so that clients send strings. A text regression head exports one output,
+``value`` float32 ``[batch]``, and no label.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ TEXT_IDS_INPUT = "input_ids"
 TEXT_INPUT = "text"
 SCORES_OUTPUT = "scores"
 LABEL_OUTPUT = "label"
+VALUE_OUTPUT = "value"
 
 
 def export_onnx(model: nn.Module, num_features: int, path: Path, classes: Sequence[Any] = ()) -> None:
@@ -74,9 +76,11 @@ def onnx_max_abs_diff(model: nn.Module, path: Path, x: torch.Tensor) -> float:
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     if isinstance(model, TextClassifier):
-        (onnx_out,) = session.run([SCORES_OUTPUT], {TEXT_IDS_INPUT: x.numpy().astype(np.int64)})
+        wrapped = _Values(model) if model.regression else _Scores(model)
+        output = VALUE_OUTPUT if model.regression else SCORES_OUTPUT
+        (onnx_out,) = session.run([output], {TEXT_IDS_INPUT: x.numpy().astype(np.int64)})
         with torch.no_grad():
-            torch_out = torch.softmax(model(x), dim=1).numpy()
+            torch_out = wrapped(x).numpy()
     else:
         (onnx_out,) = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy().astype(np.float32)})
         with torch.no_grad():
@@ -93,8 +97,18 @@ class _Scores(nn.Module):
         return torch.softmax(self.model(input_ids), dim=1)
 
 
+class _Values(nn.Module):
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids)[:, 0]
+
+
 def export_text_onnx(model: TextClassifier, path: Path, classes: Sequence[Any]) -> None:
-    """A text classifier as ONNX: ids in; scores and the label out; its tokenizer declared."""
+    """A text classifier as ONNX: ids in; scores and the label out (a regression head: the
+    value out); its tokenizer declared."""
     from core.text_model import TOKENIZER_KEY, TextDeclaration
     from training.text_encoder import tokenizer_json
 
@@ -105,18 +119,19 @@ def export_text_onnx(model: TextClassifier, path: Path, classes: Sequence[Any]) 
     with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            _Scores(model),
+            _Values(model) if model.regression else _Scores(model),
             (example,),
             str(path),
             input_names=[TEXT_IDS_INPUT],
-            output_names=[SCORES_OUTPUT],
+            output_names=[VALUE_OUTPUT if model.regression else SCORES_OUTPUT],
             dynamic_shapes=({0: batch, 1: tokens},),
             opset_version=18,
             external_data=False,
             verbose=False,
         )
     graph = onnx.load(str(path))
-    _add_label_output(graph, [str(c) for c in classes])
+    if not model.regression:
+        _add_label_output(graph, [str(c) for c in classes])
     declared = TextDeclaration(TEXT_INPUT, TEXT_IDS_INPUT, model.max_length, model.pad_id)
     onnx.helper.set_model_props(
         graph, {"maas.text": declared.to_json(), TOKENIZER_KEY: tokenizer_json(model.pretrained)}

@@ -161,9 +161,11 @@ class Progress:
         return cls(**{name: meta[name] for name in cls.__dataclass_fields__ if name in meta})
 
 
-def _mean(counters: list[float]) -> tuple[float, float]:
-    loss_sum, correct, count = counters
-    return loss_sum / count, correct / count
+def _mean(counters: list[float], regression: bool) -> dict[str, float]:
+    """The mean loss and the second metric of pooled ``[loss_sum, correct, count]`` counters:
+    accuracy, or a regression head's mean absolute error (its middle counter sums errors)."""
+    loss_sum, second, count = counters
+    return {"loss": loss_sum / count, ("mae" if regression else "accuracy"): second / count}
 
 
 # --- running -----------------------------------------------------------------------------------
@@ -315,18 +317,15 @@ class Job:
     def end_epoch(self, progress: Progress) -> dict[str, float]:
         """Close the epoch's training counters and evaluate (collective); the validation
         metrics on rank 0, {} elsewhere. With early stopping, rank 0 keeps the best weights."""
-        loss, accuracy = _mean(progress.epoch)
-        progress.last_epoch = {"loss": loss, "accuracy": accuracy}
+        progress.last_epoch = _mean(progress.epoch, self.splits.regression)
         progress.epoch = [0.0, 0.0, 0.0]
         model = self.trainable.full_model_on_rank0()
         if model is None:
             return {}
-        val_loss, val_accuracy = evaluate(model, self.splits.val_x, self.splits.val_y)
+        measured = evaluate(model, self.splits.val_x, self.splits.val_y)
         epoch = progress.step / self.plan.steps_per_epoch
-        progress.history.append(
-            {"kind": "val", "step": progress.step, "epoch": epoch, "loss": val_loss, "accuracy": val_accuracy}
-        )
-        validation = {"val_loss": val_loss, "val_accuracy": val_accuracy}
+        progress.history.append({"kind": "val", "step": progress.step, "epoch": epoch, **measured})
+        validation = {f"val_{name}": value for name, value in measured.items()}
         if (stopping := self.spec.hyperparameters.early_stopping) is not None:
             value = validation[stopping.metric]
             if improved(value, progress.best.get("value"), stopping):
@@ -337,12 +336,10 @@ class Job:
         return validation
 
     def report(self, progress: Progress, validation: dict[str, float]) -> None:
-        loss, accuracy = _mean(progress.window)
+        means = _mean(progress.window, self.splits.regression)
         epoch = progress.step / self.plan.steps_per_epoch
         samples_per_s = progress.window[2] / progress.window_seconds if progress.window_seconds else 0.0
-        progress.history.append(
-            {"kind": "train", "step": progress.step, "epoch": epoch, "loss": loss, "accuracy": accuracy}
-        )
+        progress.history.append({"kind": "train", "step": progress.step, "epoch": epoch, **means})
         progress.window, progress.window_seconds = [0.0, 0.0, 0.0], 0.0
         self.say(
             {
@@ -350,8 +347,7 @@ class Job:
                 "step": progress.step,
                 "total_steps": self.plan.total_steps,
                 "epoch": round(epoch, 4),
-                "loss": loss,
-                "accuracy": accuracy,
+                **means,
                 "samples_per_s": round(samples_per_s, 1),
                 **validation,
             }
@@ -362,30 +358,40 @@ class Job:
         began = time.perf_counter()
         # imported here: only rank 0 needs matplotlib and ONNX, and they are slow to import
         from training.curves import draw_curves
-        from training.export import INPUT_NAME, OUTPUT_NAME, export_onnx, onnx_max_abs_diff, save_state_dict
+        from training.export import (
+            INPUT_NAME,
+            OUTPUT_NAME,
+            VALUE_OUTPUT,
+            export_onnx,
+            onnx_max_abs_diff,
+            save_state_dict,
+        )
 
         splits, spec = self.splits, self.spec
         if spec.hyperparameters.early_stopping is not None and self.best_weights is not None:
             model.load_state_dict(self.best_weights)  # the export is the best evaluation's weights
-        val_loss, val_accuracy = evaluate(model, splits.val_x, splits.val_y)
+        measured = evaluate(model, splits.val_x, splits.val_y)
         self.out.mkdir(parents=True, exist_ok=True)
         files = {name: self.out / filename for name, filename in ARTIFACTS.items()}
         export_onnx(model, splits.num_features, files["model"], classes=splits.classes)
         diff = onnx_max_abs_diff(model, files["model"], splits.val_x[:PARITY_ROWS])
         if not diff <= MAX_ONNX_ABS_DIFF:
             raise TrainingFailure(
-                "onnx_parity", f"ONNX Runtime's logits differ from torch's by {diff:.3g} (max {MAX_ONNX_ABS_DIFF})"
+                "onnx_parity", f"ONNX Runtime's outputs differ from torch's by {diff:.3g} (max {MAX_ONNX_ABS_DIFF})"
             )
         save_state_dict(model, files["state_dict"], {"arch": spec.model.arch, "num_features": str(splits.num_features)})
         draw_curves(progress.history, files["curves"], title=f"{spec.model.arch} · {spec.strategy.kind}")
-        last = progress.last_epoch or dict(zip(("loss", "accuracy"), _mean(progress.epoch), strict=True))
+        last = progress.last_epoch or _mean(progress.epoch, splits.regression)
+        output = (
+            {"name": VALUE_OUTPUT, "shape": [None]}
+            if splits.regression
+            else {"name": OUTPUT_NAME, "shape": [None, len(splits.classes)]}
+        )
         return {
             "type": "result",
             "metrics": {
-                "train_loss": last["loss"],
-                "train_accuracy": last["accuracy"],
-                "val_loss": val_loss,
-                "val_accuracy": val_accuracy,
+                **{f"train_{name}": value for name, value in last.items()},
+                **{f"val_{name}": value for name, value in measured.items()},
                 "onnx_max_abs_diff": diff,
                 "steps": progress.step,
                 "epochs": round(progress.step / self.plan.steps_per_epoch, 4),
@@ -400,7 +406,7 @@ class Job:
                 "shape": [None, splits.num_features],
                 "feature_shape": list(splits.feature_shape),
             },
-            "output": {"name": OUTPUT_NAME, "shape": [None, len(splits.classes)]},
+            "output": output,
             "timings": {**self.timings, "export_s": round(time.perf_counter() - began, 3)},
         }
 
@@ -409,7 +415,8 @@ def _latest_validation(history: list[dict[str, Any]]) -> dict[str, Any]:
     """The metrics of the latest validation (what a checkpoint is ranked by); {} before the first."""
     for entry in reversed(history):
         if entry["kind"] == "val":
-            return {"val_loss": entry["loss"], "val_accuracy": entry["accuracy"], "val_step": entry["step"]}
+            metrics = {f"val_{name}": value for name, value in entry.items() if name not in ("kind", "step", "epoch")}
+            return {**metrics, "val_step": entry["step"]}
     return {}
 
 
@@ -422,14 +429,26 @@ def _check_finite(progress: Progress) -> None:
         )
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of ``model`` on ``x``, ``y``."""
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> dict[str, float]:
+    """``{"loss": mean cross-entropy, "accuracy"}`` of ``model`` on ``x``, ``y``; for float
+    targets (a regression head) ``{"loss": mean squared error, "mae", "rmse", "r2"}``."""
     model.eval()
-    loss_sum, correct = 0.0, 0
+    outputs = []
     with torch.no_grad():
         for start in range(0, len(y), batch_size):
-            logits = model(x[start : start + batch_size])
-            target = y[start : start + batch_size]
-            loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
-            correct += int((logits.argmax(dim=1) == target).sum())
-    return loss_sum / len(y), correct / len(y)
+            outputs.append(model(x[start : start + batch_size]).float())
+    out = torch.cat(outputs)
+    if y.is_floating_point():
+        return regression_metrics(out.reshape(y.shape), y)
+    loss = F.cross_entropy(out, y).item()
+    return {"loss": loss, "accuracy": (out.argmax(dim=1) == y).float().mean().item()}
+
+
+def regression_metrics(predicted: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    """MSE (the loss), MAE, RMSE and R² (1 - residual / total sum of squares; 0 when the
+    targets do not vary)."""
+    error = predicted.double() - target.double()
+    mse = error.pow(2).mean().item()
+    total = (target.double() - target.double().mean()).pow(2).sum().item()
+    r2 = 1.0 - error.pow(2).sum().item() / total if total > 0 else 0.0
+    return {"loss": mse, "mae": error.abs().mean().item(), "rmse": math.sqrt(mse), "r2": r2}

@@ -114,8 +114,8 @@ MAX_TEXT_TOKENS = 512
 
 class TextEncoderSpec(StrictModel):
     """A pretrained text encoder (loaded from its installed package, never downloaded) with
-    masked mean pooling and a classification head, fine-tuned on a text dataset (the
-    dataset's ``text_column``). The exported model takes strings."""
+    masked mean pooling and a classification or regression head, fine-tuned on a text dataset
+    (the dataset's ``text_column``). The exported model takes strings."""
 
     arch: Literal["text_encoder"]
     pretrained: Literal["all-minilm-l6-v2"] = Field(
@@ -129,6 +129,11 @@ class TextEncoderSpec(StrictModel):
         0, ge=0, le=48, description="freeze the embeddings and this many lower transformer layers (0: train all)"
     )
     dropout: float = Field(0.1, ge=0.0, le=0.9, description="dropout before the head")
+    head: Literal["classification", "regression"] = Field(
+        "classification",
+        description="`classification`: class labels, cross-entropy, scores and the label out; `regression`: a "
+        "numeric label column, mean squared error, validation MAE/RMSE/R², one `value` out",
+    )
 
     @model_validator(mode="after")
     def _layers_exist(self) -> TextEncoderSpec:
@@ -257,7 +262,17 @@ def model_fit_problems(model: AnyModel, feature_shape: Sequence[int]) -> list[Fi
 
 
 # which way is better for each validation metric (early stopping, checkpoint retention)
-BEST_MODES: dict[str, Literal["min", "max"]] = {"val_loss": "min", "val_accuracy": "max"}
+BEST_MODES: dict[str, Literal["min", "max"]] = {
+    "val_loss": "min",
+    "val_accuracy": "max",
+    "val_mae": "min",
+    "val_rmse": "min",
+    "val_r2": "max",
+}
+# the validation metrics of each kind of head (a regression head has no accuracy)
+CLASSIFICATION_METRICS = ("val_loss", "val_accuracy")
+REGRESSION_METRICS = ("val_loss", "val_mae", "val_rmse", "val_r2")
+ValMetric = Literal["val_loss", "val_accuracy", "val_mae", "val_rmse", "val_r2"]
 
 
 class StrategySpec(StrictModel):
@@ -307,12 +322,15 @@ class EarlyStoppingSpec(StrictModel):
     """Evaluate at every epoch's end; stop after ``patience`` evaluations without an
     improvement larger than ``min_delta``; the exported model is the best evaluation's."""
 
-    metric: Literal["val_loss", "val_accuracy"] = Field(
-        "val_loss", description="the validation metric watched (evaluated at each epoch's end)"
+    metric: ValMetric = Field(
+        "val_loss",
+        description="the validation metric watched (evaluated at each epoch's end); val_accuracy for a classifier, "
+        "val_mae, val_rmse or val_r2 for a regression head, val_loss for either",
     )
     mode: Literal["min", "max"] | None = Field(
         None,
-        description="`min` (lower is better) or `max`; defaults to the metric's own (val_loss min, val_accuracy max)",
+        description="`min` (lower is better) or `max`; defaults to the metric's own (val_loss, val_mae, val_rmse "
+        "min; val_accuracy, val_r2 max)",
     )
     patience: int = Field(3, ge=1, le=10_000, description="evaluations without improvement before the run stops")
     min_delta: float = Field(0.0, ge=0.0, description="the least change that counts as an improvement")
@@ -377,11 +395,13 @@ class HyperparametersSpec(StrictModel):
 
 
 class KeepBestSpec(StrictModel):
-    """Which checkpoint counts as the best: the lowest ``val_loss`` or the highest ``val_accuracy``."""
+    """Which checkpoint counts as the best: the lowest ``val_loss`` or the highest ``val_accuracy``
+    (a regression head: the lowest ``val_mae``/``val_rmse``, the highest ``val_r2``)."""
 
-    metric: Literal["val_loss", "val_accuracy"] = Field(
+    metric: ValMetric = Field(
         description="the validation metric a checkpoint is ranked by (the latest validation before it was "
-        "written): `val_loss` keeps the lowest, `val_accuracy` the highest"
+        "written): `val_loss` keeps the lowest, `val_accuracy` the highest; a regression head's `val_mae` and "
+        "`val_rmse` the lowest, `val_r2` the highest"
     )
 
     @property
@@ -472,7 +492,7 @@ def _resolve_pipeline_defaults(strategy: StrategySpec) -> None:
 
 def _cross_field_problems(spec: TrainingSpec) -> list[tuple[Loc, str]]:
     strategy, hp = spec.strategy, spec.hyperparameters
-    text = _text_problems(spec)
+    text = _text_problems(spec) or _metric_problems(spec)
     if text:
         return text
     if not strategy.pipelined:
@@ -556,6 +576,27 @@ def _text_problems(spec: TrainingSpec) -> list[tuple[Loc, str]]:
     if is_text and spec.strategy.kind != "ddp":
         return [(("strategy", "kind"), "a text_encoder trains with ddp (its encoder is not cut into stages or shards)")]
     return []
+
+
+def is_regression(spec: TrainingSpec) -> bool:
+    return isinstance(spec.model, TextEncoderSpec) and spec.model.head == "regression"
+
+
+def _metric_problems(spec: TrainingSpec) -> list[tuple[Loc, str]]:
+    """Early stopping and checkpoint retention watch a metric the model's head reports."""
+    regression = is_regression(spec)
+    known = REGRESSION_METRICS if regression else CLASSIFICATION_METRICS
+    head = "a regression head" if regression else "a classifier"
+    problems: list[tuple[Loc, str]] = []
+    stopping = spec.hyperparameters.early_stopping
+    if stopping is not None and stopping.metric not in known:
+        where: Loc = ("hyperparameters", "early_stopping", "metric")
+        problems.append((where, f"{head} reports {', '.join(known)}; not {stopping.metric}"))
+    best = spec.checkpoints.keep_best
+    if best is not None and best.metric not in known:
+        where = ("checkpoints", "keep_best", "metric")
+        problems.append((where, f"{head} reports {', '.join(known)}; not {best.metric}"))
+    return problems
 
 
 def _data_parallel_problems(strategy: StrategySpec, hp: HyperparametersSpec) -> list[tuple[Loc, str]]:
@@ -673,7 +714,7 @@ def check_dataset_fits(
     try:
         if text_column is not None:
             rows, feature_shape = describe_text_table(
-                dataset_details, text_column, spec.dataset.label_column, "/dataset"
+                dataset_details, text_column, spec.dataset.label_column, "/dataset", regression=is_regression(spec)
             )
         else:
             rows, feature_shape = _describe(dataset_details, spec.dataset.label_column, "/dataset")
@@ -683,7 +724,13 @@ def check_dataset_fits(
     if validation_details is not None and spec.validation.file_id is not None:
         if text_column is not None:
             try:
-                describe_text_table(validation_details, text_column, spec.dataset.label_column, "/validation")
+                describe_text_table(
+                    validation_details,
+                    text_column,
+                    spec.dataset.label_column,
+                    "/validation",
+                    regression=is_regression(spec),
+                )
             except FieldError as exc:
                 problems.append(exc.problem)
         else:
@@ -773,10 +820,11 @@ def _describe_npz(stored: StoredDataset, pointer: str) -> tuple[int, tuple[int, 
 
 
 def describe_text_table(
-    details: dict[str, Any], text_column: str, label_column: str | None, pointer: str
+    details: dict[str, Any], text_column: str, label_column: str | None, pointer: str, *, regression: bool = False
 ) -> tuple[int, tuple[int, ...]]:
     """(rows, ()) of a text dataset's stored details: a csv or parquet with ``text_column``
-    (strings, where the type is known) and the label column; ``FieldError`` when it cannot."""
+    (strings, where the type is known) and the label column (numbers for a regression head,
+    where the type is known); ``FieldError`` when it cannot."""
     try:
         stored = stored_dataset(details)
     except ValueError as exc:
@@ -798,6 +846,10 @@ def describe_text_table(
     kind = typed.get(text_column)
     if kind is not None and not kind.startswith(("string", "large_string", "utf8", "large_utf8")):
         raise FieldError(f"{pointer}/text_column", f"column '{text_column}' has type {kind}; texts must be strings")
+    label = next(c for c in stored.columns or () if c.name == (label_column or "label"))
+    if regression and not numeric_column(label):
+        where = f"{pointer}/label_column" if label_column else pointer
+        raise FieldError(where, f"column '{label.name}' has type {label.type}; a regression head needs numeric labels")
     if stored.rows < 2:
         raise FieldError(pointer, f"a dataset needs at least 2 rows, this one has {stored.rows}")
     return stored.rows, ()

@@ -1,5 +1,6 @@
 """The pretrained text encoders of the zoo: a Hugging Face encoder loaded from an installed
-package's folder (never a hub), masked mean pooling and a classification head.
+package's folder (never a hub), masked mean pooling and a classification head (logits, one
+per class) or a regression head (one value per row, ``(batch, 1)``).
 
 Owns: where each pretrained encoder lives (``pretrained_dir``), its tokenizer, the model
 (:class:`TextClassifier`) and which of its parameters train (``freeze``). The model takes
@@ -43,14 +44,25 @@ def tokenizer_json(name: str) -> str:
 
 
 class TextClassifier(nn.Module):
-    """Encoder, masked mean pooling over the tokens, dropout, linear head: ids → logits."""
+    """Encoder, masked mean pooling over the tokens, dropout, linear head: ids → logits (a
+    regression head: ids → one value per row)."""
 
     def __init__(
-        self, encoder: Any, num_classes: int, *, pretrained: str, max_length: int, pad_id: int, dropout: float
+        self,
+        encoder: Any,
+        num_classes: int,
+        *,
+        pretrained: str,
+        max_length: int,
+        pad_id: int,
+        dropout: float,
+        regression: bool = False,
     ) -> None:
         super().__init__()
         self.encoder = encoder
         self.pretrained, self.max_length, self.pad_id = pretrained, max_length, pad_id
+        self.regression = regression
+        num_classes = 1 if regression else num_classes
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(int(encoder.config.hidden_size), num_classes)
 
@@ -64,7 +76,14 @@ class TextClassifier(nn.Module):
 
 
 def build_text_classifier(
-    pretrained: str, num_classes: int, *, max_length: int, dropout: float, freeze_encoder: bool, freeze_layers: int
+    pretrained: str,
+    num_classes: int,
+    *,
+    max_length: int,
+    dropout: float,
+    freeze_encoder: bool,
+    freeze_layers: int,
+    regression: bool = False,
 ) -> TextClassifier:
     from transformers import AutoModel
 
@@ -75,7 +94,13 @@ def build_text_classifier(
     ).float()
     pad_id = int(encoder.config.pad_token_id or 0)
     model = TextClassifier(
-        encoder, num_classes, pretrained=pretrained, max_length=max_length, pad_id=pad_id, dropout=dropout
+        encoder,
+        num_classes,
+        pretrained=pretrained,
+        max_length=max_length,
+        pad_id=pad_id,
+        dropout=dropout,
+        regression=regression,
     )
     freeze(model, encoder_entirely=freeze_encoder, lower_layers=freeze_layers)
     return model

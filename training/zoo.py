@@ -50,6 +50,7 @@ def build_any(model_spec: AnyModel, num_features: int, num_classes: int, init_fr
             dropout=model_spec.dropout,
             freeze_encoder=model_spec.freeze_encoder,
             freeze_layers=model_spec.freeze_layers,
+            regression=model_spec.head == "regression",
         )
     else:
         model = build_model(model_spec, num_features, num_classes)

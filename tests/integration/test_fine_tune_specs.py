@@ -69,3 +69,39 @@ async def test_an_uploaded_text_model_is_compressed_from_token_ids_or_texts(api,
     other_id = await upload(api, tenant, npz(words=texts), "words.npz")
     refused = await create_job(api, tenant, {"type": "compression", "spec": {**spec, "eval": {"file_id": other_id}}})
     assert refused.status == 422 and "input_ids" in await refused.text()
+
+
+async def test_a_regression_head_on_words_or_watching_accuracy_is_a_422(api, tenant):
+    """A parquet's label types are known at upload: a regression head on a column of words is
+    refused before a job exists (a csv's are typed when read: the job fails at the same field)."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def parquet(labels: list[object]) -> bytes:
+        out = io.BytesIO()
+        pq.write_table(pa.table({"text": ["A sentence.", "Another one."] * 4, "score": labels * 4}), out)
+        return out.getvalue()
+
+    regression = {**TEXT_MODEL, "head": "regression"}
+    words_id = await upload(api, tenant, parquet(["good", "bad"]), "words.parquet")
+    spec = {
+        "model": regression,
+        "dataset": {"file_id": words_id, "text_column": "text", "label_column": "score"},
+        "hyperparameters": {"batch_size": 2},
+    }
+    (problem,) = await problems(api, tenant, spec)
+    assert problem == {
+        "pointer": "/spec/dataset/label_column",
+        "detail": "column 'score' has type string; a regression head needs numeric labels",
+    }
+    numbers_id = await upload(api, tenant, parquet([0.5, 2.0]), "scores.parquet")
+    numbers = {**spec, "dataset": {**spec["dataset"], "file_id": numbers_id}}
+    watching = {**numbers, "hyperparameters": {"batch_size": 2, "early_stopping": {"metric": "val_accuracy"}}}
+    (metric,) = await problems(api, tenant, watching)
+    assert metric["pointer"] == "/spec/hyperparameters/early_stopping/metric"
+    assert metric["detail"] == "a regression head reports val_loss, val_mae, val_rmse, val_r2; not val_accuracy"
+    created = await create_job(api, tenant, {"type": "training", "spec": numbers})
+    assert created.status == 201, await created.text()
+    await api.post(f"/v1/jobs/{(await created.json())['id']}/cancel", headers=tenant.headers)

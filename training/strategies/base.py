@@ -109,7 +109,7 @@ class WholeModelTrainable(Trainable):
         for index, (x_part, y_part) in enumerate(zip(x.chunk(chunks), y.chunk(chunks), strict=True)):
             with self.gradient_sync(index == chunks - 1), self.options.autocast():
                 logits = self.model(x_part).float()
-                loss = classification_loss(logits, y_part)
+                loss = task_loss(logits, y_part)
                 scaled = loss / chunks if chunks > 1 else loss
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             stats.append(batch_stats(loss, logits, y_part))
@@ -144,14 +144,22 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], hp: HyperparametersSpe
     return torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
 
 
-def classification_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def task_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy against class indices; mean squared error against float targets (a
+    regression head's ``(batch, 1)`` output)."""
+    if y.is_floating_point():
+        return F.mse_loss(logits.reshape(y.shape), y)
     return F.cross_entropy(logits, y)
 
 
 def batch_stats(loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``[loss_sum, correct, count]`` for a batch whose mean loss is ``loss``."""
+    """``[loss_sum, correct, count]`` for a batch whose mean loss is ``loss``; for float targets
+    the middle counter is the sum of absolute errors instead of the correct predictions."""
     count = y.shape[0]
-    correct = (logits.detach().argmax(dim=1) == y).sum()
+    if y.is_floating_point():
+        correct = (logits.detach().reshape(y.shape) - y).abs().sum()
+    else:
+        correct = (logits.detach().argmax(dim=1) == y).sum()
     return torch.stack([loss.detach() * count, correct.to(loss.dtype), torch.tensor(float(count), device=y.device)])
 
 

@@ -24,11 +24,11 @@ from training.strategies.base import (
     Trainable,
     batch_stats,
     build_optimizer,
-    classification_loss,
     load_module_checkpoint_state,
     materialize,
     module_checkpoint_state,
     no_stats,
+    task_loss,
 )
 from training.zoo import split_stages
 
@@ -55,7 +55,7 @@ class PipelineTrainable(Trainable):
         self.stage_index = stage_index
         self.module = split_stages(factory(), self.num_stages)[stage_index].to(ctx.device)
         stage = PipelineStage(self.module, stage_index, self.num_stages, ctx.device, group=group)
-        self.schedule = SCHEDULES[strategy.schedule](stage, strategy.microbatches or 1, loss_fn=classification_loss)
+        self.schedule = SCHEDULES[strategy.schedule](stage, strategy.microbatches or 1, loss_fn=task_loss)
         self.optimizer = build_optimizer(self.module.parameters(), spec.hyperparameters)
         self.factory = factory
         self.ctx = ctx

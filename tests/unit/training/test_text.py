@@ -232,7 +232,7 @@ def test_a_validation_file_of_texts_is_tokenized_the_same_way(tmp_path: Path) ->
 # --- the text classifier on a tiny random BERT: freezing, export --------------------------------
 
 
-def tiny_classifier(classes: int = 3) -> TextClassifier:
+def tiny_classifier(classes: int = 3, regression: bool = False) -> TextClassifier:
     from transformers import BertConfig, BertModel
 
     config = BertConfig(
@@ -241,7 +241,9 @@ def tiny_classifier(classes: int = 3) -> TextClassifier:
     config._attn_implementation = "eager"  # as build_text_classifier asks: plain MatMul/Softmax in the graph
     torch.manual_seed(0)
     encoder = BertModel(config, add_pooling_layer=False)
-    return TextClassifier(encoder, classes, pretrained="all-minilm-l6-v2", max_length=8, pad_id=0, dropout=0.0)
+    return TextClassifier(
+        encoder, classes, pretrained="all-minilm-l6-v2", max_length=8, pad_id=0, dropout=0.0, regression=regression
+    )
 
 
 def test_freezing_stops_the_embeddings_and_lower_layers_or_the_whole_encoder() -> None:
@@ -313,3 +315,151 @@ def test_an_npz_of_texts_stands_for_the_token_ids_of_a_text_model(tmp_path: Path
         assert sorted(out.files) == ["input_ids", "y"] and out["input_ids"].shape == (2, 5)
     np.savez(tmp_path / "x.npz", input_ids=np.zeros((2, 3), np.int64))
     assert npz_texts_as_ids(tmp_path / "x.npz", preprocess, tmp_path / "no.npz") == tmp_path / "x.npz"
+
+
+# --- the regression head -------------------------------------------------------------------------
+
+REGRESSION_MODEL = {**TEXT_MODEL, "head": "regression"}
+SCORE_DATA = {"file_id": "file_abc", "text_column": "text", "label_column": "score"}
+
+
+def regression_spec(**parts: Any) -> dict[str, Any]:
+    return {"model": REGRESSION_MODEL, "dataset": SCORE_DATA, **parts}
+
+
+def test_a_regression_head_watches_regression_metrics_and_a_classifier_its_own() -> None:
+    spec = TrainingSpec.model_validate(
+        regression_spec(
+            hyperparameters={"early_stopping": {"metric": "val_r2"}}, checkpoints={"keep_best": {"metric": "val_mae"}}
+        )
+    )
+    assert isinstance(spec.model, TextEncoderSpec) and spec.model.head == "regression"
+    assert spec.hyperparameters.early_stopping is not None and spec.hyperparameters.early_stopping.mode == "max"
+    assert TrainingSpec.model_validate(text_spec()).model.head == "classification"  # type: ignore[union-attr]
+    accuracy = {"early_stopping": {"metric": "val_accuracy"}}
+    assert pointers(regression_spec(hyperparameters=accuracy)) == ["/hyperparameters/early_stopping/metric"]
+    assert pointers(text_spec(checkpoints={"keep_best": {"metric": "val_rmse"}})) == ["/checkpoints/keep_best/metric"]
+    digits = {"model": {"arch": "mlp"}, "dataset": {"builtin": "digits"}}
+    assert pointers({**digits, "hyperparameters": {"early_stopping": {"metric": "val_mae"}}}) == [
+        "/hyperparameters/early_stopping/metric"
+    ]
+    assert pointers(regression_spec(hyperparameters={"early_stopping": {"metric": "val_mae", "mode": "max"}})) == [
+        "/hyperparameters/early_stopping/mode"
+    ]
+    assert pointers(text_spec(model={**TEXT_MODEL, "head": "ranking"})) == ["/model/head"]
+
+
+def test_a_regression_heads_label_column_must_hold_numbers_where_the_upload_says_its_type() -> None:
+    def parquet(label_type: str) -> dict[str, Any]:
+        return {"columns": [{"name": "text", "type": "string"}, {"name": "score", "type": label_type}], "rows": 50}
+
+    spec = TrainingSpec.model_validate(regression_spec())
+    assert check_dataset_fits(spec, parquet("double")) == [] and check_dataset_fits(spec, parquet("int64")) == []
+    (problem,) = check_dataset_fits(spec, parquet("string"))
+    assert problem == {
+        "pointer": "/dataset/label_column",
+        "detail": "column 'score' has type string; a regression head needs numeric labels",
+    }
+    assert check_dataset_fits(spec, {"columns": ["text", "score"], "rows": 50}) == []  # a csv is typed when read
+    classifier = TrainingSpec.model_validate(text_spec(dataset=SCORE_DATA))
+    assert check_dataset_fits(classifier, parquet("string")) == []
+
+
+def write_scores(path: Path, rows: list[tuple[str, Any]]) -> Path:
+    import csv
+
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "score"])
+        writer.writerows(rows)
+    return path
+
+
+SCORED = [(text, float(len(text.split()))) for text, _ in ROWS]
+
+
+def test_a_regression_set_keeps_its_labels_as_float_targets_and_refuses_words(tmp_path: Path) -> None:
+    parts = {"validation": {"fraction": 0.25}, "hyperparameters": {"batch_size": 4}}
+    spec = TrainingSpec.model_validate(regression_spec(**parts))
+    splits = load_splits(spec, write_scores(tmp_path / "d.csv", SCORED))
+    assert splits.regression and splits.classes == []
+    assert splits.train_y.dtype == torch.float32 and len(splits.train_y) == 9 and len(splits.val_y) == 3
+    assert sorted(splits.train_y.tolist() + splits.val_y.tolist()) == sorted(score for _, score in SCORED)
+    words = write_scores(tmp_path / "w.csv", [(text, label) for text, label in ROWS])
+    with pytest.raises(DatasetError) as info:
+        load_splits(spec, words)
+    assert info.value.pointer == "/dataset/label_column" and "not numbers" in info.value.detail
+    broken = write_scores(tmp_path / "n.csv", [*SCORED[:-1], (SCORED[-1][0], "inf")])
+    with pytest.raises(DatasetError) as infinite:
+        load_splits(spec, broken)
+    assert "NaN or infinite" in infinite.value.detail
+
+
+def test_regression_metrics_are_mse_mae_rmse_and_r2() -> None:
+    from training.loop import regression_metrics
+
+    target = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert regression_metrics(target.clone(), target) == {"loss": 0.0, "mae": 0.0, "rmse": 0.0, "r2": 1.0}
+    mean = regression_metrics(torch.full((4,), 2.5), target)
+    assert mean["loss"] == pytest.approx(1.25) and mean["mae"] == pytest.approx(1.0) and mean["r2"] == 0.0
+    off = regression_metrics(target + torch.tensor([1.0, -1.0, 1.0, -3.0]), target)
+    assert off["loss"] == pytest.approx(3.0) and off["rmse"] == pytest.approx(3.0**0.5)
+    assert off["mae"] == pytest.approx(1.5) and off["r2"] == pytest.approx(1 - 12 / 5)
+
+
+def test_a_regression_head_trains_on_squared_error_and_counts_absolute_errors() -> None:
+    from training.dist import setup, teardown
+    from training.loop import evaluate
+    from training.strategies.base import batch_stats, task_loss
+
+    output, target = torch.tensor([[1.0], [4.0]]), torch.tensor([2.0, 2.0])
+    loss = task_loss(output, target)
+    assert loss.item() == pytest.approx(2.5)
+    assert batch_stats(loss, output, target).tolist() == pytest.approx([5.0, 3.0, 2.0])
+
+    spec = TrainingSpec.model_validate(regression_spec(hyperparameters={"batch_size": 8, "lr": 0.01}))
+    ctx = setup()
+    try:
+        from training import strategies
+
+        trainable = strategies.prepare(lambda *_: tiny_classifier(regression=True), ctx, spec)  # type: ignore[arg-type]
+        generator = torch.Generator().manual_seed(0)
+        ids = torch.randint(3, 64, (8, 6), generator=generator)
+        target = ids[:, 1].float() / 16  # a value the first word decides
+        before = evaluate(copy_of(trainable), ids, target)
+        for _ in range(60):
+            totals = trainable.train_step(ids, target)
+        after = evaluate(copy_of(trainable), ids, target)
+    finally:
+        teardown()
+    assert set(after) == {"loss", "mae", "rmse", "r2"}
+    assert totals[2].item() == 8 and totals[1].item() > 0  # absolute errors, not a count of right answers
+    assert after["loss"] < before["loss"] / 4 and after["r2"] > 0.5
+
+
+def copy_of(trainable: Any) -> torch.nn.Module:
+    model = trainable.full_model_on_rank0()
+    assert model is not None
+    return model
+
+
+@pytest.mark.slow  # the dynamo ONNX exporter: 10-20 s on 2 loaded cores
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
+def test_a_text_regression_model_exports_one_value_and_no_label(tmp_path: Path) -> None:
+    model = tiny_classifier(regression=True).eval()
+    ids = torch.tensor([[1, 5, 9, 2, 0, 0], [1, 7, 7, 7, 8, 2], [1, 2, 0, 0, 0, 0]])
+    path = tmp_path / "regression.onnx"
+    export_onnx(model, 6, path)
+    assert onnx_max_abs_diff(model, path, ids) < 1e-5
+    signature = read_signature(onnx.load(str(path)))
+    assert signature["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
+    assert [(o["name"], o["datatype"]) for o in signature["outputs"]] == [("value", "FP32")]
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (values,) = session.run(["value"], {"input_ids": ids.numpy()})
+    with torch.no_grad():
+        expected = model(ids)[:, 0].numpy()
+    assert values.shape == (3,)
+    np.testing.assert_allclose(values, expected, atol=1e-5)
+    np.testing.assert_allclose(session.run(["value"], {"input_ids": ids[2:, :2].numpy()})[0], values[2:], atol=1e-5)
+    # served like the classifier: its tokenizer is declared, so clients send strings
+    assert declaration(session.get_modelmeta().custom_metadata_map) == TextDeclaration("text", "input_ids", 8, 0)
