@@ -88,6 +88,7 @@ class Assigned:
     sha256: str
     storage_key: str
     artifact_bytes: int
+    known_memory: int  # the most an earlier load of the version measured (0: never loaded)
     reason: str  # the placer's last event about it (why it was assigned), for the load metric
 
 
@@ -369,6 +370,7 @@ class ControlLoop:
                 sha256=version.sha256,
                 storage_key=artifact.storage_key,
                 artifact_bytes=artifact.bytes,
+                known_memory=version.memory_bytes or 0,
                 reason="retry" if replica.status == FAILED else "assign",
             )
         return assigned, evicted
@@ -446,7 +448,9 @@ class ControlLoop:
         # what an unloaded model freed, so a load after an unload may barely move the resident set
         sessions = 2 if self._twin_wanted else 1
         replica.model, replica.error = model, None
-        replica.memory_bytes = max(memory, assigned.artifact_bytes * sessions)
+        # and never less than an earlier load measured: the placer reserves that much for the version, and a
+        # measure that varies by load must not make a server look emptier than it is
+        replica.memory_bytes = max(memory, assigned.artifact_bytes * sessions, assigned.known_memory)
         replica.lanes = Lanes(
             model.run, self.settings.inference_concurrent_batches, f"onnxruntime-{replica.labels.model}"
         )
@@ -530,13 +534,12 @@ class ControlLoop:
         )
 
     async def _remember_memory(self, replica: LoadedReplica) -> None:
-        """Store what the version took, for the next placement of it (anywhere)."""
+        """Store the most the version took (this load or an earlier one), for its next placement anywhere."""
         with contextlib.suppress(Exception):
             async with self._db() as session:
+                most = func.greatest(func.coalesce(ModelVersion.memory_bytes, 0), replica.memory_bytes)
                 await session.execute(
-                    update(ModelVersion)
-                    .where(ModelVersion.id == replica.version_id)
-                    .values(memory_bytes=replica.memory_bytes)
+                    update(ModelVersion).where(ModelVersion.id == replica.version_id).values(memory_bytes=most)
                 )
                 await session.commit()
 
