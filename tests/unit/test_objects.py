@@ -27,6 +27,7 @@ def _job(**values) -> Job:
         error=None,
         attempts=1,
         max_attempts=3,
+        priority=0,
         webhook=None,
         webhook_events_filter=["start", "completed"],
         metadata_={"team": "vision"},
@@ -50,6 +51,7 @@ def test_the_job_object_is_the_contracts_body():
         "error": None,
         "attempts": 1,
         "max_attempts": 3,
+        "priority": 0,
         "created_at": "2025-01-02T03:04:05.123456Z",
         "started_at": "2025-01-02T03:04:06.123456Z",  # written in UTC whatever zone the row came in
         "finished_at": None,
@@ -107,12 +109,19 @@ def test_the_prediction_object_is_the_contracts_body():
 
 
 def test_renamed_and_derived_fields_come_from_their_columns():
-    replica = ModelReplica(server_id="msrv_1", model_version_id="mv_1", status="ready", error=None, updated_at=CREATED)
+    replica = ModelReplica(
+        server_id="msrv_1", model_version_id="mv_1", status="ready", error=None, updated_at=CREATED,
+        memory_bytes=1024, in_flight=3, last_used_at=CREATED, evict_reason=None,
+    )  # fmt: skip
     assert ReplicaObject.from_row(replica, 2).model_dump(mode="json") == {
         "model_server": "msrv_1",
         "version": 2,
         "status": "ready",
         "error": None,
+        "memory_bytes": 1024,
+        "in_flight": 3,
+        "last_used_at": "2025-01-02T03:04:05.123456Z",
+        "evict_reason": None,
         "updated_at": "2025-01-02T03:04:05.123456Z",
     }
     secret = WebhookSecret(secret="whsec_x", rotated_at=CREATED, created_at=CREATED)
