@@ -15,6 +15,7 @@ one. Rank 0 writes one JSON object per line to stdout, and only those:
     {"type": "checkpoint", "path": "OUT/checkpoints/step-N", "step": N
                            [, "val_loss", "val_accuracy", "val_step" of the latest validation]}
     {"type": "result", "metrics": {...}, "files": {"model", "curves", "state_dict"}, "classes", ...}
+    (a regression head: "mae" for "accuracy"; "val_mae", "val_rmse", "val_r2" for "val_accuracy")
     {"type": "preempted", "step": N}   (after the checkpoint of step N, when --stop-file appeared)
     {"type": "error", "code": "bad_spec"|"bad_launch"|"bad_dataset"|"bad_checkpoint"|"bad_init"|"nan_loss"|
                       "out_of_memory"|"onnx_parity"|"internal", "message" [, "pointer", "rank"]}
