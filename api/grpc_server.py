@@ -83,12 +83,23 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         self.ctx = ctx
         self.router = router
 
-    async def _answer(self, method: str, context: grpc.aio.ServicerContext, handle: Callable[[str], Awaitable[T]]) -> T:
+    async def _answer(
+        self,
+        method: str,
+        context: grpc.aio.ServicerContext,
+        handle: Callable[[str], Awaitable[T]],
+        *,
+        limited: bool = False,
+    ) -> T:
+        """``handle(tenant_id)`` for the caller's key; ``limited``: after taking an inference token (rate_limits)."""
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         message = ""
         try:
-            tenant_id = await self._tenant(context)
+            authorization = _authorization(context)  # read once: the metadata is a fresh tuple on every access
+            tenant_id = await tenant_of(self.ctx, authorization)
+            if limited:
+                await self._limit(tenant_id, authorization, context)
             return await handle(tenant_id)
         except _Refused as exc:
             code, message = exc.code, exc.message
@@ -105,12 +116,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         await context.abort(code, message)
         raise AssertionError("abort returns only by raising")  # pragma: no cover
 
-    async def _tenant(self, context: grpc.aio.ServicerContext) -> str:
-        return await tenant_of(self.ctx, _authorization(context))
-
-    async def _limit(self, tenant_id: str, context: grpc.aio.ServicerContext) -> None:
+    async def _limit(self, tenant_id: str, authorization: str, context: grpc.aio.ServicerContext) -> None:
         """Take an inference token (api/rate_limits.py); the rate-limit headers go back as trailing metadata."""
-        decision = await self.ctx.rates.take(tenant_id, _authorization(context), INFERENCE)
+        decision = await self.ctx.rates.take(tenant_id, authorization, INFERENCE)
         if decision is None:
             return
         context.set_trailing_metadata(tuple((name.lower(), value) for name, value in decision.headers().items()))
@@ -166,10 +174,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> Any:
         async def handle(tenant_id: str) -> pb.ModelInferResponse:
-            await self._limit(tenant_id, context)
             return await self._infer(tenant_id, request, context)
 
-        return await self._answer("ModelInfer", context, handle)
+        return await self._answer("ModelInfer", context, handle, limited=True)
 
     async def _infer(
         self, tenant_id: str, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
@@ -202,7 +209,11 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
 
 def _authorization(context: grpc.aio.ServicerContext) -> str:
-    header = dict(context.invocation_metadata() or ()).get("authorization", "")
+    """The ``authorization`` metadata (the last one when sent twice), without building a dict of it all."""
+    header: str | bytes = ""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            header = value
     return header if isinstance(header, str) else header.decode()
 
 

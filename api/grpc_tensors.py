@@ -62,6 +62,8 @@ _FIELD_DTYPE = {
 def parameters_of(parameters: Mapping[str, pb.InferParameter]) -> dict[str, Any]:
     """A protobuf parameter map as plain values (bool, int, str or float)."""
     values: dict[str, Any] = {}
+    if not parameters:  # the usual case: no map to walk
+        return values
     for key, parameter in parameters.items():
         choice = parameter.WhichOneof("parameter_choice")
         values[key] = getattr(parameter, choice) if choice else None

@@ -32,6 +32,8 @@ from core.onnx_signature import OIP_TO_NUMPY
 HEADER_LENGTH_HEADER = "Inference-Header-Content-Length"
 
 _NUMPY_TO_OIP: dict[str, str] = {dtype: name for name, dtype in OIP_TO_NUMPY.items() if name != "BYTES"}
+# by dtype object too: numpy computes ``dtype.name`` in Python (microseconds), a dict lookup by dtype is ~0.1 us
+_OIP_OF_DTYPE: dict[np.dtype, str] = {np.dtype(dtype): name for dtype, name in _NUMPY_TO_OIP.items()}
 _BYTES_KINDS = frozenset("OUS")
 _LENGTH_PREFIX = struct.Struct("<I")
 
@@ -524,7 +526,7 @@ def datatype_of(array: np.ndarray, label: str = "tensor") -> str:
     """The OIP datatype of a numpy array: strings and objects are BYTES."""
     if array.dtype.kind in _BYTES_KINDS:
         return "BYTES"
-    datatype = _NUMPY_TO_OIP.get(array.dtype.name)
+    datatype = _OIP_OF_DTYPE.get(array.dtype) or _NUMPY_TO_OIP.get(array.dtype.name)  # by name: other byte orders
     if datatype is None:
         raise CodecError(f"{label} has numpy dtype {array.dtype}, which the inference protocol cannot carry")
     return datatype
