@@ -1042,6 +1042,10 @@ def measure_limits_cost(model: BenchModel, args: argparse.Namespace, threads: in
         f"in-process hot path: rate limit {hot['rate_limit_us']} us + metering {hot['metering_us']} us per request "
         f"= {share:.2%} of the platform's CPU per request"
     )
+    # each round's on/off pair ran back to back: their ratios, less exposed to the machine's drift
+    pairs = [on["items_per_s"] / off["items_per_s"] for on, off in zip(runs["on"], runs["off"], strict=True)]
+    paired = math.exp(sum(math.log(p) for p in pairs) / len(pairs)) if pairs and all(pairs) else None
+    print(f"on/off per round: {', '.join(f'{p:.3f}' for p in pairs)}; geometric mean {paired:.3f}" if paired else "")
     spread = [r["items_per_s"] for r in runs["off"]]
     noise = (max(spread) - min(spread)) / (sum(spread) / len(spread)) if spread else 0.0
     print(f"round-to-round spread of the off runs: {noise:.1%} (a throughput difference below it is noise)")
@@ -1067,6 +1071,8 @@ def measure_limits_cost(model: BenchModel, args: argparse.Namespace, threads: in
         "hot_path_us": hot,
         "hot_path_share_of_platform_cpu": round(share, 5),
         "off_round_spread": round(noise, 4),
+        "on_over_off_per_round": [round(p, 4) for p in pairs],
+        "on_over_off_geometric_mean": round(paired, 4) if paired else None,
         "target": 0.03,
         "runs": runs,
     }
