@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -207,6 +208,11 @@ class Settings(BaseSettings):
     )
     grpc_stop_grace_s: float = Field(
         default=30.0, ge=0, description="on shutdown, calls in flight get this long to finish; new ones are refused"
+    )
+    api_event_loop: Literal["uvloop", "asyncio"] = Field(
+        default="uvloop",
+        description="the API process's event loop (REST and gRPC): uvloop spends less CPU per request; asyncio: "
+        "the standard library's (also used when uvloop is not installed)",
     )
     prediction_flush_s: float = Field(default=0.5, gt=0, description="recorded requests are inserted this often")
     prediction_flush_rows: int = Field(default=1000, gt=0, description="…or as soon as this many are waiting")
