@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from aiohttp import web
 from sqlalchemy import select
 
 from api.app import create_app
@@ -266,13 +267,18 @@ async def test_messages_over_the_limit_are_resource_exhausted(aiohttp_client, se
     assert "larger than max" in error.details() and "4096" in error.details()
 
 
-async def test_a_taken_port_stops_the_api_with_the_reason(aiohttp_client, settings):
+async def test_a_taken_port_stops_the_api_with_the_reason(settings):
+    # as web.run_app does: the start-up fails, then the clean-up stops what had started (the router, the listener)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with pytest.raises(RuntimeError, match=f"cannot listen on 127.0.0.1:{port} .*MAAS_GRPC_PORT"):
-            await aiohttp_client(create_app(settings.model_copy(update={"grpc_port": port})))
+        runner = web.AppRunner(create_app(settings.model_copy(update={"grpc_port": port})))
+        try:
+            with pytest.raises(RuntimeError, match=f"cannot listen on 127.0.0.1:{port} .*MAAS_GRPC_PORT"):
+                await runner.setup()
+        finally:
+            await runner.cleanup()
 
 
 async def test_full_queue_and_not_ready_are_unavailable(api, tenant, stub, settings, db):
