@@ -99,7 +99,8 @@ class ColdStartGate:
                     raise ClientGone
                 slice_s = min(left, GONE_POLL_S) if gone is not None else left
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woken.wait(), slice_s)
+                    async with asyncio.timeout(slice_s):
+                        await woken.wait()
         finally:
             waiter.held -= 1
             self.held -= 1

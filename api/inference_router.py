@@ -182,12 +182,17 @@ class InferenceRouter:
 
     async def _refresh_loop(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can lose a cancellation that lands as it times out
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._refresh_wanted.wait(), self.settings.routing_refresh_s)
+                async with asyncio.timeout(self.settings.routing_refresh_s):
+                    await self._refresh_wanted.wait()
             self._refresh_wanted.clear()  # before the read: a notice during it asks for one more
             try:
                 await self.refresh()
             except Exception as exc:  # keep routing with the last table: the servers in it may well be alive
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():  # a driver turned our cancellation into its own error
+                    raise asyncio.CancelledError from exc
                 log.warning("could not refresh the routing table: %s", exc)
 
     async def _read_table(self) -> RoutingTable:

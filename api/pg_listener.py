@@ -75,6 +75,9 @@ class PgListener:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():  # the driver turned our cancellation into its own error
+                    raise asyncio.CancelledError from exc
                 log.warning("the LISTEN connection was lost (%s); subscribers poll until it is back", exc)
             self.listening = False
             await asyncio.sleep(RECONNECT_S)
