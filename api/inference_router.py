@@ -74,6 +74,8 @@ from core.tensor_wire import CONTENT_TYPE, WireError, pack, unpack
 log = logging.getLogger("maas.api.inference")
 
 MAX_ATTEMPTS = 3
+# a model the table does not know is looked for again (a deployment newer than the table) at most this often
+NO_ROUTE_REFRESH_GAP_S = 0.05
 NOT_SERVED_HERE = 421
 METRICS_TIMEOUT_S = 2.0
 RETRY_AFTER = {"Retry-After": "1"}
@@ -283,6 +285,10 @@ class InferenceRouter:
                 arrived = time.monotonic()
             if self._refreshed_at >= arrived:
                 raise
+            # requests for unknown models must not turn into a table read each: at most one per gap
+            wait_s = self._refreshed_at + NO_ROUTE_REFRESH_GAP_S - time.monotonic()
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)
             await self.refresh(newer_than=arrived)
             return self._resolve(tenant_id, name, version)
 

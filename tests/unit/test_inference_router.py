@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from collections.abc import AsyncIterator
 
 import numpy as np
@@ -15,8 +16,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from api.inference_router import InferenceFailed, InferenceRouter
-from api.routing_table import DeployedRow, NotReady, ReplicaRow, RoutingTable, VersionRow, build_table
+from api.inference_router import NO_ROUTE_REFRESH_GAP_S, InferenceFailed, InferenceRouter
+from api.routing_table import DeployedRow, NoRoute, NotReady, ReplicaRow, RoutingTable, VersionRow, build_table
 from core.deployments import BatchingSettings
 from core.settings import Settings
 from core.tensor_codec import InferenceRequest, Tensor
@@ -249,3 +250,24 @@ async def test_past_the_bound_on_held_requests_a_request_is_refused_at_once():
             task.cancel()
         await asyncio.gather(*held, return_exceptions=True)
     assert (caught.value.status, caught.value.code) == (503, "cold_start_full")
+
+
+async def test_requests_for_an_unknown_model_share_table_reads_instead_of_one_each():
+    reads: list[int] = []
+    async with cold_router([at_zero()]) as (router, _, _):
+        original = router._read_table
+
+        async def counted() -> RoutingTable:
+            reads.append(1)
+            return await original()
+
+        router._read_table = counted  # type: ignore[method-assign]
+        burst = await asyncio.gather(*(router.lookup("t", "nope", None) for _ in range(20)), return_exceptions=True)
+        assert all(isinstance(r, NoRoute) for r in burst) and len(reads) == 1  # a burst: one read
+        reads.clear()
+        started = time.monotonic()
+        for _ in range(10):  # one after another: each may need a read, but no more often than the gap allows
+            with pytest.raises(NoRoute):
+                await router.lookup("t", "nope", None)
+        elapsed = time.monotonic() - started
+    assert len(reads) <= elapsed / NO_ROUTE_REFRESH_GAP_S + 1
