@@ -30,7 +30,7 @@ Run (about 10 minutes on 2 cores; ``--quick``: 3 cycles, int8 and digits only, a
 
     .venv/bin/python bench/serverless.py [--quick] [--models minilm-int8,minilm-fp32,digits-cnn]
 
-Prints a table and writes bench/results/serverless.json.
+Prints a table and writes bench/results/serverless.json (``--quick``: serverless-quick.json).
 """
 
 from __future__ import annotations
@@ -345,10 +345,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="3 cycles, int8 and digits, a 40 s (d)")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: a, c, d")
     parser.add_argument("--workdir", type=Path, default=None, help="keep built models here (default: a temp dir)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=None, help="default: bench/results/serverless[-quick].json")
     args = parser.parse_args()
     if args.quick:
         args.cycles, args.warm, args.seconds, args.copies = 3, 20, 40.0, 2
+    if args.out is None:  # a quick run never overwrites the full run's results
+        args.out = RESULTS.with_name("serverless-quick.json") if args.quick else RESULTS
     names = [n.strip() for n in (args.models or ",".join(QUICK_MODELS if args.quick else MODELS)).split(",")]
     if unknown := set(names) - set(MODELS):
         parser.error(f"unknown models {sorted(unknown)}")
