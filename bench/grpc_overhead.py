@@ -34,9 +34,7 @@ import os
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
@@ -50,7 +48,7 @@ import psutil
 
 from api.oip_grpc import open_inference_grpc_pb2 as pb
 from api.oip_grpc import open_inference_grpc_pb2_grpc as pb_grpc
-from bench.local_platform import Platform, _free_port, local_platform
+from bench.local_platform import Platform, extra_api, local_platform
 from bench.serving import (
     _percentiles,
     _role,
@@ -125,39 +123,6 @@ def grpc_sync_calls(target: str, messages: Sequence[pb.ModelInferRequest], key: 
 def cpu_seconds(pid: int) -> float:
     times = psutil.Process(pid).cpu_times()
     return times.user + times.system
-
-
-@contextlib.contextmanager
-def variant_api(maas: Platform, settings: dict[str, str], log: Path) -> Iterator[tuple[str, str, int]]:
-    """One more API process with gRPC on and MAAS_* ``settings``: its URL, gRPC target and pid."""
-    port, grpc_port = _free_port(), _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_")}
-    env.update({"MAAS_DATA_DIR": str(maas.data_dir), "MAAS_API_PORT": str(port), "MAAS_GRPC_PORT": str(grpc_port)})
-    settings = dict(settings)
-    tree = settings.pop("tree", None)  # another checkout of the code (e.g. the commit before a change)
-    env.update({f"MAAS_{k.upper()}": v for k, v in settings.items()})
-    with open(log, "ab") as out:
-        process = psutil.Popen(
-            [sys.executable, "-m", "cli.main", "api"], env=env, stdout=out, stderr=out, cwd=tree or Path.cwd()
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                urllib.request.urlopen(url + "/healthz", timeout=1).close()
-                break
-            except (urllib.error.URLError, OSError):
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError(f"the variant API did not start; see {log}") from None
-                time.sleep(0.3)
-        yield url, f"127.0.0.1:{grpc_port}", process.pid
-    finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except psutil.TimeoutExpired:
-            process.kill()
 
 
 # ---------------------------------------------------------------- the transports' floor
@@ -319,7 +284,10 @@ def main() -> None:
         main_pid = next(p.pid for p in me.children(recursive=True) if _role(p) == "api")
         apis = {"default": (maas.url, maas.grpc_target, main_pid)}
         for name, values in variants.items():
-            apis[name] = stack.enter_context(variant_api(maas, values, Path(workdir) / f"{name}.log"))
+            values = dict(values)
+            tree = values.pop("tree", None)  # another checkout of the code (e.g. the commit before a change)
+            log = Path(workdir) / f"{name}.log"
+            apis[name] = stack.enter_context(extra_api(maas, values, log, grpc=True, cwd=Path(tree) if tree else None))
         for url, target, _ in apis.values():  # every API answers what ONNX Runtime answers, both ways
             asyncio.run(check_platform(f"{url}/v2/models/{model.name}/infer", model, maas.key))
             asyncio.run(check_platform_grpc(target, model, maas.key))

@@ -18,8 +18,9 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,3 +95,38 @@ def local_platform(**settings: str) -> Iterator[Platform]:
         except subprocess.TimeoutExpired:
             process.kill()
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def extra_api(
+    maas: Platform, settings: Mapping[str, str], log: Path, *, grpc: bool = False, cwd: Path | None = None
+) -> Iterator[tuple[str, str, int]]:
+    """One more API process (``maas api``) on ``maas``'s services with MAAS_* ``settings``, run from ``cwd``
+    (another checkout of the code; default: this one): its URL, its gRPC target ("" without ``grpc``) and pid."""
+    port, grpc_port = _free_port(), _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_")}
+    env.update({"MAAS_DATA_DIR": str(maas.data_dir), "MAAS_API_PORT": str(port)})
+    env.update({"MAAS_GRPC_PORT": str(grpc_port)} if grpc else {"MAAS_GRPC_ENABLED": "false"})
+    env.update({f"MAAS_{k.upper()}": v for k, v in settings.items()})
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "api"], env=env, stdout=out, stderr=out, cwd=cwd or REPO
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(url + "/healthz", timeout=1).close()
+                break
+            except (urllib.error.URLError, OSError):
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError(f"the extra API did not start; see {log}") from None
+                time.sleep(0.3)
+        yield url, f"127.0.0.1:{grpc_port}" if grpc else "", process.pid
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()

@@ -61,7 +61,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib import metadata
@@ -79,7 +79,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from api.oip_grpc import open_inference_grpc_pb2 as pb
 from api.oip_grpc import open_inference_grpc_pb2_grpc as pb_grpc
-from bench.local_platform import Platform, local_platform
+from bench.local_platform import Platform, extra_api, local_platform
 
 RESULTS = Path(__file__).resolve().parent / "results" / "serving.json"
 LIMITS_RESULTS = RESULTS.with_name("serving_limits.json")
@@ -916,35 +916,6 @@ def setup(args: argparse.Namespace, threads: int, load: tuple[float, float, floa
     }
 
 
-@contextlib.contextmanager
-def extra_api(maas: Platform, settings: Mapping[str, str], log: Path) -> Iterator[tuple[str, int]]:
-    """One more API process (``maas api``) on ``maas``'s services, with MAAS_* ``settings``: its URL and pid."""
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAAS_")}
-    env.update({"MAAS_DATA_DIR": str(maas.data_dir), "MAAS_API_PORT": str(port), "MAAS_GRPC_ENABLED": "false"})
-    env.update({f"MAAS_{k.upper()}": v for k, v in settings.items()})
-    with open(log, "ab") as out:
-        process = subprocess.Popen([sys.executable, "-m", "cli.main", "api"], env=env, stdout=out, stderr=out)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(url + "/healthz", timeout=1).close()
-                break
-            except (urllib.error.URLError, OSError):
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError(f"the extra API did not start; see {log}") from None
-                time.sleep(0.3)
-        yield url, process.pid
-    finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
 def hot_path_us(requests: int = 100_000) -> dict[str, float]:
     """What limits and metering add to one request inside the API process, in microseconds of CPU: a token
     taken from a held lease and its headers (``api.rate_limits``), and the usage counters of one answered
@@ -995,11 +966,11 @@ def measure_limits_cost(model: BenchModel, args: argparse.Namespace, threads: in
         with contextlib.ExitStack() as stack:
             apis = {mode: stack.enter_context(extra_api(maas, values, Path(logs) / f"{mode}.log"))
                     for mode, values in modes.items()}  # fmt: skip
-            for url, _ in apis.values():  # both answer what ONNX Runtime answers
+            for url, _, _ in apis.values():  # both answer what ONNX Runtime answers
                 asyncio.run(check_platform(f"{url}/v2/models/{model.name}/infer", model, maas.key))
             for round_ in range(args.rounds):
                 for mode in ("on", "off") if round_ % 2 == 0 else ("off", "on"):
-                    url, pid = apis[mode]
+                    url, _, pid = apis[mode]
                     before = cpu_snapshot()
                     run = asyncio.run(
                         run_load(f"{url}/v2/models/{model.name}/infer", platform_bodies(model, maas.key),
