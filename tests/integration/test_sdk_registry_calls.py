@@ -12,12 +12,13 @@ import secrets
 import numpy as np
 import pytest
 
+from core import predictions as prediction_service
 from core.artifact_store import ArtifactStore
 from core.ids import new_id
 from core.models import Artifact
 from core.objects import ArtifactObject, DeletedModelVersion, ModelVersionObject, PredictionObject
 from maas_client import Client, Conflict, Gone, NotFound
-from tests.support.api import create_job
+from tests.support.api import create_job, json_request
 from tests.support.onnx_models import tiny_onnx
 
 
@@ -51,20 +52,32 @@ async def test_versions_are_registered_and_deleted_but_not_while_deployed(api, t
     assert third.version == 3  # the deleted number is not given again
 
 
-async def test_a_queued_prediction_is_canceled(api, tenant):
+async def test_a_queued_prediction_is_canceled(api, tenant, db):
     name = f"sdk-{secrets.token_hex(3)}"
 
-    def work() -> tuple[PredictionObject, PredictionObject, PredictionObject]:
+    def register() -> ModelVersionObject:
         with Client(base_url(api), tenant.key) as maas:
             file = maas.files.upload(tiny_onnx(), purpose="model", filename="tiny.onnx")
-            maas.models.register(name, file.id)
-            maas.deployments.deploy(name, 1)  # no inference worker runs here: the prediction stays queued
-            created = maas.predictions.create(name, {"x": np.ones((2, 4), np.float32)})
-            canceled = maas.predictions.cancel(created.id)
-            return created, canceled, maas.predictions.get(created.id)
+            return maas.models.register(name, file.id)
 
-    created, canceled, seen = await asyncio.to_thread(work)
-    assert created.status == "queued"
+    version = await asyncio.to_thread(register)
+    # queued with its message not sent: an inference worker other tests started cannot take it first
+    with db() as session:
+        created = prediction_service.create_prediction(
+            session,
+            tenant_id=tenant.id,
+            model_version_id=version.id,
+            inputs={"inputs": json_request(np.ones((2, 4), np.float32))["inputs"]},
+            webhook=None,
+            webhook_events_filter=[],
+        )
+        session.commit()
+
+    def cancel() -> tuple[PredictionObject, PredictionObject]:
+        with Client(base_url(api), tenant.key) as maas:
+            return maas.predictions.cancel(created.id), maas.predictions.get(created.id)
+
+    canceled, seen = await asyncio.to_thread(cancel)
     assert isinstance(canceled, PredictionObject) and canceled.id == created.id and canceled.status == "canceled"
     assert seen.status == "canceled" and seen.completed_at is not None
 
