@@ -11,8 +11,9 @@ from sqlalchemy import select
 
 from core.artifact_store import ArtifactStore
 from core.ids import new_id
-from core.models import Artifact, File, ModelReplica, ModelServerRecord
+from core.models import File, ModelReplica, ModelServerRecord
 from tests.support.api import cancel_job, create_job, deploy, register_version, upload
+from tests.support.artifacts import add_job_artifact
 from tests.support.datasets import npz
 from tests.support.onnx_models import tiny_onnx
 
@@ -149,23 +150,8 @@ async def test_deleting_a_version_frees_its_onnx_object_once_its_file_is_gone_to
 async def test_a_finished_jobs_artifact_is_deleted_once_and_then_gone(api, tenant, other_tenant, db, settings):
     store = ArtifactStore(settings)
     job_id = await _queued_job(api, tenant, "test.unclaimed", {})
-    artifact_id = new_id("artifact")
     key = f"jobs/{job_id}/report.json"
-    stored = store.upload_chunks(key, [b'{"ok": true}'])
-    with db() as session:
-        session.add(
-            Artifact(
-                id=artifact_id,
-                tenant_id=tenant.id,
-                job_id=job_id,
-                kind="report",
-                name="report.json",
-                bytes=stored.bytes,
-                sha256=stored.sha256,
-                storage_key=key,
-            )
-        )
-        session.commit()
+    artifact_id = add_job_artifact(settings, db, tenant.id, job_id, key, "report.json", b'{"ok": true}')
 
     response = await api.delete(f"/v1/artifacts/{artifact_id}", headers=tenant.headers)
     assert response.status == 409, await response.text()

@@ -14,11 +14,10 @@ import pytest
 
 from core import predictions as prediction_service
 from core.artifact_store import ArtifactStore
-from core.ids import new_id
-from core.models import Artifact
 from core.objects import ArtifactObject, DeletedModelVersion, ModelVersionObject, PredictionObject
 from maas_client import Client, Conflict, Gone, NotFound
 from tests.support.api import create_job, json_request
+from tests.support.artifacts import add_job_artifact
 from tests.support.onnx_models import tiny_onnx
 
 
@@ -87,22 +86,8 @@ async def test_a_finished_jobs_artifact_is_deleted_and_then_gone(api, tenant, db
     assert response.status == 201, await response.text()
     job_id = (await response.json())["id"]
     store = ArtifactStore(settings)
-    artifact_id, key = new_id("artifact"), f"jobs/{tenant.id}/{job_id}/notes.txt"
-    stored = store.upload_chunks(key, [b"notes"])
-    with db() as session:
-        session.add(
-            Artifact(
-                id=artifact_id,
-                tenant_id=tenant.id,
-                job_id=job_id,
-                kind="report",
-                name="notes.txt",
-                bytes=stored.bytes,
-                sha256=stored.sha256,
-                storage_key=key,
-            )
-        )
-        session.commit()
+    key = f"jobs/{tenant.id}/{job_id}/notes.txt"
+    artifact_id = add_job_artifact(settings, db, tenant.id, job_id, key, "notes.txt", b"notes")
 
     def work() -> ArtifactObject:
         with Client(base_url(api), tenant.key) as maas:
