@@ -14,8 +14,6 @@ flushes them). While Postgres is unreachable rows are kept and retried, up to
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -25,6 +23,7 @@ from typing import Any
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from api.periodic_flush import PeriodicFlush
 from core.ids import new_id
 from core.models import Prediction
 from core.settings import Settings
@@ -99,11 +98,9 @@ class PredictionRecorder:
 
     def __init__(self, settings: Settings, db: async_sessionmaker) -> None:
         self._db = db
-        self._interval_s = settings.prediction_flush_s
         self._batch_rows = settings.prediction_flush_rows
         self.buffer = RecordBuffer(settings.prediction_buffer_max_rows)
-        self._due = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._writer = PeriodicFlush(self.flush, settings.prediction_flush_s, name="prediction-recorder")
         # told of every record with its request's rows (the usage meter, api/usage_meter.py)
         self.on_record: Callable[[dict[str, Any], int], None] | None = None
 
@@ -113,17 +110,13 @@ class PredictionRecorder:
             self.on_record(row, rows)
         self.buffer.add(row)
         if len(self.buffer) >= self._batch_rows:
-            self._due.set()
+            self._writer.wake()
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="prediction-recorder")
+        self._writer.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        await self.flush()
+        await self._writer.stop()
 
     async def flush(self) -> int:
         """Insert everything buffered now; returns the rows written. Failed rows go back to the buffer."""
@@ -140,11 +133,3 @@ class PredictionRecorder:
                 break
             written += len(rows)
         return written
-
-    async def _run(self) -> None:
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._interval_s):
-                    await self._due.wait()
-            self._due.clear()
-            await self.flush()

@@ -9,14 +9,13 @@ accepted risk as ``api.prediction_recorder``). Off (``usage_metering_enabled``) 
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from typing import Any
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from api.periodic_flush import PeriodicFlush
 from core import usage
 from core.settings import Settings
 
@@ -27,11 +26,10 @@ class UsageMeter:
     def __init__(self, settings: Settings, db: async_sessionmaker) -> None:
         self.enabled = settings.usage_metering_enabled
         self.db = db
-        self.flush_s = settings.usage_flush_s
         self.sample_s = settings.usage_storage_sample_s
         self.counters = usage.UsageCounters()
         self._sampled_at = float("-inf")
-        self._task: asyncio.Task[None] | None = None
+        self._writer = PeriodicFlush(self.flush, settings.usage_flush_s, name="usage-meter")
 
     # ---- the hot path: no I/O
 
@@ -57,14 +55,10 @@ class UsageMeter:
 
     def start(self) -> None:
         if self.enabled:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="usage-meter")
+            self._writer.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            await self.flush()
+        await self._writer.stop()
 
     async def flush(self, sample: bool = False) -> None:
         """Write the counters (and, when due or asked, a storage sample) in one transaction."""
@@ -83,8 +77,3 @@ class UsageMeter:
         except Exception as exc:
             self.counters.give_back(rows)
             log.warning("could not write %d usage counters (kept for the next flush): %s", len(rows), exc)
-
-    async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.flush_s)
-            await self.flush()
