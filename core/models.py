@@ -209,6 +209,8 @@ class ModelVersion(Base):
     created_at: Mapped[datetime] = _now()
     # resident memory the version took when it last loaded (bytes); placement uses it (serving.placement)
     memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    # GPU memory it took when it last loaded on a server with a GPU (bytes; null: never)
+    gpu_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class Deployment(Base):
@@ -288,6 +290,9 @@ class ModelServerRecord(Base):
     # what placement may put on it (MAAS_MODEL_SERVER_MEMORY_BYTES), and what its replicas hold now
     memory_budget_bytes: Mapped[int] = mapped_column(BigInteger, server_default="0")
     memory_used_bytes: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    # the same for its GPU (MAAS_MODEL_SERVER_GPU_MEMORY_BYTES); 0: no GPU, placement counts memory only
+    gpu_memory_budget_bytes: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    gpu_memory_used_bytes: Mapped[int] = mapped_column(BigInteger, server_default="0")
     started_at: Mapped[datetime] = _now()
     heartbeat_at: Mapped[datetime] = _now()
 
@@ -306,6 +311,7 @@ class ModelReplica(Base):
     status: Mapped[str] = mapped_column(String(16))
     error: Mapped[str | None] = mapped_column(Text)
     memory_bytes: Mapped[int | None] = mapped_column(BigInteger)  # measured once loaded; an estimate before
+    gpu_memory_bytes: Mapped[int | None] = mapped_column(BigInteger)  # the same on its server's GPU (0: none)
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # the last request's arrival
     in_flight: Mapped[int] = mapped_column(Integer, server_default="0")  # requests queued or running there
     evict_reason: Mapped[str | None] = mapped_column(Text)  # set by the placer: drain, unload, delete the row

@@ -20,6 +20,11 @@ them. The rules:
   deployment with ``min_replicas`` ≥ 1 is pinned: never the one evicted below that floor;
 - a version bigger than every budget fails its deployment with the reason, once, instead of
   evicting and loading in a loop;
+- a server with a GPU (``gpu_budget_bytes`` > 0) has a second budget: a replica placed there
+  needs its ``gpu_memory_bytes`` free on the GPU as well, eviction frees whichever is short
+  (victims that free neither short one are passed over), and a version that fits no GPU budget
+  where it fits in memory fails naming the GPU budget; servers without a GPU count memory only,
+  and a replica there holds no GPU memory;
 - after a version switch, replicas of the old version are evicted once the new one is ready.
 
 The autoscaler's memory (how long the load has stayed above or below target) is :class:`Trend`,
@@ -47,6 +52,7 @@ MIB = 1 << 20
 class ServerView:
     id: str
     budget_bytes: int
+    gpu_budget_bytes: int = 0  # 0: no GPU, replicas there run on the CPU
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,7 @@ class ReplicaView:
     idle_s: float  # since its last request (since it was placed, when it never had one)
     in_flight: int
     evicting: bool = False  # the placer already asked for it to go
+    gpu_memory_bytes: int = 0  # on its server's GPU, like memory_bytes (0 on a server without one)
 
 
 @dataclass(frozen=True)
@@ -73,6 +80,7 @@ class DeploymentView:
     demand: bool = False  # a request waits for a replica (``deployments.demand_at``)
     autoscale: str | None = None  # UP, DOWN or None (see :func:`observe`)
     failed: bool = False  # placement_error is set now
+    gpu_memory_bytes: int = 0  # what one replica takes on a GPU, where its server has one (measured, or estimated)
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,7 @@ class Assign:
     memory_bytes: int
     action: str  # assign (a replica it needs) or scale_up
     reason: str
+    gpu_memory_bytes: int = 0  # 0 on a server without a GPU
 
 
 @dataclass(frozen=True)
@@ -118,6 +127,7 @@ class _Pass:
     replicas: list[ReplicaView]
     deployments: dict[str, DeploymentView]  # by model id
     held: dict[str, int]  # bytes per server: every replica that did not fail, placed ones included
+    held_gpu: dict[str, int]  # the same on each server's GPU
     evicted: set[tuple[str, str]]  # (server id, version id)
     decisions: Decisions
 
@@ -128,9 +138,11 @@ class _Pass:
         self.replicas = [r for r in replicas if r.server_id in self.servers]
         self.deployments = {d.model_id: d for d in deployments}
         self.held = defaultdict(int)
+        self.held_gpu = defaultdict(int)
         for replica in self.replicas:
             if replica.status != FAILED:
                 self.held[replica.server_id] += replica.memory_bytes
+                self.held_gpu[replica.server_id] += replica.gpu_memory_bytes
         self.evicted = {(r.server_id, r.version_id) for r in self.replicas if r.evicting}
         self.decisions = Decisions()
 
@@ -208,10 +220,17 @@ class _Pass:
         if not self.servers:
             return
         largest = max(s.budget_bytes for s in self.servers.values())
+        in_memory = [s for s in self.servers.values() if deployment.memory_bytes <= s.budget_bytes]
         if deployment.memory_bytes > largest:
             self.decisions.fail[deployment.model_id] = (
                 f"version needs {_mib(deployment.memory_bytes)} of memory; the largest model server budget is "
                 f"{_mib(largest)} (MAAS_MODEL_SERVER_MEMORY_BYTES)"
+            )
+        elif all(0 < s.gpu_budget_bytes < deployment.gpu_memory_bytes for s in in_memory):
+            largest_gpu = max(s.gpu_budget_bytes for s in in_memory)
+            self.decisions.fail[deployment.model_id] = (
+                f"version needs {_mib(deployment.gpu_memory_bytes)} of GPU memory; the largest GPU budget of a "
+                f"model server with room for its memory is {_mib(largest_gpu)} (MAAS_MODEL_SERVER_GPU_MEMORY_BYTES)"
             )
         elif deployment.failed:
             self.decisions.unfail.append(deployment.model_id)
@@ -219,16 +238,20 @@ class _Pass:
     def _relieve(self, server: ServerView) -> None:
         """A server over its budget (a load measured more than its estimate) sheds idle replicas until within it."""
         over = self.held[server.id] - self._leaving(server.id) - server.budget_bytes
-        if over <= 0:
+        over_gpu = self.held_gpu[server.id] - self._leaving(server.id, gpu=True) - server.gpu_budget_bytes
+        over_gpu = over_gpu if server.gpu_budget_bytes else 0
+        if over <= 0 and over_gpu <= 0:
             return
-        reason = f"{ROOM}: the server holds more than its budget of {_mib(server.budget_bytes)}"
-        for victim in self._victims(server, over) or []:
+        budgets = [f"its budget of {_mib(server.budget_bytes)}"] if over > 0 else []
+        budgets += [f"its GPU budget of {_mib(server.gpu_budget_bytes)}"] if over_gpu > 0 else []
+        reason = f"{ROOM}: the server holds more than {' and '.join(budgets)}"
+        for victim in self._victims(server, over, over_gpu) or []:
             self._evict(victim, "evict", reason)
 
-    def _leaving(self, server_id: str) -> int:
-        """Memory on its way out of a server: replicas being evicted."""
+    def _leaving(self, server_id: str, gpu: bool = False) -> int:
+        """Memory (``gpu``: GPU memory) on its way out of a server: replicas being evicted."""
         return sum(
-            r.memory_bytes
+            r.gpu_memory_bytes if gpu else r.memory_bytes
             for r in self.replicas
             if r.server_id == server_id and not self._live(r) and r.status != FAILED
         )
@@ -248,17 +271,19 @@ class _Pass:
             self.decisions.waiting[deployment.model_id] = "every model server already holds this version"
             return
         for server in candidates:
-            if server.budget_bytes - self.held[server.id] >= need:
+            if max(self._lacks(server, deployment)) <= 0:
+                gpu_need = deployment.gpu_memory_bytes if server.gpu_budget_bytes else 0
                 self.held[server.id] += need
-                assign = Assign(deployment.model_id, deployment.version_id, server.id, need, action, reason)
+                self.held_gpu[server.id] += gpu_need
+                assign = Assign(deployment.model_id, deployment.version_id, server.id, need, action, reason, gpu_need)
                 self.decisions.assign.append(assign)
                 return
-        leaving = {s.id: self._leaving(s.id) for s in candidates}
-        if any(s.budget_bytes - self.held[s.id] + leaving[s.id] >= need for s in candidates):
+        lacks = {s.id: self._lacks(s, deployment, leaving=True) for s in candidates}
+        if any(max(lacks[s.id]) <= 0 for s in candidates):
             self.decisions.waiting[deployment.model_id] = "waiting for evicted replicas to unload"
             return
         for server in candidates:
-            chosen = self._victims(server, need - (server.budget_bytes - self.held[server.id] + leaving[server.id]))
+            chosen = self._victims(server, *lacks[server.id])
             if chosen is not None:
                 for victim in chosen:
                     reason = f"{ROOM}: least recently used idle replica, evicted for {deployment.name} ({_mib(need)})"
@@ -269,11 +294,23 @@ class _Pass:
             f"no model server has {_mib(need)} free, and every replica it could evict is busy or pinned"
         )
 
-    def _victims(self, server: ServerView, missing: int) -> list[ReplicaView] | None:
-        """The least recently used idle replicas on ``server`` that free ``missing`` bytes, or None."""
+    def _lacks(self, server: ServerView, deployment: DeploymentView, leaving: bool = False) -> tuple[int, int]:
+        """The memory and GPU memory ``server`` lacks for one more replica of ``deployment`` (≤ 0: it has room),
+        counting what evicted replicas hold as free when ``leaving``. A server without a GPU lacks none."""
+        memory = deployment.memory_bytes - server.budget_bytes + self.held[server.id]
+        if not server.gpu_budget_bytes:
+            return memory - (self._leaving(server.id) if leaving else 0), 0
+        gpu = deployment.gpu_memory_bytes - server.gpu_budget_bytes + self.held_gpu[server.id]
+        if leaving:
+            return memory - self._leaving(server.id), gpu - self._leaving(server.id, gpu=True)
+        return memory, gpu
+
+    def _victims(self, server: ServerView, missing: int, missing_gpu: int = 0) -> list[ReplicaView] | None:
+        """The least recently used idle replicas on ``server`` that free ``missing`` bytes of memory and
+        ``missing_gpu`` of GPU memory, or None; one that frees neither short one is passed over."""
         counts = {m: len(self._placed(m, d.version_id)) for m, d in self.deployments.items()}
         chosen: list[ReplicaView] = []
-        freed = 0
+        freed = freed_gpu = 0
         idle_first = sorted(
             (r for r in self.replicas if r.server_id == server.id and r.status == READY and r.in_flight == 0),
             key=lambda r: -r.idle_s,
@@ -281,6 +318,9 @@ class _Pass:
         for victim in idle_first:
             if not self._live(victim):
                 continue
+            frees_memory = freed < missing and victim.memory_bytes > 0
+            if not frees_memory and not (freed_gpu < missing_gpu and victim.gpu_memory_bytes > 0):
+                continue  # evicting it would free nothing that is short
             owner = self.deployments.get(victim.model_id)
             current = owner is not None and owner.version_id == victim.version_id
             if owner is not None and current:
@@ -291,7 +331,8 @@ class _Pass:
                 counts[victim.model_id] -= 1
             chosen.append(victim)
             freed += victim.memory_bytes
-            if freed >= missing:
+            freed_gpu += victim.gpu_memory_bytes
+            if freed >= missing and freed_gpu >= missing_gpu:
                 return chosen
         return None
 

@@ -130,11 +130,11 @@ class Placer:
 
     async def _read(self, session: AsyncSession) -> tuple[list[ServerView], list[ReplicaView], list[DeploymentView]]:
         live = ModelServerRecord.heartbeat_at > live_since(self.settings)
+        budgets = select(
+            ModelServerRecord.id, ModelServerRecord.memory_budget_bytes, ModelServerRecord.gpu_memory_budget_bytes
+        )
         servers = [
-            ServerView(id, budget)
-            for id, budget in (
-                await session.execute(select(ModelServerRecord.id, ModelServerRecord.memory_budget_bytes).where(live))
-            ).all()
+            ServerView(id, budget, gpu) for id, budget, gpu in (await session.execute(budgets.where(live))).all()
         ]
         factor = self.settings.model_memory_factor
         idle_s = cast(
@@ -143,7 +143,15 @@ class Placer:
         )
         rows = (
             await session.execute(
-                select(ModelReplica, ModelVersion.model_id, ModelVersion.memory_bytes, Artifact.bytes, idle_s)
+                select(
+                    ModelReplica,
+                    ModelVersion.model_id,
+                    ModelVersion.memory_bytes,
+                    ModelVersion.gpu_memory_bytes,
+                    Artifact.bytes,
+                    idle_s,
+                    ModelServerRecord.gpu_memory_budget_bytes,
+                )
                 .join(ModelVersion, ModelVersion.id == ModelReplica.model_version_id)
                 .join(Artifact, Artifact.id == ModelVersion.artifact_id)
                 .join(ModelServerRecord, ModelServerRecord.id == ModelReplica.server_id)
@@ -160,8 +168,10 @@ class Placer:
                 idle_s=max(0.0, idle or 0.0),
                 in_flight=r.in_flight,
                 evicting=r.evict_reason is not None,
+                # a row assigned before its server had a GPU budget, or before GPU memory was counted: estimated
+                gpu_memory_bytes=r.gpu_memory_bytes or (estimated_memory(gpu, size, factor) if gpu_budget else 0),
             )
-            for r, model_id, measured, size, idle in rows
+            for r, model_id, measured, gpu, size, idle, gpu_budget in rows
         ]
         now = time.monotonic()
         load: dict[str, list[ReplicaView]] = defaultdict(list)
@@ -169,9 +179,9 @@ class Placer:
             if replica.status == READY and not replica.evicting:
                 load[replica.version_id].append(replica)
         deployments = []
-        for deployment, name, measured, size in (
+        for deployment, name, measured, gpu, size in (
             await session.execute(
-                select(Deployment, Model.name, ModelVersion.memory_bytes, Artifact.bytes)
+                select(Deployment, Model.name, ModelVersion.memory_bytes, ModelVersion.gpu_memory_bytes, Artifact.bytes)
                 .join(Model, Model.id == Deployment.model_id)
                 .join(ModelVersion, ModelVersion.id == Deployment.model_version_id)
                 .join(Artifact, Artifact.id == ModelVersion.artifact_id)
@@ -202,6 +212,7 @@ class Placer:
                         downscale_delay_s=self.settings.autoscale_downscale_delay_s,
                     ),
                     failed=deployment.placement_error is not None,
+                    gpu_memory_bytes=estimated_memory(gpu, size, factor),
                 )
             )
         return servers, replicas, deployments
@@ -216,6 +227,7 @@ class Placer:
                     model_version_id=assign.version_id,
                     status="assigned",
                     memory_bytes=assign.memory_bytes,
+                    gpu_memory_bytes=assign.gpu_memory_bytes,
                 )
                 .on_conflict_do_nothing()
             )
