@@ -1,5 +1,5 @@
 """Child processes for tests (Celery workers, the API): started in their own process group,
-stopped with SIGTERM then SIGKILL, and waited for."""
+stopped with SIGTERM then SIGKILL (or killed outright, as a crash would), and waited for."""
 
 from __future__ import annotations
 
@@ -45,6 +45,13 @@ def stop(process: subprocess.Popen, grace_s: float = 10) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
+def kill(process: subprocess.Popen) -> None:
+    """SIGKILL the process and its children at once, as a machine crash would: no clean-up runs."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
 class Worker:
     """A real Celery worker process (``python -m workers``) with the test job types loaded."""
 
@@ -83,9 +90,7 @@ class Worker:
 
     def kill(self) -> None:
         """SIGKILL the worker and its pool processes at once, as a machine crash would."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
+        kill(self.process)
 
     def stop(self) -> None:
         stop(self.process)
@@ -124,3 +129,7 @@ class ModelServerProcess:
         """SIGTERM (it drains its replicas first, for two routing refresh periods), then wait; the exit code."""
         stop(self.process, grace_s=60)
         return self.process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL it: no drain, its row and its connections left for the others to notice."""
+        kill(self.process)

@@ -1,0 +1,177 @@
+"""The placer outlives a crash of the model server that runs it (SIGKILL: no drain, no clean-up).
+
+Two ``maas serve`` processes share a scratch database of their own (the session's model server must
+not take part in placement). The first one starts alone, so it takes the placer lock
+(``serving.placer.PLACER_LOCK``) and gets the pinned model (``min_replicas`` 1); then the second one
+starts and the first is killed. What is checked:
+
+- PostgreSQL frees the advisory lock when the dead process's connection closes, and the survivor
+  takes it (another backend holds it in ``pg_locks``): a deployment PUT afterwards is placed on the
+  survivor and serves;
+- once the dead server has been silent for ``model_server_timeout_s``, the survivor deletes its row
+  (its replicas go with it) and the pinned model, which lived only there, is placed on the survivor:
+  requests to it succeed again within that timeout and the time a load takes.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import numpy as np
+import pytest
+from aiohttp.test_utils import TestClient
+from sqlalchemy import select, text
+
+from api.app import create_app
+from core.db import make_engine, session_factory
+from core.models import ModelReplica, ModelServerRecord
+from core.settings import Settings
+from migrations import runner
+from serving.placer import PLACER_LOCK
+from tests.conftest import Tenant, new_tenant
+from tests.support.api import deploy, infer, json_request, register_version
+from tests.support.eventually import eventually_async
+from tests.support.onnx_models import tiny_onnx
+from tests.support.processes import ModelServerProcess
+from tests.support.services import scratch_database
+
+pytestmark = pytest.mark.slow
+
+MAAS_SERVE = ("-m", "cli.main", "serve", "--host", "127.0.0.1", "--port", "0")
+TIMEOUT_S = 3.0  # model_server_timeout_s
+LOAD_S = 30.0  # a load on the survivor (download, session, warm-up), on a busy machine
+TAKEOVER_S = 10.0  # the dead connection noticed, then the survivor's next try (every model_server_heartbeat_s)
+X = np.ones((1, 4), dtype=np.float32)  # tiny_onnx answers 0.4 for each of its 3 outputs
+
+
+@pytest.fixture
+def failover(services, settings, tmp_path) -> Iterator[Settings]:
+    with scratch_database(services.database_admin_url, "maas_failover") as url:
+        runner.upgrade(url)
+        yield settings.model_copy(
+            update={
+                "database_url": url,
+                "data_dir": tmp_path / "data",
+                "model_server_poll_s": 0.3,
+                "model_server_heartbeat_s": 0.3,
+                "model_server_timeout_s": TIMEOUT_S,
+            }
+        )
+
+
+@pytest.fixture
+def db(failover):
+    engine = make_engine(failover)
+    yield session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def start_server(failover, tmp_path) -> Iterator[Callable[[str], ModelServerProcess]]:
+    started: list[ModelServerProcess] = []
+
+    def start(name: str) -> ModelServerProcess:
+        folder = tmp_path / name
+        folder.mkdir()
+        own = failover.model_copy(update={"model_cache_dir": folder / "cache"})
+        started.append(ModelServerProcess(own, folder / "serving.log", MAAS_SERVE))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+async def api(aiohttp_client, failover) -> AsyncIterator[TestClient]:
+    yield await aiohttp_client(create_app(failover))
+
+
+@pytest.fixture
+def tenant(db) -> Tenant:
+    return new_tenant(db)
+
+
+def places(server: ModelServerProcess) -> bool:
+    return "places replicas now" in server.log_path.read_text()
+
+
+def lock_holder(db) -> int | None:
+    """The PostgreSQL backend (pid) that holds the placer lock in this database, if one does."""
+    # a bigint advisory lock shows as classid (high 32 bits), objid (low 32 bits), objsubid 1
+    holder = text(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        " AND classid::bigint = :high AND objid::bigint = :low"
+    )
+    with db() as session:
+        return session.execute(holder, {"high": PLACER_LOCK >> 32, "low": PLACER_LOCK & 0xFFFFFFFF}).scalar()
+
+
+async def new_model(api, tenant, prefix: str, **settings) -> str:
+    name = f"{prefix}-{secrets.token_hex(3)}"
+    await register_version(api, tenant, name, tiny_onnx())
+    await deploy(api, tenant, name, 1, **settings)
+    return name
+
+
+async def answers(api, tenant, name: str) -> bool:
+    response = await infer(api, tenant, name, json_request(X))
+    if response.status != 200:
+        return False
+    assert (await response.json())["outputs"][0]["data"] == pytest.approx([0.4] * 3)
+    return True
+
+
+async def shown(api, tenant, name: str) -> dict:
+    response = await api.get(f"/v1/models/{name}/deployment", headers=tenant.headers)
+    assert response.status == 200, await response.text()
+    return await response.json()
+
+
+async def placed_on(api, tenant, name: str) -> list[str]:
+    return [r["model_server"] for r in (await shown(api, tenant, name))["replicas"]]
+
+
+async def test_when_the_placing_server_is_killed_the_survivor_places_and_takes_over_its_replicas(
+    api, tenant, db, start_server
+):
+    first = start_server("first")
+    await eventually_async(lambda: places(first), 30, f"{first.id} to take the placer lock")
+    holder = lock_holder(db)
+    assert holder is not None
+    pinned = await new_model(api, tenant, "pinned", min_replicas=1)
+    assert await eventually_async(lambda: answers(api, tenant, pinned), LOAD_S, f"{pinned} to serve")
+    assert await placed_on(api, tenant, pinned) == [first.id]
+    second = start_server("second")
+    assert not places(second) and lock_holder(db) == holder
+
+    first.kill()
+    killed_at = time.monotonic()
+    await eventually_async(lambda: places(second), TAKEOVER_S, f"{second.id} to take the placer lock")
+    assert lock_holder(db) not in (None, holder)
+
+    # (a) a deployment made after the crash: placed by the survivor's placer, served there
+    after = await new_model(api, tenant, "after")
+    assert await eventually_async(lambda: answers(api, tenant, after), LOAD_S, f"{after} to serve")
+    assert await placed_on(api, tenant, after) == [second.id]
+
+    # (b) the pinned replica lived only on the killed server: once that server is dead, it is placed again
+    left_s = TIMEOUT_S + LOAD_S - (time.monotonic() - killed_at)
+    assert await eventually_async(lambda: answers(api, tenant, pinned), left_s, f"{pinned} to serve again")
+    assert await placed_on(api, tenant, pinned) == [second.id]
+
+    def dead_rows_gone() -> bool:
+        with db() as session:
+            gone = session.get(ModelServerRecord, first.id) is None
+            return gone and not session.scalars(select(ModelReplica).where(ModelReplica.server_id == first.id)).all()
+
+    await eventually_async(dead_rows_gone, TIMEOUT_S, f"the rows of {first.id} to be deleted")
+    assigned = [
+        (e["model_server"], e["reason"])
+        for e in (await shown(api, tenant, pinned))["events"]
+        if e["action"] == "assign"
+    ]
+    assert (second.id, "min_replicas is 1") in assigned, assigned
