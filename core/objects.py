@@ -327,6 +327,10 @@ class ReplicaObject(ApiObject):
     memory_bytes: int | None = Field(
         description="memory it holds on that server, measured when it loaded (an estimate until then)"
     )
+    gpu_memory_bytes: int | None = Field(
+        description="GPU memory it holds on that server, likewise; 0 on a server without a GPU (null: not counted "
+        "when it was placed)"
+    )
     in_flight: int = Field(description="requests queued or running on it, as its server last reported")
     last_used_at: Timestamp | None = Field(description="when a request last reached it; null: never")
     evict_reason: str | None = Field(description="why it is being removed (idle, room, scale-in); null otherwise")

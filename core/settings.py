@@ -171,6 +171,13 @@ class Settings(BaseSettings):
         description="memory placement may fill with replicas on this server; 0: half the machine's physical memory "
         "divided by inference_servers_per_host",
     )
+    model_server_gpu_memory_bytes: int = Field(
+        default=0,
+        ge=0,
+        description="GPU memory placement may fill with replicas on this server, used only when its "
+        "inference_providers include CUDAExecutionProvider; 0: 0.9 of the device's memory (nvidia-smi; no GPU "
+        "budget without it) divided by inference_servers_per_host",
+    )
     model_cache_dir: Path | None = Field(
         default=None, description="where a model server keeps downloaded model files (default: data_dir/model-cache)"
     )

@@ -2,7 +2,8 @@
 
 It:
 
-- registers the server in ``model_servers`` (where its data plane listens, its memory budget) and
+- registers the server in ``model_servers`` (where its data plane listens, its memory budget and its
+  GPU budget: 0 without a CUDA provider, ``serving.memory``) and
   heartbeats every ``model_server_heartbeat_s`` with the memory its replicas hold and, per replica,
   the requests in flight and when the last one came (the placer's autoscaler and idle timeout read
   them); the live servers delete the rows of servers silent for ``model_server_timeout_s`` (their
@@ -11,7 +12,8 @@ It:
   with status ``assigned``) when the placer notifies it (``ASSIGNMENTS_CHANNEL``), and at least every
   ``model_server_poll_s``, and carries out ``serving.plan``'s :class:`ReplicaSteps`: loads them
   (through the local artifact cache, sha256 checked; ONNX Runtime session, warm-up, lanes,
-  dynamic batcher; the resident memory it took is measured and stored for the next placement; the
+  dynamic batcher; the resident memory it took, and on a server with a GPU budget the GPU memory,
+  is measured and stored for the next placement; the
   single-threaded twin session is opened once the replica is ready, off the cold start's path),
   reports each state (loading → ready, or failed with the reason) with a ``REPLICAS_CHANNEL``
   notice in the same transaction, rebuilds a batcher whose deployment settings changed, retires
@@ -65,7 +67,7 @@ from core.settings import Settings
 from serving.artifact_cache import ArtifactCache
 from serving.batcher import DynamicBatcher
 from serving.lanes import Lanes
-from serving.memory import memory_budget, resident_bytes, start_onnxruntime
+from serving.memory import gpu_memory_budget, gpu_used_bytes, memory_budget, resident_bytes, start_onnxruntime
 from serving.metrics import ModelLabels, ModelServerMetrics
 from serving.placement import evict_kind
 from serving.placer import Placer
@@ -89,6 +91,7 @@ class Assigned:
     storage_key: str
     artifact_bytes: int
     known_memory: int  # the most an earlier load of the version measured (0: never loaded)
+    known_gpu_memory: int  # the same on a GPU (0: never loaded on one)
     reason: str  # the placer's last event about it (why it was assigned), for the load metric
 
 
@@ -103,6 +106,7 @@ class ControlLoop:
     threads: int  # ONNX Runtime intra-op threads of each model
     providers: list[str]  # ONNX Runtime execution providers
     budget_bytes: int  # what the placer may fill here
+    gpu_budget_bytes: int  # what it may fill on this server's GPU (0: no GPU: nothing runs nvidia-smi)
     grace_s: float  # how long a retired replica keeps serving before it is drained
     replicas: dict[str, LoadedReplica]  # by model version id; the data plane reads it
     evicted: dict[str, str]  # version id → why the placer evicted it (for the unload's event and metric)
@@ -118,6 +122,7 @@ class ControlLoop:
         self.threads = inference_threads(settings)
         self.providers = inference_providers(settings)
         self.budget_bytes = memory_budget(settings)
+        self.gpu_budget_bytes = gpu_memory_budget(settings, self.providers)
         # APIs re-read their routing table this often (and at once on a REPLICAS_CHANNEL notice); a retired
         # version serves two of those periods
         self.grace_s = 2 * settings.routing_refresh_s
@@ -244,6 +249,7 @@ class ControlLoop:
             "pid": os.getpid(),
             "threads": self.threads,
             "memory_budget_bytes": self.budget_bytes,
+            "gpu_memory_budget_bytes": self.gpu_budget_bytes,
         }
         async with self._db() as session:
             await session.execute(
@@ -256,12 +262,12 @@ class ControlLoop:
             await session.commit()
 
     async def heartbeat(self) -> None:
-        held = self.memory_held()
+        held, gpu_held = self.memory_held(), self.memory_held(gpu=True)
         async with self._db() as session:
             beat = (
                 update(ModelServerRecord)
                 .where(ModelServerRecord.id == self.server_id)
-                .values(heartbeat_at=func.now(), memory_used_bytes=held)
+                .values(heartbeat_at=func.now(), memory_used_bytes=held, gpu_memory_used_bytes=gpu_held)
             )
             # an UPDATE's result is a CursorResult; Session.execute is typed as returning a plain Result
             alive = cast(CursorResult[Any], await session.execute(beat)).rowcount
@@ -270,15 +276,18 @@ class ControlLoop:
                 delete(ModelServerRecord).where(ModelServerRecord.heartbeat_at < live_since(self.settings))
             )
             await session.commit()
-        self.metrics.show_holdings(((r.labels, r.status) for r in self.replicas.values()), held, self.budget_bytes)
+        holdings = ((r.labels, r.status) for r in self.replicas.values())
+        self.metrics.show_holdings(holdings, held, self.budget_bytes, gpu_held, self.gpu_budget_bytes)
         if not alive or self._resync:
             # our row was taken for a dead server's (we stalled), or a status write failed: say it all again
             self._resync = False
             await self._register()
 
-    def memory_held(self) -> int:
-        """Bytes the replicas held here take (measured at load), failed ones aside."""
-        return sum(r.memory_bytes or 0 for r in self.replicas.values() if r.status != FAILED)
+    def memory_held(self, gpu: bool = False) -> int:
+        """Bytes the replicas held here take (measured at load) in memory, or on the GPU, failed ones aside."""
+        return sum(
+            (r.gpu_memory_bytes if gpu else r.memory_bytes) or 0 for r in self.replicas.values() if r.status != FAILED
+        )
 
     async def _report_use(self, session: AsyncSession) -> None:
         """Mean requests in flight since the last heartbeat (at least 1 while one is) and the last request's
@@ -309,6 +318,8 @@ class ControlLoop:
         }
         if replica.memory_bytes is not None:
             values["memory_bytes"] = replica.memory_bytes
+        if replica.gpu_memory_bytes is not None:
+            values["gpu_memory_bytes"] = replica.gpu_memory_bytes
         if replica.status == READY:
             values["last_used_at"] = func.now()  # idle time counts from when it became ready
         return (
@@ -371,6 +382,7 @@ class ControlLoop:
                 storage_key=artifact.storage_key,
                 artifact_bytes=artifact.bytes,
                 known_memory=version.memory_bytes or 0,
+                known_gpu_memory=version.gpu_memory_bytes or 0,
                 reason="retry" if replica.status == FAILED else "assign",
             )
         return assigned, evicted
@@ -436,7 +448,7 @@ class ControlLoop:
         timings: dict[str, float] = {}
         started = time.perf_counter()
         try:
-            model, memory = await asyncio.to_thread(self._load_measured, assigned, batching, timings)
+            model, memory, gpu_memory = await asyncio.to_thread(self._load_measured, assigned, batching, timings)
         except Exception as exc:
             log.warning("loading %s failed: %s", replica.labels, exc)
             replica.error = f"{type(exc).__name__}: {exc}"[:2000]
@@ -451,6 +463,9 @@ class ControlLoop:
         # and never less than an earlier load measured: the placer reserves that much for the version, and a
         # measure that varies by load must not make a server look emptier than it is
         replica.memory_bytes = max(memory, assigned.artifact_bytes * sessions, assigned.known_memory)
+        # the same on a GPU, where the CUDA provider puts the weights (0 without a GPU budget: none is counted)
+        gpu_floor = max(gpu_memory, assigned.artifact_bytes * sessions, assigned.known_gpu_memory)
+        replica.gpu_memory_bytes = gpu_floor if self.gpu_budget_bytes else 0
         replica.lanes = Lanes(
             model.run, self.settings.inference_concurrent_batches, f"onnxruntime-{replica.labels.model}"
         )
@@ -462,6 +477,8 @@ class ControlLoop:
         steps = ", ".join(f"{step} {seconds:.3f} s" for step, seconds in timings.items())
         source = "local cache" if cached else "S3"
         reason = f"loaded in {took:.3f} s ({steps}; from {source}); holds {replica.memory_bytes / (1 << 20):.1f} MiB"
+        if replica.gpu_memory_bytes:
+            reason += f" and {replica.gpu_memory_bytes / (1 << 20):.1f} MiB of GPU memory"
         await self._remember_memory(replica)
         await self._set_status(replica, READY, ("loaded", reason))
         log.info("%s is ready: %s", replica.labels, reason)
@@ -494,7 +511,8 @@ class ControlLoop:
             model.crowded_session = twin
 
     def _load_measured(self, assigned: Assigned, batching: BatchingSettings, timings: dict[str, float]) -> Any:
-        """Load in this thread; the model and the resident memory it added (other loads at once blur it).
+        """Load in this thread; the model, and the resident and GPU memory it added (other loads at once blur
+        them; GPU memory is measured only on a server with a GPU budget, else 0).
 
         A file the local cache holds is opened at once while another thread checks its sha256 (the
         check costs ~0.1 s for MiniLM, a third of its session); what was made of a file that fails
@@ -510,12 +528,15 @@ class ControlLoop:
                 self.cache.fetch(assigned.storage_key, assigned.sha256)
             source = self.cache
         fetched = time.perf_counter() - started
-        before = resident_bytes()
+        before, before_gpu = resident_bytes(), self._gpu_used()
         model = self._open(source, assigned, batching, timings)
         if checked is not None and not checked.result():
             model = self._open(self.cache, assigned, batching, timings)  # fetched from S3 again, checked
         timings["download"] += fetched
-        return model, max(0, resident_bytes() - before)
+        return model, max(0, resident_bytes() - before), max(0, self._gpu_used() - before_gpu)
+
+    def _gpu_used(self) -> int:
+        return gpu_used_bytes() if self.gpu_budget_bytes else 0
 
     def _open(
         self, source: ModelFiles, assigned: Assigned, batching: BatchingSettings, timings: dict[str, float]
@@ -534,13 +555,16 @@ class ControlLoop:
         )
 
     async def _remember_memory(self, replica: LoadedReplica) -> None:
-        """Store the most the version took (this load or an earlier one), for its next placement anywhere."""
+        """Store the most the version took (this load or an earlier one), for its next placement anywhere; GPU
+        memory too, on a server with a GPU."""
         with contextlib.suppress(Exception):
             async with self._db() as session:
                 most = func.greatest(func.coalesce(ModelVersion.memory_bytes, 0), replica.memory_bytes)
-                await session.execute(
-                    update(ModelVersion).where(ModelVersion.id == replica.version_id).values(memory_bytes=most)
-                )
+                values = {"memory_bytes": most}
+                if replica.gpu_memory_bytes:
+                    most_gpu = func.greatest(func.coalesce(ModelVersion.gpu_memory_bytes, 0), replica.gpu_memory_bytes)
+                    values["gpu_memory_bytes"] = most_gpu
+                await session.execute(update(ModelVersion).where(ModelVersion.id == replica.version_id).values(values))
                 await session.commit()
 
     def _batcher(self, replica: LoadedReplica, batching: BatchingSettings) -> DynamicBatcher:

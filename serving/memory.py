@@ -7,9 +7,21 @@ memory is the difference before and after it (session, weights, warm-up buffers)
 the same moment blur it, and the allocator reuses what an unloaded model freed, so the control
 loop never counts a version as less than its weights once per ONNX Runtime session it opened, and
 ONNX Runtime is started (``start_onnxruntime``) before the first load is measured.
+
+A GPU is a second budget, used only when the server's providers include ONNX Runtime's CUDA
+execution provider (else 0: no GPU, and nothing here runs ``nvidia-smi``).
+``gpu_memory_budget``: ``MAAS_MODEL_SERVER_GPU_MEMORY_BYTES``, or by default ``GPU_SHARE`` of the
+device's total memory (``nvidia-smi``; 0 without it) shared among the ``inference_servers_per_host``
+servers; ``gpu_used_bytes``: what this process holds on the GPUs now, the same before/after measure
+of a load as the resident set's. The device is the first of ``CUDA_VISIBLE_DEVICES`` (ONNX Runtime's
+device 0), else 0. (The CUDA path is untested: no GPU where this was written; the parsers are
+checked against ``nvidia-smi``'s documented output.)
 """
 
 from __future__ import annotations
+
+import os
+import subprocess
 
 import numpy as np
 import onnxruntime as ort
@@ -20,6 +32,12 @@ from core.onnx_model import session_options
 from core.settings import Settings
 
 DEFAULT_SHARE = 0.5
+# the CUDA context, cuDNN/cuBLAS workspaces and the memory arena's rounding sit outside any load's measure
+GPU_SHARE = 0.9
+CUDA = "CUDAExecutionProvider"
+NVIDIA_SMI = "nvidia-smi"
+NVIDIA_SMI_TIMEOUT_S = 10.0
+MIB = 1 << 20
 
 
 def memory_budget(settings: Settings) -> int:
@@ -30,6 +48,60 @@ def memory_budget(settings: Settings) -> int:
 
 def resident_bytes() -> int:
     return int(psutil.Process().memory_info().rss)
+
+
+def gpu_memory_budget(settings: Settings, providers: list[str]) -> int:
+    """What placement may fill on this server's GPU; 0 when it runs no CUDA provider, or none is found."""
+    if CUDA not in providers:
+        return 0
+    if settings.model_server_gpu_memory_bytes:
+        return settings.model_server_gpu_memory_bytes
+    device = visible_gpu(os.environ.get("CUDA_VISIBLE_DEVICES"))
+    total = _nvidia_smi("--query-gpu=memory.total", "--format=csv,noheader,nounits", "-i", device)
+    return int(gpu_total_bytes(total or "") * GPU_SHARE) // settings.inference_servers_per_host
+
+
+def gpu_used_bytes() -> int:
+    """GPU memory this process holds now, on every device (0 without ``nvidia-smi``, and in a container whose
+    process ids ``nvidia-smi`` does not see: the control loop's floor, the weights once per session, holds then)."""
+    apps = _nvidia_smi("--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits")
+    return process_gpu_bytes(apps or "", os.getpid())
+
+
+def visible_gpu(cuda_visible_devices: str | None) -> str:
+    """The device ONNX Runtime's CUDA provider uses (its device 0), as ``nvidia-smi -i`` names it."""
+    first = (cuda_visible_devices or "").split(",")[0].strip()
+    return first or "0"
+
+
+def gpu_total_bytes(output: str) -> int:
+    """``nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits -i <device>``'s answer (MiB), in bytes."""
+    for line in output.splitlines():
+        if line.strip().isdigit():
+            return int(line.strip()) * MIB
+    return 0
+
+
+def process_gpu_bytes(output: str, pid: int) -> int:
+    """What ``pid`` holds in ``nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader,nounits``
+    (one ``pid, MiB`` line per process and device; ``[N/A]`` where the driver does not say), in bytes."""
+    held = 0
+    for line in output.splitlines():
+        fields = [field.strip() for field in line.split(",")]
+        if len(fields) == 2 and fields[0] == str(pid) and fields[1].isdigit():
+            held += int(fields[1]) * MIB
+    return held
+
+
+def _nvidia_smi(*args: str) -> str | None:
+    """``nvidia-smi``'s output, or None where it is missing or fails (a machine without an NVIDIA driver)."""
+    try:
+        done = subprocess.run(
+            [NVIDIA_SMI, *args], capture_output=True, text=True, timeout=NVIDIA_SMI_TIMEOUT_S, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout
 
 
 def start_onnxruntime(threads: int, providers: list[str]) -> None:

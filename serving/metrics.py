@@ -2,7 +2,7 @@
 
 Labelled by tenant, model and version; next to them, the server's own serving lifecycle: loads
 and unloads by reason, load seconds by step, the replicas it holds per model and state, and the
-memory they hold against its budget. The model server serves them at ``GET /metrics`` on its
+memory (and GPU memory) they hold against its budgets. The model server serves them at ``GET /metrics`` on its
 own port; the API's ``/metrics`` fetches every live server's and re-exports them with a
 ``model_server`` label (see ``api.serving_metrics``), so one scrape of the API sees them all.
 """
@@ -105,6 +105,16 @@ class ModelServerMetrics:
             "What placement may fill on this server (MAAS_MODEL_SERVER_MEMORY_BYTES)",
             registry=self.registry,
         )
+        self.gpu_memory_held = Gauge(
+            "maas_model_server_gpu_memory_bytes",
+            "GPU memory held by this server's replicas (measured; 0 without a GPU)",
+            registry=self.registry,
+        )
+        self.gpu_memory_budget = Gauge(
+            "maas_model_server_gpu_memory_budget_bytes",
+            "What placement may fill on this server's GPU (MAAS_MODEL_SERVER_GPU_MEMORY_BYTES; 0: no GPU)",
+            registry=self.registry,
+        )
 
     def observer(self, labels: ModelLabels) -> BatcherObserver:
         return _Observer(self, labels.values())
@@ -130,13 +140,22 @@ class ModelServerMetrics:
             with contextlib.suppress(KeyError):
                 self.rejections.remove(*values, reason)
 
-    def show_holdings(self, replicas: Iterable[tuple[ModelLabels, str]], memory_bytes: int, budget_bytes: int) -> None:
-        """What the server holds now: replicas by model and state, their memory, and the budget."""
+    def show_holdings(
+        self,
+        replicas: Iterable[tuple[ModelLabels, str]],
+        memory_bytes: int,
+        budget_bytes: int,
+        gpu_memory_bytes: int,
+        gpu_budget_bytes: int,
+    ) -> None:
+        """What the server holds now: replicas by model and state, their memory and GPU memory, and the budgets."""
         self.replicas.clear()
         for labels, state in replicas:
             self.replicas.labels(*labels.values(), state).inc()
         self.memory_held.set(memory_bytes)
         self.memory_budget.set(budget_bytes)
+        self.gpu_memory_held.set(gpu_memory_bytes)
+        self.gpu_memory_budget.set(gpu_budget_bytes)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

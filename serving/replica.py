@@ -31,6 +31,7 @@ class LoadedReplica:
     lanes: Lanes | None = None
     error: str | None = None
     memory_bytes: int | None = None  # measured when it loaded
+    gpu_memory_bytes: int | None = None  # the same on the server's GPU (0 on a server without one)
     in_flight: int = 0  # requests the data plane is serving on it now
     last_used: float = 0.0  # when the data plane last took a request for it, monotonic seconds
     reported: tuple[int, float] = (0, 0.0)  # (load, last_used) as the last heartbeat told PostgreSQL

@@ -60,6 +60,7 @@ def serverless(services, settings, tmp_path_factory) -> Iterator[Settings]:
                 "database_url": url,
                 "data_dir": tmp_path_factory.mktemp("serverless"),
                 "inference_threads": 2,  # a twin session per model on any machine: the memory above holds
+                "inference_providers": "CPUExecutionProvider",  # no GPU budget, even on a machine with one
                 "model_server_poll_s": 0.3,
                 "model_server_heartbeat_s": 0.3,
                 "autoscale_upscale_delay_s": 1.0,
@@ -183,6 +184,7 @@ async def test_scale_to_zero_after_the_idle_timeout_and_back_on_the_next_request
 
     replica = await eventually_async(ready_replica, 90, f"{name} to load on its PUT")
     assert replica["memory_bytes"] >= 2 * ROWS * 16  # measured: the table, once per session
+    assert replica["gpu_memory_bytes"] == 0  # a server without a GPU budget counts none
     await call(api, tenant, name)
 
     async def holding() -> bool:
@@ -204,7 +206,8 @@ async def test_scale_to_zero_after_the_idle_timeout_and_back_on_the_next_request
         async with aiohttp.ClientSession() as session, session.get(f"{server.url}/metrics") as response:
             text = await response.text()
         unloaded = 'maas_replica_unloads_total{reason="idle"} 1.0' in text
-        return unloaded and "\nmaas_model_server_memory_bytes 0.0" in text
+        no_gpu = "\nmaas_model_server_gpu_memory_budget_bytes 0.0" in text
+        return unloaded and no_gpu and "\nmaas_model_server_memory_bytes 0.0" in text
 
     await eventually_async(metrics_say_so, 10, "the server's metrics to count the idle unload and hold 0 bytes")
 

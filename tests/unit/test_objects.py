@@ -111,7 +111,7 @@ def test_the_prediction_object_is_the_contracts_body():
 def test_renamed_and_derived_fields_come_from_their_columns():
     replica = ModelReplica(
         server_id="msrv_1", model_version_id="mv_1", status="ready", error=None, updated_at=CREATED,
-        memory_bytes=1024, in_flight=3, last_used_at=CREATED, evict_reason=None,
+        memory_bytes=1024, gpu_memory_bytes=2048, in_flight=3, last_used_at=CREATED, evict_reason=None,
     )  # fmt: skip
     assert ReplicaObject.from_row(replica, 2).model_dump(mode="json") == {
         "model_server": "msrv_1",
@@ -119,6 +119,7 @@ def test_renamed_and_derived_fields_come_from_their_columns():
         "status": "ready",
         "error": None,
         "memory_bytes": 1024,
+        "gpu_memory_bytes": 2048,
         "in_flight": 3,
         "last_used_at": "2025-01-02T03:04:05.123456Z",
         "evict_reason": None,

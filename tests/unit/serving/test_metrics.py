@@ -59,3 +59,16 @@ def test_the_api_reexports_every_servers_metrics_labelled_by_server():
     assert text.count("# TYPE maas_inference_batch_size histogram") == 1
     assert "msrv_bad" not in text
     assert merge_expositions({}) == []
+
+
+def test_holdings_show_memory_and_gpu_memory_against_their_budgets():
+    metrics = ModelServerMetrics()
+    metrics.show_holdings([(LABELS, "ready")], 300, 1000, 200, 800)
+    gauges = dict(line.split(" ") for line in metrics.render().decode().splitlines() if line.startswith("maas_model"))
+    assert gauges == {
+        "maas_model_server_memory_bytes": "300.0",
+        "maas_model_server_memory_budget_bytes": "1000.0",
+        "maas_model_server_gpu_memory_bytes": "200.0",
+        "maas_model_server_gpu_memory_budget_bytes": "800.0",
+    }
+    assert sample(metrics.render().decode(), "maas_replicas", state="ready", model="digits") == 1
