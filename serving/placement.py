@@ -290,8 +290,10 @@ class _Pass:
                     self._evict(victim, "evict", reason)
                 self.decisions.waiting[deployment.model_id] = f"evicting {len(chosen)} replica(s) to make room"
                 return
+        gpu = any(s.gpu_budget_bytes for s in candidates) and deployment.gpu_memory_bytes
+        also = f" (and {_mib(deployment.gpu_memory_bytes)} of GPU memory where it has a GPU)" if gpu else ""
         self.decisions.waiting[deployment.model_id] = (
-            f"no model server has {_mib(need)} free, and every replica it could evict is busy or pinned"
+            f"no model server has {_mib(need)} free{also}, and every replica it could evict is busy or pinned"
         )
 
     def _lacks(self, server: ServerView, deployment: DeploymentView, leaving: bool = False) -> tuple[int, int]:

@@ -72,7 +72,7 @@ def test_pinned_replicas_are_never_evicted_for_gpu_memory():
     deployments = [deployment("pinned", min_replicas=1), deployment("busy"), deployment("new", demand=True)]
     decisions = place([gpu_server("g0", 1000, 250)], held, deployments)
     assert not decisions.evict and not decisions.assign
-    assert "busy or pinned" in decisions.waiting["new"]
+    assert "busy or pinned" in decisions.waiting["new"] and "100.0 MiB of GPU memory" in decisions.waiting["new"]
 
 
 def test_gpu_memory_being_evicted_counts_until_it_is_gone():
