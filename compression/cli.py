@@ -29,8 +29,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from compression.spec import CompressionSpec, DataSpec, SourceFacts, check_against_source
+from compression.spec import (
+    CompressionSpec,
+    DataSpec,
+    SourceFacts,
+    check_against_source,
+    signature_task,
+    task_of_output,
+)
 from core.spec_kit import json_pointer
+from core.text_model import feed_inputs
 
 BUILTIN = "digits"
 
@@ -123,13 +131,15 @@ def run(args: argparse.Namespace) -> int:
     pipeline.torch_threads(spec.measurement.threads)
     is_onnx = args.source.suffix.lower() == ".onnx"
     classes = _onnx_classes(args.source) if is_onnx else _state_dict_classes(args.source)
-    inputs = _onnx_inputs(args.source) if is_onnx else []
+    signature = _onnx_signature(args.source) if is_onnx else {}
+    inputs = feed_inputs(signature) if is_onnx else []
+    task = signature_task(signature) if is_onnx else task_of_output("FP32", [-1, classes or 0])
 
     def load(data: DataSpec, pointer: str):
         return read_rows(files.get(data.file_id or ""), data, pointer, inputs)
 
     try:
-        data = assemble(spec, load, num_outputs=classes or 2**31)
+        data = assemble(spec, load, num_outputs=classes or 2**31, task=task)
         work = args.out / "stages"
         work.mkdir(exist_ok=True)
         if is_onnx:
@@ -145,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
         features=source.num_features,
         classes=classes,
         default_dataset=spec.dataset,
+        task=task,
     )
     problems = check_against_source(spec, facts)
     if problems:
@@ -153,7 +164,8 @@ def run(args: argparse.Namespace) -> int:
         pass_started=lambda i, n, kind: _say(f"pass {i + 1}/{n}: {kind}"),
         on_epoch=lambda i, epoch, epochs, loss: _say(f"  epoch {epoch}/{epochs} loss {loss:.4f}"),
         pass_finished=lambda i, n, row: _say(
-            f"  measured: accuracy {row['accuracy']}, mean cos {row['mean_cosine']:.5f}"
+            f"  measured: {'MAE' if row['mae'] is not None else 'accuracy'} "
+            f"{row['mae'] if row['mae'] is not None else row['accuracy']}, mean cos {row['mean_cosine']:.5f}"
         ),
         log=_say,
     )
@@ -188,14 +200,14 @@ def _onnx_classes(path: Path) -> int | None:
     return int(dims[1].dim_value) if len(dims) == 2 and dims[1].HasField("dim_value") else None
 
 
-def _onnx_inputs(path: Path) -> list[dict[str, Any]]:
-    """The graph's inputs as a model version's signature lists them (an npz feeds them by name)."""
+def _onnx_signature(path: Path) -> dict[str, Any]:
+    """The graph's signature as a model version's lists it (an npz feeds its inputs by name; its
+    first output says whether it is a regression model)."""
     import onnx
 
     from core.onnx_signature import read_signature
-    from core.text_model import feed_inputs
 
-    return feed_inputs(read_signature(onnx.load(str(path), load_external_data=False)))
+    return read_signature(onnx.load(str(path), load_external_data=False))
 
 
 def _state_dict_classes(path: Path) -> int | None:

@@ -3,10 +3,11 @@
 Owns: reading a data file (npz with ``X`` and optionally ``y``; csv or parquet with an optional
 label column; the builtin ``digits``) into flat float32 rows, or an npz into one array per named
 model input (``compression.spec.named_feed``: the rules batch inference feeds by, checked again
-on the arrays themselves, with the same messages as before the job was created); mapping labels to the model's
-class indices; and the rules that decide which rows go where (``assemble``): when the eval data
-is the training data, a seeded fraction is held out for evaluation and the rest fine-tunes;
-calibration rows come from their own file, else the training rows, else the eval rows, evenly
+on the arrays themselves, with the same messages as before the job was created); mapping labels
+to the model's class indices (a regression model's: to float targets); and the rules that decide
+which rows go where (``assemble``): when the eval data is the training data, a seeded fraction is
+held out for evaluation and the rest fine-tunes; calibration rows come from their own file, else
+the training rows, else the eval rows, evenly
 spread. Reading files is kept apart from those rules: ``assemble`` takes a ``load`` callable.
 """
 
@@ -22,7 +23,15 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from compression.spec import LABELS_ARRAY, CompressionSpec, DataSpec, QuantizeSpec, feeds_named_inputs, named_feed
+from compression.spec import (
+    LABELS_ARRAY,
+    CompressionSpec,
+    DataSpec,
+    QuantizeSpec,
+    Task,
+    feeds_named_inputs,
+    named_feed,
+)
 from core.input_feeds import FeedError
 from core.spec_kit import FieldError, StoredArray
 from training.data import encode_labels, load_builtin, split_indices
@@ -59,7 +68,8 @@ class Rows:
 
 @dataclass(frozen=True)
 class PipelineData:
-    """Rows by role; labels are class indices (int64) into the model's outputs."""
+    """Rows by role; labels are class indices (int64) into the model's outputs, or a regression
+    model's targets (float64) when ``task`` says so."""
 
     eval_x: Inputs
     eval_y: np.ndarray | None
@@ -69,6 +79,7 @@ class PipelineData:
     notes: list[str] = field(default_factory=list)
     dataset: DataSpec | None = None  # what the training rows came from
     split: tuple[float, int] | None = None  # (fraction, seed) when eval rows were held out of it
+    task: Task = "classification"
 
 
 # --- reading (I/O) -----------------------------------------------------------------------------
@@ -176,6 +187,16 @@ def class_indices(y: np.ndarray, classes: list[Any] | None, num_outputs: int, po
     return codes
 
 
+def regression_targets(y: np.ndarray, pointer: str) -> np.ndarray:
+    """A regression model's labels as float64 targets: numbers, all finite."""
+    if y.dtype.kind not in "iuf":
+        raise DataError(pointer, f"the labels are {y.dtype} values; a regression model needs numbers")
+    targets = y.astype(np.float64)
+    if not np.isfinite(targets).all():
+        raise DataError(pointer, "the labels hold NaN or infinite values")
+    return targets
+
+
 def spread(rows: int, count: int) -> np.ndarray:
     """``count`` row indices evenly spread over ``rows`` (all of them when there are fewer)."""
     if count >= rows:
@@ -191,12 +212,14 @@ def assemble(
     classes: list[Any] | None = None,
     default_dataset: DataSpec | None = None,
     default_split: tuple[float, int] | None = None,
+    task: Task = "classification",
 ) -> PipelineData:
     """Which rows fine-tune, evaluate and calibrate, by the rules in the module docstring.
 
     ``default_dataset`` stands in for a missing ``dataset`` (the data the source was trained
     on); ``default_split`` (fraction, seed) for an ``eval.fraction`` the spec leaves out, so
-    that the eval rows are the source's own validation rows."""
+    that the eval rows are the source's own validation rows. A ``regression`` model's labels stay
+    numbers (``regression_targets``)."""
     dataset = spec.dataset or default_dataset
     notes: list[str] = []
     eval_rows = load(spec.eval, "/eval")
@@ -213,10 +236,16 @@ def assemble(
         train_rows = load(dataset, "/dataset")
     if spec.eval.max_rows is not None and len(eval_rows) > spec.eval.max_rows:
         eval_rows = eval_rows.take(spread(len(eval_rows), spec.eval.max_rows))
-    eval_y = None if eval_rows.y is None else class_indices(eval_rows.y, classes, num_outputs, "/eval")
-    train_y = None
-    if train_rows is not None and train_rows.y is not None:
-        train_y = class_indices(train_rows.y, classes, num_outputs, "/dataset")
+
+    def labels(y: np.ndarray | None, pointer: str) -> np.ndarray | None:
+        if y is None:
+            return None
+        return (
+            regression_targets(y, pointer) if task == "regression" else class_indices(y, classes, num_outputs, pointer)
+        )
+
+    eval_y = labels(eval_rows.y, "/eval")
+    train_y = labels(None if train_rows is None else train_rows.y, "/dataset")
     return PipelineData(
         eval_x=eval_rows.x,
         eval_y=eval_y,
@@ -226,6 +255,7 @@ def assemble(
         notes=notes,
         dataset=dataset,
         split=split,
+        task=task,
     )
 
 

@@ -1,7 +1,8 @@
 """Output fidelity of a compressed model against its source, and batched ONNX Runtime runs.
 
-Owns: the metrics a compression report states when labels exist (accuracy) and when they do not
-(cosine similarity per row, max abs error), as pure numpy functions; and running an ONNX model
+Owns: the metrics a compression report states when labels exist (a classifier's accuracy, a
+regression model's MAE, RMSE and R²) and when they do not (cosine similarity per row, max abs
+error; a regression model's values compared as one vector), as pure numpy functions; and running an ONNX model
 over batches with an explicit number of intra-op threads, so that every measurement says which
 thread settings it used.
 """
@@ -66,6 +67,48 @@ def compare_outputs(reference: np.ndarray, candidate: np.ndarray) -> Fidelity:
         mean_cosine=float(np.mean(cos)),
         min_cosine=float(np.min(cos)),
         max_abs_error=max_abs_error(reference, candidate),
+    )
+
+
+def compare_values(reference: np.ndarray, candidate: np.ndarray) -> Fidelity:
+    """A regression model's values (one per row, ``(N,)`` or ``(N, 1)``) against the source's:
+    the cosine of the two vectors of values (a single value per row has no direction of its
+    own) and the largest difference of a row."""
+    a, b = np.asarray(reference).reshape(1, -1), np.asarray(candidate).reshape(1, -1)
+    cos = float(cosine_per_row(a, b)[0])
+    return Fidelity(rows=a.shape[1], mean_cosine=cos, min_cosine=cos, max_abs_error=max_abs_error(a, b))
+
+
+@dataclass(frozen=True)
+class RegressionErrors:
+    """A regression model's values against the labels (in the labels' unit, except R²)."""
+
+    rows: int
+    mae: float
+    rmse: float
+    r2: float  # 1 - residual / total sum of squares; 0 when the labels do not vary
+
+    def as_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def regression_errors(values: np.ndarray, targets: np.ndarray) -> RegressionErrors:
+    """MAE, RMSE and R² of ``values`` (``(N,)`` or ``(N, 1)``) against ``targets`` ``(N,)``, by
+    the formulas a training job reports ``val_mae``/``val_rmse``/``val_r2`` with."""
+    truth = np.asarray(targets, dtype=np.float64).reshape(-1)
+    predicted = np.asarray(values, dtype=np.float64).reshape(-1)
+    if predicted.shape != truth.shape:
+        raise ValueError(f"{predicted.size} values for {truth.size} labels")
+    if not truth.size:
+        raise ValueError("no rows to measure")
+    error = predicted - truth
+    squares = float(np.sum(error**2))
+    total = float(np.sum((truth - truth.mean()) ** 2))
+    return RegressionErrors(
+        rows=int(truth.size),
+        mae=float(np.mean(np.abs(error))),
+        rmse=float(np.sqrt(squares / truth.size)),
+        r2=1.0 - squares / total if total > 0 else 0.0,
     )
 
 

@@ -1,8 +1,10 @@
 """A compression run: the passes in order, each measured and held to the accuracy floor, then
 the speed of every stage and the report. Shared by the worker and the CLI.
 
-Owns: evaluating a stage (accuracy on the eval rows when there are labels, and always output
-fidelity against the source's outputs), the accuracy-floor rule (``floor_breach``, pure),
+Owns: evaluating a stage (on the eval rows when there are labels: a classifier's accuracy, a
+regression model's MAE, RMSE and R²; and always output fidelity against the source's outputs),
+the accuracy-floor rule (``floor_breach``, pure: accuracy, a regression model's MAE, or the
+mean cosine without labels),
 running the passes with their data and the caller's hooks (progress, cancellation, the progress
 after each pass for the caller to save), resuming after the passes a saved ``Progress`` did
 (``compression.resume``), and measuring speed once at the end, stage after stage under the same
@@ -22,14 +24,22 @@ import torch
 
 from compression.data import Inputs, PipelineData, select_rows
 from compression.distill import DistillError
-from compression.fidelity import Fidelity, accuracy, compare_outputs, make_session
+from compression.fidelity import (
+    Fidelity,
+    RegressionErrors,
+    accuracy,
+    compare_outputs,
+    compare_values,
+    make_session,
+    regression_errors,
+)
 from compression.measure import file_size, measure_speed, onnx_outputs
 from compression.passes import ExportParityError, ModelState, Pass, PassContext, PassError, fit_to_inputs, make_pass
 from compression.prune import PruneError
 from compression.quantize import CalibrationMismatch, QuantizationError
 from compression.report import Stage, build_report, stage_row
 from compression.resume import Progress
-from compression.spec import AccuracyFloor, MeasurementSpec, PassSpec
+from compression.spec import AccuracyFloor, MeasurementSpec, PassSpec, Task
 from core.spec_kit import FieldError
 
 PASS_ERRORS = (PassError, PruneError, DistillError, QuantizationError, ExportParityError)
@@ -53,17 +63,31 @@ class Hooks:
 
 
 @dataclass(frozen=True)
-class Breach:
-    """A stage below the accuracy floor."""
+class Quality:
+    """What a stage's outputs on the eval rows are worth: against the labels (a classifier's
+    accuracy or a regression model's errors; neither without labels) and against the source."""
 
-    metric: str  # "accuracy" or "mean_cosine"
+    accuracy: float | None
+    errors: RegressionErrors | None
+    fidelity: Fidelity
+
+
+LOWER_IS_BETTER = frozenset({"mae"})
+
+
+@dataclass(frozen=True)
+class Breach:
+    """A stage below the accuracy floor (for an error such as ``mae``: above its ceiling)."""
+
+    metric: str  # "accuracy", "mae" or "mean_cosine"
     value: float
     floor: float
     source_value: float
 
     def message(self, stage: str) -> str:
+        side = "above the ceiling" if self.metric in LOWER_IS_BETTER else "below the floor"
         return (
-            f"after {stage} the {self.metric.replace('_', ' ')} is {self.value:.4f}, below the floor "
+            f"after {stage} the {self.metric.replace('_', ' ')} is {self.value:.4f}, {side} "
             f"{self.floor:.4f} (the source's is {self.source_value:.4f})"
         )
 
@@ -76,21 +100,22 @@ class AccuracyFloorBreached(Exception):
         self.index, self.stage, self.breach, self.stages = index, stage, breach, stages
 
 
-def floor_breach(
-    floor: AccuracyFloor, source: tuple[float | None, Fidelity], current: tuple[float | None, Fidelity]
-) -> Breach | None:
-    """Whether ``current`` (accuracy or None, fidelity to the source) is below the floor that
-    ``source`` sets: accuracy when there are labels, mean cosine otherwise."""
-    source_accuracy, _ = source
-    current_accuracy, fidelity = current
-    if source_accuracy is not None and current_accuracy is not None:
-        limit = floor.accuracy_floor(source_accuracy)
-        if limit is not None and current_accuracy < limit:
-            return Breach("accuracy", current_accuracy, limit, source_accuracy)
+def floor_breach(floor: AccuracyFloor, source: Quality, current: Quality) -> Breach | None:
+    """Whether ``current`` is below the floor that ``source`` sets: accuracy, or a regression
+    model's MAE, when there are labels; mean cosine to the source otherwise."""
+    if source.errors is not None and current.errors is not None:
+        ceiling = floor.mae_ceiling(source.errors.mae)
+        if ceiling is not None and current.errors.mae > ceiling:
+            return Breach("mae", current.errors.mae, ceiling, source.errors.mae)
+        return None
+    if source.accuracy is not None and current.accuracy is not None:
+        limit = floor.accuracy_floor(source.accuracy)
+        if limit is not None and current.accuracy < limit:
+            return Breach("accuracy", current.accuracy, limit, source.accuracy)
         return None
     limit = floor.min_mean_cosine
-    if limit is not None and fidelity.mean_cosine < limit:
-        return Breach("mean_cosine", fidelity.mean_cosine, limit, 1.0)
+    if limit is not None and current.fidelity.mean_cosine < limit:
+        return Breach("mean_cosine", current.fidelity.mean_cosine, limit, 1.0)
     return None
 
 
@@ -127,21 +152,26 @@ class PipelineResult:
 
 @dataclass(frozen=True)
 class _Evaluator:
-    """Accuracy and fidelity of a stage's ONNX model on the eval rows."""
+    """The quality of a stage's ONNX model on the eval rows, as its task measures it."""
 
     x: Inputs
     y: np.ndarray | None
     reference: np.ndarray
     threads: int
+    task: Task
 
-    def __call__(self, path: Path) -> tuple[float | None, Fidelity]:
+    def __call__(self, path: Path) -> Quality:
         outputs = onnx_outputs(make_session(path, intra_op_threads=self.threads), fit_to_inputs(path, self.x))
+        if self.task == "regression":
+            errors = None if self.y is None else regression_errors(outputs, self.y)
+            return Quality(None, errors, compare_values(self.reference, outputs))
         measured = None if self.y is None else accuracy(outputs, self.y)
-        return measured, compare_outputs(self.reference, outputs)
+        return Quality(measured, None, compare_outputs(self.reference, outputs))
 
 
-def _stage(name: str, kind: str, state: ModelState, quality: tuple[float | None, Fidelity], **extra: Any) -> Stage:
-    return Stage(name, kind, state.parameters, file_size(state.onnx_path), quality[0], quality[1], **extra)
+def _stage(name: str, kind: str, state: ModelState, quality: Quality, **extra: Any) -> Stage:
+    size = file_size(state.onnx_path)
+    return Stage(name, kind, state.parameters, size, quality.accuracy, quality.fidelity, errors=quality.errors, **extra)
 
 
 def run(
@@ -164,7 +194,7 @@ def run(
     runners = [p if isinstance(p, Pass) else make_pass(p) for p in passes]
     session = make_session(source.onnx_path, intra_op_threads=measurement.threads)
     reference = onnx_outputs(session, fit_to_inputs(source.onnx_path, data.eval_x))
-    evaluate = _Evaluator(data.eval_x, data.eval_y, reference, measurement.threads)
+    evaluate = _Evaluator(data.eval_x, data.eval_y, reference, measurement.threads, data.task)
     source_quality = evaluate(source.onnx_path)
     stages = [_stage("source", "source", source, source_quality)]
     files = [source.onnx_path]

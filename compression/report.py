@@ -2,10 +2,12 @@
 
 Owns: one row per stage (the source, then the model after every pass) with parameters,
 non-zero parameters, ONNX bytes raw and gzip-compressed (unstructured zeros only save bytes
-once compressed, so both are stated), accuracy on the eval rows (None without labels), output
-fidelity against the source (mean/min cosine, max abs error), p50/p90 latency at batch 1 and
-throughput at batch 32; the changes of each row against the source and the previous stage
-(ratios, accuracy in points, speed-ups); and rendering those. Building the report is pure;
+once compressed, so both are stated), accuracy on the eval rows (None without labels; a
+regression model's MAE, RMSE and R² instead), output fidelity against the source (mean/min
+cosine, max abs error), p50/p90 latency at batch 1 and throughput at batch 32; the changes of
+each row against the source and the previous stage (ratios, accuracy in points, MAE as a ratio,
+R² as a difference, speed-ups); the report's ``metric`` (``accuracy``, ``mae`` or
+``fidelity``: what its quality column is); and rendering those. Building the report is pure;
 only ``write_report`` and ``draw_chart`` touch files.
 """
 
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from compression.fidelity import Fidelity
+from compression.fidelity import Fidelity, RegressionErrors
 from compression.measure import FileSize, ParameterCounts, Speed
 
 REPORT_VERSION = 1
@@ -38,11 +40,12 @@ class Stage:
     options: dict[str, Any] = field(default_factory=dict)
     details: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    errors: RegressionErrors | None = None  # a regression model's, with labels
 
 
 def stage_row(stage: Stage) -> Row:
     """One flat row of the report."""
-    speed = stage.speed
+    speed, errors = stage.speed, stage.errors
     return {
         "stage": stage.name,
         "kind": stage.kind,
@@ -52,6 +55,9 @@ def stage_row(stage: Stage) -> Row:
         "onnx_bytes": stage.size.bytes,
         "onnx_gzip_bytes": stage.size.gzip_bytes,
         "accuracy": stage.accuracy,
+        "mae": errors.mae if errors else None,
+        "rmse": errors.rmse if errors else None,
+        "r2": errors.r2 if errors else None,
         "mean_cosine": stage.fidelity.mean_cosine,
         "min_cosine": stage.fidelity.min_cosine,
         "max_abs_error": stage.fidelity.max_abs_error,
@@ -72,11 +78,14 @@ def _ratio(new: float | None, old: float | None) -> float | None:
 
 def changes(base: Mapping[str, Any], row: Mapping[str, Any]) -> Row:
     """``row`` against ``base``: size ratios (< 1 is smaller), accuracy change in points
-    (percentage points, negative is a loss), latency speed-up and throughput ratio (> 1 is
-    faster)."""
+    (percentage points, negative is a loss), a regression model's MAE ratio (> 1 is more error)
+    and R² change, latency speed-up and throughput ratio (> 1 is faster)."""
     accuracy = None
     if row["accuracy"] is not None and base["accuracy"] is not None:
         accuracy = (row["accuracy"] - base["accuracy"]) * 100.0
+    r2 = None
+    if row["r2"] is not None and base["r2"] is not None:
+        r2 = row["r2"] - base["r2"]
     return {
         "parameters_ratio": _ratio(row["parameters"], base["parameters"]),
         "nonzero_parameters_ratio": _ratio(row["nonzero_parameters"], base["nonzero_parameters"]),
@@ -84,6 +93,8 @@ def changes(base: Mapping[str, Any], row: Mapping[str, Any]) -> Row:
         "onnx_gzip_bytes_ratio": _ratio(row["onnx_gzip_bytes"], base["onnx_gzip_bytes"]),
         "accuracy_change_points": accuracy,
         "accuracy_kept": _ratio(row["accuracy"], base["accuracy"]),
+        "mae_ratio": _ratio(row["mae"], base["mae"]),
+        "r2_change": r2,
         "latency_speedup": _ratio(base["latency_p50_ms"], row["latency_p50_ms"]),
         "throughput_ratio": _ratio(row["throughput_items_per_s"], base["throughput_items_per_s"]),
     }
@@ -99,11 +110,19 @@ def build_report(stages: Sequence[Stage], meta: Mapping[str, Any] | None = None)
         row["vs_previous"] = changes(rows[index - 1], row) if index else changes(row, row)
     return {
         "version": REPORT_VERSION,
-        "metric": "accuracy" if rows[0]["accuracy"] is not None else "fidelity",
+        "metric": report_metric(rows[0]),
         "meta": dict(meta or {}),
         "stages": rows,
         "overall": changes(rows[0], rows[-1]),
     }
+
+
+def report_metric(row: Mapping[str, Any]) -> str:
+    """What the report judges quality by: ``accuracy`` (a classifier with labels), ``mae`` (a
+    regression model with labels), else ``fidelity`` (outputs against the source's)."""
+    if row["mae"] is not None:
+        return "mae"
+    return "accuracy" if row["accuracy"] is not None else "fidelity"
 
 
 # --- rendering ---------------------------------------------------------------------------------
@@ -118,10 +137,12 @@ def _kb(value: int) -> str:
 
 
 def markdown(report: Mapping[str, Any]) -> str:
-    """The report as a Markdown table, one row per stage, then the overall change."""
+    """The report as a Markdown table, one row per stage, then the overall change; a regression
+    model's has MAE, RMSE and R² where a classifier's has accuracy."""
+    regression = report["metric"] == "mae"
     header = (
-        "| stage | parameters | non-zero | ONNX KiB | gzip KiB | accuracy | mean cos | max abs err "
-        "| p50 ms (b=1) | items/s (b=32) |"
+        f"| stage | parameters | non-zero | ONNX KiB | gzip KiB | {'MAE | RMSE | R²' if regression else 'accuracy'} "
+        "| mean cos | max abs err | p50 ms (b=1) | items/s (b=32) |"
     )
     lines = [
         "# Compression report",
@@ -130,15 +151,18 @@ def markdown(report: Mapping[str, Any]) -> str:
         _separator(header),
     ]
     for row in report["stages"]:
+        quality = " | ".join(
+            _number(row[key], ".4f") for key in (("mae", "rmse", "r2") if regression else ("accuracy",))
+        )
         lines.append(
             f"| {row['stage']} | {row['parameters']:,} | {row['nonzero_parameters']:,} "
             f"| {_kb(row['onnx_bytes'])} | {_kb(row['onnx_gzip_bytes'])} "
-            f"| {_number(row['accuracy'], '.4f')} | {row['mean_cosine']:.5f} | {row['max_abs_error']:.3g} "
+            f"| {quality} | {row['mean_cosine']:.5f} | {row['max_abs_error']:.3g} "
             f"| {_number(row['latency_p50_ms'], '.3f')} | {_number(row['throughput_items_per_s'], ',.0f')} |"
         )
     overall = report["overall"]
     lines += ["", "Overall, last stage against the source:", ""]
-    lines += [f"- {label}: {text}" for label, text in _overall_lines(overall)]
+    lines += [f"- {label}: {text}" for label, text in _overall_lines(overall, regression)]
     notes = report.get("meta", {}).get("notes") or []
     if notes:
         lines += ["", "Notes:", "", *[f"- {note}" for note in notes]]
@@ -149,21 +173,29 @@ def _separator(header: str) -> str:
     return "|" + "---|" * (header.count("|") - 1)
 
 
-def _overall_lines(overall: Mapping[str, Any]) -> list[tuple[str, str]]:
+def _overall_lines(overall: Mapping[str, Any], regression: bool) -> list[tuple[str, str]]:
+    quality = (
+        [
+            ("MAE", _number(overall["mae_ratio"], ".1%") + " of the source's"),
+            ("R² change", _number(overall["r2_change"], "+.4f")),
+        ]
+        if regression
+        else [("accuracy change", _number(overall["accuracy_change_points"], "+.2f") + " points")]
+    )
     return [
         ("parameters", _number(overall["parameters_ratio"], ".1%") + " of the source"),
         ("non-zero parameters", _number(overall["nonzero_parameters_ratio"], ".1%") + " of the source"),
         ("ONNX bytes", _number(overall["onnx_bytes_ratio"], ".1%") + " of the source"),
         ("gzip bytes", _number(overall["onnx_gzip_bytes_ratio"], ".1%") + " of the source"),
-        ("accuracy change", _number(overall["accuracy_change_points"], "+.2f") + " points"),
+        *quality,
         ("batch-1 latency speed-up", _number(overall["latency_speedup"], ".2f") + "x"),
         ("batch-32 throughput", _number(overall["throughput_ratio"], ".2f") + "x"),
     ]
 
 
 def draw_chart(report: Mapping[str, Any], path: Path) -> None:
-    """Four panels over the stages: bytes (raw and gzip), non-zero parameters, accuracy or
-    mean cosine, and batch-1 latency."""
+    """Four panels over the stages: bytes (raw and gzip), non-zero parameters, accuracy, MAE or
+    mean cosine (the report's metric), and batch-1 latency."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -183,11 +215,14 @@ def draw_chart(report: Mapping[str, Any], path: Path) -> None:
     params.bar(positions, [r["nonzero_parameters"] for r in rows], width, label="non-zero")
     params.set(title="parameters")
     params.legend()
-    metric = "accuracy" if report["metric"] == "accuracy" else "mean_cosine"
+    metric = report["metric"] if report["metric"] in ("accuracy", "mae") else "mean_cosine"
     values = [r[metric] for r in rows]
     quality.bar(positions, values, color="tab:green")
-    low = min(values)
-    quality.set(title=metric.replace("_", " "), ylim=(max(0.0, low - (1 - low) - 0.01), 1.0))
+    if metric == "mae":  # an error in the labels' unit: from zero, lower is better
+        quality.set(title="MAE (lower is better)", ylim=(0.0, max(values) * 1.1 or 1.0))
+    else:
+        low = min(values)
+        quality.set(title=metric.replace("_", " "), ylim=(max(0.0, low - (1 - low) - 0.01), 1.0))
     latency.bar(positions, [r["latency_p50_ms"] or 0.0 for r in rows], color="tab:orange")
     latency.set(title="p50 latency, batch 1", ylabel="ms")
     for axis in axes.flat:

@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 from safetensors.torch import save_file
 
-from compression.fidelity import Fidelity
+from compression.fidelity import Fidelity, RegressionErrors
 from compression.measure import FileSize, ParameterCounts, Speed
 from compression.passes import ModelState
 from compression.report import Stage
@@ -52,7 +52,7 @@ def _stage_json(stage: Stage) -> dict[str, Any]:
 
 
 def _stage(data: dict[str, Any]) -> Stage:
-    speed = data.get("speed")
+    speed, errors = data.get("speed"), data.get("errors")
     return Stage(
         name=data["name"],
         kind=data["kind"],
@@ -64,6 +64,7 @@ def _stage(data: dict[str, Any]) -> Stage:
         options=data.get("options") or {},
         details=data.get("details") or {},
         seconds=data.get("seconds", 0.0),
+        errors=RegressionErrors(**errors) if errors else None,
     )
 
 

@@ -19,6 +19,15 @@ The accuracy floor: after every pass the model's eval accuracy must stay at or a
 5 points below the source); without labels the mean cosine similarity of its outputs to the
 source's must stay at or above ``min_mean_cosine``. A pass below the floor fails the job
 with the numbers and registers nothing.
+
+A regression model (``task_of_output``: its first output is floating point with one value per
+row, as a text encoder's regression head exports ``value``) has no accuracy: with labels its
+eval MAE must stay at or below ``source MAE · (1 + max_mae_increase)`` (default: at most 10%
+more error); without labels the cosine of its vector of values to the source's must stay at or
+above ``min_mean_cosine``. ``max_drop``/``min_accuracy`` given for a regression model, or
+``max_mae_increase`` for a classifier, is a problem at that field (``check_against_source``),
+as is a pass that trains a regression model as a classifier (fine-tuning on class labels,
+distillation other than ``mse``).
 """
 
 from __future__ import annotations
@@ -70,6 +79,8 @@ from training.spec import (
 
 ZooSpec = MLPSpec | CNNSpec | TransformerSpec
 PASS_KINDS = ("prune", "distill", "quantize")
+Task = Literal["classification", "regression"]
+FLOAT_DATATYPES = frozenset({"FP16", "BF16", "FP32", "FP64"})
 
 __all__ = [
     "AccuracyFloor",
@@ -91,7 +102,9 @@ __all__ = [
     "feeds_named_inputs",
     "named_feed",
     "remaining_channels",
+    "signature_task",
     "state_dict_classes",
+    "task_of_output",
     "zoo_parameters",
 ]
 
@@ -322,13 +335,26 @@ PassSpec = Annotated[PruneSpec | DistillSpec | QuantizeSpec, Field(discriminator
 class AccuracyFloor(StrictModel):
     """Where a pass has destroyed the model (see the module docstring); null turns a part off."""
 
-    max_drop: float | None = Field(0.05, ge=0.0, le=1.0, description="accuracy below the source's, as a fraction")
-    min_accuracy: float | None = Field(None, ge=0.0, le=1.0)
+    max_drop: float | None = Field(
+        0.05, ge=0.0, le=1.0, description="a classifier's: accuracy below the source's, as a fraction"
+    )
+    min_accuracy: float | None = Field(None, ge=0.0, le=1.0, description="a classifier's")
+    max_mae_increase: float | None = Field(
+        0.10,
+        ge=0.0,
+        le=100.0,
+        description="a regression model's: eval MAE above the source's, as a fraction of the source's "
+        "(0.1: at most 10% more error)",
+    )
     min_mean_cosine: float | None = Field(0.95, ge=-1.0, le=1.0, description="without labels")
 
     def accuracy_floor(self, source_accuracy: float) -> float | None:
         floors = [f for f in (self._relative(source_accuracy), self.min_accuracy) if f is not None]
         return max(floors) if floors else None
+
+    def mae_ceiling(self, source_mae: float) -> float | None:
+        """The largest eval MAE a regression model may have after a pass."""
+        return None if self.max_mae_increase is None else source_mae * (1.0 + self.max_mae_increase)
 
     def _relative(self, source_accuracy: float) -> float | None:
         return None if self.max_drop is None else source_accuracy - self.max_drop
@@ -454,7 +480,8 @@ class SourceFacts:
     ``zoo`` is the architecture when the weights are at hand (a model version trained or
     compressed by the platform, or a .safetensors with its arch); None means an ONNX graph only.
     ``features``/``classes`` are set when the model maps ``[batch, features]`` to
-    ``[batch, classes]``; ``inputs`` is the ONNX signature's inputs when known.
+    ``[batch, classes]``; ``inputs`` is the ONNX signature's inputs when known; ``task`` is what
+    its first output holds (``task_of_output``).
     """
 
     describe: str
@@ -464,13 +491,30 @@ class SourceFacts:
     inputs: list[dict[str, Any]] = field(default_factory=list)
     default_dataset: DataSpec | None = None
     classes_list: list[Any] | None = None
+    task: Task = "classification"
+
+
+def task_of_output(datatype: str | None, shape: Sequence[int] | None) -> Task:
+    """``regression`` for a first output that is floating point with one value per row
+    (``[batch]`` or ``[batch, 1]``: top-1 accuracy means nothing there); else ``classification``
+    (class scores, or predicted labels as integers)."""
+    one_value = shape is not None and (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1))
+    return "regression" if datatype in FLOAT_DATATYPES and one_value else "classification"
+
+
+def signature_task(signature: Mapping[str, Any]) -> Task:
+    """The task of a model from its signature (``core.onnx_signature``): its first output's."""
+    outputs = signature.get("outputs") or []
+    return task_of_output(outputs[0].get("datatype"), outputs[0].get("shape")) if outputs else "classification"
 
 
 def check_against_source(spec: CompressionSpec, facts: SourceFacts) -> list[FieldProblem]:
     """Passes that do not apply to the source: pruning or distilling an ONNX graph, structured
     pruning of an architecture it cannot shrink, a student not smaller than its teacher or
-    unfit for the features, fine-tuning without training data."""
-    problems: list[FieldProblem] = []
+    unfit for the features, fine-tuning without training data; and options of the other task
+    (a classifier's accuracy floor for a regression model, training on class labels, and the
+    other way round)."""
+    problems: list[FieldProblem] = _floor_problems(spec.accuracy_floor, facts)
     zoo = facts.zoo
     for index, item in enumerate(spec.passes):
         at = f"/passes/{index}"
@@ -478,6 +522,9 @@ def check_against_source(spec: CompressionSpec, facts: SourceFacts) -> list[Fiel
             continue
         if zoo is None:
             problems.append({"pointer": f"{at}/kind", "detail": _needs_weights(item.kind, facts)})
+            continue
+        if facts.task == "regression" and (problem := _class_label_training(item, facts, at)) is not None:
+            problems.append(problem)
             continue
         if isinstance(item, PruneSpec):
             if item.structured and not isinstance(zoo, MLPSpec | CNNSpec):
@@ -502,6 +549,38 @@ def check_against_source(spec: CompressionSpec, facts: SourceFacts) -> list[Fiel
             }
         )
     return problems
+
+
+CLASSIFIER_FLOORS = ("max_drop", "min_accuracy")
+REGRESSION_FLOORS = ("max_mae_increase",)
+
+
+def _floor_problems(floor: AccuracyFloor, facts: SourceFacts) -> list[FieldProblem]:
+    """Floor fields of the other task, given with a value (defaults and nulls are fine)."""
+    regression = facts.task == "regression"
+    foreign = CLASSIFIER_FLOORS if regression else REGRESSION_FLOORS
+    given = [name for name in foreign if name in floor.model_fields_set and getattr(floor, name) is not None]
+    if regression:
+        detail = (
+            f"{facts.describe} is a regression model (one value per row): it has no accuracy; "
+            "its floor is max_mae_increase (with labels) or min_mean_cosine"
+        )
+    else:
+        detail = f"max_mae_increase is a regression model's floor; {facts.describe} is a classifier: "
+        detail += "use max_drop or min_accuracy"
+    return [{"pointer": f"/accuracy_floor/{name}", "detail": detail} for name in given]
+
+
+def _class_label_training(item: PruneSpec | DistillSpec, facts: SourceFacts, at: str) -> FieldProblem | None:
+    """A pass that would train a regression model with cross entropy on class labels."""
+    if isinstance(item, PruneSpec) and item.fine_tune_epochs > 0:
+        option, what = "fine_tune_epochs", "fine-tuning trains on class labels"
+    elif isinstance(item, DistillSpec) and item.mode != "mse":
+        # kd matches class probabilities and labels; a cosine of one value per row is its sign
+        option, what = "mode", f"{item.mode} distillation does not fit one value per row; use mse"
+    else:
+        return None
+    return {"pointer": f"{at}/{option}", "detail": f"{facts.describe} is a regression model: {what}"}
 
 
 def _needs_weights(kind: str, facts: SourceFacts) -> str:

@@ -1,4 +1,5 @@
-"""Fidelity math on known vectors, batched ORT runs, and the timing arithmetic."""
+"""Fidelity math on known vectors (a regression model's errors and agreement included), batched
+ORT runs, and the timing arithmetic."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import pytest
 from compression.fidelity import (
     accuracy,
     compare_outputs,
+    compare_values,
     cosine_per_row,
     label_agreement,
     make_session,
     max_abs_error,
+    regression_errors,
     run_batches,
     session_info,
 )
@@ -25,6 +28,47 @@ def test_cosine_of_known_rows() -> None:
     a = np.array([[1.0, 0.0], [1.0, 1.0], [1.0, 0.0], [0.0, 0.0], [3.0, 4.0]])
     b = np.array([[0.0, 1.0], [2.0, 2.0], [-1.0, 0.0], [0.0, 0.0], [4.0, 3.0]])
     np.testing.assert_allclose(cosine_per_row(a, b), [0.0, 1.0, -1.0, 1.0, 24 / 25])
+
+
+def test_regression_errors_of_known_values() -> None:
+    targets = np.array([0.0, 1.0, 2.0, 3.0])
+    errors = regression_errors(np.array([[0.5], [1.0], [2.0], [2.0]], dtype=np.float32), targets)
+    # errors 0.5, 0, 0, -1: |e| sums to 1.5, e² to 1.25; the targets' squares about their mean sum to 5
+    assert errors.rows == 4
+    assert errors.mae == pytest.approx(1.5 / 4) and errors.rmse == pytest.approx(np.sqrt(1.25 / 4))
+    assert errors.r2 == pytest.approx(1 - 1.25 / 5)
+    assert regression_errors(targets, targets).as_dict() == {"rows": 4, "mae": 0.0, "rmse": 0.0, "r2": 1.0}
+    assert regression_errors(np.full(4, 1.5), targets).r2 == pytest.approx(0.0)  # the mean: no better than it
+    assert regression_errors(np.array([1.0, 2.0]), np.array([1.0, 1.0])).r2 == 0.0  # labels that do not vary
+
+
+def test_regression_errors_are_the_training_jobs_validation_metrics() -> None:
+    import torch
+
+    from training.loop import regression_metrics
+
+    rng = np.random.default_rng(0)
+    targets, values = rng.normal(size=50), rng.normal(size=50)
+    ours = regression_errors(values, targets)
+    theirs = regression_metrics(torch.from_numpy(values), torch.from_numpy(targets))
+    assert (ours.mae, ours.rmse, ours.r2) == pytest.approx((theirs["mae"], theirs["rmse"], theirs["r2"]))
+
+
+def test_regression_errors_need_one_value_per_label() -> None:
+    with pytest.raises(ValueError, match="3 values for 2 labels"):
+        regression_errors(np.zeros(3), np.zeros(2))
+    with pytest.raises(ValueError, match="no rows"):
+        regression_errors(np.zeros(0), np.zeros(0))
+
+
+def test_regression_values_are_compared_as_one_vector() -> None:
+    reference = np.array([1.0, 2.0, 3.0])
+    same = compare_values(reference, reference.reshape(3, 1))
+    assert (same.rows, same.mean_cosine, same.min_cosine, same.max_abs_error) == (3, 1.0, 1.0, 0.0)
+    off = compare_values(reference, np.array([1.0, 2.0, -3.0]))
+    assert off.rows == 3 and off.mean_cosine == pytest.approx((1 + 4 - 9) / 14) and off.max_abs_error == 6.0
+    # per row, one value has only a sign: every row would be ±1
+    assert compare_outputs(reference.reshape(3, 1), np.array([[1.1], [2.5], [3.9]])).min_cosine == 1.0
 
 
 def test_cosine_flattens_trailing_axes() -> None:

@@ -1,5 +1,6 @@
 """The compression run: the accuracy floor, which rows go where, and the passes end to end on a
-small MLP (prune + quantize, distillation), with cancellation and failures pointing into the spec."""
+small MLP (prune + quantize, distillation), with cancellation and failures pointing into the spec;
+a regression model (one value per row) measured and held to its MAE ceiling."""
 
 from __future__ import annotations
 
@@ -11,12 +12,14 @@ import pytest
 import torch
 
 from compression import pipeline
-from compression.data import PipelineData, Rows, assemble, class_indices, read_rows, spread
-from compression.fidelity import Fidelity
+from compression.data import DataError, PipelineData, Rows, assemble, class_indices, read_rows, spread
+from compression.fidelity import Fidelity, RegressionErrors
 from compression.finetune import finetune
+from compression.measure import onnx_outputs
 from compression.passes import ModelState
 from compression.sources import SourceError, source_state, zoo_model
 from compression.spec import AccuracyFloor, CompressionSpec, DataSpec, MLPSpec
+from tests.support import compression_models as models
 from training.export import save_state_dict
 from training.zoo import build_model
 
@@ -25,6 +28,11 @@ FAST = {"latency_iterations": 5, "throughput_iterations": 2, "warmup": 1}
 
 def fidelity(mean: float) -> Fidelity:
     return Fidelity(rows=10, mean_cosine=mean, min_cosine=mean, max_abs_error=0.0)
+
+
+def quality(accuracy: float | None, cosine: float, mae: float | None = None) -> pipeline.Quality:
+    errors = None if mae is None else RegressionErrors(rows=10, mae=mae, rmse=mae, r2=0.5)
+    return pipeline.Quality(accuracy, errors, fidelity(cosine))
 
 
 # --- the floor ---------------------------------------------------------------------------------
@@ -44,7 +52,7 @@ def fidelity(mean: float) -> Fidelity:
 def test_the_floor_is_the_higher_of_the_relative_and_absolute_limits(
     floor: AccuracyFloor, accuracy: float, breached: bool
 ) -> None:
-    breach = pipeline.floor_breach(floor, (0.9, fidelity(1.0)), (accuracy, fidelity(0.5)))
+    breach = pipeline.floor_breach(floor, quality(0.9, 1.0), quality(accuracy, 0.5))
     assert (breach is not None) == breached
     if breach:
         assert breach.metric == "accuracy" and breach.value == accuracy and breach.source_value == 0.9
@@ -53,10 +61,30 @@ def test_the_floor_is_the_higher_of_the_relative_and_absolute_limits(
 
 def test_without_labels_the_floor_is_on_the_mean_cosine() -> None:
     floor = AccuracyFloor(min_mean_cosine=0.97)
-    assert pipeline.floor_breach(floor, (None, fidelity(1.0)), (None, fidelity(0.98))) is None
-    breach = pipeline.floor_breach(floor, (None, fidelity(1.0)), (None, fidelity(0.9)))
+    assert pipeline.floor_breach(floor, quality(None, 1.0), quality(None, 0.98)) is None
+    breach = pipeline.floor_breach(floor, quality(None, 1.0), quality(None, 0.9))
     assert breach is not None and breach.metric == "mean_cosine" and breach.floor == 0.97
-    assert pipeline.floor_breach(AccuracyFloor(min_mean_cosine=None), (None, fidelity(1)), (None, fidelity(0))) is None
+    assert pipeline.floor_breach(AccuracyFloor(min_mean_cosine=None), quality(None, 1), quality(None, 0)) is None
+
+
+@pytest.mark.parametrize(
+    ("floor", "mae", "breached"),
+    [
+        (AccuracyFloor(), 0.219, False),  # default: at most 10% more error than the source's 0.2
+        (AccuracyFloor(), 0.221, True),
+        (AccuracyFloor(max_mae_increase=1.0), 0.39, False),
+        (AccuracyFloor(max_mae_increase=None), 5.0, False),
+        (AccuracyFloor(max_mae_increase=0.0), 0.2001, True),
+    ],
+)
+def test_a_regression_models_ceiling_is_on_its_mae(floor: AccuracyFloor, mae: float, breached: bool) -> None:
+    # the mean cosine (0.5) is not what a labelled regression run is judged by
+    breach = pipeline.floor_breach(floor, quality(None, 1.0, mae=0.2), quality(None, 0.5, mae=mae))
+    assert (breach is not None) == breached
+    if breach:
+        assert (breach.metric, breach.value, breach.source_value) == ("mae", mae, 0.2)
+        assert breach.floor == floor.mae_ceiling(0.2)
+        assert "above the ceiling" in breach.message("1. quantize")
 
 
 # --- which rows go where -----------------------------------------------------------------------
@@ -131,6 +159,75 @@ def test_labels_become_class_indices() -> None:
     assert class_indices(np.array([10, 30, 20]), None, 3, "/eval").tolist() == [0, 2, 1]
     assert class_indices(np.array(["cat", "dog"]), ["ant", "cat", "dog"], 3, "/eval").tolist() == [1, 2]
     assert spread(10, 3).tolist() == [0, 4, 9] and spread(2, 5).tolist() == [0, 1]
+
+
+def test_a_regression_models_labels_stay_numbers(tmp_path: Path) -> None:
+    x = np.random.default_rng(0).random((20, 64), dtype=np.float32)
+    np.savez(tmp_path / "scores.npz", X=x, y=np.linspace(0.0, 2.0, 20))
+    np.savez(tmp_path / "words.npz", X=x, y=np.array(["low", "high"] * 10))
+    paths = {"file_scores": tmp_path / "scores.npz", "file_words": tmp_path / "words.npz"}
+
+    def load(data: DataSpec, pointer: str) -> Rows:
+        return read_rows(paths.get(data.file_id or ""), data, pointer)
+
+    quantize = [{"kind": "quantize", "mode": "dynamic"}]
+    body = spec_with(eval={"file_id": "file_scores"}, dataset=None, passes=quantize)
+    data = assemble(body, load, num_outputs=2**31, task="regression")
+    assert data.task == "regression" and data.eval_y is not None and data.eval_y.dtype == np.float64
+    assert data.eval_y.tolist() == np.linspace(0.0, 2.0, 20).tolist()
+    with pytest.raises(DataError) as caught:
+        assemble(
+            spec_with(eval={"file_id": "file_words"}, dataset=None, passes=quantize),
+            load,
+            num_outputs=1,
+            task="regression",
+        )
+    assert caught.value.pointer == "/eval" and "needs numbers" in caught.value.detail
+
+
+@pytest.fixture(scope="module")
+def regression_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[ModelState, np.ndarray, np.ndarray]:
+    """An ONNX MLP with one value per row (y [batch, 1]), its eval rows and its own values on them."""
+    path = models.mlp(tmp_path_factory.mktemp("regression") / "source.onnx", features=16, hidden=64, outputs=1)
+    x = models.inputs((120, 16))
+    return ModelState.from_onnx(path), x, onnx_outputs(path, x)[:, 0]
+
+
+def test_a_regression_model_is_measured_by_its_errors_and_agreement(
+    regression_model: tuple[ModelState, np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    source, x, values = regression_model
+    noise = np.random.default_rng(3).normal(scale=0.1, size=values.shape)
+    data = PipelineData(eval_x=x, eval_y=values + noise, task="regression")
+    spec = spec_with(
+        passes=[{"kind": "quantize", "mode": "dynamic"}], measurement=FAST, accuracy_floor={"max_mae_increase": 1.0}
+    )
+    result = pipeline.run(source, spec.passes, data, tmp_path, floor=spec.accuracy_floor, measurement=spec.measurement)
+    report = result.report
+    assert report["metric"] == "mae"
+    first, quantized = report["stages"]
+    assert first["mae"] == pytest.approx(np.mean(np.abs(noise)), rel=1e-4) and first["r2"] > 0.9
+    assert quantized["accuracy"] is None and quantized["mae"] < 2 * first["mae"] and quantized["r2"] > 0.8
+    assert quantized["rmse"] >= quantized["mae"]
+    # against the source: the values as one vector of 120, not 120 one-value rows (each of cosine ±1)
+    assert first["mean_cosine"] == pytest.approx(1.0) and 0.99 < quantized["mean_cosine"] < 1.0
+    assert 0 < quantized["max_abs_error"] < 0.5
+    assert report["overall"]["mae_ratio"] == pytest.approx(quantized["mae"] / first["mae"])
+
+
+def test_a_regression_model_over_its_mae_ceiling_stops_the_run(
+    regression_model: tuple[ModelState, np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    source, x, values = regression_model
+    # labels that are the source's own values: its MAE is 0, so any error of int8 is over a ceiling of 0
+    data = PipelineData(eval_x=x, eval_y=values.astype(np.float64), task="regression")
+    spec = spec_with(passes=[{"kind": "quantize", "mode": "dynamic"}], accuracy_floor={"max_mae_increase": 0.5})
+    with pytest.raises(pipeline.AccuracyFloorBreached) as caught:
+        pipeline.run(source, spec.passes, data, tmp_path, floor=spec.accuracy_floor, measurement=spec.measurement)
+    breach = caught.value.breach
+    assert (breach.metric, breach.floor) == ("mae", pytest.approx(0.0, abs=1e-6)) and breach.value > 0
+    assert "the mae is" in str(caught.value) and "above the ceiling" in str(caught.value)
+    assert [row["stage"] for row in caught.value.stages] == ["source", "1. quantize"]
 
 
 # --- the passes, end to end --------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """The compression report: rows, the changes against the source and the previous stage, the
-Markdown table and the chart."""
+Markdown table and the chart; a regression model's by MAE, RMSE and R²."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from compression.fidelity import Fidelity
+from compression.fidelity import Fidelity, RegressionErrors
 from compression.measure import FileSize, ParameterCounts, Speed
 from compression.report import Stage, build_report, changes, markdown, stage_row, write_report
 
@@ -111,3 +111,47 @@ def test_write_report_writes_json_markdown_and_a_png(tmp_path: Path) -> None:
     fidelity_only = build_report([stage("source", 10, 10, (100, 90), None), stage("1. prune", 10, 5, (100, 60), None)])
     write_report(fidelity_only, tmp_path / "plain")
     assert (tmp_path / "plain" / "report.png").stat().st_size > 0
+
+
+def regression_stage(name: str, size: tuple[int, int], mae: float, r2: float) -> Stage:
+    fidelity = Fidelity(rows=40, mean_cosine=0.999, min_cosine=0.999, max_abs_error=0.05)
+    kind = "source" if name == "source" else name.split(". ")[1]
+    errors = RegressionErrors(rows=40, mae=mae, rmse=mae * 1.5, r2=r2)
+    return Stage(name, kind, ParameterCounts(100, 100), FileSize(*size), None, fidelity, errors=errors)
+
+
+REGRESSION = [
+    regression_stage("source", (4000, 3600), 0.4, 0.8),
+    regression_stage("1. quantize", (1000, 800), 0.42, 0.78),
+]
+
+
+def test_a_regression_models_report_is_judged_by_mae() -> None:
+    report = build_report(REGRESSION)
+    assert report["metric"] == "mae"
+    source, quantized = report["stages"]
+    assert quantized["accuracy"] is None
+    assert (quantized["mae"], quantized["rmse"], quantized["r2"]) == (0.42, pytest.approx(0.63), 0.78)
+    assert report["overall"]["mae_ratio"] == pytest.approx(1.05)
+    assert report["overall"]["r2_change"] == pytest.approx(-0.02)
+    assert report["overall"]["accuracy_change_points"] is None
+    assert source["vs_source"]["mae_ratio"] == 1.0
+
+
+def test_a_classifiers_report_has_no_regression_numbers() -> None:
+    report = build_report(STAGES)
+    assert all(row[key] is None for row in report["stages"] for key in ("mae", "rmse", "r2"))
+    assert report["overall"]["mae_ratio"] is None and report["overall"]["r2_change"] is None
+
+
+def test_a_regression_models_markdown_has_mae_rmse_and_r2_columns(tmp_path: Path) -> None:
+    report = build_report(REGRESSION)
+    text = markdown(report)
+    assert "| ONNX KiB | gzip KiB | MAE | RMSE | R² | mean cos |" in text
+    assert "| 1. quantize | 100 | 100 | 1.0 | 0.8 | 0.4200 | 0.6300 | 0.7800 | 0.99900 |" in text
+    table = [line for line in text.splitlines() if line.startswith("|")]
+    assert all(line.count("|") == table[0].count("|") for line in table)
+    assert "- MAE: 105.0% of the source's" in text and "- R² change: -0.0200" in text
+    assert "accuracy" not in text
+    files = write_report(report, tmp_path)
+    assert files.chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,6 +1,6 @@
 """Resuming a compression run: the progress saved after a pass, read back in another folder,
 lets a run skip the passes it holds and end with the report an uninterrupted run makes; a
-progress of other passes, or a torn file, is refused."""
+progress of other passes, or a torn file, is refused; a regression model's errors come back."""
 
 from __future__ import annotations
 
@@ -13,11 +13,15 @@ import torch
 from compression import pipeline
 from compression.data import PipelineData, read_rows
 from compression.data import assemble as assemble_rows
+from compression.fidelity import Fidelity, RegressionErrors
 from compression.finetune import finetune
+from compression.measure import ParameterCounts, file_size
 from compression.passes import ModelState
+from compression.report import Stage
 from compression.resume import Progress, ProgressMismatch, load_progress, save_progress
 from compression.sources import source_state
 from compression.spec import CompressionSpec, MLPSpec
+from tests.support import compression_models as models
 from training.export import save_state_dict
 from training.zoo import build_model
 
@@ -131,3 +135,17 @@ def test_progress_of_other_passes_or_a_torn_file_is_refused(
     torn.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
     with pytest.raises(ProgressMismatch):
         load_progress(torn, tmp_path / "torn", options(spec()))
+
+
+def test_a_regression_stage_keeps_its_errors(tmp_path: Path) -> None:
+    graph = models.mlp(tmp_path / "value.onnx", outputs=1)
+    fidelity = Fidelity(rows=40, mean_cosine=0.999, min_cosine=0.999, max_abs_error=0.02)
+    errors = RegressionErrors(rows=40, mae=0.31, rmse=0.4, r2=0.82)
+    stages = [
+        Stage("source", "source", ParameterCounts(10, 10), file_size(graph), None, fidelity, errors=errors),
+        Stage("1. quantize", "quantize", ParameterCounts(10, 10), file_size(graph), None, fidelity, errors=errors),
+    ]
+    passes = [{"kind": "quantize", "mode": "dynamic"}]
+    state = ModelState(graph, ParameterCounts(10, 10), 16)
+    archive = save_progress(Progress(1, stages, [graph, graph], state), passes, tmp_path / "after-1.tar")
+    assert load_progress(archive, tmp_path / "read", passes).stages == stages

@@ -23,7 +23,9 @@ from compression.spec import (
     check_data_fits,
     describe_rows,
     remaining_channels,
+    signature_task,
     state_dict_classes,
+    task_of_output,
     zoo_parameters,
 )
 from core.spec_kit import json_pointer
@@ -232,6 +234,82 @@ def test_fine_tuning_needs_a_dataset_unless_the_source_has_one() -> None:
     assert check_against_source(no_data, known) == []
     no_tuning = CompressionSpec.model_validate(spec(passes=[{"kind": "prune", "amount": 0.5, "fine_tune_epochs": 0}]))
     assert check_against_source(no_tuning, facts(zoo)) == []
+
+
+# --- regression models ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("datatype", "shape", "task"),
+    [
+        ("FP32", [-1], "regression"),  # a text encoder's regression head: value [batch]
+        ("FP32", [-1, 1], "regression"),
+        ("FP16", [8, 1], "regression"),
+        ("FP32", [-1, 3], "classification"),  # class scores
+        ("INT64", [-1], "classification"),  # predicted labels
+        ("BYTES", [-1], "classification"),
+        ("FP32", [-1, 1, 1], "classification"),
+        ("FP32", None, "classification"),  # rank unknown
+    ],
+)
+def test_a_model_is_a_regression_model_when_its_first_output_is_one_float_per_row(
+    datatype: str, shape: list[int] | None, task: str
+) -> None:
+    assert task_of_output(datatype, shape) == task
+
+
+def test_the_task_is_the_first_outputs() -> None:
+    value = {"name": "value", "datatype": "FP32", "shape": [-1]}
+    label = {"name": "label", "datatype": "BYTES", "shape": [-1]}
+    assert signature_task({"inputs": [], "outputs": [value, label]}) == "regression"
+    assert signature_task({"inputs": [], "outputs": [label, value]}) == "classification"
+    assert signature_task({}) == "classification"
+
+
+def regression(zoo: Any = None) -> SourceFacts:
+    return facts(zoo, features=None, classes=None, task="regression")
+
+
+QUANTIZE = [{"kind": "quantize", "mode": "dynamic"}]
+
+
+@pytest.mark.parametrize("field", ["max_drop", "min_accuracy"])
+def test_an_accuracy_floor_for_a_regression_model_points_at_the_field(field: str) -> None:
+    problems = check_against_source(parsed(passes=QUANTIZE, accuracy_floor={field: 0.1}), regression())
+    assert [p["pointer"] for p in problems] == [f"/accuracy_floor/{field}"]
+    assert "regression model" in problems[0]["detail"] and "max_mae_increase" in problems[0]["detail"]
+
+
+def test_a_regression_model_takes_the_default_floor_and_its_own_fields() -> None:
+    assert check_against_source(parsed(passes=QUANTIZE), regression()) == []
+    floor = {"max_mae_increase": 0.2, "min_mean_cosine": 0.9, "max_drop": None}  # a null turns a part off
+    assert check_against_source(parsed(passes=QUANTIZE, accuracy_floor=floor), regression()) == []
+
+
+def test_an_error_ceiling_for_a_classifier_points_at_the_field() -> None:
+    body = parsed(passes=QUANTIZE, accuracy_floor={"max_mae_increase": 0.2})
+    problems = check_against_source(body, facts(None))
+    assert [p["pointer"] for p in problems] == ["/accuracy_floor/max_mae_increase"]
+    assert "classifier" in problems[0]["detail"]
+    assert check_against_source(parsed(passes=QUANTIZE, accuracy_floor={"max_mae_increase": None}), facts(None)) == []
+
+
+def test_the_error_ceiling_is_relative_to_the_sources_mae() -> None:
+    floor = CompressionSpec.model_validate(spec()).accuracy_floor
+    assert floor.max_mae_increase == 0.1 and floor.mae_ceiling(0.5) == pytest.approx(0.55)
+    assert pointers(spec(accuracy_floor={"max_mae_increase": -0.1})) == ["/accuracy_floor/max_mae_increase"]
+
+
+def test_passes_that_train_a_regression_model_as_a_classifier_point_at_their_option() -> None:
+    zoo = MLPSpec(arch="mlp", hidden=[32])
+    tune = {"kind": "prune", "amount": 0.5, "fine_tune_epochs": 1}
+    kd = {"kind": "distill", "student": {"arch": "mlp", "hidden": [8]}}
+    cosine = {**kd, "mode": "cosine"}
+    problems = check_against_source(parsed(passes=[tune, kd, cosine]), regression(zoo))
+    assert [p["pointer"] for p in problems] == ["/passes/0/fine_tune_epochs", "/passes/1/mode", "/passes/2/mode"]
+    assert "regression model" in problems[1]["detail"] and "use mse" in problems[1]["detail"]
+    untrained = {"kind": "prune", "amount": 0.5, "fine_tune_epochs": 0}
+    assert check_against_source(parsed(passes=[untrained]), regression(zoo)) == []
 
 
 # --- against the data files --------------------------------------------------------------------
