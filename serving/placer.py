@@ -3,6 +3,11 @@
 Every model server runs a :class:`Placer`; the one that holds a PostgreSQL advisory lock
 (``PLACER_LOCK``, on a connection of its own) is the leader, the others retry every
 ``model_server_heartbeat_s`` and take over when the leader's connection goes (it stopped, or died).
+A leader whose server is dead (no live ``model_servers`` row: silent for ``model_server_timeout_s``)
+while its connection stays open (the process stalled, or its host was cut off: PostgreSQL would
+keep the lock until TCP keepalives notice, hours later) is deposed by the others: they terminate
+that connection, which they find by its ``application_name``. A pass commits only while its
+placer still holds the lock, so a deposed leader that wakes up writes nothing.
 The leader LISTENs on ``DEMAND_CHANNEL`` (a request waits: act now, not at the next poll) and
 ``REPLICAS_CHANNEL`` (a replica became ready, or went: a demand is met, memory is free), and
 passes at least every ``model_server_poll_s`` (idle timeouts, the autoscaler's delays).
@@ -26,7 +31,7 @@ from datetime import timedelta
 from typing import Any
 
 import psycopg
-from sqlalchemy import Float, cast, delete, func, select, update
+from sqlalchemy import Float, cast, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -51,8 +56,19 @@ from serving.placement import (
 log = logging.getLogger("maas.placer")
 
 PLACER_LOCK = 0x6D616173_706C6163  # "maasplac": the advisory lock whose holder places replicas
+# the backend that holds it in this database (a bigint lock shows as classid: high 32 bits, objid: low 32 bits)
+LOCK_HOLDER = (
+    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
+    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+    f" AND classid = {PLACER_LOCK >> 32} AND objid = {PLACER_LOCK & 0xFFFFFFFF}"
+)
+APPLICATION = "maas placer "  # the application_name of a placer's connection, before its server's id
 EVENTS_KEPT = timedelta(days=7)  # serving events older than this are deleted
 PRUNE_EVERY_S = 600.0
+
+
+class Deposed(Exception):
+    """The placer's lock was taken from it (its server was found dead) during a pass."""
 
 
 class Placer:
@@ -69,15 +85,19 @@ class Placer:
         self.trends = {}
         self._wake = asyncio.Event()
         self._pruned = 0.0
+        self._lock_pid: int | None = None  # the backend of the connection that holds the lock, while leading
 
     async def run(self) -> None:
         """Try to lead, forever; while leading, pass on every notice and every poll period."""
         url = libpq_url(self.settings.service("database_url"))
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+                name = APPLICATION + self.server_id
+                async with await psycopg.AsyncConnection.connect(url, autocommit=True, application_name=name) as conn:
                     while not await self._lock(conn):
+                        await self._depose_dead_leader(conn)
                         await asyncio.sleep(self.settings.model_server_heartbeat_s)
+                    self._lock_pid = conn.info.backend_pid
                     await conn.execute(f"LISTEN {DEMAND_CHANNEL}")
                     await conn.execute(f"LISTEN {REPLICAS_CHANNEL}")
                     self.leader, self.trends = True, {}
@@ -94,12 +114,32 @@ class Placer:
             except Exception as exc:
                 log.warning("placer of %s: %s; trying again", self.server_id, exc)
             finally:
-                self.leader = False
+                self.leader, self._lock_pid = False, None
             await asyncio.sleep(self.settings.model_server_heartbeat_s)
 
     async def _lock(self, conn: psycopg.AsyncConnection[Any]) -> bool:
         row = await (await conn.execute("SELECT pg_try_advisory_lock(%s)", (PLACER_LOCK,))).fetchone()
         return bool(row and row[0])
+
+    async def _depose_dead_leader(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Terminate the lock's connection when the server it places for is dead (the lock is free at the next try).
+
+        Only a connection older than ``model_server_timeout_s``: a server back from a stall may take the
+        lock before its next heartbeat has registered it again."""
+        timeout = self.settings.model_server_timeout_s
+        server = f"substr(a.application_name, {len(APPLICATION) + 1})"
+        deposed = await (
+            await conn.execute(
+                f"SELECT {server}, pg_terminate_backend(a.pid) FROM pg_stat_activity a WHERE a.pid IN ({LOCK_HOLDER})"
+                " AND starts_with(a.application_name, %(prefix)s)"
+                " AND a.backend_start < now() - make_interval(secs => %(timeout)s)"
+                f" AND NOT EXISTS (SELECT 1 FROM model_servers s WHERE s.id = {server}"
+                " AND s.heartbeat_at > now() - make_interval(secs => %(timeout)s))",
+                {"prefix": APPLICATION, "timeout": timeout},
+            )
+        ).fetchone()
+        if deposed:
+            log.warning("deposed the placer of %s: its server has been silent over %s s", deposed[0], timeout)
 
     async def _listen(self, conn: psycopg.AsyncConnection[Any]) -> None:
         async for _ in conn.notifies():
@@ -110,6 +150,8 @@ class Placer:
             self._wake.clear()
             try:
                 await self.place_once()
+            except Deposed:
+                raise
             except Exception:
                 log.exception("placer pass failed; trying again")
             with contextlib.suppress(TimeoutError):
@@ -125,6 +167,8 @@ class Placer:
             if time.monotonic() - self._pruned >= PRUNE_EVERY_S:
                 await session.execute(delete(ServingEvent).where(ServingEvent.created_at < func.now() - EVENTS_KEPT))
                 self._pruned = time.monotonic()
+            if (await session.execute(text(LOCK_HOLDER))).scalar() != self._lock_pid:
+                raise Deposed(f"{self.server_id} no longer holds the placer lock; this pass is not written")
             await session.commit()
         return decisions
 

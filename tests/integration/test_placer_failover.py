@@ -15,9 +15,13 @@ starts and the first is killed. What is checked:
 
 from __future__ import annotations
 
+import asyncio
+import os
 import secrets
+import signal
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -29,7 +33,7 @@ from core.db import make_engine, session_factory
 from core.models import ModelReplica, ModelServerRecord
 from core.settings import Settings
 from migrations import runner
-from serving.placer import PLACER_LOCK
+from serving.placer import LOCK_HOLDER
 from tests.conftest import Tenant, new_tenant
 from tests.support.api import deploy, infer, json_request, register_version
 from tests.support.eventually import eventually_async
@@ -100,14 +104,8 @@ def places(server: ModelServerProcess) -> bool:
 
 def lock_holder(db) -> int | None:
     """The PostgreSQL backend (pid) that holds the placer lock in this database, if one does."""
-    # a bigint advisory lock shows as classid (high 32 bits), objid (low 32 bits), objsubid 1
-    holder = text(
-        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1"
-        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-        " AND classid::bigint = :high AND objid::bigint = :low"
-    )
     with db() as session:
-        return session.execute(holder, {"high": PLACER_LOCK >> 32, "low": PLACER_LOCK & 0xFFFFFFFF}).scalar()
+        return session.execute(text(LOCK_HOLDER)).scalar()
 
 
 async def new_model(api, tenant, prefix: str, **settings) -> str:
@@ -135,19 +133,47 @@ async def placed_on(api, tenant, name: str) -> list[str]:
     return [r["model_server"] for r in (await shown(api, tenant, name))["replicas"]]
 
 
-async def test_when_the_placing_server_is_killed_the_survivor_places_and_takes_over_its_replicas(
-    api, tenant, db, start_server
-):
-    first = start_server("first")
-    await eventually_async(lambda: places(first), 30, f"{first.id} to take the placer lock")
+class Cluster(NamedTuple):
+    leader: ModelServerProcess  # holds the placer lock, and the pinned model's one replica
+    follower: ModelServerProcess
+    holder: int  # the leader's lock connection: its PostgreSQL backend's pid
+    pinned: str  # a model with min_replicas 1
+
+
+async def cluster(api, tenant, db, start_server) -> Cluster:
+    leader = start_server("leader")
+    await eventually_async(lambda: places(leader), 30, f"{leader.id} to take the placer lock")
     holder = lock_holder(db)
     assert holder is not None
     pinned = await new_model(api, tenant, "pinned", min_replicas=1)
     assert await eventually_async(lambda: answers(api, tenant, pinned), LOAD_S, f"{pinned} to serve")
-    assert await placed_on(api, tenant, pinned) == [first.id]
-    second = start_server("second")
-    assert not places(second) and lock_holder(db) == holder
+    assert await placed_on(api, tenant, pinned) == [leader.id]
+    follower = start_server("follower")
+    assert not places(follower) and lock_holder(db) == holder
+    return Cluster(leader, follower, holder, pinned)
 
+
+async def the_dead_ones_replica_moved(
+    api, tenant, db, dead: ModelServerProcess, survivor: ModelServerProcess, pinned: str
+) -> None:
+    """The pinned model is placed (for its min_replicas) and served on the survivor, the dead server's rows gone."""
+    assert await placed_on(api, tenant, pinned) == [survivor.id]
+
+    def dead_rows_gone() -> bool:
+        with db() as session:
+            gone = session.get(ModelServerRecord, dead.id) is None
+            return gone and not session.scalars(select(ModelReplica).where(ModelReplica.server_id == dead.id)).all()
+
+    await eventually_async(dead_rows_gone, TIMEOUT_S, f"the rows of {dead.id} to be deleted")
+    events = (await shown(api, tenant, pinned))["events"]
+    assigned = [(e["model_server"], e["reason"]) for e in events if e["action"] == "assign"]
+    assert (survivor.id, "min_replicas is 1") in assigned, assigned
+
+
+async def test_when_the_placing_server_is_killed_the_survivor_places_and_takes_over_its_replicas(
+    api, tenant, db, start_server
+):
+    first, second, holder, pinned = await cluster(api, tenant, db, start_server)
     first.kill()
     killed_at = time.monotonic()
     await eventually_async(lambda: places(second), TAKEOVER_S, f"{second.id} to take the placer lock")
@@ -161,17 +187,36 @@ async def test_when_the_placing_server_is_killed_the_survivor_places_and_takes_o
     # (b) the pinned replica lived only on the killed server: once that server is dead, it is placed again
     left_s = TIMEOUT_S + LOAD_S - (time.monotonic() - killed_at)
     assert await eventually_async(lambda: answers(api, tenant, pinned), left_s, f"{pinned} to serve again")
-    assert await placed_on(api, tenant, pinned) == [second.id]
+    await the_dead_ones_replica_moved(api, tenant, db, first, second, pinned)
 
-    def dead_rows_gone() -> bool:
+
+async def test_when_the_placing_server_stalls_past_the_timeout_the_survivor_deposes_it_and_places(
+    api, tenant, db, start_server
+):
+    # a stopped process keeps its connections open, as a host cut off by the network does (until TCP keepalives
+    # notice, hours later): PostgreSQL alone would leave it the lock, and nobody would place anything
+    first, second, holder, pinned = await cluster(api, tenant, db, start_server)
+    os.killpg(first.process.pid, signal.SIGSTOP)
+    try:
+        stopped_at = time.monotonic()
+        await eventually_async(
+            lambda: places(second), TIMEOUT_S + TAKEOVER_S, f"{second.id} to depose {first.id} and place"
+        )
+        deposed_by = lock_holder(db)
+        assert deposed_by not in (None, holder)
+        left_s = TIMEOUT_S + LOAD_S - (time.monotonic() - stopped_at)
+        assert await eventually_async(lambda: answers(api, tenant, pinned), left_s, f"{pinned} to serve again")
+        await the_dead_ones_replica_moved(api, tenant, db, first, second, pinned)
+    finally:
+        os.killpg(first.process.pid, signal.SIGCONT)
+
+    # back, the deposed server serves again (what it still holds too), as a follower: it does not take the lock back
+    def registered_again() -> bool:
         with db() as session:
-            gone = session.get(ModelServerRecord, first.id) is None
-            return gone and not session.scalars(select(ModelReplica).where(ModelReplica.server_id == first.id)).all()
+            return session.get(ModelServerRecord, first.id) is not None
 
-    await eventually_async(dead_rows_gone, TIMEOUT_S, f"the rows of {first.id} to be deleted")
-    assigned = [
-        (e["model_server"], e["reason"])
-        for e in (await shown(api, tenant, pinned))["events"]
-        if e["action"] == "assign"
-    ]
-    assert (second.id, "min_replicas is 1") in assigned, assigned
+    await eventually_async(registered_again, TAKEOVER_S, f"{first.id} to register again")
+    await asyncio.sleep(1)  # a few of its placer's tries
+    assert lock_holder(db) == deposed_by
+    assert first.log_path.read_text().count("places replicas now") == 1
+    assert await answers(api, tenant, pinned)
