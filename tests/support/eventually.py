@@ -15,7 +15,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import TypeVar, overload
 
 T = TypeVar("T")
 
@@ -40,6 +40,25 @@ def eventually(
         if time.monotonic() >= deadline:
             raise _timed_out(timeout, what, predicate, value)
         time.sleep(interval_s)
+
+
+# two signatures, so that mypy tells what a coroutine function's result is (it cannot from the union alone)
+@overload
+async def eventually_async(
+    predicate: Callable[[], Awaitable[T]],
+    timeout: float = 30.0,
+    what: str | Callable[[], str] = "",
+    interval_s: float = 0.1,
+) -> T: ...
+
+
+@overload
+async def eventually_async(
+    predicate: Callable[[], T],
+    timeout: float = 30.0,
+    what: str | Callable[[], str] = "",
+    interval_s: float = 0.1,
+) -> T: ...
 
 
 async def eventually_async(
