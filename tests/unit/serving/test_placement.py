@@ -186,6 +186,18 @@ def test_replicas_of_dead_servers_are_ignored():
     assert [a.server_id for a in decisions.assign] == ["s0"]
 
 
+def test_when_a_server_is_gone_its_replicas_are_placed_again_on_the_servers_left():
+    # "gone" held a's only replica and one of b's two; no request waits: min_replicas alone brings them back
+    held = [replica("a", "gone"), replica("b", "gone"), replica("b", "s0")]
+    pinned = [deployment("a", min_replicas=1), deployment("b", min_replicas=2, max_replicas=2)]
+    decisions = place(servers(500, 500), held, pinned)
+    assert sorted((a.model_id, a.server_id, a.reason) for a in decisions.assign) == [
+        ("a", "s1", "min_replicas is 1"),  # where most memory is free
+        ("b", "s1", "min_replicas is 2"),  # not next to its replica on s0
+    ]
+    assert not decisions.evict and not decisions.fail
+
+
 def test_the_trend_says_up_after_the_upscale_delay_and_down_after_the_downscale_delay():
     trend = observe(Trend(), in_flight=20, replicas=1, target=4, now=0.0)
     assert autoscale_signal(trend, 1.0, upscale_delay_s=3, downscale_delay_s=30) is None
