@@ -5,6 +5,11 @@ Before a job is created: the source exists for the tenant and the passes apply t
 data files exist and fit its inputs (``resolve_compression_source`` finds the source and what
 is known of it, from the registry, the job that trained it, or the uploaded file's details).
 
+A model whose first output is floating point with one value per row (a text encoder's regression
+head: ``value``) is a regression model (``compression.spec.task_of_output``): its eval labels are
+numbers, every stage is measured by MAE, RMSE and R² instead of accuracy, and the floor is
+``max_mae_increase``; the job's metrics and report name the metric (``mae``).
+
 A model with several inputs (a sentence encoder's ``input_ids`` and ``attention_mask``) takes
 its data as an npz with one array per input (``compression.spec.named_feed``, batch inference's
 rules); the worker checks the arrays again against the inputs of the graph it fetched, so a
@@ -46,11 +51,14 @@ from compression.spec import (
     QuantizeSpec,
     SourceFacts,
     SourceSpec,
+    Task,
     ZooSpec,
     check_against_source,
     check_data_fits,
     describe_rows,
+    signature_task,
     state_dict_classes,
+    task_of_output,
     zoo_parameters,
 )
 from core.artifact_store import ChecksumMismatch
@@ -156,6 +164,7 @@ def _version_source(
         inputs=feed_inputs(version.signature),
         default_dataset=dataset,
         classes_list=(version.lineage or {}).get("classes"),
+        task=signature_task(version.signature),
     )
     onnx_artifact = session.get(Artifact, version.artifact_id)
     return ResolvedSource(facts, onnx_artifact, weights, version, name, split), []
@@ -176,15 +185,17 @@ def _file_source(
             ]
         signature = file.details.get("signature") or {}
         width, classes = _io_sizes(signature)
-        facts = SourceFacts(describe, None, width, classes, feed_inputs(signature))
+        facts = SourceFacts(describe, None, width, classes, feed_inputs(signature), task=signature_task(signature))
         return ResolvedSource(facts, onnx=file), []
     if source.arch is None:
         return None, [{"pointer": "/source/arch", "detail": f"{describe} is a state dict: give its zoo arch"}]
     classes = state_dict_classes(file.details.get("tensors") or {})
     problems = _state_dict_problems(source.arch, features, classes, file.details.get("parameters"), describe)
-    if problems:
+    if problems or classes is None:
         return None, problems
-    facts = SourceFacts(describe, source.arch, features, classes)
+    # the graph the weights export to: logits [batch, classes], float
+    task = task_of_output("FP32", [-1, classes])
+    facts = SourceFacts(describe, source.arch, features, classes, task=task)
     return ResolvedSource(facts, weights=file), []
 
 
@@ -310,21 +321,28 @@ def source_graph(ctx: JobContext, resolved: ResolvedSource, work: Path) -> Path 
     return fetch(ctx, resolved.onnx, work / "source.onnx") if resolved.onnx is not None else None
 
 
-def graph_inputs(resolved: ResolvedSource, graph: Path | None) -> list[dict[str, Any]]:
-    """The inputs the data must feed, read from the graph itself when there is one (the API
-    checked the data against the signature it had stored, if it had one)."""
+def graph_io(resolved: ResolvedSource, graph: Path | None) -> tuple[list[dict[str, Any]], Task]:
+    """The inputs the data must feed and the task of the first output, read from the graph itself
+    when there is one (the API checked the data against the signature it had stored, if it had one)."""
     if graph is None:
-        return resolved.facts.inputs
+        return resolved.facts.inputs, resolved.facts.task
     try:
-        return feed_inputs(read_signature(onnx.load(str(graph), load_external_data=False)))
+        signature = read_signature(onnx.load(str(graph), load_external_data=False))
     except Exception as exc:  # onnx raises DecodeError and friends; the signature reader ValueErrors
         raise JobFailed("bad_source", f"the source's ONNX graph cannot be read: {exc}", pointer="/source") from exc
+    return feed_inputs(signature), signature_task(signature)
 
 
 def load_data(
-    ctx: JobContext, spec: CompressionSpec, resolved: ResolvedSource, work: Path, inputs: list[dict[str, Any]]
+    ctx: JobContext,
+    spec: CompressionSpec,
+    resolved: ResolvedSource,
+    work: Path,
+    inputs: list[dict[str, Any]],
+    task: Task,
 ) -> PipelineData:
-    """The rows by role; an npz that feeds named ``inputs`` is checked against them as at job create."""
+    """The rows by role; an npz that feeds named ``inputs`` is checked against them as at job
+    create; labels are class indices, or numbers for a ``regression`` model."""
     from compression.data import DataError, assemble, read_rows
 
     cache: dict[str, Path] = {}
@@ -349,6 +367,7 @@ def load_data(
             classes=facts.classes_list,
             default_dataset=facts.default_dataset,
             default_split=resolved.default_split,
+            task=task,
         )
     except DataError as exc:
         raise JobFailed("bad_dataset", exc.detail, pointer=exc.pointer) from exc
@@ -471,9 +490,12 @@ def hooks(ctx: JobContext, spec: CompressionSpec, checkpoints: Checkpoints | Non
     return Hooks(started, finished, checkpoints.on_batch, epoch, ctx.log, checkpoints.save)
 
 
+REGRESSION_KEYS = ("mae", "rmse", "r2")
+
+
 def _headline(row: dict[str, Any]) -> dict[str, Any]:
     keys = ("accuracy", "mean_cosine", "parameters", "nonzero_parameters", "onnx_bytes", "onnx_gzip_bytes")
-    return {key: row[key] for key in keys}
+    return {key: row[key] for key in keys} | {key: row[key] for key in REGRESSION_KEYS if row[key] is not None}
 
 
 def run_passes(
@@ -519,15 +541,20 @@ def run_passes(
 
 
 def summary(report: dict[str, Any]) -> dict[str, Any]:
-    """The job's metrics: the last stage's numbers and its change against the source."""
+    """The job's metrics: the last stage's numbers and its change against the source (a
+    regression model's MAE, RMSE and R², and the source's MAE, where a classifier has accuracy)."""
     source, last = report["stages"][0], report["stages"][-1]
     keys = (
         *("accuracy", "mean_cosine", "min_cosine", "max_abs_error", "parameters", "nonzero_parameters"),
         *("onnx_bytes", "onnx_gzip_bytes", "latency_p50_ms", "throughput_items_per_s"),
     )
+    regression = {key: last[key] for key in REGRESSION_KEYS if last[key] is not None}
+    if source["mae"] is not None:
+        regression["source_mae"] = source["mae"]
     return {
         **{key: last[key] for key in keys},
         "source_accuracy": source["accuracy"],
+        **regression,
         **{key: value for key, value in report["overall"].items() if value is not None},
     }
 
@@ -616,7 +643,7 @@ def run_compression(ctx: JobContext) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=f"maas-{ctx.job_id}-") as tmp:
         work = Path(tmp)
         graph = source_graph(ctx, resolved, work)
-        data = load_data(ctx, spec, resolved, work, graph_inputs(resolved, graph))
+        data = load_data(ctx, spec, resolved, work, *graph_io(resolved, graph))
         ctx.log("; ".join(data.notes) or "data ready", train_rows=_rows(data.train_x), eval_rows=_rows(data.eval_x))
         source = load_source(ctx, resolved, data, work)
         ctx.raise_if_canceled()
