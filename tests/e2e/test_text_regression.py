@@ -2,7 +2,8 @@
 under torchrun to predict a number per text (a topic score: numpy's docstring sentences 0,
 sqlalchemy's 1, aiohttp's 2), early stopping and the kept checkpoint ranked by regression
 metrics; the version outputs one ``value`` per text and no label, and a deployment takes strings
-through ``/v2``.
+through ``/v2``. Then a compression job quantizes it to int8 and measures every stage by MAE, RMSE
+and R² on held-out scores (a classifier's accuracy floor for it is a 422 at its field).
 
 Kept short for 2 loaded cores, as the classifier's e2e: 32 tokens a text, the embeddings and the
 4 lower layers frozen, 3 epochs of 16 texts a step.
@@ -19,7 +20,8 @@ import onnxruntime as ort
 import pytest
 
 from core.text_model import TextPreprocessor
-from tests.support.api import deploy_ready, download_artifact, infer, run_job, upload
+from tests.support.api import create_job, deploy_ready, download_artifact, infer, run_job, upload
+from tests.support.datasets import npz
 from tests.support.processes import Worker
 from tests.support.text_datasets import SOURCES, labelled_sentences, text_csv
 
@@ -38,8 +40,15 @@ def training_worker(settings, tmp_path_factory):
     worker.stop()
 
 
+@pytest.fixture(scope="module")
+def compression_worker(settings, tmp_path_factory):
+    worker = Worker(settings, "compression", tmp_path_factory.mktemp("compression") / "worker.log", concurrency=1)
+    yield worker
+    worker.stop()
+
+
 async def test_a_text_encoder_with_a_regression_head_predicts_a_value_per_string(
-    api, tenant, training_worker, model_server, tmp_path
+    api, tenant, training_worker, compression_worker, model_server, tmp_path
 ):
     rows = labelled_sentences(80)
     train, held_out = rows[: 3 * 60], rows[3 * 60 :]
@@ -97,6 +106,30 @@ async def test_a_text_encoder_with_a_regression_head_predicts_a_value_per_string
     print("/v2 answer:", json.dumps({k: output[k] for k in ("name", "datatype", "shape")}), output["data"][:3])
     assert (output["name"], output["datatype"], output["shape"]) == ("value", "FP32", [len(asked)])
     np.testing.assert_allclose(output["data"], local[:12], atol=1e-4)  # the server tokenized as the file says
+
+    # int8 by a compression job, judged by its error on the held-out scores (the worker tokenizes the texts)
+    eval_id = await upload(api, tenant, npz(text=np.array(texts), y=wanted), "scores-eval.npz")
+    compression = {
+        "source": {"model": name, "version": 1},
+        "passes": [{"kind": "quantize", "mode": "dynamic"}],
+        "eval": {"file_id": eval_id},
+        "measurement": {"threads": 2, "latency_iterations": 5, "throughput_iterations": 2, "warmup": 1},
+    }
+    classifier_floor = {**compression, "accuracy_floor": {"min_accuracy": 0.5}}
+    refused = await create_job(api, tenant, {"type": "compression", "spec": classifier_floor})
+    assert refused.status == 422, await refused.text()
+    assert [p["pointer"] for p in (await refused.json())["errors"]] == ["/spec/accuracy_floor/min_accuracy"]
+    compressed = await run_job(api, tenant, {"type": "compression", "spec": compression}, timeout_s=600)
+    assert compressed["status"] == "succeeded", json.dumps(compressed, indent=1)[-3000:]
+    report, summary = compressed["result"]["report"], compressed["result"]["metrics"]
+    print("compression:", json.dumps({k: summary[k] for k in ("source_mae", "mae", "rmse", "r2", "mae_ratio")}))
+    assert report["metric"] == "mae"
+    fp32_row, int8_row = report["stages"]
+    assert fp32_row["mae"] == pytest.approx(np.abs(local - wanted).mean(), rel=1e-3)  # what the file computes
+    assert int8_row["accuracy"] is None and int8_row["mae"] <= 1.1 * fp32_row["mae"]  # the default ceiling
+    assert int8_row["r2"] > 0.5 and int8_row["mean_cosine"] > 0.99
+    assert int8_row["onnx_bytes"] < 0.5 * fp32_row["onnx_bytes"]
+    assert (summary["mae"], summary["source_mae"]) == (int8_row["mae"], fp32_row["mae"])
 
 
 def run_values(path, texts: list[str]) -> np.ndarray:
