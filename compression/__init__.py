@@ -19,7 +19,8 @@ without the service through ``python -m compression`` (see ``compression.cli``).
 - ``finetune``: the small training loop pruning and distillation share.
 - ``measure``: parameter counts, file sizes (raw and gzip), accuracy, fidelity, latency, throughput.
 - ``quantize``: ONNX Runtime int8 (dynamic, static) and fp16 conversion, embedding tables to int8.
-- ``fidelity``: output-fidelity metrics (cosine, max abs error, accuracy) and batched ORT runs.
+- ``fidelity``: output-fidelity metrics (cosine, max abs error, accuracy; a regression model's MAE,
+  RMSE, R²) and batched ORT runs.
 - ``throughput``: fair side-by-side throughput of ONNX models under the same thread settings.
 - ``smoothing``: SmoothQuant-style activation smoothing, so int8 activations lose less.
 - ``sensitivity``: the measured int8 scheme (smoothing strength, nodes kept float, byte budget).
