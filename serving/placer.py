@@ -40,6 +40,7 @@ from core.deployments import ScalingSettings, live_since
 from core.models import Artifact, Deployment, Model, ModelReplica, ModelServerRecord, ModelVersion, ServingEvent
 from core.serving_signals import ASSIGNMENTS_CHANNEL, DEMAND_CHANNEL, REPLICAS_CHANNEL, notification
 from core.settings import Settings
+from serving.memory import sessions_per_replica
 from serving.placement import (
     READY,
     Decisions,
@@ -133,7 +134,7 @@ class Placer:
                 f"SELECT {server}, pg_terminate_backend(a.pid) FROM pg_stat_activity a WHERE a.pid IN ({LOCK_HOLDER})"
                 " AND starts_with(a.application_name, %(prefix)s)"
                 " AND a.backend_start < now() - make_interval(secs => %(timeout)s)"
-                f" AND NOT EXISTS (SELECT 1 FROM model_servers s WHERE s.id = {server}"
+                f" AND NOT EXISTS (SELECT 1 FROM {ModelServerRecord.__tablename__} s WHERE s.id = {server}"
                 " AND s.heartbeat_at > now() - make_interval(secs => %(timeout)s))",
                 {"prefix": APPLICATION, "timeout": timeout},
             )
@@ -248,6 +249,7 @@ class Placer:
                     name=name,
                     scaling=scaling,
                     memory_bytes=estimated_memory(measured, size, factor),
+                    least_memory_bytes=measured or size * sessions_per_replica(self.settings),
                     demand=deployment.demand_at is not None,
                     autoscale=autoscale_signal(
                         trend,
