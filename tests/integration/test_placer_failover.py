@@ -1,16 +1,20 @@
-"""The placer outlives a crash of the model server that runs it (SIGKILL: no drain, no clean-up).
+"""The placer outlives a crash (SIGKILL: no drain, no clean-up) or a stall (SIGSTOP: its connections stay
+open) of the model server that runs it.
 
 Two ``maas serve`` processes share a scratch database of their own (the session's model server must
 not take part in placement). The first one starts alone, so it takes the placer lock
 (``serving.placer.PLACER_LOCK``) and gets the pinned model (``min_replicas`` 1); then the second one
-starts and the first is killed. What is checked:
+starts and the first is killed, or stopped. What is checked:
 
 - PostgreSQL frees the advisory lock when the dead process's connection closes, and the survivor
   takes it (another backend holds it in ``pg_locks``): a deployment PUT afterwards is placed on the
   survivor and serves;
 - once the dead server has been silent for ``model_server_timeout_s``, the survivor deletes its row
   (its replicas go with it) and the pinned model, which lived only there, is placed on the survivor:
-  requests to it succeed again within that timeout and the time a load takes.
+  requests to it succeed again within that timeout and the time a load takes;
+- a stopped leader keeps its connection, so PostgreSQL keeps its lock: once its server has been
+  silent for ``model_server_timeout_s`` the survivor terminates that connection, takes the lock and
+  re-places the pinned model the same way; resumed, the deposed server does not lead again.
 """
 
 from __future__ import annotations
@@ -153,9 +157,7 @@ async def cluster(api, tenant, db, start_server) -> Cluster:
     return Cluster(leader, follower, holder, pinned)
 
 
-async def the_dead_ones_replica_moved(
-    api, tenant, db, dead: ModelServerProcess, survivor: ModelServerProcess, pinned: str
-) -> None:
+async def moved_from(api, tenant, db, dead: ModelServerProcess, survivor: ModelServerProcess, pinned: str) -> None:
     """The pinned model is placed (for its min_replicas) and served on the survivor, the dead server's rows gone."""
     assert await placed_on(api, tenant, pinned) == [survivor.id]
 
@@ -187,7 +189,7 @@ async def test_when_the_placing_server_is_killed_the_survivor_places_and_takes_o
     # (b) the pinned replica lived only on the killed server: once that server is dead, it is placed again
     left_s = TIMEOUT_S + LOAD_S - (time.monotonic() - killed_at)
     assert await eventually_async(lambda: answers(api, tenant, pinned), left_s, f"{pinned} to serve again")
-    await the_dead_ones_replica_moved(api, tenant, db, first, second, pinned)
+    await moved_from(api, tenant, db, first, second, pinned)
 
 
 async def test_when_the_placing_server_stalls_past_the_timeout_the_survivor_deposes_it_and_places(
@@ -206,7 +208,7 @@ async def test_when_the_placing_server_stalls_past_the_timeout_the_survivor_depo
         assert deposed_by not in (None, holder)
         left_s = TIMEOUT_S + LOAD_S - (time.monotonic() - stopped_at)
         assert await eventually_async(lambda: answers(api, tenant, pinned), left_s, f"{pinned} to serve again")
-        await the_dead_ones_replica_moved(api, tenant, db, first, second, pinned)
+        await moved_from(api, tenant, db, first, second, pinned)
     finally:
         os.killpg(first.process.pid, signal.SIGCONT)
 
