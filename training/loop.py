@@ -242,7 +242,9 @@ class Job:
     # rank 0: the early-stopping best weights (a CPU state dict); replaced, never mutated
     best_weights: dict[str, torch.Tensor] | None = field(default=None, compare=False)
     # where this process's time went (unix times and seconds): the result's ``timings``
-    timings: dict[str, float] = field(default_factory=lambda: {"checkpoint_s": 0.0, "checkpoints": 0})
+    timings: dict[str, float] = field(
+        default_factory=lambda: {"checkpoint_s": 0.0, "checkpoints": 0, "validation_s": 0.0, "validations": 0}
+    )
 
     def run_steps(self, progress: Progress) -> None:
         """Take the planned steps from ``progress.step`` on; raise ``Preempted`` when asked to stop."""
@@ -250,21 +252,23 @@ class Job:
         x, y = self.splits.train_x.to(device), self.splits.train_y.to(device)
         # loss sum, correct, count; whether any rank must stop; whether rank 0's clock says a checkpoint is due
         pending = torch.zeros(5, device=device)
-        epoch_rows, rows_epoch = None, -1
+        counters = pending[:3]  # each step adds its loss sum, correct and count here, in place
+        epoch_rows: torch.Tensor | None = None
+        rows_epoch = -1
         started = last_checkpoint_at = time.perf_counter()
         schedule = hp.lr_schedule
         while progress.step < self.plan.total_steps:
             epoch, index = divmod(progress.step, self.plan.steps_per_epoch)
             if epoch_rows is None or epoch != rows_epoch:
                 replicas, rank = self.trainable.data_replicas, self.trainable.data_rank
-                epoch_rows = shard_batches(len(y), hp.batch_size, replicas, rank, hp.seed, epoch)
-                rows_epoch = epoch
-            rows = torch.from_numpy(epoch_rows[index]).to(device)
+                epoch_rows = torch.from_numpy(shard_batches(len(y), hp.batch_size, replicas, rank, hp.seed, epoch))
+                epoch_rows, rows_epoch = epoch_rows.to(device), epoch
+            rows = epoch_rows[index]
             if schedule is not None:
                 for group in self.trainable.optimizer.param_groups:
                     group["lr"] = hp.lr * lr_factor(progress.step + 1, self.plan.total_steps, schedule)
             self.timings.setdefault("first_step_at", time.time())
-            pending[:3] += self.trainable.train_step(x[rows], y[rows])
+            self.trainable.train_step(x[rows], y[rows], counters)
             progress.step += 1
             if not self.plan.sync_due(progress.step):
                 continue
@@ -295,7 +299,12 @@ class Job:
         whether early stopping ends the run here (every rank gets the same answer)."""
         step = progress.step
         evaluating = self.plan.epoch_ends(step) or step == self.plan.total_steps
-        validation = self.end_epoch(progress) if evaluating else {}
+        validation = {}
+        if evaluating:
+            began = time.perf_counter()
+            validation = self.end_epoch(progress)
+            self.timings["validation_s"] += time.perf_counter() - began  # what the steps waited for
+            self.timings["validations"] += 1
         if self.plan.report_due(step):
             self.report(progress, validation)
         stopping = self.spec.hyperparameters.early_stopping

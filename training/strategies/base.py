@@ -3,7 +3,8 @@ from the spec, per-batch statistics, and model/optimizer state in the form
 ``torch.distributed.checkpoint`` saves.
 
 A strategy wraps a freshly built model for this process and exposes ``train_step``
-(one global batch: forward, backward, gradient exchange, optimizer step),
+(one global batch: forward, backward, gradient exchange, optimizer step; the batch's loss and
+metric counters added in place to the loop's, with no per-step stack or host sync),
 ``state_dict_for_checkpoint``/``load_checkpoint`` and ``full_model_on_rank0``.
 All methods except ``train_step`` are collective: every rank calls them.
 ``WholeModelTrainable`` is the part DDP and FSDP share.
@@ -46,9 +47,9 @@ class Trainable(ABC):
     optimizer: torch.optim.Optimizer  # the learning-rate schedule sets its groups' lr
 
     @abstractmethod
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Train on this replica's rows of one global batch; returns this process's
-        ``[loss_sum, correct, count]`` (zeros where it computes no loss)."""
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, totals: torch.Tensor) -> None:
+        """Train on this replica's rows of one global batch; add this process's
+        ``[loss_sum, correct, count]`` to ``totals`` (nothing where it computes no loss)."""
 
     @abstractmethod
     def state_dict_for_checkpoint(self) -> dict[str, Any]:
@@ -102,17 +103,16 @@ class WholeModelTrainable(Trainable):
         # fp16's narrow range needs loss scaling; bf16 has fp32's range
         self.scaler = torch.amp.GradScaler(self.options.device_type) if self.options.precision == "fp16" else None
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, totals: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         chunks = self.options.accumulation
-        stats = []
         for index, (x_part, y_part) in enumerate(zip(x.chunk(chunks), y.chunk(chunks), strict=True)):
             with self.gradient_sync(index == chunks - 1), self.options.autocast():
                 logits = self.model(x_part).float()
                 loss = task_loss(logits, y_part)
                 scaled = loss / chunks if chunks > 1 else loss
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
-            stats.append(batch_stats(loss, logits, y_part))
+            add_batch_stats(totals, loss, logits, y_part)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if self.options.clip_norm is not None:
@@ -122,7 +122,6 @@ class WholeModelTrainable(Trainable):
             self.scaler.update()
         else:
             self.optimizer.step()
-        return stats[0] if chunks == 1 else torch.stack(stats).sum(dim=0)
 
     @contextlib.contextmanager
     def gradient_sync(self, enabled: bool) -> Iterator[None]:
@@ -152,19 +151,19 @@ def task_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, y)
 
 
-def batch_stats(loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``[loss_sum, correct, count]`` for a batch whose mean loss is ``loss``; for float targets
-    the middle counter is the sum of absolute errors instead of the correct predictions."""
+def add_batch_stats(totals: torch.Tensor, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+    """Add ``[loss_sum, correct, count]`` of a batch whose mean loss is ``loss`` to ``totals``;
+    for float targets the middle counter sums absolute errors instead of counting correct
+    predictions. In place, one small op per counter: it runs every step, and building a
+    tensor to add cost about 2% of a digits CNN step."""
     count = y.shape[0]
+    loss_sum, second, rows = totals.unbind()
+    loss_sum.add_(loss.detach(), alpha=count)
     if y.is_floating_point():
-        correct = (logits.detach().reshape(y.shape) - y).abs().sum()
+        second.add_((logits.detach().reshape(y.shape) - y).abs().sum())
     else:
-        correct = (logits.detach().argmax(dim=1) == y).sum()
-    return torch.stack([loss.detach() * count, correct.to(loss.dtype), torch.tensor(float(count), device=y.device)])
-
-
-def no_stats(device: torch.device) -> torch.Tensor:
-    return torch.zeros(3, device=device)
+        second.add_(logits.detach().argmax(dim=1).eq(y).sum())
+    rows.add_(count)
 
 
 def module_checkpoint_state(module: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:

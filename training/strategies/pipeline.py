@@ -22,12 +22,11 @@ from training.spec import TrainingSpec
 from training.strategies.base import (
     ModelFactory,
     Trainable,
-    batch_stats,
+    add_batch_stats,
     build_optimizer,
     load_module_checkpoint_state,
     materialize,
     module_checkpoint_state,
-    no_stats,
     task_loss,
 )
 from training.zoo import split_stages
@@ -72,7 +71,7 @@ class PipelineTrainable(Trainable):
     def is_last(self) -> bool:
         return self.stage_index == self.num_stages - 1
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, totals: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         losses: list[torch.Tensor] = []
         inputs = (x,) if self.is_first else ()
@@ -82,9 +81,8 @@ class PipelineTrainable(Trainable):
         if self.clip_norm is not None:
             clip_across_stages(list(self.module.parameters()), self.clip_norm, self.stage_group)
         self.optimizer.step()
-        if not self.is_last:
-            return no_stats(self.ctx.device)
-        return batch_stats(torch.stack(losses).mean(), logits, y)
+        if self.is_last:
+            add_batch_stats(totals, torch.stack(losses).mean(), logits, y)
 
     def state_dict_for_checkpoint(self) -> dict[str, Any]:
         return module_checkpoint_state(self.module, self.optimizer)

@@ -62,8 +62,10 @@ def test_every_strategy_takes_the_same_steps(ctx: DistContext) -> None:
     results = {}
     for kind in KINDS:
         trainable = prepare(spec_for(kind, optimizer="sgd"), ctx)
-        stats = [trainable.train_step(x, y) for x, y in batches(3)]
-        results[kind] = (params_of(trainable), torch.stack(stats))
+        stats = torch.zeros(3, 3)  # each step's counters, one row a step
+        for (x, y), counters in zip(batches(3), stats, strict=True):
+            trainable.train_step(x, y, counters)
+        results[kind] = (params_of(trainable), stats)
     reference_params, reference_stats = results["ddp"]
     for kind in KINDS[1:]:
         params, stats = results[kind]
@@ -78,17 +80,17 @@ def test_a_checkpoint_resumes_exactly(kind: str, ctx: DistContext, tmp_path: Pat
     steps = batches(6)
     trainable = prepare(spec, ctx)
     for x, y in steps[:3]:
-        trainable.train_step(x, y)
+        trainable.train_step(x, y, torch.zeros(3))
     save_checkpoint(tmp_path / "step-3", trainable, Progress(step=3).to_meta(ctx.world_size), ctx)
     for x, y in steps[3:]:
-        trainable.train_step(x, y)
+        trainable.train_step(x, y, torch.zeros(3))
     expected = params_of(trainable)
 
     resumed = prepare(spec, ctx, seed=99)  # another init and RNG, all overwritten by the checkpoint
     meta = load_checkpoint(tmp_path / "step-3", resumed, ctx)
     assert meta["step"] == 3
     for x, y in steps[3:]:
-        resumed.train_step(x, y)
+        resumed.train_step(x, y, torch.zeros(3))
     for name, value in params_of(resumed).items():
         assert torch.equal(value, expected[name]), name
 

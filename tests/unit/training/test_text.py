@@ -410,12 +410,14 @@ def test_regression_metrics_are_mse_mae_rmse_and_r2() -> None:
 def test_a_regression_head_trains_on_squared_error_and_counts_absolute_errors() -> None:
     from training.dist import setup, teardown
     from training.loop import evaluate
-    from training.strategies.base import batch_stats, task_loss
+    from training.strategies.base import add_batch_stats, task_loss
 
     output, target = torch.tensor([[1.0], [4.0]]), torch.tensor([2.0, 2.0])
     loss = task_loss(output, target)
     assert loss.item() == pytest.approx(2.5)
-    assert batch_stats(loss, output, target).tolist() == pytest.approx([5.0, 3.0, 2.0])
+    counters = torch.tensor([1.0, 1.0, 1.0])
+    add_batch_stats(counters, loss, output, target)
+    assert counters.tolist() == pytest.approx([6.0, 4.0, 3.0])  # added to what was there
 
     spec = TrainingSpec.model_validate(regression_spec(hyperparameters={"batch_size": 8, "lr": 0.01}))
     ctx = setup()
@@ -428,7 +430,8 @@ def test_a_regression_head_trains_on_squared_error_and_counts_absolute_errors() 
         target = ids[:, 1].float() / 16  # a value the first word decides
         before = evaluate(copy_of(trainable), ids, target)
         for _ in range(60):
-            totals = trainable.train_step(ids, target)
+            totals = torch.zeros(3)
+            trainable.train_step(ids, target, totals)
         after = evaluate(copy_of(trainable), ids, target)
     finally:
         teardown()
