@@ -129,10 +129,17 @@ class WholeModelTrainable(Trainable):
         yield
 
     def state_dict_for_checkpoint(self) -> dict[str, Any]:
-        return module_checkpoint_state(self.model, self.optimizer)
+        state = module_checkpoint_state(self.model, self.optimizer)
+        if self.scaler is not None:
+            # fp16's loss scale and growth tracker: a resume starting from the initial scale
+            # would skip steps (inf gradients) until it had backed off again
+            state["scaler"] = self.scaler.state_dict()
+        return state
 
     def load_checkpoint(self, state: dict[str, Any]) -> None:
         load_module_checkpoint_state(self.model, self.optimizer, state)
+        if self.scaler is not None:
+            self.scaler.load_state_dict(state["scaler"])
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], hp: HyperparametersSpec) -> torch.optim.Optimizer:

@@ -17,6 +17,7 @@ from training.dist import DistContext, setup, teardown
 from training.export import export_onnx, onnx_max_abs_diff, save_state_dict
 from training.loop import Progress
 from training.spec import TrainingSpec
+from training.strategies.base import WholeModelTrainable
 from training.zoo import build_model
 
 KINDS = ["ddp", "fsdp", "pipeline", "hybrid"]
@@ -93,6 +94,25 @@ def test_a_checkpoint_resumes_exactly(kind: str, ctx: DistContext, tmp_path: Pat
         resumed.train_step(x, y, torch.zeros(3))
     for name, value in params_of(resumed).items():
         assert torch.equal(value, expected[name]), name
+
+
+def test_a_checkpoint_keeps_the_fp16_loss_scale(ctx: DistContext, tmp_path: Path) -> None:
+    # fp16 trains on CUDA only; a GradScaler also runs on CPU, which is enough to check its round trip
+    spec = spec_for("ddp").model_copy(deep=True)
+    spec.hyperparameters.precision = "fp16"
+    trainable = prepare(spec, ctx)
+    assert isinstance(trainable, WholeModelTrainable) and trainable.scaler is not None
+    for x, y in batches(2):
+        trainable.train_step(x, y, torch.zeros(3))
+    trainable.scaler.update(new_scale=1024.0)  # what backing off after overflows leaves
+    saved = trainable.scaler.state_dict()
+    save_checkpoint(tmp_path / "step-2", trainable, Progress(step=2).to_meta(ctx.world_size), ctx)
+
+    resumed = prepare(spec, ctx, seed=99)
+    assert isinstance(resumed, WholeModelTrainable) and resumed.scaler is not None
+    assert resumed.scaler.state_dict() != saved
+    load_checkpoint(tmp_path / "step-2", resumed, ctx)
+    assert resumed.scaler.state_dict() == saved and saved["scale"] == 1024.0
 
 
 def test_an_incomplete_checkpoint_is_refused(ctx: DistContext, tmp_path: Path) -> None:
