@@ -10,16 +10,8 @@ from sqlalchemy import select
 from core.artifact_store import ArtifactStore
 from core.models import Artifact
 from tests.support.api import create_job, job_artifacts, job_events, wait_done
-from tests.support.processes import Worker
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def training_worker(settings, tmp_path_factory):
-    worker = Worker(settings, "training", tmp_path_factory.mktemp("retention") / "worker.log", concurrency=1)
-    yield worker
-    worker.stop()
 
 
 async def test_only_the_newest_and_the_best_checkpoints_stay(api, tenant, db, settings, training_worker):

@@ -17,17 +17,9 @@ import pytest
 
 from tests.support.datasets import digits_bytes, npz
 from tests.support.eventually import eventually_async
-from tests.support.processes import Worker
 from tests.support.terminal import Tmux, cli_env, maas, tmux_missing
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("model_server")]
-
-
-@pytest.fixture(scope="module")
-def training_worker(settings, tmp_path_factory):
-    worker = Worker(settings, "training", tmp_path_factory.mktemp("training") / "worker.log", concurrency=1)
-    yield worker
-    worker.stop()
 
 
 @pytest.mark.skipif(tmux_missing(), reason="tmux is not installed (.ci/run installs it)")

@@ -21,7 +21,6 @@ from tests.support.api import create_job, download_artifact, job_artifacts, job_
 from tests.support.datasets import npz
 from tests.support.eventually import eventually_async
 from tests.support.onnx_models import tiny_onnx
-from tests.support.processes import Worker
 from training.spec import MLPSpec
 from training.zoo import build_model
 
@@ -29,20 +28,6 @@ pytestmark = pytest.mark.slow
 
 MLP = {"arch": "mlp", "hidden": [32]}
 FAST = {"latency_iterations": 20, "throughput_iterations": 5, "warmup": 2}
-
-
-@pytest.fixture(scope="module")
-def compression_worker(settings, tmp_path_factory):
-    worker = Worker(settings, "compression", tmp_path_factory.mktemp("compression") / "worker.log", concurrency=1)
-    yield worker
-    worker.stop()
-
-
-@pytest.fixture(scope="module")
-def training_worker(settings, tmp_path_factory):
-    worker = Worker(settings, "training", tmp_path_factory.mktemp("training") / "worker.log", concurrency=1)
-    yield worker
-    worker.stop()
 
 
 @pytest.fixture(scope="module")

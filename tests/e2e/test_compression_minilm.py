@@ -23,7 +23,6 @@ from compression.encoders import export_sentence_encoder, load_tokenizer, minilm
 from compression.fidelity import compare_outputs
 from tests.support.api import deploy_ready, infer, register_version, run_job, upload
 from tests.support.datasets import npz
-from tests.support.processes import Worker
 
 pytestmark = [
     pytest.mark.slow,
@@ -32,13 +31,6 @@ pytestmark = [
 
 EVAL_SENTENCES, CALIBRATION_SENTENCES = 64, 32
 MEAN_COSINE, MIN_COSINE, BYTES_RATIO = 0.995, 0.98, 0.30
-
-
-@pytest.fixture(scope="module")
-def compression_worker(settings, tmp_path_factory):
-    worker = Worker(settings, "compression", tmp_path_factory.mktemp("compression") / "worker.log", concurrency=1)
-    yield worker
-    worker.stop()
 
 
 @pytest.fixture(scope="module")

@@ -14,18 +14,10 @@ import pytest
 from tests.support.api import download_artifact, register_version, run_job, upload
 from tests.support.compression_models import masked_mean_encoder, token_batch
 from tests.support.datasets import npz
-from tests.support.processes import Worker
 
 pytestmark = pytest.mark.slow
 
 FAST = {"latency_iterations": 5, "throughput_iterations": 2, "warmup": 1}
-
-
-@pytest.fixture(scope="module")
-def compression_worker(settings, tmp_path_factory):
-    worker = Worker(settings, "compression", tmp_path_factory.mktemp("compression") / "worker.log", concurrency=1)
-    yield worker
-    worker.stop()
 
 
 @pytest.mark.parametrize(("mode", "op"), [("static", "QuantizeLinear"), ("fp16", "Cast")])

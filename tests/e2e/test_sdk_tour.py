@@ -22,17 +22,9 @@ from maas_client.webhooks import verify
 from tests.support import webhook_receiver
 from tests.support.datasets import digits_bytes
 from tests.support.eventually import eventually_async
-from tests.support.processes import Worker
 from tests.support.webhook_receiver import Receiver
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("model_server", "inference_worker", "job_worker")]
-
-
-@pytest.fixture(scope="module")
-def training_worker(settings, tmp_path_factory):
-    worker = Worker(settings, "training", tmp_path_factory.mktemp("training") / "worker.log", concurrency=1)
-    yield worker
-    worker.stop()
 
 
 def spec(file_id: str, name: str) -> dict:

@@ -32,7 +32,6 @@ from tests.support.api import (
     upload,
 )
 from tests.support.datasets import digits_bytes, npz
-from tests.support.processes import Worker
 from tests.support.text_datasets import labelled_sentences, text_csv
 
 pytestmark = [
@@ -48,20 +47,6 @@ QUESTIONS = [
     ("Commit the current transaction of this session to the database.", "sqlalchemy"),
     ("Send an HTTP GET request to the server and read the response headers.", "aiohttp"),
 ]
-
-
-@pytest.fixture(scope="module")
-def training_worker(settings, tmp_path_factory):
-    worker = Worker(settings, "training", tmp_path_factory.mktemp("training") / "worker.log", concurrency=1)
-    yield worker
-    worker.stop()
-
-
-@pytest.fixture(scope="module")
-def compression_worker(settings, tmp_path_factory):
-    worker = Worker(settings, "compression", tmp_path_factory.mktemp("compression") / "worker.log", concurrency=1)
-    yield worker
-    worker.stop()
 
 
 def text_rows() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:

@@ -22,7 +22,6 @@ import pytest
 from core.text_model import TextPreprocessor
 from tests.support.api import create_job, deploy_ready, download_artifact, infer, run_job, upload
 from tests.support.datasets import npz
-from tests.support.processes import Worker
 from tests.support.text_datasets import SOURCES, labelled_sentences, text_csv
 
 pytestmark = [
@@ -31,20 +30,6 @@ pytestmark = [
 ]
 
 SCORE = {source: float(index) for index, source in enumerate(SOURCES)}
-
-
-@pytest.fixture(scope="module")
-def training_worker(settings, tmp_path_factory):
-    worker = Worker(settings, "training", tmp_path_factory.mktemp("training") / "worker.log", concurrency=1)
-    yield worker
-    worker.stop()
-
-
-@pytest.fixture(scope="module")
-def compression_worker(settings, tmp_path_factory):
-    worker = Worker(settings, "compression", tmp_path_factory.mktemp("compression") / "worker.log", concurrency=1)
-    yield worker
-    worker.stop()
 
 
 async def test_a_text_encoder_with_a_regression_head_predicts_a_value_per_string(

@@ -29,14 +29,6 @@ pytestmark = pytest.mark.slow
 CNN = {"arch": "cnn", "channels": [32, 64], "kernel_size": 3}
 
 
-@pytest.fixture(scope="module")
-def training_worker(settings, tmp_path_factory):
-    """A worker on the training queue for this module only (the recovery test brings its own)."""
-    worker = Worker(settings, "training", tmp_path_factory.mktemp("training") / "worker.log", concurrency=1)
-    yield worker
-    worker.stop()
-
-
 async def test_a_digits_cnn_trained_with_ddp_on_two_processes(api, tenant, training_worker, tmp_path):
     file_id = await upload(api, tenant, digits_bytes()[0], "digits.npz")
     spec = {
