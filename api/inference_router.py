@@ -64,7 +64,7 @@ from api.routing_table import (
     pick_replica,
 )
 from api.serving_metrics import ServingMetricsCollector
-from core.deployments import FAILED, BatchingSettings, deployment_status, live_since
+from core.deployments import BatchingSettings, live_since, load_failure
 from core.models import Deployment, Model, ModelReplica, ModelServerRecord, ModelVersion
 from core.serving_signals import REPLICAS_CHANNEL, signal_demand
 from core.settings import Settings
@@ -239,19 +239,9 @@ class InferenceRouter:
                     select(ModelVersion.id, ModelVersion.signature).where(ModelVersion.id.in_(missing))
                 )
                 self._signatures.update(found.all())
-        statuses: dict[str, list[str]] = {}
-        errors: dict[str, str] = {}
+        states: dict[str, list[tuple[str, str | None]]] = {}
         for vid, status, error in replica_states:
-            statuses.setdefault(vid, []).append(status)
-            if status == FAILED and error:
-                errors[vid] = error
-
-        def failed(d: Deployment, vid: str) -> str | None:
-            if d.placement_error:
-                return d.placement_error
-            if deployment_status(statuses.get(vid, ())) == FAILED:
-                return errors.get(vid, "every load of it failed")
-            return None
+            states.setdefault(vid, []).append((status, error))
 
         return build_table(
             [
@@ -259,7 +249,7 @@ class InferenceRouter:
                     VersionRow(tenant, name, d.model_id, vid, number, self._signatures[vid]),
                     BatchingSettings.of(d),
                     cold_start_timeout_ms=d.cold_start_timeout_ms,
-                    failed=failed(d, vid),
+                    failed=load_failure(states.get(vid, ()), d.placement_error),
                 )
                 for d, vid, number, tenant, name in deployed
             ],

@@ -98,6 +98,16 @@ def deployment_status(replica_statuses: Iterable[str], placement_error: str | No
     return PENDING
 
 
+def load_failure(replicas: Iterable[tuple[str, str | None]], placement_error: str | None = None) -> str | None:
+    """Why the deployed version cannot be served (``deployment_status`` says ``failed``), from its replicas'
+    (status, error) on live servers and its ``placement_error``; None while it is ready or may still load."""
+    states = list(replicas)
+    if deployment_status((status for status, _ in states), placement_error) != FAILED:
+        return None
+    errors = (error for status, error in states if status == FAILED and error)
+    return placement_error or next(errors, "every load of it failed")
+
+
 def live_since(settings: Settings) -> ColumnElement[datetime]:
     """Servers with a heartbeat after this moment are alive (the database's clock, so hosts may disagree)."""
     return func.now() - timedelta(seconds=settings.model_server_timeout_s)

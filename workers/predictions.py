@@ -7,7 +7,9 @@ is failed by the next delivery rather than run twice.
 A prediction for a deployment scaled to zero waits for a cold start like a synchronous request
 (``api.cold_start``), with the same budget (the deployment's ``cold_start_timeout_ms``): it asks
 for a replica once (``core.serving_signals.signal_demand``) and, having no ``LISTEN`` connection
-in a Celery worker, polls the ready replicas every ``COLD_START_POLL_S`` until one is there.
+in a Celery worker, polls the ready replicas every ``COLD_START_POLL_S`` until one is there. A deployment
+that cannot be served (its ``placement_error``, or every load of it failed: ``core.deployments.load_failure``,
+the rule the API's router applies to synchronous requests) fails the prediction at once with that reason.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from celery import shared_task
 from sqlalchemy import select
 
 from core import usage
-from core.deployments import live_since
+from core.deployments import READY, live_since, load_failure
 from core.dispatch import commit_and_send
 from core.job_states import QUEUED, RUNNING
 from core.models import Deployment, Model, ModelReplica, ModelServerRecord, ModelVersion, Prediction
@@ -46,37 +48,51 @@ class PredictionFailed(Exception):
         self.code, self.message = code, message
 
 
-def _server_urls(rt: WorkerRuntime, version_id: str) -> list[str]:
+def _replicas(rt: WorkerRuntime, version_id: str) -> tuple[list[str], str | None]:
+    """The servers where ``version_id`` is ready, and why its deployment cannot be served (None while it may)."""
     with rt.db() as session:
-        return list(
-            session.scalars(
-                select(ModelServerRecord.url)
-                .join(ModelReplica, ModelReplica.server_id == ModelServerRecord.id)
-                .where(
-                    ModelReplica.model_version_id == version_id,
-                    ModelReplica.status == "ready",
-                    ModelServerRecord.heartbeat_at > live_since(rt.settings),
-                )
+        states = session.execute(
+            select(ModelServerRecord.url, ModelReplica.status, ModelReplica.error)
+            .join(ModelReplica, ModelReplica.server_id == ModelServerRecord.id)
+            .where(
+                ModelReplica.model_version_id == version_id,
+                ModelServerRecord.heartbeat_at > live_since(rt.settings),
             )
+        ).all()
+        ready = [url for url, status, _ in states if status == READY]
+        if ready:  # the common case: one query
+            return ready, None
+        placement_error = session.scalar(
+            select(Deployment.placement_error).where(Deployment.model_version_id == version_id)
         )
+    return [], load_failure([(status, error) for _, status, error in states], placement_error)
 
 
 def _cold_start(rt: WorkerRuntime, version_id: str) -> list[str]:
-    """The ready servers of ``version_id`` once one of its deployment's replicas loaded; [] when none can or
-    none did within the deployment's ``cold_start_timeout_ms``."""
+    """The ready servers of ``version_id`` once one of its deployment's replicas loaded; [] when none did within
+    the deployment's ``cold_start_timeout_ms``. Raises :class:`PredictionFailed` as soon as none can (its
+    placement or its loads failed), rather than waiting out the budget."""
     with rt.db() as session:
         deployment = session.scalars(select(Deployment).where(Deployment.model_version_id == version_id)).first()
-        if deployment is None or deployment.cold_start_timeout_ms <= 0 or deployment.placement_error:
+        if deployment is None:
             return []
-        signal_demand(session, deployment.model_id)
-        session.commit()
-        deadline = time.monotonic() + deployment.cold_start_timeout_ms / 1000
-    while time.monotonic() < deadline:
-        time.sleep(COLD_START_POLL_S)
-        urls = _server_urls(rt, version_id)
+        model_id, budget_ms = deployment.model_id, deployment.cold_start_timeout_ms
+    deadline = time.monotonic() + max(budget_ms, 0) / 1000
+    asked = False
+    while True:
+        urls, failure = _replicas(rt, version_id)
         if urls:
             return urls
-    return []
+        if failure is not None:
+            raise PredictionFailed("load_failed", f"the deployed version cannot be served: {failure}")
+        if time.monotonic() >= deadline:
+            return []
+        if not asked:
+            with rt.db() as session:
+                signal_demand(session, model_id)
+                session.commit()
+            asked = True
+        time.sleep(COLD_START_POLL_S)
 
 
 def infer(rt: WorkerRuntime, version_id: str, inputs: list[dict[str, Any]], timeout_ms: int) -> tuple[dict, dict]:
@@ -87,7 +103,7 @@ def infer(rt: WorkerRuntime, version_id: str, inputs: list[dict[str, Any]], time
         raise PredictionFailed("bad_input", str(exc)) from None
     body = pack(arrays, {"timeout_ms": timeout_ms})
     for _ in range(BUSY_RETRIES):
-        urls = _server_urls(rt, version_id) or _cold_start(rt, version_id)
+        urls = _replicas(rt, version_id)[0] or _cold_start(rt, version_id)
         if not urls:
             raise PredictionFailed(
                 "not_ready", "no model server holds this version now, and none loaded it within its cold start budget"

@@ -2,7 +2,8 @@
 (and a readiness probe loads nothing), its first request is held while a replica loads and then
 succeeds, a burst of 32 concurrent requests is served in batches after exactly one load, a request past
 ``cold_start_timeout_ms`` gets 503 with Retry-After (gRPC: UNAVAILABLE), an asynchronous prediction
-waits the same way, and requests sent right after a first deploy wait for it instead of getting 503.
+waits the same way (but fails at once, with the reason, once every load of it failed), and requests
+sent right after a first deploy wait for it instead of getting 503.
 
 A deployment gets to zero as a user's would: ``min_replicas`` 0 and ``idle_timeout_s`` 1, so the
 replica the PUT starts unloads a second after it became ready with no traffic.
@@ -22,10 +23,11 @@ from api.grpc_server import GRPC_ENDPOINT
 from api.inference_router import ROUTER
 from api.oip_grpc import open_inference_grpc_pb2 as pb
 from api.oip_grpc import open_inference_grpc_pb2_grpc as pb_grpc
-from core.models import Deployment, Model, ModelReplica, Prediction, ServingEvent
+from core.artifact_store import ArtifactStore
+from core.models import Artifact, Deployment, Model, ModelReplica, Prediction, ServingEvent
 from tests.support.api import deploy, infer, json_request, register_version, wait_ready
 from tests.support.eventually import eventually_async
-from tests.support.onnx_models import LINEAR_MODELS, linear_expected
+from tests.support.onnx_models import LINEAR_MODELS, linear_classifier, linear_expected
 
 pytestmark = pytest.mark.usefixtures("model_server")
 
@@ -176,6 +178,32 @@ async def test_an_asynchronous_prediction_at_zero_waits_for_the_load(api, tenant
     assert body["status"] == "succeeded", body
     scores = next(o for o in body["output"]["outputs"] if o["name"] == "scores")
     np.testing.assert_allclose(np.array(scores["data"]).reshape(2, 3), linear_expected(x)["scores"], rtol=1e-5)
+
+
+@pytest.mark.usefixtures("inference_worker")
+async def test_a_prediction_for_a_deployment_whose_load_failed_fails_with_the_reason_instead_of_waiting(
+    api, tenant, settings, db
+):
+    name = f"cold-{secrets.token_hex(3)}"
+    rng = np.random.default_rng()  # bytes of its own: no model server's cache (keyed by sha256) holds them
+    version = await register_version(api, tenant, name, linear_classifier(rng.normal(size=(4, 3)), rng.normal(size=3)))
+    with db() as session:
+        key = session.scalar(select(Artifact.storage_key).where(Artifact.id == version["artifact"]["id"]))
+    # other bytes behind the registered version: every load of it fails its sha256 check
+    await asyncio.to_thread(ArtifactStore(settings).upload_chunks, key, [LINEAR_MODELS[1]])
+    # a budget far past the answer's wait: only failing at once ends the prediction within it
+    await deploy(api, tenant, name, 1, min_replicas=0, cold_start_timeout_ms=600_000)
+    x = np.ones((1, 4), np.float32)
+    created = await api.post(
+        "/v1/predictions", json={"model": name, **json_request(x)}, headers={**tenant.headers, "Prefer": "wait=30"}
+    )
+    assert created.status == 201, await created.text()
+    body = await created.json()
+    assert body["status"] == "failed", body
+    assert body["error"]["code"] == "load_failed" and "sha256" in body["error"]["message"], body["error"]
+
+    answer = await infer(api, tenant, name, json_request(x))  # the table knows by now: refused at once
+    assert answer.status == 503 and "sha256" in (await answer.json())["error"]
 
 
 async def test_requests_sent_right_after_a_first_deploy_wait_for_it_instead_of_503(api, tenant):

@@ -11,6 +11,8 @@ of 16 MiB, which a server holds twice (its ONNX Runtime session and the single-t
 - three models on two one-model budgets: calling them in turn always succeeds, no server ever
   holds more than its budget, and the pinned one (``min_replicas`` 1) is never the one evicted;
 - a model bigger than every budget leaves its deployment ``failed`` with the reason, placed nowhere;
+  a request to it is refused at once with that reason, and an asynchronous prediction's wait for a
+  cold start (``workers.predictions``) ends on it instead of lasting its budget;
 - a deployment under load grows to a second replica on the other server and shrinks back when the
   load falls (one client still calling through the scale-in), with no failed request.
 - when the server that runs the placer stops, the other takes the placer lock and places replicas.
@@ -32,9 +34,11 @@ from aiohttp.test_utils import TestClient
 from sqlalchemy import delete, select
 
 from api.app import create_app
+from core.artifact_store import ArtifactStore
 from core.db import make_engine, session_factory
 from core.models import Deployment, ModelReplica, ModelServerRecord, ServingEvent
 from core.settings import Settings
+from job_types.registry import load_job_types
 from migrations import runner
 from tests.conftest import Tenant, new_tenant
 from tests.support.api import deploy, register_version
@@ -42,6 +46,9 @@ from tests.support.eventually import eventually_async
 from tests.support.onnx_models import embedding_lookup
 from tests.support.processes import ModelServerProcess
 from tests.support.services import scratch_database
+from workers import predictions
+from workers.predictions import PredictionFailed
+from workers.runtime import WorkerRuntime
 
 pytestmark = pytest.mark.slow
 
@@ -246,6 +253,28 @@ async def test_a_model_bigger_than_every_budget_fails_with_the_reason(api, tenan
     assert "largest model server budget is 52.0 MiB" in deployment["status_reason"]
     assert deployment["replicas"] == []
     assert [e["action"] for e in deployment["events"]] == ["failed"]  # said once, no load attempted
+    answer = await api.post(f"/v2/models/{name}/infer", json=ids_request(3), headers=tenant.headers)
+    assert answer.status == 503 and "largest model server budget is 52.0 MiB" in (await answer.json())["error"]
+
+
+async def test_a_prediction_for_a_model_bigger_than_every_budget_fails_with_the_reason_instead_of_waiting(
+    api, tenant, serverless, servers
+):
+    name = f"huge-{secrets.token_hex(3)}"
+    version = await register_version(api, tenant, name, embedding_lookup(30 * MIB // 16, 4))
+    # run straight after the PUT, the wait may start before the placer has failed it, or after: either way
+    # it ends on the placement error, long before its budget
+    await deploy(api, tenant, name, 1, min_replicas=0, cold_start_timeout_ms=120_000)
+    engine = make_engine(serverless)
+    store, job_types = ArtifactStore(serverless), load_job_types(serverless)
+    rt = WorkerRuntime(serverless, engine, session_factory(engine), store, job_types, pid=0)  # a worker's, here
+    try:
+        with pytest.raises(PredictionFailed) as failed:
+            await asyncio.to_thread(predictions.infer, rt, version["id"], ids_request(3)["inputs"], 1000)
+    finally:
+        engine.dispose()
+    assert failed.value.code == "load_failed"
+    assert "largest model server budget is 52.0 MiB" in failed.value.message
 
 
 async def test_under_load_a_second_replica_starts_on_the_other_server_and_goes_when_the_load_stops(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from core.deployments import batching_problems, deployment_status
+from core.deployments import batching_problems, deployment_status, load_failure
 
 
 def signature(*shapes: list[int] | None) -> dict:
@@ -44,3 +44,19 @@ def test_batching_needs_a_free_first_dimension(shapes, max_batch_size, problem):
 )
 def test_a_deployment_is_ready_once_one_server_serves_it(statuses, status):
     assert deployment_status(statuses) == status
+
+
+@pytest.mark.parametrize(
+    ("replicas", "placement_error", "reason"),
+    [
+        ([], None, None),  # at zero: it may still load
+        ([("failed", "sha256 mismatch"), ("loading", None)], None, None),  # another server still tries
+        ([("failed", "sha256 mismatch"), ("failed", None)], None, "sha256 mismatch"),
+        ([("failed", None)], None, "every load of it failed"),
+        ([], "needs 60.0 MiB", "needs 60.0 MiB"),
+        ([("failed", "sha256 mismatch")], "needs 60.0 MiB", "needs 60.0 MiB"),
+        ([("ready", None)], "needs 60.0 MiB", None),  # it serves: nothing to refuse
+    ],
+)
+def test_a_deployment_that_cannot_be_served_says_why(replicas, placement_error, reason):
+    assert load_failure(replicas, placement_error) == reason
