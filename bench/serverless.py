@@ -137,6 +137,19 @@ def wait_loaded(maas: Platform, name: str, timeout_s: float = 300) -> dict[str, 
     return wait_for(loaded, timeout_s, f"{name} has no ready replica", interval_s=0.2)
 
 
+def wait_measured(maas: Platform, name: str, timeout_s: float = 60) -> int:
+    """The memory a ready replica holds once its twin session is open and measured too (until then it holds
+    the placer's reservation): the figure once it stays the same for 1.5 s."""
+    seen: list[int] = []
+
+    def settled() -> int | None:
+        replica = wait_loaded(maas, name)
+        seen.append(replica["memory_bytes"])
+        return seen[-1] if len(seen) >= 4 and len(set(seen[-4:])) == 1 else None
+
+    return wait_for(settled, timeout_s, f"{name}'s memory did not settle", interval_s=0.5)
+
+
 def empty_cache(maas: Platform) -> None:
     """The model server's local artifact cache (core.settings: data_dir/model-cache), emptied: the next load
     downloads from S3."""
@@ -290,6 +303,8 @@ async def budget_run(
     latencies: list[float] = []
     statuses: dict[str, int] = {}
     peak = {"memory_bytes": 0.0}
+    over: list[float] = []  # the samples above the budget
+    samples_taken = [0]
     stop = time.monotonic() + seconds
 
     async def client(index: int, session: aiohttp.ClientSession) -> None:
@@ -304,7 +319,11 @@ async def budget_run(
     async def sample_memory() -> None:
         while time.monotonic() < stop:
             samples = await asyncio.to_thread(metrics, maas)
-            peak["memory_bytes"] = max(peak["memory_bytes"], metric_sum(samples, "maas_model_server_memory_bytes"))
+            held = metric_sum(samples, "maas_model_server_memory_bytes")
+            peak["memory_bytes"] = max(peak["memory_bytes"], held)
+            samples_taken[0] += 1
+            if held > budget:
+                over.append(held)
             await asyncio.sleep(0.5)
 
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
@@ -326,6 +345,8 @@ async def budget_run(
         "latency_ms": _percentiles(latencies) if latencies else None,
         "peak_memory_bytes": peak["memory_bytes"],
         "over_budget": peak["memory_bytes"] > budget,
+        "memory_samples": samples_taken[0],
+        "memory_samples_over_budget": len(over),
     }
     print(f"  (d) {requests} requests, {loads:.0f} loads, hit rate {result['hit_rate']}", flush=True)
     return result
@@ -370,8 +391,8 @@ def main() -> None:
     with local_platform(worker_concurrency="1") as maas:
         for model in models:  # pinned (min_replicas 1) until its memory is known, then free to scale to zero
             version = deploy(maas, model, model.name, {**BATCHING, **SCALING, "min_replicas": 1})["version"]
-            replica = wait_loaded(maas, model.name)
-            rows[model.name] = {"model": model.name, "notes": model.notes, "memory_bytes": replica["memory_bytes"]}
+            memory = wait_measured(maas, model.name)
+            rows[model.name] = {"model": model.name, "notes": model.notes, "memory_bytes": memory}
             maas.call("PUT", f"/v1/models/{model.name}/deployment", {"version": version, **BATCHING, **SCALING})
         for model in models:
             if "a" not in skip:

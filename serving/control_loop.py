@@ -32,10 +32,12 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import gc
 import logging
 import os
 import socket
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -67,7 +69,15 @@ from core.settings import Settings
 from serving.artifact_cache import ArtifactCache
 from serving.batcher import DynamicBatcher
 from serving.lanes import Lanes
-from serving.memory import gpu_memory_budget, gpu_used_bytes, memory_budget, resident_bytes, start_onnxruntime
+from serving.memory import (
+    gpu_memory_budget,
+    gpu_used_bytes,
+    memory_budget,
+    resident_bytes,
+    return_freed_memory,
+    sessions_per_replica,
+    start_onnxruntime,
+)
 from serving.metrics import ModelLabels, ModelServerMetrics
 from serving.placement import evict_kind
 from serving.placer import Placer
@@ -92,6 +102,7 @@ class Assigned:
     artifact_bytes: int
     known_memory: int  # the most an earlier load of the version measured (0: never loaded)
     known_gpu_memory: int  # the same on a GPU (0: never loaded on one)
+    reserved_memory: int  # what the placer counted for the replica when it assigned it
     reason: str  # the placer's last event about it (why it was assigned), for the load metric
 
 
@@ -136,6 +147,9 @@ class ControlLoop:
         self._resync = False
         self._wake = asyncio.Event()
         self._checks = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="sha256")
+        # one load, twin session or release at a time moves the resident set, so that each measure is its
+        # own: two loads measured at once each counted the other's memory (a server looked twice as full)
+        self._memory_moves = threading.Lock()
 
     # ------------------------------------------------------------ lifecycle
 
@@ -383,6 +397,7 @@ class ControlLoop:
                 artifact_bytes=artifact.bytes,
                 known_memory=version.memory_bytes or 0,
                 known_gpu_memory=version.gpu_memory_bytes or 0,
+                reserved_memory=replica.memory_bytes or 0,
                 reason="retry" if replica.status == FAILED else "assign",
             )
         return assigned, evicted
@@ -461,8 +476,10 @@ class ControlLoop:
         sessions = 2 if self._twin_wanted else 1
         replica.model, replica.error = model, None
         # and never less than an earlier load measured: the placer reserves that much for the version, and a
-        # measure that varies by load must not make a server look emptier than it is
-        replica.memory_bytes = max(memory, assigned.artifact_bytes * sessions, assigned.known_memory)
+        # measure that varies by load must not make a server look emptier than it is; until the twin session
+        # is open and measured too, not less than the placer reserved (the room must not be given away meanwhile)
+        measured = max(memory, assigned.artifact_bytes * sessions, assigned.known_memory)
+        replica.memory_bytes = max(measured, assigned.reserved_memory) if self._twin_wanted else measured
         # the same on a GPU, where the CUDA provider puts the weights (0 without a GPU budget: none is counted)
         gpu_floor = max(gpu_memory, assigned.artifact_bytes * sessions, assigned.known_gpu_memory)
         replica.gpu_memory_bytes = gpu_floor if self.gpu_budget_bytes else 0
@@ -479,36 +496,51 @@ class ControlLoop:
         reason = f"loaded in {took:.3f} s ({steps}; from {source}); holds {replica.memory_bytes / (1 << 20):.1f} MiB"
         if replica.gpu_memory_bytes:
             reason += f" and {replica.gpu_memory_bytes / (1 << 20):.1f} MiB of GPU memory"
-        await self._remember_memory(replica)
+        await self._remember_memory(replica, measured)
         await self._set_status(replica, READY, ("loaded", reason))
         log.info("%s is ready: %s", replica.labels, reason)
         if self._twin_wanted:
-            self._spawn(self._open_twin(replica, assigned), f"twin-{replica.version_id}")
+            self._spawn(self._open_twin(replica, assigned, memory), f"twin-{replica.version_id}")
 
     @property
     def _twin_wanted(self) -> bool:
         """Whether models get the single-threaded twin session (``core.onnx_model.OnnxModel``)."""
-        return self.settings.inference_concurrent_batches > 1 and self.threads > 1
+        return sessions_per_replica(self.settings) == 2
 
-    async def _open_twin(self, replica: LoadedReplica, assigned: Assigned) -> None:
-        """Open and warm the twin session of a ready replica; until then, every batch uses the main one."""
+    async def _open_twin(self, replica: LoadedReplica, assigned: Assigned, main_bytes: int) -> None:
+        """Open and warm the twin session of a ready replica; until then, every batch uses the main one. Then
+        the replica holds what the two sessions measured (not less than the weights twice, nor than an earlier
+        load measured), instead of the placer's reservation."""
         try:
-            await asyncio.to_thread(self._twin, replica, assigned)
+            twin_bytes = await asyncio.to_thread(self._twin, replica, assigned)
         except Exception as exc:  # the replica serves without it
             log.warning("%s: the single-threaded twin session did not open: %s", replica.labels, exc)
+            twin_bytes = 0
+        if replica.status not in (READY, DRAINING):
+            return
+        replica.memory_bytes = max(main_bytes + twin_bytes, assigned.artifact_bytes * 2, assigned.known_memory)
+        await self._remember_memory(replica, replica.memory_bytes)
+        log.info("%s holds %.1f MiB with its twin session", replica.labels, replica.memory_bytes / (1 << 20))
 
-    def _twin(self, replica: LoadedReplica, assigned: Assigned) -> None:
+    def _twin(self, replica: LoadedReplica, assigned: Assigned) -> int:
+        """Open the twin session (in this thread); the resident memory it added."""
         model = replica.model
         if model is None:
-            return
+            return 0
         with tempfile.TemporaryDirectory(prefix="maas-twin-") as folder:
             path = Path(folder) / "model.onnx"
             self.cache.download_file(assigned.storage_key, path, expected_sha256=assigned.sha256)
-            twin = ort.InferenceSession(str(path), sess_options=session_options(1), providers=self.providers)
-        rows = assigned.wanted.batching.max_batch_size
-        dataclasses.replace(model, session=twin, crowded_session=None).run(warmup_inputs(assigned.signature, rows))
+            with self._memory_moves:
+                return_freed_memory()
+                before = resident_bytes()
+                twin = ort.InferenceSession(str(path), sess_options=session_options(1), providers=self.providers)
+                rows = assigned.wanted.batching.max_batch_size
+                twinned = dataclasses.replace(model, session=twin, crowded_session=None)
+                twinned.run(warmup_inputs(assigned.signature, rows))
+                added = max(0, resident_bytes() - before)
         if replica.status in (READY, DRAINING):
             model.crowded_session = twin
+        return added
 
     def _load_measured(self, assigned: Assigned, batching: BatchingSettings, timings: dict[str, float]) -> Any:
         """Load in this thread; the model, and the resident and GPU memory it added (other loads at once blur
@@ -528,12 +560,15 @@ class ControlLoop:
                 self.cache.fetch(assigned.storage_key, assigned.sha256)
             source = self.cache
         fetched = time.perf_counter() - started
-        before, before_gpu = resident_bytes(), self._gpu_used()
-        model = self._open(source, assigned, batching, timings)
-        if checked is not None and not checked.result():
-            model = self._open(self.cache, assigned, batching, timings)  # fetched from S3 again, checked
+        with self._memory_moves:
+            return_freed_memory()  # what the allocator kept would be reused, and the load would look smaller
+            before, before_gpu = resident_bytes(), self._gpu_used()
+            model = self._open(source, assigned, batching, timings)
+            if checked is not None and not checked.result():
+                model = self._open(self.cache, assigned, batching, timings)  # fetched from S3 again, checked
+            memory, gpu_memory = max(0, resident_bytes() - before), max(0, self._gpu_used() - before_gpu)
         timings["download"] += fetched
-        return model, max(0, resident_bytes() - before), max(0, self._gpu_used() - before_gpu)
+        return model, memory, gpu_memory
 
     def _gpu_used(self) -> int:
         return gpu_used_bytes() if self.gpu_budget_bytes else 0
@@ -554,17 +589,20 @@ class ControlLoop:
             timings=timings,
         )
 
-    async def _remember_memory(self, replica: LoadedReplica) -> None:
-        """Store the most the version took (this load or an earlier one), for its next placement anywhere; GPU
-        memory too, on a server with a GPU."""
+    async def _remember_memory(self, replica: LoadedReplica, measured: int) -> None:
+        """Store the most the version took (``measured`` by this load, or an earlier one), for its next placement
+        anywhere; GPU memory too, on a server with a GPU. The replica's row says what it holds now (the placer
+        counts it)."""
         with contextlib.suppress(Exception):
             async with self._db() as session:
-                most = func.greatest(func.coalesce(ModelVersion.memory_bytes, 0), replica.memory_bytes)
+                most = func.greatest(func.coalesce(ModelVersion.memory_bytes, 0), measured)
                 values = {"memory_bytes": most}
                 if replica.gpu_memory_bytes:
                     most_gpu = func.greatest(func.coalesce(ModelVersion.gpu_memory_bytes, 0), replica.gpu_memory_bytes)
                     values["gpu_memory_bytes"] = most_gpu
                 await session.execute(update(ModelVersion).where(ModelVersion.id == replica.version_id).values(values))
+                mine = (ModelReplica.server_id == self.server_id, ModelReplica.model_version_id == replica.version_id)
+                await session.execute(update(ModelReplica).where(*mine).values(memory_bytes=replica.memory_bytes))
                 await session.commit()
 
     def _batcher(self, replica: LoadedReplica, batching: BatchingSettings) -> DynamicBatcher:
@@ -594,6 +632,7 @@ class ControlLoop:
         if replica.lanes is not None:
             replica.lanes.shutdown()
         self.replicas.pop(replica.version_id, None)
+        await asyncio.to_thread(self._release, replica)
         self.metrics.forget(replica.labels)
         self.metrics.unloads.labels(evict_kind(why)).inc()
         try:
@@ -609,6 +648,13 @@ class ControlLoop:
         except Exception as exc:  # the row says draining, which nothing routes to; it goes with this server's row
             log.warning("could not delete the replica row of %s: %s", replica.labels, exc)
         log.info("unloaded %s (%s)", replica.labels, why)
+
+    def _release(self, replica: LoadedReplica) -> None:
+        """Free an unloaded replica's sessions now, not while another load is being measured."""
+        with self._memory_moves:
+            replica.model = replica.batcher = replica.lanes = None
+            gc.collect()
+            return_freed_memory()
 
 
 class _CachedUnchecked:

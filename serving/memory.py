@@ -20,15 +20,19 @@ checked against ``nvidia-smi``'s documented output.)
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import os
 import subprocess
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 import psutil
 from onnx import TensorProto, helper
 
-from core.onnx_model import session_options
+from core.onnx_model import inference_threads, session_options
 from core.settings import Settings
 
 DEFAULT_SHARE = 0.5
@@ -44,6 +48,30 @@ def memory_budget(settings: Settings) -> int:
     if settings.model_server_memory_bytes:
         return settings.model_server_memory_bytes
     return int(psutil.virtual_memory().total * DEFAULT_SHARE) // settings.inference_servers_per_host
+
+
+def return_freed_memory() -> None:
+    """Give the pages an unloaded model freed back to the system (glibc's ``malloc_trim``, every arena; nothing
+    elsewhere). Kept by the allocator, they would be reused by the next load, whose resident set would then
+    barely grow: the same model measured 44 MiB after an unload and 64 MiB before one."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    libc = ctypes.util.find_library("c")
+    function = getattr(ctypes.CDLL(libc), "malloc_trim", None) if libc else None
+    if function is not None:
+        function.argtypes, function.restype = [ctypes.c_size_t], ctypes.c_int
+    return function
+
+
+def sessions_per_replica(settings: Settings) -> int:
+    """ONNX Runtime sessions a replica opens: 2 with the single-threaded twin (``core.onnx_model.OnnxModel``)
+    that lets two batches run at once, else 1."""
+    return 2 if settings.inference_concurrent_batches > 1 and inference_threads(settings) > 1 else 1
 
 
 def resident_bytes() -> int:

@@ -46,6 +46,7 @@ UP, DOWN = "up", "down"
 IDLE, ROOM, SCALE_DOWN, VERSION_SWITCH = "idle", "room", "scale_down", "version_switch"
 WELL_BELOW = 0.5  # scale in only when in-flight per replica stays under half the target
 MIB = 1 << 20
+MEASURE_MARGIN = 0.1  # loads of one version measured up to 8% apart (bench/serverless.py's budget run)
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,8 @@ class DeploymentView:
     autoscale: str | None = None  # UP, DOWN or None (see :func:`observe`)
     failed: bool = False  # placement_error is set now
     gpu_memory_bytes: int = 0  # what one replica takes on a GPU, where its server has one (measured, or estimated)
+    # what it surely takes: its last measure, or its weights once per session before one (0: memory_bytes)
+    least_memory_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -136,7 +139,8 @@ class _Pass:
     ) -> None:
         self.servers = {s.id: s for s in servers}
         self.replicas = [r for r in replicas if r.server_id in self.servers]
-        self.deployments = {d.model_id: d for d in deployments}
+        largest = max((s.budget_bytes for s in self.servers.values()), default=0)
+        self.deployments = {d.model_id: _within(d, largest) for d in deployments}
         self.held = defaultdict(int)
         self.held_gpu = defaultdict(int)
         for replica in self.replicas:
@@ -339,6 +343,16 @@ class _Pass:
         return None
 
 
+def _within(deployment: DeploymentView, largest: int) -> DeploymentView:
+    """A version whose estimate is more than the largest budget, but what it surely takes fits, is placed as if it
+    took a whole server: its load measures it (an estimate errs high on purpose). One whose sure size does not
+    fit needs at least that."""
+    least = deployment.least_memory_bytes
+    if not least or deployment.memory_bytes <= largest:
+        return deployment
+    return replace(deployment, memory_bytes=least if least > largest else largest)
+
+
 @dataclass(frozen=True)
 class Trend:
     """How long a deployment's load has stayed above target, or well below it (monotonic seconds)."""
@@ -370,9 +384,10 @@ def autoscale_signal(trend: Trend, now: float, *, upscale_delay_s: float, downsc
 
 
 def estimated_memory(measured: int | None, artifact_bytes: int, factor: float) -> int:
-    """What one replica of a version takes: its last measure, or its file's size times ``factor`` before."""
+    """What to reserve for one replica of a version: its last measure and ``MEASURE_MARGIN`` (a load may measure
+    a little more than the one before), or its file's size times ``factor`` before one."""
     if measured:
-        return max(measured, artifact_bytes)
+        return max(int(measured * (1 + MEASURE_MARGIN)), artifact_bytes)
     return int(artifact_bytes * factor)
 
 

@@ -40,6 +40,7 @@ from core.deployments import ScalingSettings, live_since
 from core.models import Artifact, Deployment, Model, ModelReplica, ModelServerRecord, ModelVersion, ServingEvent
 from core.serving_signals import ASSIGNMENTS_CHANNEL, DEMAND_CHANNEL, REPLICAS_CHANNEL, notification
 from core.settings import Settings
+from serving.memory import sessions_per_replica
 from serving.placement import (
     READY,
     Decisions,
@@ -248,6 +249,7 @@ class Placer:
                     name=name,
                     scaling=scaling,
                     memory_bytes=estimated_memory(measured, size, factor),
+                    least_memory_bytes=measured or size * sessions_per_replica(self.settings),
                     demand=deployment.demand_at is not None,
                     autoscale=autoscale_signal(
                         trend,

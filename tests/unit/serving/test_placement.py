@@ -133,6 +133,30 @@ def test_a_model_bigger_than_every_budget_fails_with_the_reason_and_evicts_nothi
     assert "400.0 MiB" in decisions.fail["huge"] and "300.0 MiB" in decisions.fail["huge"]
 
 
+def test_a_never_measured_version_estimated_above_every_budget_but_whose_weights_fit_takes_a_whole_server():
+    held = [replica("small", "s0", memory=50 * MB, idle_s=500)]
+    estimated = deployment("new", memory=400 * MB, least_memory_bytes=180 * MB, demand=True)
+    decisions = place(servers(200), held, [deployment("small"), estimated])
+    assert not decisions.fail
+    assert [(e.model_id, e.server_id) for e in decisions.evict] == [("small", "s0")]  # room for 200, not 400
+    assert "evicting 1" in decisions.waiting["new"]
+    decisions = place(servers(200), [], [deployment("small"), estimated])  # once the room is free
+    assert [(a.model_id, a.memory_bytes) for a in decisions.assign] == [("new", 200 * MB)]
+
+
+def test_a_measured_version_that_fits_only_without_its_margin_is_placed_not_failed():
+    reserve = estimated_memory(190 * MB, 90 * MB, 4.0)  # 209 MiB with the margin
+    decisions = place(servers(200), [], [deployment("big", memory=reserve, least_memory_bytes=190 * MB, demand=True)])
+    assert not decisions.fail and [a.memory_bytes for a in decisions.assign] == [200 * MB]
+
+
+def test_a_never_measured_version_whose_weights_alone_fit_nowhere_fails_naming_them():
+    estimated = deployment("huge", memory=800 * MB, least_memory_bytes=250 * MB, demand=True)
+    decisions = place(servers(200), [], [estimated])
+    assert not decisions.assign
+    assert "needs 250.0 MiB" in decisions.fail["huge"] and "200.0 MiB" in decisions.fail["huge"]
+
+
 def test_a_failed_deployment_that_fits_again_is_unfailed():
     decisions = place(servers(500), [], [deployment("a", memory=100 * MB, failed=True, demand=True)])
     assert decisions.unfail == ["a"] and len(decisions.assign) == 1
@@ -213,7 +237,7 @@ def test_the_trend_says_up_after_the_upscale_delay_and_down_after_the_downscale_
 
 def test_memory_is_the_measure_once_known_and_the_file_size_times_the_factor_before():
     assert estimated_memory(None, 10 * MB, 2.0) == 20 * MB
-    assert estimated_memory(30 * MB, 10 * MB, 2.0) == 30 * MB
+    assert estimated_memory(30 * MB, 10 * MB, 2.0) == 33 * MB  # with room for a load that measures a little more
     assert estimated_memory(1 * MB, 10 * MB, 2.0) == 10 * MB  # never less than the weights themselves
 
 
