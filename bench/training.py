@@ -17,8 +17,10 @@ side in one run:
   validation each epoch, ONNX export and parity check, uploads, registration-free), its wall time
   POST → terminal status and the samples/s the trainer reports, and where that wall time went,
   from the job's events and the run's own timings: queue (POST → running), start (running →
-  first step), training (first → last step, checkpoints included), checkpoints (what the steps
-  waited for them), export (rank 0's evaluation, ONNX export, parity check, curves) and finish
+  first step), training (first → last step, checkpoints and validations included), checkpoints
+  (what the steps waited for them), validation (rank 0's evaluation at each epoch's end, which
+  the plain loop does once, after training; the platform's samples/s leaves it out, its wall
+  time does not), export (rank 0's evaluation, ONNX export, parity check, curves) and finish
   (the rest: artifact uploads, the last checkpoint's upload, process exit, the status change).
 
 Workloads (each ≥ 30 s of plain training on a quiet 2-core machine; ``--quick`` runs a tenth):
@@ -56,9 +58,9 @@ REPO = Path(__file__).resolve().parents[1]
 MODELS = {"cnn": {"arch": "cnn", "channels": [32, 64]}, "mlp": {"arch": "mlp", "hidden": [256, 256, 256]}}
 # name: (strategy, model, epochs of a full run)
 WORKLOADS = {
-    "ddp x2 cnn": ("ddp", "cnn", 180),
+    "ddp x2 cnn": ("ddp", "cnn", 360),
     "fsdp x2 cnn": ("fsdp", "cnn", 90),
-    "pipeline x2 mlp": ("pipeline", "mlp", 120),
+    "pipeline x2 mlp": ("pipeline", "mlp", 240),
 }
 BATCH, LR, SEED = 64, 0.001, 0
 
@@ -68,7 +70,7 @@ class TextWorkload:
     """The text-encoder fine-tune: MiniLM, 32 tokens, embeddings and 4 lower layers frozen."""
 
     name: str = "text x2 minilm"
-    epochs: int = 30  # of 216 training texts: 13 steps of 16 an epoch
+    epochs: int = 12  # of 216 training texts: 13 steps of 16 an epoch
     per_source: int = 80
     batch_size: int = 16
     lr: float = 5e-4
@@ -137,10 +139,12 @@ def on_platform(maas: Platform, spec: dict[str, Any]) -> dict[str, Any]:
             "start": round(first - running, 2),
             "training": round(last - first, 2),
             "checkpoints": round(timings["checkpoint_s"], 3),
+            "validation": round(timings["validation_s"], 2),
             "export": round(export, 2),
             "finish": round(done - last - export, 2),
         },
         "checkpoints": timings["checkpoints"],
+        "validations": timings["validations"],
     }
 
 
@@ -240,11 +244,12 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         p, q = r["plain"], r["platform"]
         print(f"| {r['workload']} | {p['samples_per_s']:.0f} | {q['samples_per_s']:.0f} | {r['samples_ratio']:.2f} | "
               f"{p['wall_s']:.1f} | {q['wall_s']:.1f} | {r['wall_ratio']:.2f} |")  # fmt: skip
-    print("\nplatform wall time split (s): queue, start, training, of which checkpoints, export, finish")
+    print("\nplatform wall time split (s): queue, start, training (of which checkpoints, validations), export, finish")
     for r in rows:
         s, q = r["platform"]["split_s"], r["platform"]
         print(f"  {r['workload']:<16} queue {s['queue']:.2f}  start {s['start']:.2f}  training {s['training']:.1f} "
-              f"(checkpoints {s['checkpoints']:.3f}, {q['checkpoints']} taken)  export {s['export']:.2f}  "
+              f"(checkpoints {s['checkpoints']:.3f}, {q['checkpoints']} taken; validations {s['validation']:.2f}, "
+              f"{q['validations']} run)  export {s['export']:.2f}  "
               f"finish {s['finish']:.2f}   POST→1st step {q['post_to_first_step_s']:.2f}")  # fmt: skip
 
 
