@@ -293,7 +293,8 @@ def publish(ctx: JobContext, spec: TrainingSpec, result: dict[str, Any]) -> dict
         "classes": result.get("classes"),
         "artifacts": {"model": model.id, "curves": curves.id, "weights": weights.id},
         "model_version": None,
-        # rank 0's clock: first and last step (unix times), seconds the steps spent on checkpoints, the export
+        # rank 0's clock: first and last step (unix times), seconds the steps spent on checkpoints and on
+        # the per-epoch validations, the export
         "timings": result.get("timings"),
     }
     if spec.register_as:
