@@ -416,6 +416,35 @@ class DeploymentObject(ApiObject):
         )
 
 
+class DeploymentStatsObject(BaseModel):
+    """One deployment's traffic over the window, from its recorded synchronous predictions."""
+
+    model: str = Field(description="the deployed model's name")
+    version: int = Field(description="the version deployed now (the counts cover every version of the model)")
+    requests: int = Field(description="synchronous inference requests (REST and gRPC) in the window")
+    requests_per_minute: float = Field(description="requests divided by the window's minutes")
+    errors: int = Field(description="requests answered with an error (bad input, overload, a failed model call)")
+    error_rate: float | None = Field(description="errors / requests, 0 to 1; null without requests")
+    latency_p50_ms: float | None = Field(
+        description="median time from request to answer of the succeeded requests, in ms, as the API measured it"
+    )
+    latency_p99_ms: float | None = Field(description="99th percentile of the same, in ms")
+    mean_batch_size: float | None = Field(
+        description="mean rows of the model call that served each succeeded request (its rows and those of "
+        "the requests batched with it)"
+    )
+    max_batch_size: int | None = Field(description="the most rows of such a model call")
+
+
+class DeploymentStatsList(BaseModel):
+    """The tenant's deployments' traffic over the last ``window_minutes`` (``GET /v1/deployments/stats``)."""
+
+    object: Literal["list"] = Field(default="list", description="always `list`")
+    window_minutes: int = Field(description="the window counted")
+    since: Timestamp = Field(description="the window's start (its end is the answer's time)")
+    data: list[DeploymentStatsObject] = Field(description="one row per deployment, by model name")
+
+
 # --- the tenant's keys and secrets --------------------------------------------------------
 
 
@@ -470,6 +499,8 @@ __all__ = [
     "DeletedModelVersion",
     "DeliveryAttempt",
     "DeploymentObject",
+    "DeploymentStatsList",
+    "DeploymentStatsObject",
     "FileObject",
     "JobEventObject",
     "JobObject",

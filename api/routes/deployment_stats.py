@@ -9,15 +9,14 @@ and shows only the tenant's models.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Literal
 
 from aiohttp import web
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from api.context import context
 from api.endpoints import Call, Endpoints
 from core import deployment_stats as stats_service
-from core.objects import Timestamp
+from core.objects import DeploymentStatsList, DeploymentStatsObject
 from core.spec_kit import StrictModel
 
 deployment_stats = Endpoints("deployments")
@@ -25,31 +24,6 @@ deployment_stats = Endpoints("deployments")
 
 class DeploymentStatsQuery(StrictModel):
     window_minutes: int = Field(default=5, ge=1, le=1440, description="how many minutes back to count, up to now")
-
-
-class DeploymentStatsObject(BaseModel):
-    model: str = Field(description="the deployed model's name")
-    version: int = Field(description="the version deployed now (the counts cover every version of the model)")
-    requests: int = Field(description="synchronous inference requests (REST and gRPC) in the window")
-    requests_per_minute: float = Field(description="requests divided by the window's minutes")
-    errors: int = Field(description="requests answered with an error (bad input, overload, a failed model call)")
-    error_rate: float | None = Field(description="errors / requests, 0 to 1; null without requests")
-    latency_p50_ms: float | None = Field(
-        description="median time from request to answer of the succeeded requests, in ms, as the API measured it"
-    )
-    latency_p99_ms: float | None = Field(description="99th percentile of the same, in ms")
-    mean_batch_size: float | None = Field(
-        description="mean rows of the model call that served each succeeded request (its rows and those of "
-        "the requests batched with it)"
-    )
-    max_batch_size: int | None = Field(description="the most rows of such a model call")
-
-
-class DeploymentStatsList(BaseModel):
-    object: Literal["list"] = Field(default="list", description="always `list`")
-    window_minutes: int = Field(description="the window counted")
-    since: Timestamp = Field(description="the window's start (its end is the answer's time)")
-    data: list[DeploymentStatsObject] = Field(description="one row per deployment, by model name")
 
 
 @deployment_stats.get(
