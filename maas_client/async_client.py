@@ -24,6 +24,7 @@ from core.objects import (
     DeletedFile,
     DeletedModelVersion,
     DeploymentObject,
+    DeploymentStatsList,
     FileObject,
     JobEventObject,
     JobObject,
@@ -296,6 +297,10 @@ class AsyncDeployments(_AsyncResource):
     async def undeploy(self, name: str) -> None:
         """Undeploy the model: its replicas finish what is queued, then unload."""
         await self._t.send(calls.undeploy(name))
+
+    async def stats(self, *, window_minutes: int | None = None) -> DeploymentStatsList:
+        """Each deployment's traffic over the last ``window_minutes`` (see ``Client.deployments.stats``)."""
+        return await self._t.send(calls.deployment_stats(window_minutes))
 
     async def wait_ready(
         self, name: str, version: int | None = None, *, timeout: float = 120.0, poll_s: float = 0.5

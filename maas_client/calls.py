@@ -24,6 +24,7 @@ from core.objects import (
     DeletedFile,
     DeletedModelVersion,
     DeploymentObject,
+    DeploymentStatsList,
     FileObject,
     JobEventObject,
     JobObject,
@@ -240,6 +241,11 @@ def get_deployment(name: str) -> Call[DeploymentObject]:
 
 def undeploy(name: str) -> Call[None]:
     return Call("DELETE", f"/v1/models/{segment(name)}/deployment", _nothing)
+
+
+def deployment_stats(window_minutes: int | None) -> Call[DeploymentStatsList]:
+    params = _query(window_minutes=window_minutes)
+    return Call("GET", "/v1/deployments/stats", _one(DeploymentStatsList), params=params)
 
 
 # ---------------------------------------------------------------- predictions and webhooks

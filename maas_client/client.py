@@ -28,6 +28,7 @@ from core.objects import (
     DeletedFile,
     DeletedModelVersion,
     DeploymentObject,
+    DeploymentStatsList,
     FileObject,
     JobEventObject,
     JobObject,
@@ -321,6 +322,13 @@ class Deployments(_Resource):
     def undeploy(self, name: str) -> None:
         """Undeploy the model: its replicas finish what is queued, then unload."""
         self._t.send(calls.undeploy(name))
+
+    def stats(self, *, window_minutes: int | None = None) -> DeploymentStatsList:
+        """Each deployment's traffic over the last ``window_minutes`` (1 to 1440; None: the API's
+        default, 5), by model name: requests and requests per minute, errors and error rate, p50/p99
+        latency in ms and mean/max batch size, from its recorded synchronous requests. A window out of
+        range raises ``BadRequest`` (400) naming ``window_minutes``."""
+        return self._t.send(calls.deployment_stats(window_minutes))
 
     def wait_ready(
         self, name: str, version: int | None = None, *, timeout: float = 120.0, poll_s: float = 0.5
