@@ -7,6 +7,7 @@ maas jobs submit SPEC.json [--wait] | get ID | list | cancel ID | logs ID [-f]
 maas artifacts download ID [-o PATH]
 maas models list
 maas deploy NAME --version N [--wait]
+maas deployments stats [--window-minutes N]   each deployment's traffic, errors, latency, batches
 maas predict NAME --input FILE.npz [--save OUT.npz]
 
 Every one takes ``--output json`` (one JSON document on stdout, for scripts) and ``--base-url`` /
@@ -28,7 +29,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, Trans
 
 from cli import credentials
 from cli.follow import DETACHED, EXIT_CODES, event_line, follow, summary
-from cli.render import console, error, pairs, print_json, table
+from cli.render import cell, console, error, pairs, print_json, table
 from core.settings import Settings
 from maas_client import Client, MaasError
 
@@ -280,6 +281,31 @@ def cmd_deploy(maas: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deployments_stats(maas: Client, args: argparse.Namespace) -> int:
+    stats = maas.deployments.stats(window_minutes=args.window_minutes)
+    if _json(args):
+        print_json(stats)
+        return 0
+    rows = [
+        (
+            f"{d.model} v{d.version}",
+            d.requests,
+            d.requests_per_minute,
+            d.errors,
+            None if d.error_rate is None else f"{d.error_rate:.2%}",
+            d.latency_p50_ms,
+            d.latency_p99_ms,
+            d.mean_batch_size,
+            d.max_batch_size,
+        )
+        for d in stats.data
+    ]
+    columns = ("model", "requests", "req/min", "errors", "error rate", "p50 ms", "p99 ms", "mean batch", "max batch")
+    title = f"last {stats.window_minutes} min (since {cell(stats.since)} UTC)"
+    console().print(table(columns, rows, title=title))
+    return 0
+
+
 def cmd_predict(maas: Client, args: argparse.Namespace) -> int:
     try:
         with np.load(args.input) as data:
@@ -364,6 +390,14 @@ def add_client_commands(sub: Any) -> None:
         deploy.add_argument(f"--{option}", type=int)
     deploy.add_argument("--wait", action="store_true", help="until the version is ready on a model server")
     deploy.add_argument("--timeout", type=float, default=120.0, help="for --wait, in seconds")
+
+    deployments = sub.add_parser("deployments", help="what the deployed models serve").add_subparsers(
+        dest="action", required=True
+    )
+    deployment_stats = leaf(
+        deployments, "stats", cmd_deployments_stats, "each deployment's requests, errors, p50/p99 latency, batch sizes"
+    )
+    deployment_stats.add_argument("--window-minutes", type=int, help="how many minutes back, 1 to 1440 (default 5)")
 
     predict = leaf(sub, "predict", cmd_predict, "run a deployed model on the arrays of an .npz (one per input)")
     predict.add_argument("name")

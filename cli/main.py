@@ -12,7 +12,7 @@ maas admin keys create --tenant T [--name N] | revoke KEY_ID_OR_PREFIX | list [-
 
 Against a running platform, through the SDK (see cli/client_commands.py; each takes --output json):
 maas login | files upload/list | jobs submit/get/list/cancel/logs | artifacts download | models list
-maas deploy NAME --version N | predict NAME --input FILE.npz
+maas deploy NAME --version N | deployments stats | predict NAME --input FILE.npz
 """
 
 from __future__ import annotations
