@@ -18,9 +18,9 @@ side in one run:
   POST → terminal status and the samples/s the trainer reports, and where that wall time went,
   from the job's events and the run's own timings: queue (POST → running), start (running →
   first step), training (first → last step, checkpoints and validations included), checkpoints
-  (what the steps waited for them), validation (rank 0's evaluation at each epoch's end, which
-  the plain loop does once, after training; the platform's samples/s leaves it out, its wall
-  time does not), export (rank 0's evaluation, ONNX export, parity check, curves) and finish
+  (what the steps waited for them), validation (the evaluation at each epoch's end, which the plain
+  loop does once, after training; the platform's samples/s leaves it out, its wall time does
+  not), export (rank 0's evaluation, ONNX export, parity check, curves) and finish
   (the rest: artifact uploads, the last checkpoint's upload, process exit, the status change).
 
 Workloads (each ≥ 30 s of plain training on a quiet 2-core machine; ``--quick`` runs a tenth):

@@ -3,6 +3,10 @@ the model, take the planned steps (resuming from a checkpoint when asked), repor
 progress, write checkpoints, evaluate each epoch, and at the end have rank 0 export the
 model (ONNX with a parity check, safetensors) and draw the curves.
 
+The evaluation at each epoch's end runs where the model is: with DDP every process evaluates
+its share of the validation rows on its live replica and the sums are pooled (no copy, no idle
+rank); the other strategies gather a full copy on rank 0, which evaluates it alone.
+
 Reports go through ``emit`` as the JSON objects ``training.run`` prints (``progress``,
 ``checkpoint``, ``result``); rank 0 emits, the other ranks stay silent. Failures the run
 can name raise ``TrainingFailure(code, message)``.
@@ -328,10 +332,16 @@ class Job:
         metrics on rank 0, {} elsewhere. With early stopping, rank 0 keeps the best weights."""
         progress.last_epoch = _mean(progress.epoch, self.splits.regression)
         progress.epoch = [0.0, 0.0, 0.0]
-        model = self.trainable.full_model_on_rank0()
+        val_x, val_y = self.splits.val_x, self.splits.val_y
+        replica = self.trainable.replica_for_evaluation()
+        if replica is not None:  # every process evaluates a share, no copy made
+            measured = evaluate_shared(replica, val_x, val_y, self.ctx)
+            model = replica if self.ctx.is_rank0 else None
+        else:
+            model = self.trainable.full_model_on_rank0()
+            measured = evaluate(model, val_x, val_y) if model is not None else {}
         if model is None:
             return {}
-        measured = evaluate(model, self.splits.val_x, self.splits.val_y)
         epoch = progress.step / self.plan.steps_per_epoch
         progress.history.append({"kind": "val", "step": progress.step, "epoch": epoch, **measured})
         validation = {f"val_{name}": value for name, value in measured.items()}
@@ -339,7 +349,7 @@ class Job:
             value = validation[stopping.metric]
             if improved(value, progress.best.get("value"), stopping):
                 progress.best = {"value": value, "step": progress.step, "waited": 0}
-                self.best_weights = {k: v.clone() for k, v in model.state_dict().items()}
+                self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
             else:
                 progress.best["waited"] = progress.best.get("waited", 0) + 1
         return validation
@@ -438,26 +448,64 @@ def _check_finite(progress: Progress) -> None:
         )
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> dict[str, float]:
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     """``{"loss": mean cross-entropy, "accuracy"}`` of ``model`` on ``x``, ``y``; for float
     targets (a regression head) ``{"loss": mean squared error, "mae", "rmse", "r2"}``."""
+    return metrics_from_sums(validation_sums(model, x, y).tolist(), y.is_floating_point())
+
+
+def evaluate_shared(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: DistContext) -> dict[str, float]:
+    """What :func:`evaluate` gives, with the rows split over the processes (collective): each
+    evaluates every world-th row with its own whole ``model``, and the sums are pooled."""
+    mine = slice(ctx.rank, None, ctx.world_size)
+    sums = validation_sums(model, x[mine].to(ctx.device), y[mine].to(ctx.device))
+    return metrics_from_sums(sum_across_ranks(sums).tolist(), y.is_floating_point())
+
+
+def validation_sums(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """float64 ``[loss_sum, correct, count, 0, 0]`` of ``model`` on ``x``, ``y``; for float
+    targets ``[squared_error_sum, absolute_error_sum, count, target_sum, target_square_sum]``.
+    The model's train/eval flags are as before afterwards (it may be the one being trained)."""
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
-    outputs = []
-    with torch.no_grad():
-        for start in range(0, len(y), batch_size):
-            outputs.append(model(x[start : start + batch_size]).float())
-    out = torch.cat(outputs)
+    try:
+        with torch.no_grad():
+            outputs = [model(x[start : start + batch_size]).float() for start in range(0, len(y), batch_size)]
+    finally:
+        for module, training in modes:
+            module.training = training
+    if not outputs:
+        return torch.zeros(5, dtype=torch.float64, device=y.device)
+    out = torch.cat(outputs).double()
     if y.is_floating_point():
-        return regression_metrics(out.reshape(y.shape), y)
-    loss = F.cross_entropy(out, y).item()
-    return {"loss": loss, "accuracy": (out.argmax(dim=1) == y).float().mean().item()}
+        return regression_sums(out.reshape(y.shape), y)
+    loss_sum = F.cross_entropy(out, y, reduction="sum")
+    correct = (out.argmax(dim=1) == y).sum().double()
+    count = torch.tensor(float(len(y)), dtype=torch.float64, device=y.device)
+    zero = torch.zeros((), dtype=torch.float64, device=y.device)
+    return torch.stack([loss_sum, correct, count, zero, zero])
+
+
+def regression_sums(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    error = predicted.double() - target.double()
+    target = target.double()
+    count = torch.tensor(float(target.numel()), dtype=torch.float64, device=target.device)
+    return torch.stack([error.pow(2).sum(), error.abs().sum(), count, target.sum(), target.pow(2).sum()])
+
+
+def metrics_from_sums(sums: list[float], regression: bool) -> dict[str, float]:
+    """The metrics of pooled :func:`validation_sums`."""
+    first, second, count, target_sum, target_squares = sums
+    if not regression:
+        return {"loss": first / count, "accuracy": second / count}
+    mse = first / count
+    # the targets' total sum of squares; 0 (no variation, R² 0) up to rounding
+    total = target_squares - target_sum * target_sum / count
+    r2 = 1.0 - first / total if total > 1e-12 * max(target_squares, 1.0) else 0.0
+    return {"loss": mse, "mae": second / count, "rmse": math.sqrt(mse), "r2": r2}
 
 
 def regression_metrics(predicted: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
     """MSE (the loss), MAE, RMSE and R² (1 - residual / total sum of squares; 0 when the
     targets do not vary)."""
-    error = predicted.double() - target.double()
-    mse = error.pow(2).mean().item()
-    total = (target.double() - target.double().mean()).pow(2).sum().item()
-    r2 = 1.0 - error.pow(2).sum().item() / total if total > 0 else 0.0
-    return {"loss": mse, "mae": error.abs().mean().item(), "rmse": math.sqrt(mse), "r2": r2}
+    return metrics_from_sums(regression_sums(predicted, target).tolist(), regression=True)

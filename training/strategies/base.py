@@ -63,6 +63,12 @@ class Trainable(ABC):
     def full_model_on_rank0(self) -> nn.Module | None:
         """An unwrapped CPU copy of the whole model on rank 0 (None elsewhere)."""
 
+    def replica_for_evaluation(self) -> nn.Module | None:
+        """The whole model this process trains, unwrapped and live, where every process holds
+        one (validation then splits its rows over the processes); None: rank 0 evaluates
+        ``full_model_on_rank0``."""
+        return None
+
 
 @dataclass(frozen=True)
 class StepOptions:

@@ -38,6 +38,9 @@ class DDPTrainable(WholeModelTrainable):
     def full_model_on_rank0(self) -> nn.Module | None:
         return copy.deepcopy(self.model.module).cpu() if self.ctx.is_rank0 else None
 
+    def replica_for_evaluation(self) -> nn.Module:
+        return self.model.module
+
 
 def prepare(factory: ModelFactory, ctx: DistContext, spec: TrainingSpec) -> DDPTrainable:
     return DDPTrainable(factory(), ctx, spec)

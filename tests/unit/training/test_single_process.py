@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from training import strategies
 from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from training.curves import draw_curves
 from training.dist import DistContext, setup, teardown
 from training.export import export_onnx, onnx_max_abs_diff, save_state_dict
-from training.loop import Progress
+from training.loop import Progress, evaluate, evaluate_shared
 from training.spec import TrainingSpec
 from training.strategies.base import WholeModelTrainable
 from training.zoo import build_model
@@ -113,6 +114,26 @@ def test_a_checkpoint_keeps_the_fp16_loss_scale(ctx: DistContext, tmp_path: Path
     assert resumed.scaler.state_dict() != saved
     load_checkpoint(tmp_path / "step-2", resumed, ctx)
     assert resumed.scaler.state_dict() == saved and saved["scale"] == 1024.0
+
+
+def test_validation_shared_over_processes_uses_the_live_model_and_leaves_its_modes(ctx: DistContext) -> None:
+    trainable = prepare(spec_for("ddp", dropout=0.3), ctx)
+    model = trainable.replica_for_evaluation()
+    assert isinstance(model, torch.nn.Sequential)
+    model[0].eval()  # a part that trains in eval mode (a pretrained encoder does) must stay so
+    modes = {name: module.training for name, module in model.named_modules()}
+    x, y = batches(1)[0]
+
+    shared = evaluate_shared(model, x, y, ctx)
+
+    assert {name: module.training for name, module in model.named_modules()} == modes
+    copy = trainable.full_model_on_rank0()
+    assert copy is not None
+    copy.eval()
+    with torch.no_grad():
+        out = copy(x)
+    expected = {"loss": F.cross_entropy(out, y).item(), "accuracy": (out.argmax(dim=1) == y).float().mean().item()}
+    assert shared == pytest.approx(expected) and evaluate(copy, x, y) == pytest.approx(expected)
 
 
 def test_an_incomplete_checkpoint_is_refused(ctx: DistContext, tmp_path: Path) -> None:
