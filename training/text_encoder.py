@@ -103,7 +103,9 @@ def build_text_classifier(
         regression=regression,
     )
     freeze(model, encoder_entirely=freeze_encoder, lower_layers=freeze_layers)
-    return model
+    # from_pretrained hands the encoder over in eval mode: its dropout must run while it is fine-tuned, as in any
+    # fine-tune (validation and export switch to eval mode themselves)
+    return model.train()
 
 
 def freeze(model: TextClassifier, *, encoder_entirely: bool, lower_layers: int) -> None:

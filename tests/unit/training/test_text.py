@@ -26,7 +26,7 @@ from training.data import DatasetError, load_splits
 from training.export import export_onnx, onnx_max_abs_diff
 from training.spec import CNNSpec, MLPSpec, TextEncoderSpec, TrainingSpec, check_dataset_fits
 from training.text_data import TextTableError, read_text_table, tokenize_texts
-from training.text_encoder import TextClassifier, freeze, load_tokenizer, trainable_parameters
+from training.text_encoder import TextClassifier, build_text_classifier, freeze, load_tokenizer, trainable_parameters
 from training.zoo import InitFromError, build_model, load_initial_weights
 
 TEXT_MODEL = {"arch": "text_encoder", "pretrained": "all-minilm-l6-v2", "max_length": 16}
@@ -466,3 +466,10 @@ def test_a_text_regression_model_exports_one_value_and_no_label(tmp_path: Path) 
     np.testing.assert_allclose(session.run(["value"], {"input_ids": ids[2:, :2].numpy()})[0], values[2:], atol=1e-5)
     # served like the classifier: its tokenizer is declared, so clients send strings
     assert declaration(session.get_modelmeta().custom_metadata_map) == TextDeclaration("text", "input_ids", 8, 0)
+
+
+def test_the_pretrained_encoder_is_built_in_training_mode_so_its_dropout_runs_while_it_is_fine_tuned() -> None:
+    model = build_text_classifier(
+        "all-minilm-l6-v2", 2, max_length=16, dropout=0.1, freeze_encoder=False, freeze_layers=2
+    )
+    assert all(module.training for module in model.modules())
