@@ -20,7 +20,7 @@ of bench/serving.py):
   and on none; it runs until the model server has unloaded the model ``--cycles`` times and counts
   every answer that is not 200 (target 0);
 - (d) a memory budget: a second platform whose model server may hold a third of the models' measured
-  total memory (at least the largest model plus 5 %, or nothing fits), the three models plus
+  total memory (at least the largest model plus a quarter, or it fits nowhere), the three models plus
   copies of MiniLM int8 under other names (so several models compete for it); ``--clients`` clients
   call them in random order for ``--seconds``: hit rate (requests that found their model loaded, i.e.
   that caused no load), loads per minute, latency p50/p99, and the most memory the server reported
@@ -68,6 +68,9 @@ RESULTS = Path(__file__).resolve().parent / "results" / "serverless.json"
 MODELS = ("minilm-int8", "minilm-fp32", "digits-cnn")
 QUICK_MODELS = ("minilm-int8", "digits-cnn")
 LOAD_STEPS = ("download", "session", "warmup")
+# (d)'s budget holds the largest model this many times over: one load of a model can measure ~10% more than
+# another (a budget 5% above fp32's measure failed it in the budget run once it measured more there)
+LARGEST_ROOM = 1.25
 SCALING = {"min_replicas": 0, "idle_timeout_s": 1, "cold_start_timeout_ms": 60_000}
 BATCHING = {"max_batch_size": 16, "max_queue_delay_us": 0}
 GOALS = {"model": "minilm-int8", "cold_p50_cache_s": 0.7, "cold_p50_s3_s": 1.0, "failed_requests": 0}
@@ -415,7 +418,7 @@ def budget_phase(args: argparse.Namespace, models: Sequence[BenchModel], rows: M
     named = budget_models(models, args.copies)
     memory = {name: rows[m.name]["memory_bytes"] or 0 for name, m in named}
     total = sum(memory.values())
-    budget = int(max(total / 3, max(memory.values()) * 1.05))
+    budget = int(max(total / 3, max(memory.values()) * LARGEST_ROOM))
     for attempt in (1, 2):  # a `maas up` that does not come up in time (a loaded machine) gets one more try
         try:
             with local_platform(worker_concurrency="1", model_server_memory_bytes=str(budget)) as maas:
