@@ -7,16 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import numpy as np
-from sqlalchemy import insert
 
 from api.prediction_recorder import prediction_row
-from core.models import Prediction
 from tests.support.api import deploy, deployed_model, infer, json_request, register_version
 from tests.support.eventually import eventually_async
 from tests.support.onnx_models import LINEAR_MODELS
+from tests.support.traffic import BATCHES, LATENCIES_MS, record_traffic
 
 
 async def stats(api, tenant, **query: int) -> dict:
@@ -58,36 +57,15 @@ async def test_the_numbers_are_the_windows_synchronous_requests(api, tenant, db)
     quiet = f"quiet-{secrets.token_hex(3)}"
     await register_version(api, tenant, quiet, LINEAR_MODELS[0])
     await deploy(api, tenant, quiet, 1)
-    now = datetime.now(UTC)
-    latencies = [3.0, 5.0, 8.0, 13.0, 21.0, 34.0, 55.0, 89.0]
-    batches = [1, 2, 2, 4, 4, 4, 8, 8]
-    rows = []
-    for i, (ms, batch) in enumerate(zip(latencies, batches, strict=True)):
-        started = now - timedelta(seconds=60 + i)
-        row = prediction_row(
-            tenant_id=tenant.id, model_version_id=version_id, started_at=started, stats={"batch_size": batch}
-        )
-        rows.append({**row, "completed_at": started + timedelta(milliseconds=ms)})
-    failed = prediction_row(
-        tenant_id=tenant.id, model_version_id=version_id, started_at=now - timedelta(seconds=30), error={"code": "x"}
-    )
-    old = prediction_row(
-        tenant_id=tenant.id,
-        model_version_id=version_id,
-        started_at=now - timedelta(minutes=10),
-        stats={"batch_size": 64},
-    )
-    queued = {**prediction_row(tenant_id=tenant.id, model_version_id=version_id, started_at=now), "is_async": True}
-    with db() as session:
-        session.execute(insert(Prediction), [*rows, failed, old, queued])
-        session.commit()
+    queued = prediction_row(tenant_id=tenant.id, model_version_id=version_id, started_at=datetime.now(UTC))
+    record_traffic(db, tenant.id, version_id, {**queued, "is_async": True})
 
     found = row_of(await stats(api, tenant), name)
     assert found["requests"] == 9 and found["errors"] == 1 and found["error_rate"] == round(1 / 9, 4)
     assert found["requests_per_minute"] == round(9 / 5, 3)
-    assert found["latency_p50_ms"] == round(float(np.percentile(latencies, 50)), 3)
-    assert found["latency_p99_ms"] == round(float(np.percentile(latencies, 99)), 3)
-    assert found["mean_batch_size"] == round(float(np.mean(batches)), 3) and found["max_batch_size"] == 8
+    assert found["latency_p50_ms"] == round(float(np.percentile(LATENCIES_MS, 50)), 3)
+    assert found["latency_p99_ms"] == round(float(np.percentile(LATENCIES_MS, 99)), 3)
+    assert found["mean_batch_size"] == round(float(np.mean(BATCHES)), 3) and found["max_batch_size"] == 8
     assert row_of(await stats(api, tenant), quiet) == {
         "model": quiet,
         "version": 1,

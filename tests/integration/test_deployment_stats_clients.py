@@ -14,18 +14,13 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
-from sqlalchemy import insert
 
-from api.prediction_recorder import prediction_row
-from core.models import Prediction
 from core.objects import DeploymentStatsList, DeploymentStatsObject
 from maas_client import AsyncClient, BadRequest, Client
 from tests.support.api import deploy, register_version
 from tests.support.onnx_models import LINEAR_MODELS
 from tests.support.terminal import cli_env, maas
-
-LATENCIES_MS = [3.0, 5.0, 8.0, 13.0, 21.0, 34.0, 55.0, 89.0]
-BATCHES = [1, 2, 2, 4, 4, 4, 8, 8]
+from tests.support.traffic import BATCHES, LATENCIES_MS, record_traffic
 
 
 def base_url(api) -> str:
@@ -39,26 +34,7 @@ async def traffic(api, tenant, db) -> str:
     name = f"stats-{secrets.token_hex(3)}"
     version_id = (await register_version(api, tenant, name, LINEAR_MODELS[0]))["id"]
     await deploy(api, tenant, name, 1)
-    now = datetime.now(UTC)
-    rows = []
-    for i, (ms, batch) in enumerate(zip(LATENCIES_MS, BATCHES, strict=True)):
-        started = now - timedelta(seconds=60 + i)
-        row = prediction_row(
-            tenant_id=tenant.id, model_version_id=version_id, started_at=started, stats={"batch_size": batch}
-        )
-        rows.append({**row, "completed_at": started + timedelta(milliseconds=ms)})
-    failed = prediction_row(
-        tenant_id=tenant.id, model_version_id=version_id, started_at=now - timedelta(seconds=30), error={"code": "x"}
-    )
-    old = prediction_row(
-        tenant_id=tenant.id,
-        model_version_id=version_id,
-        started_at=now - timedelta(minutes=10),
-        stats={"batch_size": 64},
-    )
-    with db() as session:
-        session.execute(insert(Prediction), [*rows, failed, old])
-        session.commit()
+    record_traffic(db, tenant.id, version_id)
     return name
 
 
