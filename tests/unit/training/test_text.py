@@ -259,13 +259,13 @@ def test_freezing_stops_the_embeddings_and_lower_layers_or_the_whole_encoder() -
     assert trainable_parameters(model) == 3 * 16 + 3
 
 
-@pytest.mark.slow  # the dynamo ONNX exporter: 10-20 s on 2 loaded cores
 @pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
 def test_a_text_classifier_exports_scores_labels_and_its_tokenizer(tmp_path: Path) -> None:
     model = tiny_classifier().eval()
     ids = torch.tensor([[1, 5, 9, 2, 0, 0], [1, 7, 7, 7, 8, 2], [1, 2, 0, 0, 0, 0]])
     path = tmp_path / "text.onnx"
     export_onnx(model, 6, path, classes=["aiohttp", "numpy", "sqlalchemy"])
+    assert not model.training  # the exporter restores its wrapper's mode, and so the model's, when it is done
     assert onnx_max_abs_diff(model, path, ids) < 1e-5
     signature = read_signature(onnx.load(str(path)))
     assert signature["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
@@ -446,7 +446,6 @@ def copy_of(trainable: Any) -> torch.nn.Module:
     return model
 
 
-@pytest.mark.slow  # the dynamo ONNX exporter: 10-20 s on 2 loaded cores
 @pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning", "ignore::DeprecationWarning")
 def test_a_text_regression_model_exports_one_value_and_no_label(tmp_path: Path) -> None:
     model = tiny_classifier(regression=True).eval()
