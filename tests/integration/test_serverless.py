@@ -195,8 +195,9 @@ async def test_scale_to_zero_after_the_idle_timeout_and_back_on_the_next_request
     assert replica["gpu_memory_bytes"] == 0  # a server without a GPU budget counts none
     await call(api, tenant, name)
 
-    async def holding() -> bool:
-        return memory_used(db).get(replica["model_server"], 0) >= replica["memory_bytes"]
+    async def holding() -> bool:  # what the replica holds now: the reservation, or its measure once the twin opened
+        current = await ready_replica()
+        return current is not None and memory_used(db).get(replica["model_server"], 0) >= current["memory_bytes"] > 0
 
     await eventually_async(holding, 10, "the server to report the memory it holds")
 
