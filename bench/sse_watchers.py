@@ -34,6 +34,7 @@ import aiohttp
 import psutil
 from sqlalchemy import select
 
+from bench.local_platform import stop_process
 from core.api_keys import create_key, create_tenant
 from core.db import make_engine, session_factory
 from core.ids import new_id
@@ -68,11 +69,7 @@ def api_process(env: dict[str, str], port: int) -> Iterator[psutil.Process]:
                 time.sleep(0.2)
         yield psutil.Process(process.pid)
     finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_process(process)
 
 
 def new_running_job(db: Any, tenant_id: str) -> str:
