@@ -471,9 +471,8 @@ class ControlLoop:
             await self._set_status(replica, FAILED, ("load_failed", replica.error))
             return
         took = time.perf_counter() - started
-        # the resident set's growth, but never less than the weights once per session: the allocator reuses
-        # what an unloaded model freed, so a load after an unload may barely move the resident set
-        sessions = 2 if self._twin_wanted else 1
+        # the resident set's growth, but never less than the weights once per session it will hold
+        sessions = sessions_per_replica(self.settings)
         replica.model, replica.error = model, None
         # and never less than an earlier load measured: the placer reserves that much for the version, and a
         # measure that varies by load must not make a server look emptier than it is; until the twin session
@@ -543,8 +542,8 @@ class ControlLoop:
         return added
 
     def _load_measured(self, assigned: Assigned, batching: BatchingSettings, timings: dict[str, float]) -> Any:
-        """Load in this thread; the model, and the resident and GPU memory it added (other loads at once blur
-        them; GPU memory is measured only on a server with a GPU budget, else 0).
+        """Load in this thread; the model, and the resident and GPU memory it added (measured while no other
+        load, twin or release moves them; GPU memory only on a server with a GPU budget, else 0).
 
         A file the local cache holds is opened at once while another thread checks its sha256 (the
         check costs ~0.1 s for MiniLM, a third of its session); what was made of a file that fails

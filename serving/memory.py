@@ -3,10 +3,11 @@
 ``memory_budget``: ``MAAS_MODEL_SERVER_MEMORY_BYTES``, or by default half the machine's physical
 memory shared among the ``inference_servers_per_host`` servers on it (the other half is the API's,
 the workers' and the page cache's). ``resident_bytes``: this process's resident set now; a load's
-memory is the difference before and after it (session, weights, warm-up buffers). Other loads at
-the same moment blur it, and the allocator reuses what an unloaded model freed, so the control
-loop never counts a version as less than its weights once per ONNX Runtime session it opened, and
-ONNX Runtime is started (``start_onnxruntime``) before the first load is measured.
+memory is the difference before and after it (session, weights, warm-up buffers). The control
+loop measures one load at a time, after ``return_freed_memory`` (else the allocator's kept pages
+would make a load look smaller), never counts a version as less than its weights once per ONNX
+Runtime session (``sessions_per_replica``), and starts ONNX Runtime (``start_onnxruntime``) before
+the first load is measured.
 
 A GPU is a second budget, used only when the server's providers include ONNX Runtime's CUDA
 execution provider (else 0: no GPU, and nothing here runs ``nvidia-smi``).
