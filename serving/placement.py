@@ -34,7 +34,7 @@ advanced by :func:`observe`; also pure.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from core.deployments import ScalingSettings
@@ -389,11 +389,6 @@ def estimated_memory(measured: int | None, artifact_bytes: int, factor: float) -
     if measured:
         return max(int(measured * (1 + MEASURE_MARGIN)), artifact_bytes)
     return int(artifact_bytes * factor)
-
-
-def with_memory(replicas: Iterable[ReplicaView], memory: Mapping[str, int]) -> list[ReplicaView]:
-    """``replicas`` with unknown memory (0) filled in from ``memory`` by version id."""
-    return [r if r.memory_bytes else replace(r, memory_bytes=memory.get(r.version_id, 0)) for r in replicas]
 
 
 def evict_kind(reason: str | None) -> str:
